@@ -1,1 +1,32 @@
+//! Starling's replicated state, built on openraft 0.9 with sled storage.
+//!
+//! # Layout
+//! - [`types`]: the openraft type configuration and the node description every
+//!   member of the membership carries.
+//! - [`command`]: replicated commands and their typed results. Domain
+//!   operations only (accounts, session bindings, rosters, offline queues),
+//!   never XML.
+//! - [`credentials`]: SCRAM credentials derived from a password before it is
+//!   proposed; the password itself is never replicated.
+//! - [`state`]: the state machine's data and its pure, deterministic `apply`,
+//!   with an incrementally maintained digest of the whole state.
+//! - [`store`]: the sled log store and state machine store (openraft storage v2).
+//! - [`network`]: raft RPCs over tonic, authenticated by a cluster secret; the
+//!   server side of those RPCs and of forwarded proposals.
+//! - [`cluster`]: [`cluster::ClusterHandle`], what the rest of Starling uses:
+//!   propose a command (forwarded to the leader when needed), read the state,
+//!   report on the node.
+#![forbid(unsafe_code)]
 
+//pub mod cluster;
+pub mod codec;
+pub mod command;
+pub mod credentials;
+//pub mod network;
+pub mod state;
+pub mod store;
+pub mod types;
+
+//pub use cluster::{ClusterHandle, ProposeError};
+pub use command::{Command, Response};
+pub use types::{NodeId, StarlingNode, TypeConfig};

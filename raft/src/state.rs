@@ -1,0 +1,725 @@
+//! The replicated state and its pure, deterministic `apply`.
+//!
+//! [`StateData`] holds every table in memory (the working copy that reads and
+//! routing use) and records, while a batch of commands applies, the exact
+//! key/value writes that the sled store must persist in one atomic batch.
+//! No I/O happens here: `apply` is a function of the state and the command.
+//!
+//! # Key space (one sled tree, one prefix byte per table)
+//! | prefix | table          | key                  | value            |
+//! |--------|----------------|----------------------|------------------|
+//! | `u`    | users          | bare JID             | [`UserRecord`]   |
+//! | `s`    | sessions       | full JID             | [`SessionBinding`] |
+//! | `r`    | roster         | owner `\0` contact   | [`RosterItem`]   |
+//! | `q`    | offline        | bare JID `\0` seq BE | [`OfflineMessage`] |
+//! | `n`    | offline_next   | bare JID             | next seq (u64)   |
+//! | `i`    | offline_ids    | bare JID `\0` msg id | seq (u64)        |
+//! | `m`    | raft meta      | (written by the store, not here)        |
+//!
+//! # Digest
+//! The digest is the wrapping sum, mod 2^128, of SHA-256(key, value) over
+//! every row of every table: a multiset hash, so it is updated in O(1) per
+//! changed row (subtract the old row, add the new) and two nodes with the
+//! same rows have the same digest whatever order they were written in.
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, CodecError};
+use crate::command::{
+    Command, OfflineMessage, Response, RosterItem, SessionBinding, UserRecord,
+};
+use crate::types::NodeId;
+
+/// A key of a table, encoded so that byte order equals key order.
+pub trait TableKey: Ord + Clone {
+    fn encode(&self, out: &mut Vec<u8>);
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+impl TableKey for String {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl TableKey for (String, String) {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0.as_bytes());
+        out.push(0);
+        out.extend_from_slice(self.1.as_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let pos = bytes.iter().position(|b| *b == 0)?;
+        let a = String::from_utf8(bytes[..pos].to_vec()).ok()?;
+        let b = String::from_utf8(bytes[pos + 1..].to_vec()).ok()?;
+        Some((a, b))
+    }
+}
+
+impl TableKey for (String, u64) {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.1.to_be_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 9 || bytes[bytes.len() - 9] != 0 {
+            return None;
+        }
+        let (a, b) = bytes.split_at(bytes.len() - 9);
+        let a = String::from_utf8(a.to_vec()).ok()?;
+        let seq = u64::from_be_bytes(b[1..].try_into().ok()?);
+        Some((a, seq))
+    }
+}
+
+/// Writes produced by applying commands: `(key, Some(value))` is a put,
+/// `(key, None)` a delete. Applied to sled in order, in one atomic batch.
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// The change-tracking context every table mutation goes through.
+#[derive(Debug, Default)]
+struct Tracker {
+    writes: Writes,
+    digest: u128,
+    /// The first encoding error met during a batch; the store turns it into
+    /// a storage error (values are plain data, so this is not expected).
+    error: Option<CodecError>,
+}
+
+fn row_hash(key: &[u8], value: &[u8]) -> u128 {
+    let mut h = Sha256::new();
+    h.update((key.len() as u32).to_be_bytes());
+    h.update(key);
+    h.update(value);
+    let out = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&out[..16]);
+    u128::from_be_bytes(first)
+}
+
+/// One table: an ordered map plus its key prefix in the sled tree.
+#[derive(Debug, Clone)]
+pub struct Table<K, V> {
+    prefix: u8,
+    map: BTreeMap<K, V>,
+}
+
+impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
+    fn new(prefix: u8) -> Self {
+        Table {
+            prefix,
+            map: BTreeMap::new(),
+        }
+    }
+
+    fn full_key(&self, key: &K) -> Vec<u8> {
+        let mut out = vec![self.prefix];
+        key.encode(&mut out);
+        out
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter()
+    }
+
+    pub fn range<R: std::ops::RangeBounds<K>>(&self, r: R) -> impl Iterator<Item = (&K, &V)> {
+        self.map.range(r)
+    }
+
+    fn insert(&mut self, key: K, value: V, t: &mut Tracker) -> Option<V> {
+        let full = self.full_key(&key);
+        let bytes = match codec::encode(&value) {
+            Ok(b) => b,
+            Err(e) => {
+                t.error.get_or_insert(e);
+                return self.map.get(&key).cloned();
+            }
+        };
+        let old = self.map.insert(key, value);
+        if let Some(old) = &old {
+            self.unhash(&full, old, t);
+        }
+        t.digest = t.digest.wrapping_add(row_hash(&full, &bytes));
+        t.writes.ops.push((full, Some(bytes)));
+        old
+    }
+
+    fn remove(&mut self, key: &K, t: &mut Tracker) -> Option<V> {
+        let old = self.map.remove(key)?;
+        let full = self.full_key(key);
+        self.unhash(&full, &old, t);
+        t.writes.ops.push((full, None));
+        Some(old)
+    }
+
+    fn unhash(&self, full: &[u8], old: &V, t: &mut Tracker) {
+        match codec::encode(old) {
+            Ok(bytes) => t.digest = t.digest.wrapping_sub(row_hash(full, &bytes)),
+            Err(e) => {
+                t.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Loads one stored row (start-up or snapshot install); returns its hash.
+    fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<u128, CodecError> {
+        let k = K::decode(key).ok_or_else(|| {
+            CodecError::msg(format!("bad key in table {}", self.prefix as char))
+        })?;
+        let v: V = codec::decode(value)?;
+        self.map.insert(k, v);
+        let mut full = vec![self.prefix];
+        full.extend_from_slice(key);
+        Ok(row_hash(&full, value))
+    }
+
+    /// Every row as stored bytes, for rewriting the tree from a snapshot.
+    fn rows(&self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), CodecError> {
+        for (k, v) in &self.map {
+            out.push((self.full_key(k), codec::encode(v)?));
+        }
+        Ok(())
+    }
+}
+
+/// All replicated tables. Serialized whole as a snapshot.
+#[derive(Debug, Clone)]
+pub struct StateData {
+    pub users: Table<String, UserRecord>,
+    pub sessions: Table<String, SessionBinding>,
+    pub roster: Table<(String, String), RosterItem>,
+    pub offline: Table<(String, u64), OfflineMessage>,
+    pub offline_next: Table<String, u64>,
+    pub offline_ids: Table<(String, String), u64>,
+    tracker: Tracker,
+}
+
+impl Clone for Tracker {
+    fn clone(&self) -> Self {
+        Tracker {
+            writes: Writes::default(),
+            digest: self.digest,
+            error: None,
+        }
+    }
+}
+
+impl Default for StateData {
+    fn default() -> Self {
+        StateData {
+            users: Table::new(b'u'),
+            sessions: Table::new(b's'),
+            roster: Table::new(b'r'),
+            offline: Table::new(b'q'),
+            offline_next: Table::new(b'n'),
+            offline_ids: Table::new(b'i'),
+            tracker: Tracker::default(),
+        }
+    }
+}
+
+/// The prefix of raft bookkeeping keys in the state machine tree.
+pub const META_PREFIX: u8 = b'm';
+
+/// Snapshot wire form: every row as stored (key, value) bytes.
+#[derive(Serialize, Deserialize)]
+struct SnapshotRow {
+    #[serde(with = "crate::codec::bytes")]
+    k: Vec<u8>,
+    #[serde(with = "crate::codec::bytes")]
+    v: Vec<u8>,
+}
+
+impl StateData {
+    /// The digest of the whole state, as 32 hex digits.
+    pub fn digest_hex(&self) -> String {
+        format!("{:032x}", self.tracker.digest)
+    }
+
+    pub fn digest(&self) -> u128 {
+        self.tracker.digest
+    }
+
+    /// Takes the writes recorded since the last call (or the first codec
+    /// error met while recording them).
+    pub fn take_writes(&mut self) -> Result<Writes, CodecError> {
+        if let Some(e) = self.tracker.error.take() {
+            self.tracker.writes = Writes::default();
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut self.tracker.writes))
+    }
+
+    /// Loads one row of the state machine tree (not a meta row).
+    pub fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<(), CodecError> {
+        let (prefix, rest) = key
+            .split_first()
+            .ok_or_else(|| CodecError::msg("empty key".into()))?;
+        let h = match prefix {
+            b'u' => self.users.load_row(rest, value)?,
+            b's' => self.sessions.load_row(rest, value)?,
+            b'r' => self.roster.load_row(rest, value)?,
+            b'q' => self.offline.load_row(rest, value)?,
+            b'n' => self.offline_next.load_row(rest, value)?,
+            b'i' => self.offline_ids.load_row(rest, value)?,
+            other => return Err(CodecError::msg(format!("unknown table prefix {other:#x}"))),
+        };
+        self.tracker.digest = self.tracker.digest.wrapping_add(h);
+        Ok(())
+    }
+
+    /// Every row as it is stored, in key order within each table.
+    pub fn rows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CodecError> {
+        let mut out = Vec::new();
+        self.users.rows(&mut out)?;
+        self.sessions.rows(&mut out)?;
+        self.roster.rows(&mut out)?;
+        self.offline.rows(&mut out)?;
+        self.offline_next.rows(&mut out)?;
+        self.offline_ids.rows(&mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes the whole state for a snapshot.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, CodecError> {
+        let rows: Vec<SnapshotRow> = self
+            .rows()?
+            .into_iter()
+            .map(|(k, v)| SnapshotRow { k, v })
+            .collect();
+        codec::encode(&rows)
+    }
+
+    /// Decodes a snapshot made by [`StateData::to_snapshot`].
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, CodecError> {
+        let rows: Vec<SnapshotRow> = codec::decode(bytes)?;
+        let mut data = StateData::default();
+        for row in rows {
+            data.load_row(&row.k, &row.v)?;
+        }
+        Ok(data)
+    }
+
+    /// Applies one command. Deterministic: the result depends only on the
+    /// current state and the command.
+    pub fn apply(&mut self, cmd: Command) -> Response {
+        let t = &mut self.tracker;
+        match cmd {
+            Command::CreateUser {
+                jid,
+                credentials,
+                created_ms,
+            } => {
+                if self.users.get(&jid).is_some() {
+                    return Response::UserExists;
+                }
+                self.users.insert(
+                    jid,
+                    UserRecord {
+                        credentials,
+                        created_ms,
+                    },
+                    t,
+                );
+                Response::UserCreated
+            }
+            Command::DeleteUser { jid } => {
+                if self.users.remove(&jid, t).is_none() {
+                    return Response::NoSuchUser;
+                }
+                let roster: Vec<_> = owner_range(&self.roster, &jid);
+                for k in &roster {
+                    self.roster.remove(k, t);
+                }
+                let queued = remove_queue(self, &jid, u64::MAX);
+                let t = &mut self.tracker;
+                self.offline_next.remove(&jid, t);
+                let prefix = format!("{jid}/");
+                let sessions: Vec<String> = self
+                    .sessions
+                    .range::<(Bound<&String>, Bound<&String>)>((Bound::Included(&prefix), Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &sessions {
+                    self.sessions.remove(k, t);
+                }
+                Response::UserDeleted {
+                    roster_items: roster.len() as u32,
+                    queued,
+                    sessions: sessions.len() as u32,
+                }
+            }
+            Command::SetPassword { jid, credentials } => {
+                let Some(mut user) = self.users.get(&jid).cloned() else {
+                    return Response::NoSuchUser;
+                };
+                user.credentials = credentials;
+                self.users.insert(jid, user, t);
+                Response::PasswordChanged
+            }
+            Command::BindSession {
+                full_jid,
+                node,
+                priority,
+                bound_ms,
+            } => {
+                let old = self.sessions.insert(
+                    full_jid,
+                    SessionBinding {
+                        node,
+                        priority,
+                        bound_ms,
+                    },
+                    t,
+                );
+                Response::Bound {
+                    replaced: old.map(|b| b.node),
+                }
+            }
+            Command::UnbindSession { full_jid, node } => {
+                let existed = match self.sessions.get(&full_jid) {
+                    Some(b) if b.node == node => self.sessions.remove(&full_jid, t).is_some(),
+                    _ => false,
+                };
+                Response::Unbound { existed }
+            }
+            Command::DropNodeSessions { node } => {
+                let gone: Vec<String> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, b)| b.node == node)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &gone {
+                    self.sessions.remove(k, t);
+                }
+                Response::NodeSessionsDropped {
+                    count: gone.len() as u32,
+                }
+            }
+            Command::SetRosterItem { owner, item } => {
+                let key = (owner, item.jid.clone());
+                let previous = self.roster.insert(key, item, t);
+                Response::RosterUpdated { previous }
+            }
+            Command::RemoveRosterItem { owner, contact } => Response::RosterRemoved {
+                existed: self.roster.remove(&(owner, contact), t).is_some(),
+            },
+            Command::EnqueueOffline {
+                to,
+                message,
+                max_queue,
+            } => {
+                if self.users.get(&to).is_none() {
+                    return Response::NoSuchUser;
+                }
+                if let Some(seq) = self.offline_ids.get(&(to.clone(), message.id.clone())) {
+                    return Response::Queued {
+                        seq: *seq,
+                        duplicate: true,
+                    };
+                }
+                if self.queue_depth(&to) >= max_queue as usize {
+                    return Response::QueueFull { cap: max_queue };
+                }
+                let t = &mut self.tracker;
+                let seq = self.offline_next.get(&to).copied().unwrap_or(1);
+                self.offline_next.insert(to.clone(), seq + 1, t);
+                self.offline_ids
+                    .insert((to.clone(), message.id.clone()), seq, t);
+                self.offline.insert((to, seq), message, t);
+                Response::Queued {
+                    seq,
+                    duplicate: false,
+                }
+            }
+            Command::AckOffline { to, up_to } => Response::Acked {
+                removed: remove_queue(self, &to, up_to),
+            },
+        }
+    }
+
+    /// Number of messages waiting for bare JID `to`.
+    pub fn queue_depth(&self, to: &str) -> usize {
+        self.queue(to).count()
+    }
+
+    /// The offline queue of `to`, oldest first, with sequence numbers.
+    pub fn queue<'a>(&'a self, to: &str) -> impl Iterator<Item = (u64, &'a OfflineMessage)> + 'a {
+        let owner = to.to_string();
+        self.offline
+            .range((owner.clone(), 0)..=(owner, u64::MAX))
+            .map(|((_, seq), m)| (*seq, m))
+    }
+
+    /// Roster items of `owner`.
+    pub fn roster_of<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a RosterItem> + 'a {
+        let start = (owner.to_string(), String::new());
+        let owner = owner.to_string();
+        self.roster
+            .range(start..)
+            .take_while(move |((o, _), _)| *o == owner)
+            .map(|(_, item)| item)
+    }
+
+    /// Session bindings of bare JID `bare` (every resource).
+    pub fn sessions_of<'a>(
+        &'a self,
+        bare: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a SessionBinding)> + 'a {
+        let prefix = format!("{bare}/");
+        let start = prefix.clone();
+        self.sessions
+            .range(start..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+
+    /// Nodes that hold at least one session.
+    pub fn session_count_by_node(&self) -> BTreeMap<NodeId, usize> {
+        let mut out = BTreeMap::new();
+        for (_, b) in self.sessions.iter() {
+            *out.entry(b.node).or_default() += 1;
+        }
+        out
+    }
+}
+
+fn owner_range(roster: &Table<(String, String), RosterItem>, owner: &str) -> Vec<(String, String)> {
+    roster
+        .range((owner.to_string(), String::new())..)
+        .take_while(|((o, _), _)| o == owner)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Removes queue entries of `to` with seq <= `up_to`, and their id index rows.
+fn remove_queue(data: &mut StateData, to: &str, up_to: u64) -> u32 {
+    let doomed: Vec<(u64, String)> = data
+        .queue(to)
+        .take_while(|(seq, _)| *seq <= up_to)
+        .map(|(seq, m)| (seq, m.id.clone()))
+        .collect();
+    let t = &mut data.tracker;
+    for (seq, id) in &doomed {
+        data.offline.remove(&(to.to_string(), *seq), t);
+        data.offline_ids.remove(&(to.to_string(), id.clone()), t);
+    }
+    doomed.len() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Subscription;
+    use crate::credentials::Credentials;
+
+    fn creds() -> Credentials {
+        Credentials::derive("pw", 2)
+    }
+
+    fn create(data: &mut StateData, jid: &str) -> Response {
+        data.apply(Command::CreateUser {
+            jid: jid.into(),
+            credentials: creds(),
+            created_ms: 1,
+        })
+    }
+
+    fn enqueue(data: &mut StateData, to: &str, id: &str, cap: u32) -> Response {
+        data.apply(Command::EnqueueOffline {
+            to: to.into(),
+            message: OfflineMessage {
+                id: id.into(),
+                stamp_ms: 7,
+                stanza: format!("<message id='{id}'/>"),
+            },
+            max_queue: cap,
+        })
+    }
+
+    /// Rebuilds a state from the rows its writes produced, as the store does
+    /// at start-up, and checks both agree (data and digest).
+    fn reload(data: &mut StateData, disk: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> StateData {
+        for (k, v) in data.take_writes().unwrap().ops {
+            match v {
+                Some(v) => disk.insert(k, v),
+                None => disk.remove(&k),
+            };
+        }
+        let mut fresh = StateData::default();
+        for (k, v) in disk.iter() {
+            fresh.load_row(k, v).unwrap();
+        }
+        fresh
+    }
+
+    #[test]
+    fn create_user_once() {
+        let mut d = StateData::default();
+        assert_eq!(create(&mut d, "a@x"), Response::UserCreated);
+        assert_eq!(create(&mut d, "a@x"), Response::UserExists);
+        assert_eq!(d.users.len(), 1);
+    }
+
+    #[test]
+    fn offline_queue_order_dedup_cap_and_ack() {
+        let mut d = StateData::default();
+        assert_eq!(enqueue(&mut d, "b@x", "m0", 3), Response::NoSuchUser);
+        create(&mut d, "b@x");
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m1", 3),
+            Response::Queued { seq: 1, duplicate: false }
+        );
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m2", 3),
+            Response::Queued { seq: 2, duplicate: false }
+        );
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m1", 3),
+            Response::Queued { seq: 1, duplicate: true }
+        );
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m3", 3),
+            Response::Queued { seq: 3, duplicate: false }
+        );
+        assert_eq!(enqueue(&mut d, "b@x", "m4", 3), Response::QueueFull { cap: 3 });
+        let ids: Vec<_> = d.queue("b@x").map(|(_, m)| m.id.clone()).collect();
+        assert_eq!(ids, ["m1", "m2", "m3"]);
+        assert_eq!(
+            d.apply(Command::AckOffline { to: "b@x".into(), up_to: 2 }),
+            Response::Acked { removed: 2 }
+        );
+        assert_eq!(d.queue_depth("b@x"), 1);
+        // Sequence numbers keep growing after an ack: no reuse.
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m5", 3),
+            Response::Queued { seq: 4, duplicate: false }
+        );
+    }
+
+    #[test]
+    fn unbind_only_removes_binding_of_that_node() {
+        let mut d = StateData::default();
+        let bind = |node| Command::BindSession {
+            full_jid: "a@x/r".into(),
+            node,
+            priority: 0,
+            bound_ms: 0,
+        };
+        assert_eq!(d.apply(bind(1)), Response::Bound { replaced: None });
+        assert_eq!(d.apply(bind(2)), Response::Bound { replaced: Some(1) });
+        assert_eq!(
+            d.apply(Command::UnbindSession { full_jid: "a@x/r".into(), node: 1 }),
+            Response::Unbound { existed: false }
+        );
+        assert_eq!(d.sessions.len(), 1);
+        assert_eq!(
+            d.apply(Command::DropNodeSessions { node: 2 }),
+            Response::NodeSessionsDropped { count: 1 }
+        );
+        assert!(d.sessions.is_empty());
+    }
+
+    #[test]
+    fn delete_user_removes_everything_of_theirs() {
+        let mut d = StateData::default();
+        create(&mut d, "a@x");
+        create(&mut d, "ab@x");
+        enqueue(&mut d, "a@x", "m1", 10);
+        d.apply(Command::SetRosterItem {
+            owner: "a@x".into(),
+            item: RosterItem { jid: "c@x".into(), subscription: Subscription::Both, ..Default::default() },
+        });
+        for full in ["a@x/1", "a@x/2", "ab@x/1"] {
+            d.apply(Command::BindSession { full_jid: full.into(), node: 1, priority: 0, bound_ms: 0 });
+        }
+        assert_eq!(
+            d.apply(Command::DeleteUser { jid: "a@x".into() }),
+            Response::UserDeleted { roster_items: 1, queued: 1, sessions: 2 }
+        );
+        assert_eq!(d.sessions.len(), 1, "ab@x's session stays");
+        assert!(d.offline_ids.is_empty() && d.offline_next.is_empty());
+    }
+
+    #[test]
+    fn digest_is_order_independent_and_survives_reload() {
+        let mut a = StateData::default();
+        let mut b = StateData::default();
+        create(&mut a, "a@x");
+        create(&mut b, "b@x");
+        // Different credentials (random salts) would differ: give both the same.
+        let c = creds();
+        for (d, order) in [(&mut a, ["p@x", "q@x"]), (&mut b, ["q@x", "p@x"])] {
+            for jid in order {
+                d.apply(Command::CreateUser { jid: jid.into(), credentials: c.clone(), created_ms: 1 });
+            }
+            d.apply(Command::DeleteUser { jid: "a@x".into() });
+            d.apply(Command::DeleteUser { jid: "b@x".into() });
+        }
+        assert_eq!(a.digest_hex(), b.digest_hex());
+        assert_ne!(a.digest(), StateData::default().digest());
+
+        let mut disk = BTreeMap::new();
+        enqueue(&mut a, "p@x", "m1", 5);
+        let fresh = reload(&mut a, &mut disk);
+        assert_eq!(fresh.digest(), a.digest());
+        assert_eq!(fresh.queue_depth("p@x"), 1);
+        // Removing everything brings the digest back to the empty state's.
+        a.apply(Command::DeleteUser { jid: "p@x".into() });
+        a.apply(Command::DeleteUser { jid: "q@x".into() });
+        assert_eq!(a.digest(), 0);
+        let fresh = reload(&mut a, &mut disk);
+        assert!(disk.is_empty());
+        assert_eq!(fresh.digest(), 0);
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let mut a = StateData::default();
+        create(&mut a, "a@x");
+        enqueue(&mut a, "a@x", "m1", 5);
+        a.apply(Command::BindSession { full_jid: "a@x/r".into(), node: 3, priority: 5, bound_ms: 9 });
+        let bytes = a.to_snapshot().unwrap();
+        let b = StateData::from_snapshot(&bytes).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(b.sessions.get(&"a@x/r".to_string()).unwrap().priority, 5);
+        assert!(StateData::from_snapshot(b"garbage").is_err());
+    }
+
+    #[test]
+    fn key_codecs_round_trip() {
+        let k = ("a@x".to_string(), 258u64);
+        let mut out = Vec::new();
+        k.encode(&mut out);
+        assert_eq!(<(String, u64)>::decode(&out), Some(k));
+        let k = ("a@x".to_string(), "b@y".to_string());
+        let mut out = Vec::new();
+        k.encode(&mut out);
+        assert_eq!(<(String, String)>::decode(&out), Some(k));
+        assert_eq!(<(String, u64)>::decode(b"short"), None);
+    }
+}
