@@ -18,15 +18,15 @@
 //!   report on the node.
 #![forbid(unsafe_code)]
 
-//pub mod cluster;
+pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod credentials;
-//pub mod network;
+pub mod network;
 pub mod state;
 pub mod store;
 pub mod types;
 
-//pub use cluster::{ClusterHandle, ProposeError};
+pub use cluster::{ClusterHandle, ProposeError};
 pub use command::{Command, Response};
 pub use types::{NodeId, StarlingNode, TypeConfig};

@@ -1,0 +1,330 @@
+//! [`ClusterHandle`]: how the rest of Starling talks to the replicated state.
+//!
+//! - `propose` commits a command or a membership change and returns its
+//!   result after commit. A node that is not the leader forwards the proposal
+//!   to the leader over the raft port; while no leader is known it waits and
+//!   retries until its deadline.
+//! - Outcomes follow the jepsen convention: `Ok` (applied), a definite
+//!   failure (not applied), or [`ProposeError::Unknown`] (may or may not be
+//!   applied: a timeout or a connection lost after sending). An unknown
+//!   outcome is never reported as either success or failure.
+//! - `state` reads the locally applied state; `report` describes this node;
+//!   `peer_report` asks another node for its own report.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use starling_proto::raft::Empty;
+
+use crate::codec;
+use crate::command::{Command, Response};
+use crate::network::{not_sent, Peers};
+use crate::store::StateReader;
+use crate::types::{NodeId, Raft, StarlingNode};
+
+/// A change to propose to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Proposal {
+    /// A replicated state machine command.
+    Command(Command),
+    /// Add a node as a learner, wait until it has caught up, make it a voter.
+    AddNode { id: NodeId, node: StarlingNode },
+    /// Remove a node from the voters and learners.
+    RemoveNode { id: NodeId },
+}
+
+/// A proposal sent to the leader by a node that is not the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedProposal {
+    pub from: NodeId,
+    pub proposal: Proposal,
+}
+
+/// The committed result of a proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub log_index: u64,
+    pub response: Response,
+    /// The membership after a membership change (empty otherwise).
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// Why a proposal did not (or may not have) taken effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ProposeError {
+    /// Definitely not applied: no leader could be found before the deadline
+    /// (no quorum, or an election that did not finish).
+    #[error("no leader: the cluster has no quorum or is still electing one")]
+    NoLeader,
+    /// Definitely not applied: this node is not the leader (internal; the
+    /// caller forwards or retries).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Definitely not applied: the membership change is not allowed.
+    #[error("membership change rejected: {0}")]
+    Membership(String),
+    /// Definitely not applied: the node id is not a member.
+    #[error("node {0} is not a member of the cluster")]
+    UnknownNode(NodeId),
+    /// Definitely not applied: raft on this node has stopped.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+    /// Maybe applied, maybe not: the deadline passed or a connection was
+    /// lost after the proposal was sent.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// This node's view of itself, as reported to admin and peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub id: NodeId,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Digest of the whole applied state at `applied_index`.
+    pub digest: String,
+    pub users: u64,
+    pub sessions: u64,
+    pub queued: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub nodes: BTreeMap<NodeId, StarlingNode>,
+    /// Never voted, no log, no membership: may still be asked to initialize.
+    pub pristine: bool,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    state: StateReader,
+    peers: Peers,
+    propose_timeout: Duration,
+}
+
+/// A cloneable handle on this node's raft instance and applied state.
+#[derive(Clone)]
+pub struct ClusterHandle(Arc<Inner>);
+
+impl ClusterHandle {
+    pub fn new(id: NodeId, raft: Raft, state: StateReader, peers: Peers, propose_timeout: Duration) -> Self {
+        ClusterHandle(Arc::new(Inner {
+            id,
+            raft,
+            state,
+            peers,
+            propose_timeout,
+        }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.0.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.0.raft
+    }
+
+    pub fn state(&self) -> &StateReader {
+        &self.0.state
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.0.peers
+    }
+
+    /// Commits a state machine command and returns its result.
+    pub async fn write(&self, cmd: Command) -> Result<Applied, ProposeError> {
+        self.propose(Proposal::Command(cmd)).await
+    }
+
+    /// Commits `proposal` through the leader, wherever it is.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
+        let deadline = Instant::now() + self.0.propose_timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ProposeError::NoLeader);
+            }
+            let outcome = match tokio::time::timeout(remaining, self.propose_here(proposal.clone())).await {
+                Err(_) => return Err(ProposeError::Unknown("timed out waiting for commit".into())),
+                Ok(r) => r,
+            };
+            let leader = match outcome {
+                Err(ProposeError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            let node = leader.and_then(|l| self.member_node(l)).filter(|_| leader != Some(self.0.id));
+            let Some(node) = node else {
+                // No leader known yet (or it is us, mid-transition): wait.
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            };
+            match tokio::time::timeout(remaining, self.forward(&node, proposal.clone())).await {
+                Err(_) => return Err(ProposeError::Unknown("timed out waiting for the leader".into())),
+                Ok(Err(ProposeError::NotLeader { .. })) | Ok(Err(ProposeError::NoLeader)) => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok(other) => return other,
+            }
+        }
+    }
+
+    fn member_node(&self, id: NodeId) -> Option<StarlingNode> {
+        let m = self.0.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).cloned()
+    }
+
+    async fn forward(&self, leader: &StarlingNode, proposal: Proposal) -> Result<Applied, ProposeError> {
+        let mut client = self
+            .0
+            .peers
+            .client(&leader.raft_addr)
+            .map_err(|s| ProposeError::Fatal(s.message().to_string()))?;
+        let fwd = ForwardedProposal {
+            from: self.0.id,
+            proposal,
+        };
+        let data = codec::encode(&fwd).map_err(|e| ProposeError::Fatal(e.to_string()))?;
+        match client.propose(starling_proto::raft::Payload { data }).await {
+            Ok(reply) => codec::decode::<Result<Applied, ProposeError>>(&reply.into_inner().data)
+                .map_err(|e| ProposeError::Unknown(format!("undecodable reply from leader: {e}")))?,
+            // The leader never saw it: treat as "no leader right now".
+            Err(s) if not_sent(&s) => Err(ProposeError::NotLeader { leader: None }),
+            Err(s) => Err(ProposeError::Unknown(format!("forwarding to leader failed: {s}"))),
+        }
+    }
+
+    /// Proposes on this node only: `NotLeader` if it is not the leader.
+    pub async fn propose_here(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
+        let raft = &self.0.raft;
+        match proposal {
+            Proposal::Command(cmd) => {
+                let r = raft.client_write(cmd).await.map_err(write_error)?;
+                Ok(Applied {
+                    log_index: r.log_id.index,
+                    response: r.data,
+                    voters: vec![],
+                    learners: vec![],
+                })
+            }
+            Proposal::AddNode { id, node } => {
+                if let Some(existing) = self.member_node(id) {
+                    if existing != node {
+                        return Err(ProposeError::Membership(format!(
+                            "node {id} is already a member with other addresses ({existing})"
+                        )));
+                    }
+                }
+                raft.add_learner(id, node, true).await.map_err(write_error)?;
+                let r = raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_error)?;
+                Ok(applied_membership(r.log_id.index, r.membership))
+            }
+            Proposal::RemoveNode { id } => {
+                let m = raft.metrics().borrow().membership_config.clone();
+                let is_voter = m.membership().voter_ids().any(|v| v == id);
+                let is_node = m.membership().get_node(&id).is_some();
+                if !is_node {
+                    // Only the leader's view is authoritative.
+                    if raft.metrics().borrow().state != ServerState::Leader {
+                        return Err(ProposeError::NotLeader {
+                            leader: raft.metrics().borrow().current_leader,
+                        });
+                    }
+                    return Err(ProposeError::UnknownNode(id));
+                }
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                let r = raft.change_membership(change, false).await.map_err(write_error)?;
+                Ok(applied_membership(r.log_id.index, r.membership))
+            }
+        }
+    }
+
+    /// This node's report of itself.
+    pub fn report(&self) -> NodeReport {
+        let m = self.0.raft.metrics().borrow().clone();
+        let st = self.0.state.read();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeReport {
+            id: self.0.id,
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: st.last_applied.map(|l| l.index),
+            snapshot_index: st.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            digest: st.data.digest_hex(),
+            users: st.data.users.len() as u64,
+            sessions: st.data.sessions.len() as u64,
+            queued: st.data.offline.len() as u64,
+            pristine: m.last_log_index.is_none() && m.vote == Default::default() && voters.is_empty(),
+            voters,
+            learners,
+            nodes,
+        }
+    }
+
+    /// Asks the node at `raft_addr` for its report.
+    pub async fn peer_report(&self, raft_addr: &str, timeout: Duration) -> Result<NodeReport, String> {
+        let mut client = self.0.peers.client(raft_addr).map_err(|s| s.message().to_string())?;
+        let reply = tokio::time::timeout(timeout, client.node_info(Empty {}))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|s| s.message().to_string())?;
+        codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+}
+
+fn applied_membership(
+    log_index: u64,
+    membership: Option<openraft::Membership<NodeId, StarlingNode>>,
+) -> Applied {
+    let (voters, learners) = membership
+        .map(|m| (m.voter_ids().collect(), m.learner_ids().collect()))
+        .unwrap_or_default();
+    Applied {
+        log_index,
+        response: Response::Done,
+        voters,
+        learners,
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, StarlingNode>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ProposeError::Membership(e.to_string())
+        }
+        RaftError::Fatal(f) => ProposeError::Fatal(f.to_string()),
+    }
+}
