@@ -1,1 +1,124 @@
-fn main(){}
+//! The `starling` binary: parse the command line, set up tracing, run.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "starling", version, about = "A clustered XMPP server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node from its config file.
+    Serve {
+        /// Path of the node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop when standard input closes (used by `starling dev`, so the
+        /// nodes never outlive it).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Start a local cluster of N nodes as child processes.
+    Dev(starling::dev::DevArgs),
+    /// Operate a running cluster through its admin API.
+    Ctl(starling::ctl::CtlArgs),
+    /// Measure replicated write latency, throughput and failover time on a
+    /// fresh local cluster.
+    RaftBench(starling::raft_bench::RaftBenchArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.cmd {
+        Cmd::Serve { config, exit_on_stdin_eof } => {
+            let config = match starling::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing();
+            let result = rt.block_on(starling::node::run(config, shutdown_signal(exit_on_stdin_eof)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Dev(args) => {
+            init_tracing();
+            report(rt.block_on(starling::dev::run(args)))
+        }
+        Cmd::Ctl(args) => rt.block_on(starling::ctl::run(args)),
+        Cmd::RaftBench(args) => report(rt.block_on(starling::raft_bench::run(args))),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or (optionally) end of standard input.
+async fn shutdown_signal(watch_stdin: bool) {
+    use tokio::io::AsyncReadExt;
+    let stdin_closed = async {
+        if watch_stdin {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = stdin_closed => {}
+    }
+}

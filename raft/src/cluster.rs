@@ -185,23 +185,7 @@ impl ClusterHandle {
     }
 
     async fn forward(&self, leader: &StarlingNode, proposal: Proposal) -> Result<Applied, ProposeError> {
-        let mut client = self
-            .0
-            .peers
-            .client(&leader.raft_addr)
-            .map_err(|s| ProposeError::Fatal(s.message().to_string()))?;
-        let fwd = ForwardedProposal {
-            from: self.0.id,
-            proposal,
-        };
-        let data = codec::encode(&fwd).map_err(|e| ProposeError::Fatal(e.to_string()))?;
-        match client.propose(starling_proto::raft::Payload { data }).await {
-            Ok(reply) => codec::decode::<Result<Applied, ProposeError>>(&reply.into_inner().data)
-                .map_err(|e| ProposeError::Unknown(format!("undecodable reply from leader: {e}")))?,
-            // The leader never saw it: treat as "no leader right now".
-            Err(s) if not_sent(&s) => Err(ProposeError::NotLeader { leader: None }),
-            Err(s) => Err(ProposeError::Unknown(format!("forwarding to leader failed: {s}"))),
-        }
+        propose_at(&self.0.peers, &leader.raft_addr, self.0.id, proposal).await
     }
 
     /// Proposes on this node only: `NotLeader` if it is not the leader.
@@ -299,6 +283,29 @@ impl ClusterHandle {
             .map_err(|_| format!("no answer within {timeout:?}"))?
             .map_err(|s| s.message().to_string())?;
         codec::decode(&reply.into_inner().data).map_err(|e| e.to_string())
+    }
+}
+
+/// Sends `proposal` to the node at `raft_addr`, which proposes it locally
+/// (answering `NotLeader` if it is not the leader). `from` is the caller's
+/// node id, 0 for a tool outside the cluster.
+pub async fn propose_at(
+    peers: &Peers,
+    raft_addr: &str,
+    from: NodeId,
+    proposal: Proposal,
+) -> Result<Applied, ProposeError> {
+    let mut client = peers
+        .client(raft_addr)
+        .map_err(|s| ProposeError::Fatal(s.message().to_string()))?;
+    let data = codec::encode(&ForwardedProposal { from, proposal })
+        .map_err(|e| ProposeError::Fatal(e.to_string()))?;
+    match client.propose(starling_proto::raft::Payload { data }).await {
+        Ok(reply) => codec::decode::<Result<Applied, ProposeError>>(&reply.into_inner().data)
+            .map_err(|e| ProposeError::Unknown(format!("undecodable reply: {e}")))?,
+        // The node never saw it: as good as "no leader right now".
+        Err(s) if not_sent(&s) => Err(ProposeError::NotLeader { leader: None }),
+        Err(s) => Err(ProposeError::Unknown(format!("proposal to {raft_addr} failed: {s}"))),
     }
 }
 

@@ -1,0 +1,342 @@
+//! Node configuration: one TOML file, one struct, validated before any port
+//! is bound. Every field's default is in its doc comment; unknown keys are
+//! rejected so a typo cannot silently fall back to a default.
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// One node's configuration (`starling serve --config node.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's raft id: a positive integer, unique in the cluster and
+    /// never reused. Required.
+    pub node_id: u64,
+    /// Directory of this node's sled database. Required. Created if missing;
+    /// a directory that belongs to another node id is refused.
+    pub data_dir: PathBuf,
+    /// The XMPP domain this cluster serves. Default: `"localhost"`.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Intra-cluster address: raft RPCs and forwarded proposals. Required.
+    pub raft_addr: SocketAddr,
+    /// Admin gRPC address. Default: `127.0.0.1:7101`. A non-loopback address
+    /// requires `admin_token`.
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
+    /// Shared secret every node presents to the others on the raft port
+    /// (at least 16 printable ASCII characters). Required.
+    pub cluster_secret: String,
+    /// When set, admin calls must carry `authorization: Bearer <token>`.
+    /// Default: unset (only allowed while `admin_addr` is loopback).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// The members that form a new cluster, as in etcd's `--initial-cluster`.
+    /// The member with the lowest id initializes the cluster, once, when every
+    /// listed member is reachable and none has any raft state. Leave empty on
+    /// a node that will be added later with `starling ctl add-node`.
+    /// Default: empty.
+    #[serde(default)]
+    pub initial_cluster: Vec<Member>,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RaftSection,
+}
+
+/// One initial cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub raft_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+/// `[raft]`: timing and compaction knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Leader heartbeat interval, ms. Default: 50.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout, ms. Default: 300.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, ms. Default: 600.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    /// Default: 10000.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so a briefly lagging node
+    /// catches up from the log rather than by snapshot. Default: 1000.
+    pub keep_entries_after_snapshot: u64,
+    /// Size of one snapshot chunk sent to a lagging node, bytes; must stay
+    /// well under the 64 MiB gRPC message limit. Default: 1048576 (1 MiB).
+    pub snapshot_chunk_bytes: u64,
+    /// Most entries in one append RPC. Default: 256.
+    pub max_entries_per_append: u64,
+    /// How long a write waits for a leader and for commit before failing, ms.
+    /// Default: 5000.
+    pub propose_timeout_ms: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            max_entries_per_append: 256,
+            propose_timeout_ms: 5_000,
+        }
+    }
+}
+
+fn default_domain() -> String {
+    "localhost".into()
+}
+
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7101))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule that does not need the network or the disk.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be a positive integer"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        jid::BareJid::new(&self.domain)
+            .ok()
+            .filter(|j| j.node().is_none())
+            .ok_or_else(|| invalid("domain", format!("{:?} is not a valid XMPP domain", self.domain)))?;
+        if self.cluster_secret.len() < 16 {
+            return Err(invalid("cluster_secret", "must be at least 16 characters"));
+        }
+        if !self.cluster_secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("cluster_secret", "must be printable ASCII without spaces"));
+        }
+        match &self.admin_token {
+            Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(invalid("admin_token", "must be non-empty printable ASCII without spaces"));
+            }
+            None if !self.admin_addr.ip().is_loopback() => {
+                return Err(invalid(
+                    "admin_token",
+                    format!("required when admin_addr ({}) is not a loopback address", self.admin_addr),
+                ));
+            }
+            _ => {}
+        }
+        if self.raft_addr == self.admin_addr {
+            return Err(invalid("admin_addr", "must differ from raft_addr"));
+        }
+        if !self.initial_cluster.is_empty() {
+            let mut ids = BTreeSet::new();
+            let mut addrs = BTreeSet::new();
+            for (i, m) in self.initial_cluster.iter().enumerate() {
+                let field = format!("initial_cluster[{i}]");
+                if m.id == 0 {
+                    return Err(invalid(format!("{field}.id"), "must be a positive integer"));
+                }
+                if !ids.insert(m.id) {
+                    return Err(invalid(format!("{field}.id"), format!("duplicate id {}", m.id)));
+                }
+                if !addrs.insert(m.raft_addr) || !addrs.insert(m.admin_addr) {
+                    return Err(invalid(format!("{field}"), "duplicate address"));
+                }
+            }
+            if let Some(me) = self.initial_cluster.iter().find(|m| m.id == self.node_id) {
+                if me.raft_addr != self.raft_addr {
+                    return Err(invalid(
+                        "initial_cluster",
+                        format!("lists node {} at raft_addr {}, but raft_addr is {}", me.id, me.raft_addr, self.raft_addr),
+                    ));
+                }
+                if me.admin_addr != self.admin_addr {
+                    return Err(invalid(
+                        "initial_cluster",
+                        format!("lists node {} at admin_addr {}, but admin_addr is {}", me.id, me.admin_addr, self.admin_addr),
+                    ));
+                }
+            } else {
+                return Err(invalid(
+                    "initial_cluster",
+                    format!("does not list this node (node_id {}); leave it empty on a node that joins later", self.node_id),
+                ));
+            }
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(invalid("raft.heartbeat_ms", "must be positive"));
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            return Err(invalid("raft.election_timeout_min_ms", "must be greater than raft.heartbeat_ms"));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(invalid(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms",
+            ));
+        }
+        if r.snapshot_after_entries == 0 {
+            return Err(invalid("raft.snapshot_after_entries", "must be positive"));
+        }
+        let max_chunk = (starling_raft::network::MAX_MESSAGE_BYTES / 2) as u64;
+        if r.snapshot_chunk_bytes == 0 || r.snapshot_chunk_bytes > max_chunk {
+            return Err(invalid(
+                "raft.snapshot_chunk_bytes",
+                format!("must be between 1 and {max_chunk}"),
+            ));
+        }
+        if r.max_entries_per_append == 0 {
+            return Err(invalid("raft.max_entries_per_append", "must be positive"));
+        }
+        if r.propose_timeout_ms < r.election_timeout_max_ms {
+            return Err(invalid(
+                "raft.propose_timeout_ms",
+                "must be at least raft.election_timeout_max_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration this node runs with.
+    pub fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let r = &self.raft;
+        let c = openraft::Config {
+            cluster_name: "starling".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+            snapshot_max_chunk_size: r.snapshot_chunk_bytes,
+            max_payload_entries: r.max_entries_per_append,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| invalid("raft", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 1
+data_dir = "/tmp/n1"
+raft_addr = "127.0.0.1:7001"
+admin_addr = "127.0.0.1:7101"
+cluster_secret = "0123456789abcdef"
+[[initial_cluster]]
+id = 1
+raft_addr = "127.0.0.1:7001"
+admin_addr = "127.0.0.1:7101"
+[[initial_cluster]]
+id = 2
+raft_addr = "127.0.0.1:7002"
+admin_addr = "127.0.0.1:7102"
+"#;
+
+    fn field_of(text: &str) -> String {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            Err(other) => format!("parse: {other}"),
+            Ok(_) => "ok".into(),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.raft, RaftSection::default());
+        c.openraft().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_of(&GOOD.replace("node_id = 1", "node_id = 0")), "node_id");
+        assert_eq!(
+            field_of(&GOOD.replace("0123456789abcdef", "short")),
+            "cluster_secret"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("admin_addr = \"127.0.0.1:7101\"\ncluster", "admin_addr = \"0.0.0.0:7101\"\ncluster")),
+            "admin_token"
+        );
+        assert_eq!(field_of(&GOOD.replace("node_id = 1", "node_id = 3")), "initial_cluster");
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 10\n")),
+            "raft.election_timeout_min_ms"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("id = 2", "id = 1")),
+            "initial_cluster[1].id"
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_keys_are_parse_errors() {
+        let e = field_of(&format!("{GOOD}\nnode_idd = 4\n"));
+        assert!(e.starts_with("parse:") && e.contains("node_idd"), "{e}");
+        let e = field_of(&GOOD.replace("\"127.0.0.1:7001\"\nadmin", "\"not an address\"\nadmin"));
+        assert!(e.starts_with("parse:") && e.contains("raft_addr"), "{e}");
+        let e = field_of("node_id = \"one\"");
+        assert!(e.starts_with("parse:") && e.contains("node_id"), "{e}");
+    }
+}

@@ -1,0 +1,213 @@
+//! Running one node: storage -> raft -> network -> gRPC servers, then the
+//! bootstrap task that forms a new cluster, until shutdown.
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_raft::network::{serve_raft, Peers, RaftNet};
+use starling_raft::store;
+use starling_raft::{ClusterHandle, StarlingNode};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn, Instrument};
+
+use crate::admin;
+use crate::config::Config;
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in data_dir: {0}")]
+    Store(#[from] store::OpenError),
+    #[error("cannot bind {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{what} server failed: {source}")]
+    Serve {
+        what: &'static str,
+        source: tonic::transport::Error,
+    },
+}
+
+/// The node's description in the raft membership.
+pub fn self_node(config: &Config) -> StarlingNode {
+    StarlingNode {
+        raft_addr: config.raft_addr.to_string(),
+        admin_addr: config.admin_addr.to_string(),
+        client_addr: String::new(),
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Runs a node until `shutdown` resolves, then stops raft and the servers.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let id = config.node_id;
+    let span = tracing::info_span!("node", node_id = id);
+    run_inner(config, shutdown).instrument(span).await
+}
+
+async fn run_inner(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let id = config.node_id;
+    let raft_config = Arc::new(config.openraft()?);
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let (log_store, sm) = store::open(&config.data_dir.join("db"), id)?;
+    let reader = sm.reader();
+    let peers = Peers::new(&config.cluster_secret)
+        .map_err(|e| crate::config::ConfigError::Invalid {
+            field: "cluster_secret".into(),
+            message: e.to_string(),
+        })?;
+    // Bind both ports before raft starts, so a port in use fails fast.
+    let raft_listener = bind("raft", config.raft_addr).await?;
+    let admin_listener = bind("admin", config.admin_addr).await?;
+
+    let net = RaftNet {
+        id,
+        peers: peers.clone(),
+    };
+    let raft = openraft::Raft::new(id, raft_config, net, log_store, sm)
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let cluster = ClusterHandle::new(
+        id,
+        raft.clone(),
+        reader,
+        peers,
+        Duration::from_millis(config.raft.propose_timeout_ms),
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let raft_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(serve_raft(cluster.clone(), &config.cluster_secret))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
+    let admin_server = admin::server(cluster.clone(), &config)
+        .await
+        .map_err(|e| NodeError::Raft(format!("admin service: {e}")))?
+        .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped(stop_rx.clone()));
+    let raft_task = tokio::spawn(raft_server.in_current_span());
+    let admin_task = tokio::spawn(admin_server.in_current_span());
+    let boot = tokio::spawn(bootstrap(cluster.clone(), config.clone()).in_current_span());
+    info!(raft_addr = %config.raft_addr, admin_addr = %config.admin_addr, "node started");
+
+    let mut raft_task = raft_task;
+    let mut admin_task = admin_task;
+    let early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut raft_task => Some(("raft", r)),
+        r = &mut admin_task => Some(("admin", r)),
+    };
+    info!("shutting down");
+    boot.abort();
+    let _ = stop_tx.send(true);
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft shutdown");
+    }
+    let wait = Duration::from_secs(5);
+    let _ = tokio::time::timeout(wait, async {
+        if early.is_none() {
+            let _ = (&mut raft_task).await;
+            let _ = (&mut admin_task).await;
+        }
+    })
+    .await;
+    if let Some((what, Ok(Err(source)))) = early {
+        return Err(NodeError::Serve { what, source });
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Forms a new cluster from `initial_cluster`, at most once, from the
+/// member with the lowest id, and only when every listed member answers and
+/// reports no raft state at all. A member that already has state (restart,
+/// or a cluster that exists) means there is nothing to initialize: stop.
+async fn bootstrap(cluster: ClusterHandle, config: Config) {
+    let Some(lowest) = config.initial_cluster.iter().map(|m| m.id).min() else {
+        return;
+    };
+    if lowest != config.node_id {
+        return;
+    }
+    let members: BTreeMap<u64, StarlingNode> = config
+        .initial_cluster
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                StarlingNode {
+                    raft_addr: m.raft_addr.to_string(),
+                    admin_addr: m.admin_addr.to_string(),
+                    client_addr: String::new(),
+                },
+            )
+        })
+        .collect();
+    let mut waited_log = false;
+    loop {
+        if !cluster.report().pristine {
+            return;
+        }
+        let mut all_pristine = true;
+        let mut missing = Vec::new();
+        for (peer, node) in &members {
+            if *peer == config.node_id {
+                continue;
+            }
+            match cluster.peer_report(&node.raft_addr, Duration::from_millis(500)).await {
+                Ok(r) if r.id != *peer => {
+                    warn!(peer, answered = r.id, "initial_cluster address answered with another node id");
+                    all_pristine = false;
+                    missing.push(*peer);
+                }
+                Ok(r) if !r.pristine => {
+                    info!(peer, "a member already has raft state: not initializing");
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    all_pristine = false;
+                    missing.push(*peer);
+                }
+            }
+        }
+        if all_pristine {
+            match cluster.raft().initialize(members.clone()).await {
+                Ok(()) => info!(members = ?members.keys().collect::<Vec<_>>(), "initialized new cluster"),
+                Err(e) => info!(error = %e, "not initializing"),
+            }
+            return;
+        }
+        if !waited_log {
+            info!(?missing, "waiting for every initial member before forming the cluster");
+            waited_log = true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
