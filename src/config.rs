@@ -162,21 +162,35 @@ impl Config {
         jid::BareJid::new(&self.domain)
             .ok()
             .filter(|j| j.node().is_none())
-            .ok_or_else(|| invalid("domain", format!("{:?} is not a valid XMPP domain", self.domain)))?;
+            .ok_or_else(|| {
+                invalid(
+                    "domain",
+                    format!("{:?} is not a valid XMPP domain", self.domain),
+                )
+            })?;
         if self.cluster_secret.len() < 16 {
             return Err(invalid("cluster_secret", "must be at least 16 characters"));
         }
         if !self.cluster_secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid("cluster_secret", "must be printable ASCII without spaces"));
+            return Err(invalid(
+                "cluster_secret",
+                "must be printable ASCII without spaces",
+            ));
         }
         match &self.admin_token {
             Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
-                return Err(invalid("admin_token", "must be non-empty printable ASCII without spaces"));
+                return Err(invalid(
+                    "admin_token",
+                    "must be non-empty printable ASCII without spaces",
+                ));
             }
             None if !self.admin_addr.ip().is_loopback() => {
                 return Err(invalid(
                     "admin_token",
-                    format!("required when admin_addr ({}) is not a loopback address", self.admin_addr),
+                    format!(
+                        "required when admin_addr ({}) is not a loopback address",
+                        self.admin_addr
+                    ),
                 ));
             }
             _ => {}
@@ -193,23 +207,32 @@ impl Config {
                     return Err(invalid(format!("{field}.id"), "must be a positive integer"));
                 }
                 if !ids.insert(m.id) {
-                    return Err(invalid(format!("{field}.id"), format!("duplicate id {}", m.id)));
+                    return Err(invalid(
+                        format!("{field}.id"),
+                        format!("duplicate id {}", m.id),
+                    ));
                 }
                 if !addrs.insert(m.raft_addr) || !addrs.insert(m.admin_addr) {
-                    return Err(invalid(format!("{field}"), "duplicate address"));
+                    return Err(invalid(field, "duplicate address"));
                 }
             }
             if let Some(me) = self.initial_cluster.iter().find(|m| m.id == self.node_id) {
                 if me.raft_addr != self.raft_addr {
                     return Err(invalid(
                         "initial_cluster",
-                        format!("lists node {} at raft_addr {}, but raft_addr is {}", me.id, me.raft_addr, self.raft_addr),
+                        format!(
+                            "lists node {} at raft_addr {}, but raft_addr is {}",
+                            me.id, me.raft_addr, self.raft_addr
+                        ),
                     ));
                 }
                 if me.admin_addr != self.admin_addr {
                     return Err(invalid(
                         "initial_cluster",
-                        format!("lists node {} at admin_addr {}, but admin_addr is {}", me.id, me.admin_addr, self.admin_addr),
+                        format!(
+                            "lists node {} at admin_addr {}, but admin_addr is {}",
+                            me.id, me.admin_addr, self.admin_addr
+                        ),
                     ));
                 }
             } else {
@@ -224,7 +247,10 @@ impl Config {
             return Err(invalid("raft.heartbeat_ms", "must be positive"));
         }
         if r.election_timeout_min_ms <= r.heartbeat_ms {
-            return Err(invalid("raft.election_timeout_min_ms", "must be greater than raft.heartbeat_ms"));
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                "must be greater than raft.heartbeat_ms",
+            ));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err(invalid(
@@ -310,16 +336,25 @@ admin_addr = "127.0.0.1:7102"
 
     #[test]
     fn each_bad_field_is_named() {
-        assert_eq!(field_of(&GOOD.replace("node_id = 1", "node_id = 0")), "node_id");
+        assert_eq!(
+            field_of(&GOOD.replace("node_id = 1", "node_id = 0")),
+            "node_id"
+        );
         assert_eq!(
             field_of(&GOOD.replace("0123456789abcdef", "short")),
             "cluster_secret"
         );
         assert_eq!(
-            field_of(&GOOD.replace("admin_addr = \"127.0.0.1:7101\"\ncluster", "admin_addr = \"0.0.0.0:7101\"\ncluster")),
+            field_of(&GOOD.replace(
+                "admin_addr = \"127.0.0.1:7101\"\ncluster",
+                "admin_addr = \"0.0.0.0:7101\"\ncluster"
+            )),
             "admin_token"
         );
-        assert_eq!(field_of(&GOOD.replace("node_id = 1", "node_id = 3")), "initial_cluster");
+        assert_eq!(
+            field_of(&GOOD.replace("node_id = 1", "node_id = 3")),
+            "initial_cluster"
+        );
         assert_eq!(
             field_of(&format!("{GOOD}\n[raft]\nelection_timeout_min_ms = 10\n")),
             "raft.election_timeout_min_ms"

@@ -93,9 +93,13 @@ pub enum UserCmd {
 fn addresses(args: &CtlArgs) -> Result<Vec<String>, String> {
     let mut addrs = args.addr.clone();
     if let Some(path) = &args.cluster {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
-        let nodes = v["nodes"].as_array().ok_or_else(|| format!("{} has no \"nodes\" list", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+        let nodes = v["nodes"]
+            .as_array()
+            .ok_or_else(|| format!("{} has no \"nodes\" list", path.display()))?;
         for n in nodes {
             if let Some(a) = n["admin_addr"].as_str() {
                 addrs.push(a.to_string());
@@ -112,8 +116,12 @@ fn addresses(args: &CtlArgs) -> Result<Vec<String>, String> {
 pub fn describe(status: &Status) -> String {
     let msg = status.message();
     match status.code() {
-        Code::Unauthenticated => format!("not authorized: {msg} (give --token or STARLING_ADMIN_TOKEN)"),
-        Code::NotFound | Code::AlreadyExists | Code::InvalidArgument | Code::FailedPrecondition => msg.to_string(),
+        Code::Unauthenticated => {
+            format!("not authorized: {msg} (give --token or STARLING_ADMIN_TOKEN)")
+        }
+        Code::NotFound | Code::AlreadyExists | Code::InvalidArgument | Code::FailedPrecondition => {
+            msg.to_string()
+        }
         Code::Unavailable => format!("unavailable: {msg}"),
         Code::DeadlineExceeded => format!("timed out: {msg}"),
         other => format!("{other:?}: {msg}"),
@@ -142,7 +150,11 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
     let mut c = conn.client.clone();
     let (value, table) = match &args.cmd {
         CtlCmd::Status => {
-            let r = c.status(conn.req(StatusRequest {})).await.map_err(|s| describe(&s))?.into_inner();
+            let r = c
+                .status(conn.req(StatusRequest {}))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
             status_output(&r)
         }
         CtlCmd::AddNode {
@@ -202,7 +214,11 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
             user_output("password changed", &r)
         }
         CtlCmd::User(UserCmd::List) => {
-            let r = c.list_users(conn.req(ListUsersRequest {})).await.map_err(|s| describe(&s))?.into_inner();
+            let r = c
+                .list_users(conn.req(ListUsersRequest {}))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
             let rows: Vec<Vec<String>> = r
                 .users
                 .iter()
@@ -213,31 +229,52 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
         }
         CtlCmd::Sessions { node } => {
             let r = c
-                .list_sessions(conn.req(ListSessionsRequest { node_id: node.unwrap_or(0) }))
+                .list_sessions(conn.req(ListSessionsRequest {
+                    node_id: node.unwrap_or(0),
+                }))
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
             let rows: Vec<Vec<String>> = r
                 .sessions
                 .iter()
-                .map(|s| vec![s.full_jid.clone(), s.node_id.to_string(), s.priority.to_string()])
+                .map(|s| {
+                    vec![
+                        s.full_jid.clone(),
+                        s.node_id.to_string(),
+                        s.priority.to_string(),
+                    ]
+                })
                 .collect();
             let v = json!({"sessions": r.sessions.iter().map(|s| json!({"full_jid": s.full_jid, "node_id": s.node_id, "priority": s.priority, "bound_unix_ms": s.bound_unix_ms})).collect::<Vec<_>>()});
             (v, table(&["FULL_JID", "NODE", "PRIORITY"], &rows))
         }
         CtlCmd::Queues => {
-            let r = c.list_queues(conn.req(ListQueuesRequest {})).await.map_err(|s| describe(&s))?.into_inner();
+            let r = c
+                .list_queues(conn.req(ListQueuesRequest {}))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
             let rows: Vec<Vec<String>> = r
                 .queues
                 .iter()
-                .map(|q| vec![q.jid.clone(), q.depth.to_string(), format!("{:.1}s", q.oldest_age_ms as f64 / 1000.0)])
+                .map(|q| {
+                    vec![
+                        q.jid.clone(),
+                        q.depth.to_string(),
+                        format!("{:.1}s", q.oldest_age_ms as f64 / 1000.0),
+                    ]
+                })
                 .collect();
             let v = json!({"queues": r.queues.iter().map(|q| json!({"jid": q.jid, "depth": q.depth, "oldest_age_ms": q.oldest_age_ms})).collect::<Vec<_>>()});
             (v, table(&["JID", "DEPTH", "OLDEST"], &rows))
         }
     };
     if args.json {
-        Ok(format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()))
+        Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        ))
     } else {
         Ok(table)
     }
@@ -275,8 +312,15 @@ fn status_output(r: &StatusReply) -> (Value, String) {
         "term": r.term,
         "members": members,
     });
-    let leader = if r.has_leader { r.leader_id.to_string() } else { "none".into() };
-    let mut out = format!("leader: {leader}   term: {}   answered by node {}\n", r.term, r.node_id);
+    let leader = if r.has_leader {
+        r.leader_id.to_string()
+    } else {
+        "none".into()
+    };
+    let mut out = format!(
+        "leader: {leader}   term: {}   answered by node {}\n",
+        r.term, r.node_id
+    );
     let rows: Vec<Vec<String>> = r
         .members
         .iter()
@@ -316,7 +360,10 @@ fn status_output(r: &StatusReply) -> (Value, String) {
         })
         .collect();
     out.push_str(&table(
-        &["ID", "MEMBER", "ROLE", "RAFT", "ADMIN", "TERM", "LAST_LOG", "APPLIED", "SNAPSHOT", "DIGEST", "USERS", "SESSIONS", "QUEUED"],
+        &[
+            "ID", "MEMBER", "ROLE", "RAFT", "ADMIN", "TERM", "LAST_LOG", "APPLIED", "SNAPSHOT",
+            "DIGEST", "USERS", "SESSIONS", "QUEUED",
+        ],
         &rows,
     ));
     let digests: std::collections::BTreeSet<&str> = r
@@ -325,7 +372,12 @@ fn status_output(r: &StatusReply) -> (Value, String) {
         .filter(|m| m.reachable && m.has_applied)
         .map(|m| m.state_digest.as_str())
         .collect();
-    let applied: std::collections::BTreeSet<u64> = r.members.iter().filter(|m| m.reachable).map(|m| m.applied_index).collect();
+    let applied: std::collections::BTreeSet<u64> = r
+        .members
+        .iter()
+        .filter(|m| m.reachable)
+        .map(|m| m.applied_index)
+        .collect();
     if digests.len() == 1 && applied.len() == 1 {
         out.push_str("all reachable members have applied the same log and hold the same state\n");
     }

@@ -46,7 +46,13 @@ pub struct NodeEntry {
 }
 
 /// Configs for a new `n`-node loopback cluster.
-pub fn plan(dir: &Path, n: u64, base_port: u16, domain: &str, raft: RaftSection) -> anyhow::Result<Vec<Config>> {
+pub fn plan(
+    dir: &Path,
+    n: u64,
+    base_port: u16,
+    domain: &str,
+    raft: RaftSection,
+) -> anyhow::Result<Vec<Config>> {
     if n == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -109,7 +115,10 @@ fn existing_configs(dir: &Path) -> anyhow::Result<Vec<Config>> {
     };
     for e in entries {
         let path = e?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.starts_with("node") && name.ends_with(".toml") {
             out.push(Config::load(&path)?);
         }
@@ -142,7 +151,11 @@ pub fn spawn_node(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child
 
 /// Polls the admin API until a leader is known and every member answers,
 /// or `timeout` passes.
-pub async fn wait_for_cluster(admin_addrs: &[String], token: Option<&str>, timeout: Duration) -> anyhow::Result<u64> {
+pub async fn wait_for_cluster(
+    admin_addrs: &[String],
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
@@ -150,13 +163,18 @@ pub async fn wait_for_cluster(admin_addrs: &[String], token: Option<&str>, timeo
             Ok(conn) => match conn.client.clone().status(conn.req(StatusRequest {})).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    let all = r.members.len() == admin_addrs.len() && r.members.iter().all(|m| m.reachable);
+                    let all = r.members.len() == admin_addrs.len()
+                        && r.members.iter().all(|m| m.reachable);
                     if r.has_leader && all {
                         return Ok(r.leader_id);
                     }
                     last = format!(
                         "leader: {}, reachable: {}/{}",
-                        if r.has_leader { r.leader_id.to_string() } else { "none".into() },
+                        if r.has_leader {
+                            r.leader_id.to_string()
+                        } else {
+                            "none".into()
+                        },
                         r.members.iter().filter(|m| m.reachable).count(),
                         admin_addrs.len()
                     );
@@ -181,10 +199,17 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let dir = std::path::absolute(&args.dir).with_context(|| format!("bad --dir {}", args.dir.display()))?;
+    let dir = std::path::absolute(&args.dir)
+        .with_context(|| format!("bad --dir {}", args.dir.display()))?;
     let mut configs = existing_configs(&dir)?;
     if configs.is_empty() {
-        configs = plan(&dir, args.nodes, args.base_port, &args.domain, RaftSection::default())?;
+        configs = plan(
+            &dir,
+            args.nodes,
+            args.base_port,
+            &args.domain,
+            RaftSection::default(),
+        )?;
         write_configs(&dir, &configs)?;
         println!("new {}-node cluster in {}", configs.len(), dir.display());
     } else {
@@ -208,7 +233,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let child = spawn_node(&exe, &config_path(&dir, c.node_id), &log)?;
         children.push((c, child, log));
     }
-    let admin_addrs: Vec<String> = children.iter().map(|(c, _, _)| c.admin_addr.to_string()).collect();
+    let admin_addrs: Vec<String> = children
+        .iter()
+        .map(|(c, _, _)| c.admin_addr.to_string())
+        .collect();
 
     let ready = tokio::select! {
         r = wait_for_cluster(&admin_addrs, None, Duration::from_secs(60)) => r,
@@ -235,7 +263,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })
         .collect();
     let json_path = dir.join("cluster.json");
-    let domain = children.first().map(|(c, _, _)| c.domain.clone()).unwrap_or_default();
+    let domain = children
+        .first()
+        .map(|(c, _, _)| c.domain.clone())
+        .unwrap_or_default();
     let doc = serde_json::json!({ "domain": domain, "leader_at_start": leader, "nodes": entries });
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
 
@@ -247,14 +278,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 e.pid.to_string(),
                 e.raft_addr.clone(),
                 e.admin_addr.clone(),
-                if e.id == leader { "leader".into() } else { String::new() },
+                if e.id == leader {
+                    "leader".into()
+                } else {
+                    String::new()
+                },
                 e.log.display().to_string(),
             ]
         })
         .collect();
-    print!("{}", crate::ctl::table(&["NODE", "PID", "RAFT", "ADMIN", "", "LOG"], &rows));
+    print!(
+        "{}",
+        crate::ctl::table(&["NODE", "PID", "RAFT", "ADMIN", "", "LOG"], &rows)
+    );
     println!("cluster described in {}", json_path.display());
-    println!("try:  starling ctl --cluster {} status", json_path.display());
+    println!(
+        "try:  starling ctl --cluster {} status",
+        json_path.display()
+    );
     println!("Ctrl-C stops every node.");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -309,7 +350,10 @@ async fn first_exit(children: &mut [(Config, Child, PathBuf)]) -> anyhow::Error 
 pub async fn stop_all(children: &mut [(Config, Child, PathBuf)]) {
     for (_, child, _) in children.iter_mut() {
         if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
     for (c, child, _) in children.iter_mut() {

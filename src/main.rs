@@ -35,13 +35,22 @@ enum Cmd {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+    });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {
@@ -53,8 +62,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.cmd {
-        Cmd::Serve { config, exit_on_stdin_eof } => {
+    let code = run(cli.cmd, &rt);
+    // Do not wait for blocking tasks (such as the stdin watcher) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
+    match cmd {
+        Cmd::Serve {
+            config,
+            exit_on_stdin_eof,
+        } => {
             let config = match starling::config::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -63,7 +82,10 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing();
-            let result = rt.block_on(starling::node::run(config, shutdown_signal(exit_on_stdin_eof)));
+            let result = rt.block_on(starling::node::run(
+                config,
+                shutdown_signal(exit_on_stdin_eof),
+            ));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

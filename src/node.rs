@@ -59,13 +59,19 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeE
 }
 
 /// Runs a node until `shutdown` resolves, then stops raft and the servers.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
     let id = config.node_id;
     let span = tracing::info_span!("node", node_id = id);
     run_inner(config, shutdown).instrument(span).await
 }
 
-async fn run_inner(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+async fn run_inner(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
     let id = config.node_id;
     let raft_config = Arc::new(config.openraft()?);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
@@ -74,8 +80,8 @@ async fn run_inner(config: Config, shutdown: impl Future<Output = ()> + Send + '
     })?;
     let (log_store, sm) = store::open(&config.data_dir.join("db"), id)?;
     let reader = sm.reader();
-    let peers = Peers::new(&config.cluster_secret)
-        .map_err(|e| crate::config::ConfigError::Invalid {
+    let peers =
+        Peers::new(&config.cluster_secret).map_err(|e| crate::config::ConfigError::Invalid {
             field: "cluster_secret".into(),
             message: e.to_string(),
         })?;
@@ -106,11 +112,17 @@ async fn run_inner(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let raft_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(serve_raft(cluster.clone(), &config.cluster_secret))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(raft_listener),
+            stopped(stop_rx.clone()),
+        );
     let admin_server = admin::server(cluster.clone(), &config)
         .await
         .map_err(|e| NodeError::Raft(format!("admin service: {e}")))?
-        .serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(admin_listener),
+            stopped(stop_rx.clone()),
+        );
     let raft_task = tokio::spawn(raft_server.in_current_span());
     let admin_task = tokio::spawn(admin_server.in_current_span());
     let boot = tokio::spawn(bootstrap(cluster.clone(), config.clone()).in_current_span());
@@ -180,9 +192,16 @@ async fn bootstrap(cluster: ClusterHandle, config: Config) {
             if *peer == config.node_id {
                 continue;
             }
-            match cluster.peer_report(&node.raft_addr, Duration::from_millis(500)).await {
+            match cluster
+                .peer_report(&node.raft_addr, Duration::from_millis(500))
+                .await
+            {
                 Ok(r) if r.id != *peer => {
-                    warn!(peer, answered = r.id, "initial_cluster address answered with another node id");
+                    warn!(
+                        peer,
+                        answered = r.id,
+                        "initial_cluster address answered with another node id"
+                    );
                     all_pristine = false;
                     missing.push(*peer);
                 }
@@ -199,13 +218,18 @@ async fn bootstrap(cluster: ClusterHandle, config: Config) {
         }
         if all_pristine {
             match cluster.raft().initialize(members.clone()).await {
-                Ok(()) => info!(members = ?members.keys().collect::<Vec<_>>(), "initialized new cluster"),
+                Ok(()) => {
+                    info!(members = ?members.keys().collect::<Vec<_>>(), "initialized new cluster")
+                }
                 Err(e) => info!(error = %e, "not initializing"),
             }
             return;
         }
         if !waited_log {
-            info!(?missing, "waiting for every initial member before forming the cluster");
+            info!(
+                ?missing,
+                "waiting for every initial member before forming the cluster"
+            );
             waited_log = true;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -69,7 +69,10 @@ impl Bench {
     }
 
     fn admin_addrs(&self) -> Vec<String> {
-        self.configs.iter().map(|c| c.admin_addr.to_string()).collect()
+        self.configs
+            .iter()
+            .map(|c| c.admin_addr.to_string())
+            .collect()
     }
 
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
@@ -93,7 +96,7 @@ impl Bench {
 
 fn bind_cmd(writer: usize, i: u64) -> Command {
     let full_jid = format!("bench{writer}@bench/r");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Command::BindSession {
             full_jid,
             node: 1,
@@ -113,7 +116,12 @@ struct RunFigures {
     hist: Histogram<u64>,
 }
 
-async fn run_writers(bench: &Bench, leader: u64, writers: usize, secs: u64) -> anyhow::Result<RunFigures> {
+async fn run_writers(
+    bench: &Bench,
+    leader: u64,
+    writers: usize,
+    secs: u64,
+) -> anyhow::Result<RunFigures> {
     let addr = bench.raft_addr(leader);
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -124,7 +132,8 @@ async fn run_writers(bench: &Bench, leader: u64, writers: usize, secs: u64) -> a
         let addr = addr.clone();
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut i = 0u64;
             while Instant::now() < end {
                 let t0 = Instant::now();
@@ -165,9 +174,14 @@ async fn failover_once(bench: &mut Bench, round: u64) -> anyhow::Result<(u64, f6
         .ok_or_else(|| anyhow!("failover needs at least 2 nodes"))?;
     let survivor_addr = bench.raft_addr(survivor);
     // Warm the connection to the survivor so the figure is raft's, not TCP's.
-    propose_at(&bench.peers, &survivor_addr, 0, Proposal::Command(bind_cmd(10_000, 0)))
-        .await
-        .map_err(|e| anyhow!("warm-up write failed: {e}"))?;
+    propose_at(
+        &bench.peers,
+        &survivor_addr,
+        0,
+        Proposal::Command(bind_cmd(10_000, 0)),
+    )
+    .await
+    .map_err(|e| anyhow!("warm-up write failed: {e}"))?;
     let child = bench
         .children
         .iter_mut()
@@ -179,11 +193,20 @@ async fn failover_once(bench: &mut Bench, round: u64) -> anyhow::Result<(u64, f6
     let mut i = round * 1000;
     loop {
         i += 1;
-        match propose_at(&bench.peers, &survivor_addr, 0, Proposal::Command(bind_cmd(10_001, i))).await {
+        match propose_at(
+            &bench.peers,
+            &survivor_addr,
+            0,
+            Proposal::Command(bind_cmd(10_001, i)),
+        )
+        .await
+        {
             Ok(_) => break,
             Err(e) => {
                 if killed_at.elapsed() > Duration::from_secs(30) {
-                    return Err(anyhow!("no write committed 30 s after killing the leader: {e}"));
+                    return Err(anyhow!(
+                        "no write committed 30 s after killing the leader: {e}"
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -203,12 +226,19 @@ pub async fn run(args: RaftBenchArgs) -> anyhow::Result<()> {
     let (dir, temp) = match &args.dir {
         Some(d) => (std::path::absolute(d)?, false),
         None => {
-            let d = std::env::temp_dir().join(format!("starling-raft-bench-{}", std::process::id()));
+            let d =
+                std::env::temp_dir().join(format!("starling-raft-bench-{}", std::process::id()));
             (d, true)
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let configs = dev::plan(&dir, args.nodes, args.base_port, "bench", RaftSection::default())?;
+    let configs = dev::plan(
+        &dir,
+        args.nodes,
+        args.base_port,
+        "bench",
+        RaftSection::default(),
+    )?;
     dev::write_configs(&dir, &configs)?;
     let peers = Peers::new(&configs[0].cluster_secret)?;
     let mut bench = Bench {
@@ -280,7 +310,17 @@ async fn measure(bench: &mut Bench, args: &RaftBenchArgs) -> anyhow::Result<()> 
     print!(
         "{}",
         crate::ctl::table(
-            &["WRITERS", "COMMITTED", "ERRORS", "WRITES/S", "P50_MS", "P90_MS", "P99_MS", "P99.9_MS", "MAX_MS"],
+            &[
+                "WRITERS",
+                "COMMITTED",
+                "ERRORS",
+                "WRITES/S",
+                "P50_MS",
+                "P90_MS",
+                "P99_MS",
+                "P99.9_MS",
+                "MAX_MS"
+            ],
             &rows
         )
     );

@@ -116,7 +116,13 @@ struct Inner {
 pub struct ClusterHandle(Arc<Inner>);
 
 impl ClusterHandle {
-    pub fn new(id: NodeId, raft: Raft, state: StateReader, peers: Peers, propose_timeout: Duration) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: StateReader,
+        peers: Peers,
+        propose_timeout: Duration,
+    ) -> Self {
         ClusterHandle(Arc::new(Inner {
             id,
             raft,
@@ -155,7 +161,9 @@ impl ClusterHandle {
             if remaining.is_zero() {
                 return Err(ProposeError::NoLeader);
             }
-            let outcome = match tokio::time::timeout(remaining, self.propose_here(proposal.clone())).await {
+            let outcome = match tokio::time::timeout(remaining, self.propose_here(proposal.clone()))
+                .await
+            {
                 Err(_) => return Err(ProposeError::Unknown("timed out waiting for commit".into())),
                 Ok(r) => r,
             };
@@ -163,14 +171,20 @@ impl ClusterHandle {
                 Err(ProposeError::NotLeader { leader }) => leader,
                 other => return other,
             };
-            let node = leader.and_then(|l| self.member_node(l)).filter(|_| leader != Some(self.0.id));
+            let node = leader
+                .and_then(|l| self.member_node(l))
+                .filter(|_| leader != Some(self.0.id));
             let Some(node) = node else {
                 // No leader known yet (or it is us, mid-transition): wait.
                 tokio::time::sleep(Duration::from_millis(25)).await;
                 continue;
             };
             match tokio::time::timeout(remaining, self.forward(&node, proposal.clone())).await {
-                Err(_) => return Err(ProposeError::Unknown("timed out waiting for the leader".into())),
+                Err(_) => {
+                    return Err(ProposeError::Unknown(
+                        "timed out waiting for the leader".into(),
+                    ))
+                }
                 Ok(Err(ProposeError::NotLeader { .. })) | Ok(Err(ProposeError::NoLeader)) => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
@@ -184,7 +198,11 @@ impl ClusterHandle {
         m.membership().get_node(&id).cloned()
     }
 
-    async fn forward(&self, leader: &StarlingNode, proposal: Proposal) -> Result<Applied, ProposeError> {
+    async fn forward(
+        &self,
+        leader: &StarlingNode,
+        proposal: Proposal,
+    ) -> Result<Applied, ProposeError> {
         propose_at(&self.0.peers, &leader.raft_addr, self.0.id, proposal).await
     }
 
@@ -209,7 +227,9 @@ impl ClusterHandle {
                         )));
                     }
                 }
-                raft.add_learner(id, node, true).await.map_err(write_error)?;
+                raft.add_learner(id, node, true)
+                    .await
+                    .map_err(write_error)?;
                 let r = raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
@@ -234,7 +254,10 @@ impl ClusterHandle {
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 };
-                let r = raft.change_membership(change, false).await.map_err(write_error)?;
+                let r = raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_error)?;
                 Ok(applied_membership(r.log_id.index, r.membership))
             }
         }
@@ -268,7 +291,9 @@ impl ClusterHandle {
             users: st.data.users.len() as u64,
             sessions: st.data.sessions.len() as u64,
             queued: st.data.offline.len() as u64,
-            pristine: m.last_log_index.is_none() && m.vote == Default::default() && voters.is_empty(),
+            pristine: m.last_log_index.is_none()
+                && m.vote == Default::default()
+                && voters.is_empty(),
             voters,
             learners,
             nodes,
@@ -276,8 +301,16 @@ impl ClusterHandle {
     }
 
     /// Asks the node at `raft_addr` for its report.
-    pub async fn peer_report(&self, raft_addr: &str, timeout: Duration) -> Result<NodeReport, String> {
-        let mut client = self.0.peers.client(raft_addr).map_err(|s| s.message().to_string())?;
+    pub async fn peer_report(
+        &self,
+        raft_addr: &str,
+        timeout: Duration,
+    ) -> Result<NodeReport, String> {
+        let mut client = self
+            .0
+            .peers
+            .client(raft_addr)
+            .map_err(|s| s.message().to_string())?;
         let reply = tokio::time::timeout(timeout, client.node_info(Empty {}))
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
@@ -305,7 +338,9 @@ pub async fn propose_at(
             .map_err(|e| ProposeError::Unknown(format!("undecodable reply: {e}")))?,
         // The node never saw it: as good as "no leader right now".
         Err(s) if not_sent(&s) => Err(ProposeError::NotLeader { leader: None }),
-        Err(s) => Err(ProposeError::Unknown(format!("proposal to {raft_addr} failed: {s}"))),
+        Err(s) => Err(ProposeError::Unknown(format!(
+            "proposal to {raft_addr} failed: {s}"
+        ))),
     }
 }
 

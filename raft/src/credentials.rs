@@ -143,7 +143,10 @@ mod tests {
         // ServerSignature from the RFC's exchange, recomputed from ServerKey.
         let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let sig = hmac(ScramHash::Sha256, &keys.server_key, auth_message.as_bytes());
-        assert_eq!(b64.encode(sig), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            b64.encode(sig),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
         assert!(keys.verify_password(ScramHash::Sha256, "pencil"));
         assert!(!keys.verify_password(ScramHash::Sha256, "pencil2"));
     }

@@ -110,9 +110,11 @@ impl Peers {
                 c
             }
         };
-        Ok(RaftServiceClient::with_interceptor(channel, AddSecret(self.secret.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(
+            RaftServiceClient::with_interceptor(channel, AddSecret(self.secret.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 }
 
@@ -161,7 +163,12 @@ pub struct PeerNet {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, StarlingNode, RaftError<NodeId, E>>>;
 
 impl PeerNet {
-    async fn call<Req, Resp, E>(&mut self, kind: RPCTypes, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -245,7 +252,10 @@ fn encode_reply<T: Serialize>(value: &T) -> Result<tonic::Response<Payload>, Sta
 
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
-    async fn append_entries(&self, req: Request<Payload>) -> Result<tonic::Response<Payload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req)?;
         encode_reply(&self.cluster.raft().append_entries(rpc).await)
     }
@@ -255,7 +265,10 @@ impl RaftService for RaftRpc {
         encode_reply(&self.cluster.raft().vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<Payload>) -> Result<tonic::Response<Payload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<Payload>,
+    ) -> Result<tonic::Response<Payload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_req(req)?;
         encode_reply(&self.cluster.raft().install_snapshot(rpc).await)
     }

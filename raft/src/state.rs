@@ -29,9 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, CodecError};
-use crate::command::{
-    Command, OfflineMessage, Response, RosterItem, SessionBinding, UserRecord,
-};
+use crate::command::{Command, OfflineMessage, Response, RosterItem, SessionBinding, UserRecord};
 use crate::types::NodeId;
 
 /// A key of a table, encoded so that byte order equals key order.
@@ -79,6 +77,9 @@ impl TableKey for (String, u64) {
         Some((a, seq))
     }
 }
+
+/// One stored row: (key, value) bytes.
+pub type Row = (Vec<u8>, Vec<u8>);
 
 /// Writes produced by applying commands: `(key, Some(value))` is a put,
 /// `(key, None)` a delete. Applied to sled in order, in one atomic batch.
@@ -186,9 +187,8 @@ impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
 
     /// Loads one stored row (start-up or snapshot install); returns its hash.
     fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<u128, CodecError> {
-        let k = K::decode(key).ok_or_else(|| {
-            CodecError::msg(format!("bad key in table {}", self.prefix as char))
-        })?;
+        let k = K::decode(key)
+            .ok_or_else(|| CodecError::msg(format!("bad key in table {}", self.prefix as char)))?;
         let v: V = codec::decode(value)?;
         self.map.insert(k, v);
         let mut full = vec![self.prefix];
@@ -197,7 +197,7 @@ impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
     }
 
     /// Every row as stored bytes, for rewriting the tree from a snapshot.
-    fn rows(&self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), CodecError> {
+    fn rows(&self, out: &mut Vec<Row>) -> Result<(), CodecError> {
         for (k, v) in &self.map {
             out.push((self.full_key(k), codec::encode(v)?));
         }
@@ -292,7 +292,7 @@ impl StateData {
     }
 
     /// Every row as it is stored, in key order within each table.
-    pub fn rows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CodecError> {
+    pub fn rows(&self) -> Result<Vec<Row>, CodecError> {
         let mut out = Vec::new();
         self.users.rows(&mut out)?;
         self.sessions.rows(&mut out)?;
@@ -360,7 +360,10 @@ impl StateData {
                 let prefix = format!("{jid}/");
                 let sessions: Vec<String> = self
                     .sessions
-                    .range::<(Bound<&String>, Bound<&String>)>((Bound::Included(&prefix), Bound::Unbounded))
+                    .range::<(Bound<&String>, Bound<&String>)>((
+                        Bound::Included(&prefix),
+                        Bound::Unbounded,
+                    ))
                     .take_while(|(k, _)| k.starts_with(&prefix))
                     .map(|(k, _)| k.clone())
                     .collect();
@@ -592,32 +595,53 @@ mod tests {
         create(&mut d, "b@x");
         assert_eq!(
             enqueue(&mut d, "b@x", "m1", 3),
-            Response::Queued { seq: 1, duplicate: false }
+            Response::Queued {
+                seq: 1,
+                duplicate: false
+            }
         );
         assert_eq!(
             enqueue(&mut d, "b@x", "m2", 3),
-            Response::Queued { seq: 2, duplicate: false }
+            Response::Queued {
+                seq: 2,
+                duplicate: false
+            }
         );
         assert_eq!(
             enqueue(&mut d, "b@x", "m1", 3),
-            Response::Queued { seq: 1, duplicate: true }
+            Response::Queued {
+                seq: 1,
+                duplicate: true
+            }
         );
         assert_eq!(
             enqueue(&mut d, "b@x", "m3", 3),
-            Response::Queued { seq: 3, duplicate: false }
+            Response::Queued {
+                seq: 3,
+                duplicate: false
+            }
         );
-        assert_eq!(enqueue(&mut d, "b@x", "m4", 3), Response::QueueFull { cap: 3 });
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m4", 3),
+            Response::QueueFull { cap: 3 }
+        );
         let ids: Vec<_> = d.queue("b@x").map(|(_, m)| m.id.clone()).collect();
         assert_eq!(ids, ["m1", "m2", "m3"]);
         assert_eq!(
-            d.apply(Command::AckOffline { to: "b@x".into(), up_to: 2 }),
+            d.apply(Command::AckOffline {
+                to: "b@x".into(),
+                up_to: 2
+            }),
             Response::Acked { removed: 2 }
         );
         assert_eq!(d.queue_depth("b@x"), 1);
         // Sequence numbers keep growing after an ack: no reuse.
         assert_eq!(
             enqueue(&mut d, "b@x", "m5", 3),
-            Response::Queued { seq: 4, duplicate: false }
+            Response::Queued {
+                seq: 4,
+                duplicate: false
+            }
         );
     }
 
@@ -633,7 +657,10 @@ mod tests {
         assert_eq!(d.apply(bind(1)), Response::Bound { replaced: None });
         assert_eq!(d.apply(bind(2)), Response::Bound { replaced: Some(1) });
         assert_eq!(
-            d.apply(Command::UnbindSession { full_jid: "a@x/r".into(), node: 1 }),
+            d.apply(Command::UnbindSession {
+                full_jid: "a@x/r".into(),
+                node: 1
+            }),
             Response::Unbound { existed: false }
         );
         assert_eq!(d.sessions.len(), 1);
@@ -652,14 +679,27 @@ mod tests {
         enqueue(&mut d, "a@x", "m1", 10);
         d.apply(Command::SetRosterItem {
             owner: "a@x".into(),
-            item: RosterItem { jid: "c@x".into(), subscription: Subscription::Both, ..Default::default() },
+            item: RosterItem {
+                jid: "c@x".into(),
+                subscription: Subscription::Both,
+                ..Default::default()
+            },
         });
         for full in ["a@x/1", "a@x/2", "ab@x/1"] {
-            d.apply(Command::BindSession { full_jid: full.into(), node: 1, priority: 0, bound_ms: 0 });
+            d.apply(Command::BindSession {
+                full_jid: full.into(),
+                node: 1,
+                priority: 0,
+                bound_ms: 0,
+            });
         }
         assert_eq!(
             d.apply(Command::DeleteUser { jid: "a@x".into() }),
-            Response::UserDeleted { roster_items: 1, queued: 1, sessions: 2 }
+            Response::UserDeleted {
+                roster_items: 1,
+                queued: 1,
+                sessions: 2
+            }
         );
         assert_eq!(d.sessions.len(), 1, "ab@x's session stays");
         assert!(d.offline_ids.is_empty() && d.offline_next.is_empty());
@@ -675,7 +715,11 @@ mod tests {
         let c = creds();
         for (d, order) in [(&mut a, ["p@x", "q@x"]), (&mut b, ["q@x", "p@x"])] {
             for jid in order {
-                d.apply(Command::CreateUser { jid: jid.into(), credentials: c.clone(), created_ms: 1 });
+                d.apply(Command::CreateUser {
+                    jid: jid.into(),
+                    credentials: c.clone(),
+                    created_ms: 1,
+                });
             }
             d.apply(Command::DeleteUser { jid: "a@x".into() });
             d.apply(Command::DeleteUser { jid: "b@x".into() });
@@ -702,7 +746,12 @@ mod tests {
         let mut a = StateData::default();
         create(&mut a, "a@x");
         enqueue(&mut a, "a@x", "m1", 5);
-        a.apply(Command::BindSession { full_jid: "a@x/r".into(), node: 3, priority: 5, bound_ms: 9 });
+        a.apply(Command::BindSession {
+            full_jid: "a@x/r".into(),
+            node: 3,
+            priority: 5,
+            bound_ms: 9,
+        });
         let bytes = a.to_snapshot().unwrap();
         let b = StateData::from_snapshot(&bytes).unwrap();
         assert_eq!(a.digest(), b.digest());

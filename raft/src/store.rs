@@ -14,6 +14,10 @@
 //! The state machine writes each applied batch's rows together with
 //! `last_applied` and the membership in one atomic sled batch, so the stored
 //! state always describes exactly the entries it says it has applied.
+// openraft's storage traits return its `StorageError` (large) by value; the
+// helpers here return the same type rather than boxing and unboxing it.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -29,8 +33,7 @@ use crate::codec;
 use crate::command::Response;
 use crate::state::{StateData, META_PREFIX};
 use crate::types::{
-    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-    Vote,
+    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -49,7 +52,9 @@ pub enum OpenError {
     Sled(#[from] sled::Error),
     #[error("stored state is unreadable: {0}")]
     Codec(#[from] codec::CodecError),
-    #[error("data directory belongs to node {stored}, but this node is configured as {configured}")]
+    #[error(
+        "data directory belongs to node {stored}, but this node is configured as {configured}"
+    )]
     WrongNode { stored: NodeId, configured: NodeId },
 }
 
@@ -88,7 +93,10 @@ fn read_snap_err(e: openraft::AnyError) -> StorageIOError<NodeId> {
 ///
 /// `node_id` is stamped into a fresh database and checked on every later
 /// open, so a data directory cannot silently change identity.
-pub fn open(path: &std::path::Path, node_id: NodeId) -> Result<(LogStore, StateMachineStore), OpenError> {
+pub fn open(
+    path: &std::path::Path,
+    node_id: NodeId,
+) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = sled::Config::new()
         .path(path)
         .mode(sled::Mode::HighThroughput)
@@ -152,15 +160,6 @@ impl LogStore {
         self.raft.insert(key, bytes).map_err(io_err(err))?;
         Ok(())
     }
-
-    /// True when this node has never voted nor stored a log entry: the only
-    /// state in which it may initialize a cluster.
-    pub fn is_pristine(&self) -> Result<bool, StorageError> {
-        let vote: Option<Vote> = self.get_meta(KEY_VOTE, read_vote_err)?;
-        let empty = self.log.is_empty();
-        let purged: Option<LogId> = self.get_meta(KEY_PURGED, read_logs_err)?;
-        Ok(vote.is_none() && empty && purged.is_none())
-    }
 }
 
 fn to_byte_range<RB: RangeBounds<u64>>(range: &RB) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
@@ -216,7 +215,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta(KEY_VOTE, vote, write_vote_err)?;
-        self.db.flush_async().await.map_err(io_err(write_vote_err))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(io_err(write_vote_err))?;
         Ok(())
     }
 
@@ -234,7 +236,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -244,7 +250,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(io_err(write_logs_err))?;
             batch.insert(&index_key(entry.get_log_id().index), bytes);
         }
-        self.log.apply_batch(batch).map_err(io_err(write_logs_err))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(io_err(write_logs_err))?;
         // One flush covers every entry of this call (and whatever the state
         // machine wrote before it): many commands per fsync under load.
         let flushed = self.db.flush_async().await;
@@ -267,8 +275,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = item.map_err(io_err(write_logs_err))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(io_err(write_logs_err))?;
-        self.db.flush_async().await.map_err(io_err(write_logs_err))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(io_err(write_logs_err))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(io_err(write_logs_err))?;
         Ok(())
     }
 
@@ -281,7 +294,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = item.map_err(io_err(write_logs_err))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(io_err(write_logs_err))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(io_err(write_logs_err))?;
         Ok(())
     }
 }
@@ -388,13 +403,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let bytes = codec::encode(&stored).map_err(io_err(write_snap_err))?;
         self.snapshots
-            .insert(KEY_SNAP_META, codec::encode(&meta).map_err(io_err(write_snap_err))?)
+            .insert(
+                KEY_SNAP_META,
+                codec::encode(&meta).map_err(io_err(write_snap_err))?,
+            )
             .map_err(io_err(write_snap_err))?;
         self.snapshots
             .insert(KEY_SNAP_DATA, bytes)
             .map_err(io_err(write_snap_err))?;
-        self.db.flush_async().await.map_err(io_err(write_snap_err))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(io_err(write_snap_err))?;
         self.write().snapshot = meta.last_log_id;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -494,7 +516,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             data: bytes,
         };
         self.snapshots
-            .insert(KEY_SNAP_META, codec::encode(meta).map_err(io_err(write_snap_err))?)
+            .insert(
+                KEY_SNAP_META,
+                codec::encode(meta).map_err(io_err(write_snap_err))?,
+            )
             .map_err(io_err(write_snap_err))?;
         self.snapshots
             .insert(
@@ -502,12 +527,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 codec::encode(&stored).map_err(io_err(write_snap_err))?,
             )
             .map_err(io_err(write_snap_err))?;
-        self.db.flush_async().await.map_err(io_err(write_snap_err))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(io_err(write_snap_err))?;
         let mut st = self.write();
         st.data = data;
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.snapshot = meta.last_log_id;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "installed snapshot");
         Ok(())
     }
 

@@ -6,7 +6,9 @@ use starling_raft::types::{StorageError, TypeConfig};
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, sm) = store::open(&dir.path().join("db"), 1).expect("open store");
         Ok((dir, log, sm))
@@ -14,6 +16,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn sled_store_passes_openraft_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+fn sled_store_passes_openraft_suite() {
+    Suite::test_all(SledBuilder).expect("openraft storage suite");
 }

@@ -29,10 +29,15 @@ pub enum ConnectError {
 
 impl AdminConn {
     /// Connects to the first address in `addrs` that answers.
-    pub async fn connect(addrs: &[String], token: Option<&str>, timeout: Duration) -> Result<AdminConn, ConnectError> {
+    pub async fn connect(
+        addrs: &[String],
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<AdminConn, ConnectError> {
         let token = match token {
             Some(t) => Some(
-                MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ConnectError::BadToken)?,
+                MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| ConnectError::BadToken)?,
             ),
             None => None,
         };

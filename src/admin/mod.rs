@@ -45,13 +45,18 @@ impl Interceptor for CheckToken {
         match given {
             Some(g) if bool::from(g.as_bytes().ct_eq(token)) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong admin token")),
-            None => Err(Status::unauthenticated("this node requires an admin token (authorization: Bearer <token>)")),
+            None => Err(Status::unauthenticated(
+                "this node requires an admin token (authorization: Bearer <token>)",
+            )),
         }
     }
 }
 
 /// Builds the admin router: Admin (token-guarded), health and reflection.
-pub async fn server(cluster: ClusterHandle, config: &Config) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn server(
+    cluster: ClusterHandle,
+    config: &Config,
+) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -62,10 +67,16 @@ pub async fn server(cluster: ClusterHandle, config: &Config) -> Result<Router, B
         cluster,
         domain: config.domain.clone(),
     };
-    let token = config.admin_token.as_ref().map(|t| std::sync::Arc::from(t.as_bytes()));
+    let token = config
+        .admin_token
+        .as_ref()
+        .map(|t| std::sync::Arc::from(t.as_bytes()));
     Ok(tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(InterceptedService::new(AdminServer::new(svc), CheckToken(token)))
+        .add_service(InterceptedService::new(
+            AdminServer::new(svc),
+            CheckToken(token),
+        ))
         .add_service(health_service)
         .add_service(reflection))
 }
@@ -107,7 +118,9 @@ impl AdminService {
         let jid = jid::BareJid::new(&text)
             .map_err(|e| Status::invalid_argument(format!("{given:?} is not a valid JID: {e}")))?;
         if jid.node().is_none() {
-            return Err(Status::invalid_argument(format!("{given:?} has no local part")));
+            return Err(Status::invalid_argument(format!(
+                "{given:?} has no local part"
+            )));
         }
         if jid.domain().as_str() != self.domain {
             return Err(Status::invalid_argument(format!(
@@ -138,7 +151,12 @@ impl AdminService {
     }
 }
 
-fn member_status(id: u64, node: &StarlingNode, role_in_config: &str, report: Result<NodeReport, String>) -> MemberStatus {
+fn member_status(
+    id: u64,
+    node: &StarlingNode,
+    role_in_config: &str,
+    report: Result<NodeReport, String>,
+) -> MemberStatus {
     let mut m = MemberStatus {
         id,
         raft_addr: node.raft_addr.clone(),
@@ -175,7 +193,10 @@ fn member_status(id: u64, node: &StarlingNode, role_in_config: &str, report: Res
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<tonic::Response<StatusReply>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<tonic::Response<StatusReply>, Status> {
         let me = self.cluster.report();
         let mut members = Vec::new();
         let lookups = me.nodes.iter().map(|(id, node)| {
@@ -187,7 +208,11 @@ impl Admin for AdminService {
                 } else {
                     cluster.peer_report(&node.raft_addr, REPORT_TIMEOUT).await
                 };
-                let role = if me.voters.contains(id) { "voter" } else { "learner" };
+                let role = if me.voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                };
                 member_status(*id, node, role, report)
             }
         });
@@ -212,19 +237,24 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<tonic::Response<MembershipReply>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<AddNodeRequest>,
+    ) -> Result<tonic::Response<MembershipReply>, Status> {
         let r = req.into_inner();
         if r.id == 0 {
-            return Err(Status::invalid_argument("node id must be a positive integer"));
+            return Err(Status::invalid_argument(
+                "node id must be a positive integer",
+            ));
         }
         for (name, addr) in [("raft_addr", &r.raft_addr), ("admin_addr", &r.admin_addr)] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| Status::invalid_argument(format!("{name} {addr:?}: {e}")))?;
         }
         if !r.client_addr.is_empty() {
-            r.client_addr
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| Status::invalid_argument(format!("client_addr {:?}: {e}", r.client_addr)))?;
+            r.client_addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                Status::invalid_argument(format!("client_addr {:?}: {e}", r.client_addr))
+            })?;
         }
         let node = StarlingNode {
             raft_addr: r.raft_addr,
@@ -243,7 +273,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<tonic::Response<MembershipReply>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<tonic::Response<MembershipReply>, Status> {
         let id = req.into_inner().id;
         let applied = self
             .cluster
@@ -257,7 +290,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn create_user(&self, req: Request<CreateUserRequest>) -> Result<tonic::Response<UserReply>, Status> {
+    async fn create_user(
+        &self,
+        req: Request<CreateUserRequest>,
+    ) -> Result<tonic::Response<UserReply>, Status> {
         let r = req.into_inner();
         let jid = self.user_jid(&r.jid)?;
         let credentials = Self::credentials(r.password).await?;
@@ -270,12 +306,17 @@ impl Admin for AdminService {
             .await?;
         match resp {
             Response::UserCreated => Ok(tonic::Response::new(UserReply { jid, log_index })),
-            Response::UserExists => Err(Status::already_exists(format!("user {jid} already exists"))),
+            Response::UserExists => {
+                Err(Status::already_exists(format!("user {jid} already exists")))
+            }
             other => Err(Status::internal(format!("unexpected result {other:?}"))),
         }
     }
 
-    async fn delete_user(&self, req: Request<DeleteUserRequest>) -> Result<tonic::Response<UserReply>, Status> {
+    async fn delete_user(
+        &self,
+        req: Request<DeleteUserRequest>,
+    ) -> Result<tonic::Response<UserReply>, Status> {
         let jid = self.user_jid(&req.into_inner().jid)?;
         let (log_index, resp) = self.write(Command::DeleteUser { jid: jid.clone() }).await?;
         match resp {
@@ -285,7 +326,10 @@ impl Admin for AdminService {
         }
     }
 
-    async fn set_password(&self, req: Request<SetPasswordRequest>) -> Result<tonic::Response<UserReply>, Status> {
+    async fn set_password(
+        &self,
+        req: Request<SetPasswordRequest>,
+    ) -> Result<tonic::Response<UserReply>, Status> {
         let r = req.into_inner();
         let jid = self.user_jid(&r.jid)?;
         if self.cluster.state().read().data.users.get(&jid).is_none() {
@@ -306,7 +350,10 @@ impl Admin for AdminService {
         }
     }
 
-    async fn list_users(&self, _req: Request<ListUsersRequest>) -> Result<tonic::Response<ListUsersReply>, Status> {
+    async fn list_users(
+        &self,
+        _req: Request<ListUsersRequest>,
+    ) -> Result<tonic::Response<ListUsersReply>, Status> {
         let st = self.cluster.state().read();
         let users = st
             .data
@@ -320,7 +367,10 @@ impl Admin for AdminService {
         Ok(tonic::Response::new(ListUsersReply { users }))
     }
 
-    async fn list_sessions(&self, req: Request<ListSessionsRequest>) -> Result<tonic::Response<ListSessionsReply>, Status> {
+    async fn list_sessions(
+        &self,
+        req: Request<ListSessionsRequest>,
+    ) -> Result<tonic::Response<ListSessionsReply>, Status> {
         let node = req.into_inner().node_id;
         let st = self.cluster.state().read();
         let sessions = st
@@ -338,7 +388,10 @@ impl Admin for AdminService {
         Ok(tonic::Response::new(ListSessionsReply { sessions }))
     }
 
-    async fn list_queues(&self, _req: Request<ListQueuesRequest>) -> Result<tonic::Response<ListQueuesReply>, Status> {
+    async fn list_queues(
+        &self,
+        _req: Request<ListQueuesRequest>,
+    ) -> Result<tonic::Response<ListQueuesReply>, Status> {
         let now = now_ms();
         let st = self.cluster.state().read();
         let mut queues: Vec<Queue> = Vec::new();

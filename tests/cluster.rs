@@ -1,0 +1,440 @@
+//! The replicated core as an operator sees it: real `starling serve`
+//! processes on loopback, real disks, driven through the admin API and
+//! `starling ctl`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use starling::config::RaftSection;
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_accept_writes_through_any_node() {
+    let cluster = TestCluster::start(3, fast_raft());
+    let leader = cluster.wait_leader(1, T).await;
+    assert!((1..=3).contains(&leader));
+    let s = cluster.status(2).await;
+    assert_eq!(s.members.len(), 3);
+    assert!(s.members.iter().all(|m| m.membership == "voter"));
+    for (via, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        let r = cluster.create_user(via, name).await.unwrap();
+        assert_eq!(r.jid, format!("{name}@localhost"));
+    }
+    let (applied, digest) = cluster.wait_converged(3, &[1, 2, 3], T).await;
+    assert!(
+        applied >= 4,
+        "1 membership entry, 1 blank and 3 users at least: {applied}"
+    );
+    assert_ne!(digest, "0".repeat(32));
+    for via in 1..=3 {
+        assert_eq!(
+            cluster.users(via).await,
+            ["alice@localhost", "bob@localhost", "carol@localhost"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_then_restarted_node_catches_up_by_log() {
+    let mut cluster = TestCluster::start(3, fast_raft());
+    let old = cluster.wait_leader(1, T).await;
+    cluster.create_user(old, "before").await.unwrap();
+    cluster.kill(old);
+    let survivor = (1..=3).find(|id| *id != old).unwrap();
+    let new = cluster.wait_leader(survivor, T).await;
+    assert_ne!(new, old);
+    let other = (1..=3).find(|id| *id != old && *id != new).unwrap();
+    // Writes go on, through the leader and through the follower.
+    cluster.create_user(new, "after1").await.unwrap();
+    cluster.create_user(other, "after2").await.unwrap();
+    let s = cluster.status(new).await;
+    let dead = s.members.iter().find(|m| m.id == old).unwrap();
+    assert!(!dead.reachable && dead.role == "unreachable");
+
+    cluster.start_node(old);
+    let (_, digest) = cluster.wait_converged(new, &[1, 2, 3], T).await;
+    assert_eq!(
+        cluster.users(old).await,
+        ["after1@localhost", "after2@localhost", "before@localhost"]
+    );
+    // Default compaction: nothing was purged, so this was log replication.
+    let s = cluster.status(old).await;
+    let me = s.members.iter().find(|m| m.id == old).unwrap();
+    assert!(
+        !me.has_snapshot,
+        "no snapshot expected at default thresholds"
+    );
+    assert_eq!(me.state_digest, digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_node_catches_up_by_chunked_snapshot() {
+    let raft = RaftSection {
+        snapshot_after_entries: 10,
+        keep_entries_after_snapshot: 0,
+        // Several chunks per snapshot.
+        snapshot_chunk_bytes: 1024,
+        ..fast_raft()
+    };
+    let mut cluster = TestCluster::start(3, raft);
+    let leader = cluster.wait_leader(1, T).await;
+    let lagger = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.wait_converged(leader, &[1, 2, 3], T).await;
+    let before = cluster.status(lagger).await;
+    let lagger_last = before
+        .members
+        .iter()
+        .find(|m| m.id == lagger)
+        .unwrap()
+        .last_log_index;
+    cluster.kill(lagger);
+    for i in 0..40 {
+        cluster
+            .create_user(leader, &format!("user{i}"))
+            .await
+            .unwrap();
+    }
+    // The leader has purged past everything the lagging node has.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let s = cluster.status(leader).await;
+        let l = s.members.iter().find(|m| m.id == leader).unwrap();
+        if l.has_snapshot && l.purged_index > lagger_last + 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leader never purged: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.start_node(lagger);
+    let (_, digest) = cluster.wait_converged(leader, &[1, 2, 3], T).await;
+    assert_eq!(cluster.users(lagger).await.len(), 40);
+    let s = cluster.status(lagger).await;
+    let me = s.members.iter().find(|m| m.id == lagger).unwrap();
+    assert!(me.has_snapshot, "{me:?}");
+    assert_eq!(me.state_digest, digest);
+    assert!(
+        cluster.log_of(lagger).contains("installed snapshot"),
+        "the lagging node should report installing a snapshot:\n{}",
+        cluster.log_of(lagger)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_a_fourth_node_then_remove_one() {
+    let mut cluster = TestCluster::start(3, fast_raft());
+    let leader = cluster.wait_leader(1, T).await;
+    cluster.create_user(leader, "early").await.unwrap();
+    // Node 4 joins later: no initial_cluster, so it never initializes.
+    let ports = free_ports(2);
+    let c4 = node_config(
+        cluster.dir.path(),
+        4,
+        ports[0],
+        ports[1],
+        &cluster.secret,
+        &[],
+        &fast_raft(),
+    );
+    cluster.add_config(c4);
+    cluster.start_node(4);
+    let (raft4, admin4) = (cluster.raft_addr(4), cluster.admin_addr(4));
+    let admin1 = cluster.admin_addr(1);
+    let (ok, out, err) = ctl(&[
+        "--addr",
+        &admin1,
+        "add-node",
+        "--id",
+        "4",
+        "--raft-addr",
+        &raft4,
+        "--admin-addr",
+        &admin4,
+    ]);
+    assert!(ok, "add-node failed: {out} {err}");
+    assert!(out.contains("voters:   [1, 2, 3, 4]"), "{out}");
+    cluster.wait_converged(1, &[1, 2, 3, 4], T).await;
+    assert_eq!(cluster.users(4).await, ["early@localhost"]);
+
+    // Remove a follower that is not node 4.
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    let (ok, out, err) = ctl(&[
+        "--addr",
+        &cluster.admin_addr(4),
+        "--json",
+        "remove-node",
+        "--id",
+        &gone.to_string(),
+    ]);
+    assert!(ok, "remove-node failed: {out} {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let voters: Vec<u64> = v["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(voters.len(), 3);
+    assert!(!voters.contains(&gone));
+    let s = cluster.status(leader).await;
+    assert_eq!(s.members.len(), 3);
+    cluster.create_user(4, "late").await.unwrap();
+    let rest: Vec<u64> = (1..=4).filter(|id| *id != gone).collect();
+    cluster.wait_converged(leader, &rest, T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_identity_and_data_and_never_reinitializes() {
+    let mut cluster = TestCluster::start(3, fast_raft());
+    let leader = cluster.wait_leader(1, T).await;
+    cluster.create_user(leader, "durable").await.unwrap();
+    let (_, digest) = cluster.wait_converged(1, &[1, 2, 3], T).await;
+    for id in 1..=3 {
+        assert!(
+            cluster.stop(id),
+            "node {id} did not stop cleanly:\n{}",
+            cluster.log_of(id)
+        );
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_leader(1, T).await;
+    let (_, digest_after) = cluster.wait_converged(1, &[1, 2, 3], T).await;
+    assert_eq!(cluster.users(2).await, ["durable@localhost"]);
+    // Same state; at most a new blank entry from the new leader changes the
+    // applied index, never the state.
+    assert_eq!(digest, digest_after);
+    assert_eq!(
+        cluster.log_of(1).matches("initialized new cluster").count(),
+        1
+    );
+
+    // The same data dir under another node id is refused, naming both ids.
+    cluster.stop(3);
+    let mut c = cluster.nodes[2].config.clone();
+    c.node_id = 9;
+    c.initial_cluster.clear();
+    let path = cluster.dir.path().join("wrong-id.toml");
+    std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to node 3") && err.contains("configured as 9"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_account_created_at_once_through_two_nodes_succeeds_once() {
+    let cluster = TestCluster::start(3, fast_raft());
+    cluster.wait_leader(1, T).await;
+    for round in 0..5 {
+        let name = format!("race{round}");
+        let (a, b) = tokio::join!(cluster.create_user(2, &name), cluster.create_user(3, &name));
+        let oks = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "round {round}: {a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(loser.unwrap_err().code(), tonic::Code::AlreadyExists);
+    }
+    assert_eq!(cluster.users(1).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_node_and_no_quorum_are_clear_failures() {
+    let mut cluster = TestCluster::start(3, fast_raft());
+    let leader = cluster.wait_leader(1, T).await;
+    let admin = cluster.admin_addr(leader);
+    let (ok, _, err) = ctl(&["--addr", &admin, "remove-node", "--id", "99"]);
+    assert!(!ok);
+    assert!(err.contains("node 99 is not a member"), "{err}");
+    let (ok, _, err) = ctl(&["--addr", &admin, "user", "delete", "nobody"]);
+    assert!(!ok);
+    assert!(err.contains("no such user nobody@localhost"), "{err}");
+    let (ok, _, err) = ctl(&[
+        "--addr",
+        &admin,
+        "user",
+        "create",
+        "x@elsewhere",
+        "--password",
+        "p",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not in this server's domain"), "{err}");
+
+    // Lose quorum: keep only one follower alive.
+    let keep = (1..=3).find(|id| *id != leader).unwrap();
+    for id in 1..=3 {
+        if id != keep {
+            cluster.kill(id);
+        }
+    }
+    let admin = cluster.admin_addr(keep);
+    let started = std::time::Instant::now();
+    let (ok, _, err) = ctl(&[
+        "--addr",
+        &admin,
+        "--timeout",
+        "20",
+        "remove-node",
+        "--id",
+        &leader.to_string(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("no quorum") || err.contains("outcome unknown"),
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&[
+        "--addr",
+        &admin,
+        "--timeout",
+        "20",
+        "user",
+        "create",
+        "q",
+        "--password",
+        "p",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("no quorum") || err.contains("outcome unknown"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failures must not hang"
+    );
+    // Reads still answer, and status names the unreachable members.
+    let (ok, out, _) = ctl(&["--addr", &admin, "status"]);
+    assert!(ok);
+    assert!(out.contains("UNREACHABLE"), "{out}");
+    // A node nobody listens on.
+    let port = free_ports(1)[0];
+    let (ok, _, err) = ctl(&["--addr", &format!("127.0.0.1:{port}"), "status"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_and_cluster_secret_are_enforced() {
+    let cluster = TestCluster::start_with(3, fast_raft(), |c| {
+        c.admin_token = Some("s3cret-token".into())
+    });
+    let admin = cluster.admin_addr(1);
+    // Wait for the cluster through the authorized path.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (ok, out, _) = ctl(&[
+            "--addr",
+            &admin,
+            "--token",
+            "s3cret-token",
+            "--json",
+            "status",
+        ]);
+        if ok && out.contains("\"leader_id\": ") && !out.contains("\"leader_id\": null") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, _, err) = ctl(&["--addr", &admin, "status"]);
+    assert!(!ok);
+    assert!(err.contains("not authorized"), "{err}");
+    let (ok, _, err) = ctl(&["--addr", &admin, "--token", "wrong", "user", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains("not authorized") && err.contains("wrong admin token"),
+        "{err}"
+    );
+    let (ok, out, err) = ctl(&[
+        "--addr",
+        &admin,
+        "--token",
+        "s3cret-token",
+        "user",
+        "create",
+        "tok",
+        "--password",
+        "p",
+    ]);
+    assert!(ok, "{out}{err}");
+
+    // The raft port: a caller without the cluster secret gets nothing.
+    let stranger = starling_raft::network::Peers::new("not-the-cluster-secret").unwrap();
+    let mut client = stranger.client(&cluster.raft_addr(1)).unwrap();
+    let e = client
+        .node_info(starling_proto::raft::Empty {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .append_entries(starling_proto::raft::Payload {
+            data: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // With the secret but garbage in the payload: a clear error, no crash.
+    let insider = starling_raft::network::Peers::new(&cluster.secret).unwrap();
+    let mut client = insider.client(&cluster.raft_addr(1)).unwrap();
+    let e = client
+        .append_entries(starling_proto::raft::Payload {
+            data: vec![0xc1, 0xff],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    client
+        .node_info(starling_proto::raft::Empty {})
+        .await
+        .unwrap();
+}
+
+#[test]
+fn malformed_configs_exit_non_zero_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("node_id = 0\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\n", "`node_id`"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"nope\"\ncluster_secret = \"0123456789abcdef\"\n", "raft_addr"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"short\"\n", "`cluster_secret`"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_addr = \"0.0.0.0:7101\"\n", "`admin_token`"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\ncolour = 1\n", "colour"),
+        ("this is not toml", "config file"),
+    ];
+    for (i, (text, expect)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "case {i}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "case {i}: {err}");
+        assert!(
+            !dir.path().join("d").exists(),
+            "nothing may be created for a bad config"
+        );
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/node.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}

@@ -1,0 +1,323 @@
+//! Test harness: real `starling serve` processes on loopback ports, each
+//! with its own data directory, driven through the admin API.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use starling::admin::client::AdminConn;
+use starling::config::{Config, Member, RaftSection};
+use starling_proto::admin::*;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
+
+/// Loopback ports that were free a moment ago.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+pub struct TestNode {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    pub secret: String,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn node_config(
+    dir: &Path,
+    id: u64,
+    raft: u16,
+    admin: u16,
+    secret: &str,
+    initial: &[Member],
+    raft_section: &RaftSection,
+) -> Config {
+    Config {
+        node_id: id,
+        data_dir: dir.join(format!("node{id}")),
+        domain: "localhost".into(),
+        raft_addr: addr(raft),
+        admin_addr: addr(admin),
+        cluster_secret: secret.into(),
+        admin_token: None,
+        initial_cluster: initial.to_vec(),
+        raft: raft_section.clone(),
+    }
+}
+
+impl TestCluster {
+    /// Writes configs for `n` initial members and starts them.
+    pub fn start(n: u64, raft: RaftSection) -> TestCluster {
+        Self::start_with(n, raft, |_| {})
+    }
+
+    pub fn start_with(n: u64, raft: RaftSection, tweak: impl Fn(&mut Config)) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "test-cluster-secret-0123456789".to_string();
+        let ports = free_ports(2 * n as usize);
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                id: i + 1,
+                raft_addr: addr(ports[2 * i as usize]),
+                admin_addr: addr(ports[2 * i as usize + 1]),
+            })
+            .collect();
+        let mut cluster = TestCluster {
+            dir,
+            nodes: Vec::new(),
+            secret: secret.clone(),
+        };
+        for m in &members {
+            let mut c = node_config(
+                cluster.dir.path(),
+                m.id,
+                m.raft_addr.port(),
+                m.admin_addr.port(),
+                &secret,
+                &members,
+                &raft,
+            );
+            tweak(&mut c);
+            cluster.add_config(c);
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn_index(i);
+        }
+        cluster
+    }
+
+    /// Registers a node config (written to disk) without starting it.
+    pub fn add_config(&mut self, c: Config) {
+        let path = self.dir.path().join(format!("node{}.toml", c.node_id));
+        std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
+        let log = self.dir.path().join(format!("node{}.log", c.node_id));
+        self.nodes.push(TestNode {
+            config: c,
+            config_path: path,
+            log,
+            child: None,
+        });
+    }
+
+    fn index(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.config.node_id == id)
+            .expect("known node")
+    }
+
+    fn spawn_index(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&n.config_path)
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        n.child = Some(child);
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let i = self.index(id);
+        assert!(self.nodes[i].child.is_none(), "node {id} already running");
+        self.spawn_index(i);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self, id: u64) {
+        let i = self.index(id);
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self, id: u64) -> bool {
+        let i = self.index(id);
+        let Some(mut c) = self.nodes[i].child.take() else {
+            return true;
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn admin_addr(&self, id: u64) -> String {
+        self.nodes[self.index(id)].config.admin_addr.to_string()
+    }
+
+    pub fn raft_addr(&self, id: u64) -> String {
+        self.nodes[self.index(id)].config.raft_addr.to_string()
+    }
+
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[self.index(id)].log).unwrap_or_default()
+    }
+
+    pub async fn conn(&self, id: u64) -> AdminConn {
+        let addr = self.admin_addr(id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match AdminConn::connect(std::slice::from_ref(&addr), None, Duration::from_secs(10))
+                .await
+            {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("node {id} admin unreachable: {e}\n{}", self.log_of(id))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    pub async fn status(&self, id: u64) -> StatusReply {
+        let c = self.conn(id).await;
+        c.client
+            .clone()
+            .status(c.req(StatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until node `via` sees a leader, and returns its id.
+    pub async fn wait_leader(&self, via: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(via).await;
+            let leader_up = s
+                .members
+                .iter()
+                .any(|m| m.id == s.leader_id && m.reachable && m.role == "leader");
+            if s.has_leader && leader_up {
+                return s.leader_id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader after {timeout:?}: {s:?}\n{}",
+                self.log_of(via)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every listed node is reachable and all have applied the
+    /// same index with the same digest; returns that digest.
+    pub async fn wait_converged(&self, via: u64, ids: &[u64], timeout: Duration) -> (u64, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(via).await;
+            let ms: Vec<&MemberStatus> = s.members.iter().filter(|m| ids.contains(&m.id)).collect();
+            let all = ms.len() == ids.len() && ms.iter().all(|m| m.reachable && m.has_applied);
+            if all {
+                let first = ms[0];
+                if ms.iter().all(|m| {
+                    m.applied_index == first.applied_index && m.state_digest == first.state_digest
+                }) {
+                    return (first.applied_index, first.state_digest.clone());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not converged after {timeout:?}: {:#?}",
+                s.members
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn create_user(&self, via: u64, name: &str) -> Result<UserReply, tonic::Status> {
+        let c = self.conn(via).await;
+        c.client
+            .clone()
+            .create_user(c.req(CreateUserRequest {
+                jid: name.into(),
+                password: format!("pw-{name}"),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn users(&self, via: u64) -> Vec<String> {
+        let c = self.conn(via).await;
+        let r = c
+            .client
+            .clone()
+            .list_users(c.req(ListUsersRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        r.users.into_iter().map(|u| u.jid).collect()
+    }
+}
+
+/// Fast timing for tests: quick elections, frequent snapshots when asked.
+pub fn fast_raft() -> RaftSection {
+    RaftSection {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..Default::default()
+    }
+}
+
+/// Runs `starling ctl ARGS` and returns (success, stdout, stderr).
+pub fn ctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).arg("ctl").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
