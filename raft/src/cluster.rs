@@ -18,6 +18,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use starling_proto::raft::Empty;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::codec;
 use crate::command::{Command, Response};
@@ -109,6 +110,111 @@ struct Inner {
     state: StateReader,
     peers: Peers,
     propose_timeout: Duration,
+    batch_tx: mpsc::Sender<Pending>,
+}
+
+/// Most commands in one batched log entry.
+const MAX_BATCH_COMMANDS: usize = 512;
+/// Largest estimated size of one batched log entry.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches submitted to raft and not yet committed, at most. While all are
+/// in flight, new commands queue up and form the next, larger batch: group
+/// commit that adapts to load (a lone writer still gets a batch of one).
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A command waiting for the batcher.
+struct Pending {
+    cmd: Command,
+    tx: oneshot::Sender<Result<Applied, ProposeError>>,
+}
+
+/// Collects concurrently proposed commands into [`Command::Batch`] entries.
+///
+/// openraft 0.9 appends (and so fsyncs) each client write on its own; one
+/// entry per batch makes that one fsync per batch. Batches are handed to
+/// raft in arrival order, so commands from one caller keep their order.
+async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+    let permits = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.cmd.size_hint();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.cmd.size_hint();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (cmd, txs) = if batch.len() == 1 {
+            let p = batch.remove(0);
+            (p.cmd, vec![p.tx])
+        } else {
+            let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.tx)).unzip();
+            (Command::Batch { commands: cmds }, txs)
+        };
+        let single = txs.len() == 1;
+        // Enqueue into raft here, in order; wait for commit elsewhere.
+        let rx_commit = match raft.client_write_ff(cmd).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                for tx in txs {
+                    let _ = tx.send(Err(ProposeError::Fatal(fatal.to_string())));
+                }
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = match rx_commit.await {
+                Err(_) => Err(ProposeError::Unknown("raft dropped the proposal".into())),
+                Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+                Ok(Ok(r)) => Ok(r),
+            };
+            match outcome {
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Ok(r) if single => {
+                    let applied = Applied {
+                        log_index: r.log_id.index,
+                        response: r.data,
+                        voters: vec![],
+                        learners: vec![],
+                    };
+                    for tx in txs {
+                        let _ = tx.send(Ok(applied.clone()));
+                    }
+                }
+                Ok(r) => {
+                    let responses = match r.data {
+                        Response::Batch { responses } if responses.len() == txs.len() => responses,
+                        other => {
+                            let e = ProposeError::Fatal(format!("batch answered with {other:?}"));
+                            for tx in txs {
+                                let _ = tx.send(Err(e.clone()));
+                            }
+                            return;
+                        }
+                    };
+                    for (tx, response) in txs.into_iter().zip(responses) {
+                        let _ = tx.send(Ok(Applied {
+                            log_index: r.log_id.index,
+                            response,
+                            voters: vec![],
+                            learners: vec![],
+                        }));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// A cloneable handle on this node's raft instance and applied state.
@@ -123,12 +229,15 @@ impl ClusterHandle {
         peers: Peers,
         propose_timeout: Duration,
     ) -> Self {
+        let (batch_tx, batch_rx) = mpsc::channel(4096);
+        tokio::spawn(batcher(raft.clone(), batch_rx));
         ClusterHandle(Arc::new(Inner {
             id,
             raft,
             state,
             peers,
             propose_timeout,
+            batch_tx,
         }))
     }
 
@@ -210,14 +319,25 @@ impl ClusterHandle {
     pub async fn propose_here(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
         let raft = &self.0.raft;
         match proposal {
+            Proposal::Command(Command::Batch { .. }) => Err(ProposeError::Fatal(
+                "batches are formed by the node, not proposed".into(),
+            )),
             Proposal::Command(cmd) => {
-                let r = raft.client_write(cmd).await.map_err(write_error)?;
-                Ok(Applied {
-                    log_index: r.log_id.index,
-                    response: r.data,
-                    voters: vec![],
-                    learners: vec![],
-                })
+                // Not the leader: say so without queueing behind other writes.
+                let m = raft.metrics().borrow().clone();
+                if m.state != ServerState::Leader {
+                    return Err(ProposeError::NotLeader {
+                        leader: m.current_leader,
+                    });
+                }
+                let (tx, rx) = oneshot::channel();
+                self.0
+                    .batch_tx
+                    .send(Pending { cmd, tx })
+                    .await
+                    .map_err(|_| ProposeError::Fatal("proposal batcher stopped".into()))?;
+                rx.await
+                    .map_err(|_| ProposeError::Unknown("proposal batcher dropped the command".into()))?
             }
             Proposal::AddNode { id, node } => {
                 if let Some(existing) = self.member_node(id) {
@@ -319,9 +439,9 @@ impl ClusterHandle {
     }
 }
 
-/// Sends `proposal` to the node at `raft_addr`, which proposes it locally
-/// (answering `NotLeader` if it is not the leader). `from` is the caller's
-/// node id, 0 for a tool outside the cluster.
+/// Sends `proposal` to the node at `raft_addr`. A node (`from` = its id)
+/// gets `NotLeader` back from a non-leader; a tool outside the cluster
+/// (`from` = 0) has its proposal forwarded to the leader like any write.
 pub async fn propose_at(
     peers: &Peers,
     raft_addr: &str,

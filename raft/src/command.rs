@@ -54,6 +54,22 @@ pub enum Command {
     /// Remove the entries of `to`'s queue with sequence number <= `up_to`
     /// (they were delivered).
     AckOffline { to: String, up_to: u64 },
+    /// Several commands proposed at about the same time, committed as one
+    /// log entry (one fsync) and applied in order, each with its own result
+    /// in [`Response::Batch`]. A batch inside a batch is not applied.
+    Batch { commands: Vec<Command> },
+}
+
+impl Command {
+    /// A cheap estimate of the encoded size, for bounding batches.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Command::EnqueueOffline { message, .. } => 128 + message.stanza.len(),
+            Command::Batch { commands } => commands.iter().map(Command::size_hint).sum(),
+            Command::CreateUser { .. } | Command::SetPassword { .. } => 256,
+            _ => 128,
+        }
+    }
 }
 
 /// The result of applying one log entry.
@@ -97,6 +113,14 @@ pub enum Response {
     },
     Acked {
         removed: u32,
+    },
+    /// One result per command of a [`Command::Batch`], in order.
+    Batch {
+        responses: Vec<Response>,
+    },
+    /// A command that cannot be applied (a batch nested in a batch).
+    Rejected {
+        reason: String,
     },
 }
 

@@ -275,7 +275,14 @@ impl RaftService for RaftRpc {
 
     async fn propose(&self, req: Request<Payload>) -> Result<tonic::Response<Payload>, Status> {
         let fwd: ForwardedProposal = decode_req(req)?;
-        encode_reply(&self.cluster.propose_here(fwd.proposal).await)
+        // A peer already chose us as leader: propose here or say who is.
+        // A tool outside the cluster (from = 0) gets full forwarding.
+        let result = if fwd.from == 0 {
+            self.cluster.propose(fwd.proposal).await
+        } else {
+            self.cluster.propose_here(fwd.proposal).await
+        };
+        encode_reply(&result)
     }
 
     async fn node_info(&self, _req: Request<Empty>) -> Result<tonic::Response<Payload>, Status> {

@@ -326,8 +326,28 @@ impl StateData {
     /// Applies one command. Deterministic: the result depends only on the
     /// current state and the command.
     pub fn apply(&mut self, cmd: Command) -> Response {
+        match cmd {
+            Command::Batch { commands } => Response::Batch {
+                responses: commands
+                    .into_iter()
+                    .map(|c| match c {
+                        Command::Batch { .. } => Response::Rejected {
+                            reason: "nested batch".into(),
+                        },
+                        c => self.apply_one(c),
+                    })
+                    .collect(),
+            },
+            c => self.apply_one(c),
+        }
+    }
+
+    fn apply_one(&mut self, cmd: Command) -> Response {
         let t = &mut self.tracker;
         match cmd {
+            Command::Batch { .. } => Response::Rejected {
+                reason: "nested batch".into(),
+            },
             Command::CreateUser {
                 jid,
                 credentials,
@@ -757,6 +777,29 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert_eq!(b.sessions.get(&"a@x/r".to_string()).unwrap().priority, 5);
         assert!(StateData::from_snapshot(b"garbage").is_err());
+    }
+
+    #[test]
+    fn batch_applies_in_order_with_one_result_each() {
+        let mut batched = StateData::default();
+        let mut single = StateData::default();
+        let c = creds();
+        let cmds = vec![
+            Command::CreateUser { jid: "a@x".into(), credentials: c.clone(), created_ms: 1 },
+            Command::CreateUser { jid: "a@x".into(), credentials: c.clone(), created_ms: 2 },
+            Command::BindSession { full_jid: "a@x/r".into(), node: 1, priority: 0, bound_ms: 0 },
+            Command::Batch { commands: vec![] },
+        ];
+        let r = batched.apply(Command::Batch { commands: cmds.clone() });
+        let Response::Batch { responses } = r else { panic!("{r:?}") };
+        assert_eq!(responses[0], Response::UserCreated);
+        assert_eq!(responses[1], Response::UserExists);
+        assert_eq!(responses[2], Response::Bound { replaced: None });
+        assert!(matches!(responses[3], Response::Rejected { .. }));
+        for cmd in cmds.into_iter().take(3) {
+            single.apply(cmd);
+        }
+        assert_eq!(batched.digest(), single.digest());
     }
 
     #[test]
