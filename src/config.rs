@@ -81,9 +81,10 @@ pub struct Member {
 pub struct RaftSection {
     /// Leader heartbeat interval, ms. Default: 50.
     pub heartbeat_ms: u64,
-    /// Lower bound of the randomized election timeout, ms. Default: 300.
+    /// Lower bound of the randomized election timeout, ms. Default: 150.
     pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomized election timeout, ms. Default: 600.
+    /// Upper bound of the randomized election timeout, ms; also the leader
+    /// lease during which followers refuse to vote for another. Default: 300.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     /// Default: 10000.
@@ -105,8 +106,8 @@ impl Default for RaftSection {
     fn default() -> Self {
         RaftSection {
             heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,

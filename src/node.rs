@@ -10,7 +10,7 @@ use starling_raft::network::{serve_raft, Peers, RaftNet};
 use starling_raft::store;
 use starling_raft::{ClusterHandle, StarlingNode};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn, Instrument};
 
 use crate::admin;
@@ -50,6 +50,13 @@ pub fn self_node(config: &Config) -> StarlingNode {
         admin_addr: config.admin_addr.to_string(),
         client_addr: String::new(),
     }
+}
+
+/// Accepted connections with Nagle off: raft and admin messages are small
+/// and latency-bound (the server's own `tcp_nodelay` only applies when tonic
+/// binds the port itself).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -112,17 +119,11 @@ async fn run_inner(
     let raft_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(serve_raft(cluster.clone(), &config.cluster_secret))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(raft_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(raft_listener), stopped(stop_rx.clone()));
     let admin_server = admin::server(cluster.clone(), &config)
         .await
         .map_err(|e| NodeError::Raft(format!("admin service: {e}")))?
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(admin_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(admin_listener), stopped(stop_rx.clone()));
     let raft_task = tokio::spawn(raft_server.in_current_span());
     let admin_task = tokio::spawn(admin_server.in_current_span());
     let boot = tokio::spawn(bootstrap(cluster.clone(), config.clone()).in_current_span());

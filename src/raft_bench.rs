@@ -22,8 +22,10 @@ use starling_raft::command::Command;
 use starling_raft::network::Peers;
 use tokio::process::Child;
 
+use crate::admin::client::AdminConn;
 use crate::config::{Config, RaftSection};
 use crate::dev;
+use starling_proto::admin::StatusRequest;
 
 #[derive(Args, Debug, Clone)]
 pub struct RaftBenchArgs {
@@ -91,6 +93,38 @@ impl Bench {
 
     async fn leader(&self) -> anyhow::Result<u64> {
         dev::wait_for_cluster(&self.admin_addrs(), None, Duration::from_secs(30)).await
+    }
+
+    /// Waits until every node has applied the same index with the same
+    /// digest: a healthy cluster to start the next measurement from.
+    async fn converged(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let conn =
+                AdminConn::connect(&self.admin_addrs(), None, Duration::from_secs(2)).await?;
+            let s = conn
+                .client
+                .clone()
+                .status(conn.req(StatusRequest {}))
+                .await?
+                .into_inner();
+            let first = s.members.first();
+            let same = first.is_some_and(|f| {
+                s.members.iter().all(|m| {
+                    m.reachable
+                        && m.has_applied
+                        && m.applied_index == f.applied_index
+                        && m.state_digest == f.state_digest
+                })
+            });
+            if s.has_leader && same && s.members.len() == self.configs.len() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!("cluster did not converge in 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -165,6 +199,7 @@ async fn run_writers(
 
 /// Kills the leader and returns (killed id, ms until a write commits via a survivor).
 async fn failover_once(bench: &mut Bench, round: u64) -> anyhow::Result<(u64, f64)> {
+    bench.converged().await?;
     let leader = bench.leader().await?;
     let survivor = bench
         .configs

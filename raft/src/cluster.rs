@@ -120,7 +120,7 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Batches submitted to raft and not yet committed, at most. While all are
 /// in flight, new commands queue up and form the next, larger batch: group
 /// commit that adapts to load (a lone writer still gets a batch of one).
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// A command waiting for the batcher.
 struct Pending {
@@ -336,8 +336,9 @@ impl ClusterHandle {
                     .send(Pending { cmd, tx })
                     .await
                     .map_err(|_| ProposeError::Fatal("proposal batcher stopped".into()))?;
-                rx.await
-                    .map_err(|_| ProposeError::Unknown("proposal batcher dropped the command".into()))?
+                rx.await.map_err(|_| {
+                    ProposeError::Unknown("proposal batcher dropped the command".into())
+                })?
             }
             Proposal::AddNode { id, node } => {
                 if let Some(existing) = self.member_node(id) {

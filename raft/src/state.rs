@@ -785,13 +785,30 @@ mod tests {
         let mut single = StateData::default();
         let c = creds();
         let cmds = vec![
-            Command::CreateUser { jid: "a@x".into(), credentials: c.clone(), created_ms: 1 },
-            Command::CreateUser { jid: "a@x".into(), credentials: c.clone(), created_ms: 2 },
-            Command::BindSession { full_jid: "a@x/r".into(), node: 1, priority: 0, bound_ms: 0 },
+            Command::CreateUser {
+                jid: "a@x".into(),
+                credentials: c.clone(),
+                created_ms: 1,
+            },
+            Command::CreateUser {
+                jid: "a@x".into(),
+                credentials: c.clone(),
+                created_ms: 2,
+            },
+            Command::BindSession {
+                full_jid: "a@x/r".into(),
+                node: 1,
+                priority: 0,
+                bound_ms: 0,
+            },
             Command::Batch { commands: vec![] },
         ];
-        let r = batched.apply(Command::Batch { commands: cmds.clone() });
-        let Response::Batch { responses } = r else { panic!("{r:?}") };
+        let r = batched.apply(Command::Batch {
+            commands: cmds.clone(),
+        });
+        let Response::Batch { responses } = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(responses[0], Response::UserCreated);
         assert_eq!(responses[1], Response::UserExists);
         assert_eq!(responses[2], Response::Bound { replaced: None });
