@@ -72,7 +72,7 @@ async fn leader_failover_then_restarted_node_catches_up_by_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_node_catches_up_by_chunked_snapshot() {
+async fn killed_leader_catches_up_by_chunked_snapshot() {
     let raft = RaftSection {
         snapshot_after_entries: 10,
         keep_entries_after_snapshot: 0,
@@ -81,29 +81,30 @@ async fn lagging_node_catches_up_by_chunked_snapshot() {
         ..fast_raft()
     };
     let mut cluster = TestCluster::start(3, raft);
-    let leader = cluster.wait_leader(1, T).await;
-    let lagger = (1..=3).find(|id| *id != leader).unwrap();
-    cluster.wait_converged(leader, &[1, 2, 3], T).await;
-    let before = cluster.status(lagger).await;
-    let lagger_last = before
+    let old = cluster.wait_leader(1, T).await;
+    cluster.wait_converged(old, &[1, 2, 3], T).await;
+    let before = cluster.status(old).await;
+    let old_last = before
         .members
         .iter()
-        .find(|m| m.id == lagger)
+        .find(|m| m.id == old)
         .unwrap()
         .last_log_index;
-    cluster.kill(lagger);
+    cluster.kill(old);
+    let survivor = (1..=3).find(|id| *id != old).unwrap();
+    let leader = cluster.wait_leader(survivor, T).await;
     for i in 0..40 {
         cluster
             .create_user(leader, &format!("user{i}"))
             .await
             .unwrap();
     }
-    // The leader has purged past everything the lagging node has.
+    // The new leader has purged past everything the old one has.
     let deadline = std::time::Instant::now() + T;
     loop {
         let s = cluster.status(leader).await;
         let l = s.members.iter().find(|m| m.id == leader).unwrap();
-        if l.has_snapshot && l.purged_index > lagger_last + 10 {
+        if l.has_snapshot && l.purged_index > old_last + 10 {
             break;
         }
         assert!(
@@ -112,17 +113,70 @@ async fn lagging_node_catches_up_by_chunked_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    cluster.start_node(lagger);
+    cluster.start_node(old);
     let (_, digest) = cluster.wait_converged(leader, &[1, 2, 3], T).await;
-    assert_eq!(cluster.users(lagger).await.len(), 40);
-    let s = cluster.status(lagger).await;
-    let me = s.members.iter().find(|m| m.id == lagger).unwrap();
+    assert_eq!(cluster.users(old).await.len(), 40);
+    let s = cluster.status(old).await;
+    let me = s.members.iter().find(|m| m.id == old).unwrap();
     assert!(me.has_snapshot, "{me:?}");
     assert_eq!(me.state_digest, digest);
     assert!(
-        cluster.log_of(lagger).contains("installed snapshot"),
-        "the lagging node should report installing a snapshot:\n{}",
-        cluster.log_of(lagger)
+        cluster.log_of(old).contains("installed snapshot"),
+        "the restarted node should report installing a snapshot:\n{}",
+        cluster.log_of(old)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_offers_reflection_and_health() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let cluster = TestCluster::start(1, fast_raft());
+    cluster.wait_leader(1, T).await;
+    let endpoint = format!("http://{}", cluster.admin_addr(1));
+    let ch = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = HealthClient::new(ch.clone());
+    let r = health
+        .check(HealthCheckRequest {
+            service: "starling.admin.v1.Admin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, 1, "SERVING");
+
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"starling.admin.v1.Admin".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
     );
 }
 
