@@ -17,8 +17,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod c2s;
 pub mod config;
 pub mod ctl;
 pub mod dev;
 pub mod node;
 pub mod raft_bench;
+pub mod xmpp;

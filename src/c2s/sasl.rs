@@ -1,0 +1,1 @@
+//! SASL mechanisms (server side), no I/O.

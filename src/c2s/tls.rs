@@ -1,0 +1,1 @@
+//! TLS configuration for client connections.
