@@ -133,12 +133,21 @@ fn bind_cmd(writer: usize, i: u64) -> Command {
     if i.is_multiple_of(2) {
         Command::BindSession {
             full_jid,
-            node: 1,
-            priority: 0,
-            bound_ms: i,
+            binding: starling_raft::command::SessionBinding {
+                node: 1,
+                session: writer as u64,
+                priority: 0,
+                available: true,
+                carbons: false,
+                bound_ms: i,
+            },
         }
     } else {
-        Command::UnbindSession { full_jid, node: 1 }
+        Command::UnbindSession {
+            full_jid,
+            node: 1,
+            session: writer as u64,
+        }
     }
 }
 

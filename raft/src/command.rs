@@ -26,22 +26,34 @@ pub enum Command {
         jid: String,
         credentials: Credentials,
     },
-    /// Record that `full_jid` is connected to `node`.
+    /// Record that `full_jid` is connected to `binding.node` (or update the
+    /// presence facts of that session: the same `binding.session` again).
     BindSession {
         full_jid: String,
-        node: NodeId,
-        priority: i8,
-        bound_ms: u64,
+        binding: SessionBinding,
     },
-    /// Forget a binding, but only if it still points at `node`: a late unbind
-    /// from a node the user already left must not remove the newer binding.
-    UnbindSession { full_jid: String, node: NodeId },
+    /// Forget a binding, but only if it is still session `session` on
+    /// `node`: a late unbind from a session that was already replaced must
+    /// not remove the newer binding.
+    UnbindSession {
+        full_jid: String,
+        node: NodeId,
+        session: u64,
+    },
     /// Forget every binding held by `node` (it died, or restarted).
     DropNodeSessions { node: NodeId },
     /// Add or replace one roster item of `owner`.
     SetRosterItem { owner: String, item: RosterItem },
     /// Remove one roster item of `owner`.
     RemoveRosterItem { owner: String, contact: String },
+    /// A presence subscription stanza (RFC 6121 §3) sent by `user` to
+    /// `contact` (both bare JIDs of this cluster's accounts): both roster
+    /// items change in one step, by the state tables of RFC 6121 Appendix A.
+    Subscription {
+        user: String,
+        contact: String,
+        action: SubAction,
+    },
     /// Append a stanza to the offline queue of bare JID `to`. `message.id` is
     /// unique and chosen before proposing: a retried proposal of the same id
     /// is recognised and not queued twice.
@@ -88,8 +100,9 @@ pub enum Response {
     },
     PasswordChanged,
     Bound {
-        /// The node that held this full JID before, if any.
-        replaced: Option<NodeId>,
+        /// The binding this one replaced, if any (the same session when
+        /// only presence facts were updated).
+        replaced: Option<SessionBinding>,
     },
     Unbound {
         existed: bool,
@@ -118,6 +131,20 @@ pub enum Response {
     Batch {
         responses: Vec<Response>,
     },
+    /// Result of [`Command::Subscription`]: the roster items after the
+    /// change (`None`: unchanged), and whether the presence stanza is to be
+    /// delivered to the contact (RFC 6121 Appendix A "deliver" column).
+    Subscription {
+        user_item: Option<RosterItem>,
+        user_changed: bool,
+        contact_item: Option<RosterItem>,
+        contact_changed: bool,
+        deliver: bool,
+        /// For `subscribe`: the contact already approved (subscription from
+        /// or both, or pre-approved), so the server answers `subscribed`
+        /// on the contact's behalf (RFC 6121 §3.1.3).
+        auto_approved: bool,
+    },
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,
@@ -133,6 +160,16 @@ pub enum Subscription {
     To,
     From,
     Both,
+}
+
+/// The four presence subscription stanza types (RFC 6121 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubAction {
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
 }
 
 /// One roster item (RFC 6121 §2.1.2), with the pending states of Appendix A.
@@ -155,6 +192,22 @@ pub struct RosterItem {
     /// Pre-approved (RFC 6121 §3.4).
     #[serde(default)]
     pub approved: bool,
+    /// Not in the owner's roster: only a stored inbound subscription
+    /// request (RFC 6121 §3.1.3: the server "MUST NOT" add the contact to
+    /// the roster until approved) or a pre-approval. Hidden from roster gets.
+    #[serde(default)]
+    pub stub: bool,
+}
+
+impl RosterItem {
+    /// Whether the owner receives the contact's presence.
+    pub fn has_to(&self) -> bool {
+        matches!(self.subscription, Subscription::To | Subscription::Both)
+    }
+    /// Whether the contact receives the owner's presence.
+    pub fn has_from(&self) -> bool {
+        matches!(self.subscription, Subscription::From | Subscription::Both)
+    }
 }
 
 /// A stanza waiting in an offline queue.
@@ -168,11 +221,22 @@ pub struct OfflineMessage {
     pub stanza: String,
 }
 
-/// A session binding: which node holds a full JID.
+/// A session binding: which node holds a full JID, and the presence facts
+/// other nodes need to route to it (RFC 6121 §8.5.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionBinding {
     pub node: NodeId,
+    /// Unique per session (chosen by the binding node).
+    #[serde(default)]
+    pub session: u64,
+    /// Presence priority (RFC 6121 §4.7.2.3); meaningful when available.
     pub priority: i8,
+    /// Sent available presence (and not unavailable since).
+    #[serde(default)]
+    pub available: bool,
+    /// Message carbons enabled (XEP-0280).
+    #[serde(default)]
+    pub carbons: bool,
     pub bound_ms: u64,
 }
 

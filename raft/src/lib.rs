@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod network;
 pub mod state;
 pub mod store;
+pub mod subscription;
 pub mod types;
 
 pub use cluster::{ClusterHandle, ProposeError};

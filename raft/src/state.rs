@@ -404,28 +404,19 @@ impl StateData {
                 self.users.insert(jid, user, t);
                 Response::PasswordChanged
             }
-            Command::BindSession {
+            Command::BindSession { full_jid, binding } => {
+                let replaced = self.sessions.insert(full_jid, binding, t);
+                Response::Bound { replaced }
+            }
+            Command::UnbindSession {
                 full_jid,
                 node,
-                priority,
-                bound_ms,
+                session,
             } => {
-                let old = self.sessions.insert(
-                    full_jid,
-                    SessionBinding {
-                        node,
-                        priority,
-                        bound_ms,
-                    },
-                    t,
-                );
-                Response::Bound {
-                    replaced: old.map(|b| b.node),
-                }
-            }
-            Command::UnbindSession { full_jid, node } => {
                 let existed = match self.sessions.get(&full_jid) {
-                    Some(b) if b.node == node => self.sessions.remove(&full_jid, t).is_some(),
+                    Some(b) if b.node == node && b.session == session => {
+                        self.sessions.remove(&full_jid, t).is_some()
+                    }
                     _ => false,
                 };
                 Response::Unbound { existed }
@@ -452,6 +443,48 @@ impl StateData {
             Command::RemoveRosterItem { owner, contact } => Response::RosterRemoved {
                 existed: self.roster.remove(&(owner, contact), t).is_some(),
             },
+            Command::Subscription {
+                user,
+                contact,
+                action,
+            } => {
+                if self.users.get(&user).is_none() || self.users.get(&contact).is_none() {
+                    return Response::NoSuchUser;
+                }
+                let ukey = (user.clone(), contact.clone());
+                let ckey = (contact.clone(), user.clone());
+                let o = crate::subscription::transition(
+                    action,
+                    &user,
+                    &contact,
+                    self.roster.get(&ukey).cloned(),
+                    self.roster.get(&ckey).cloned(),
+                );
+                for (key, item, changed) in [
+                    (ukey, &o.user_item, o.user_changed),
+                    (ckey, &o.contact_item, o.contact_changed),
+                ] {
+                    if !changed {
+                        continue;
+                    }
+                    match item {
+                        Some(i) => {
+                            self.roster.insert(key, i.clone(), t);
+                        }
+                        None => {
+                            self.roster.remove(&key, t);
+                        }
+                    }
+                }
+                Response::Subscription {
+                    user_item: o.user_item,
+                    user_changed: o.user_changed,
+                    contact_item: o.contact_item,
+                    contact_changed: o.contact_changed,
+                    deliver: o.deliver,
+                    auto_approved: o.auto_approved,
+                }
+            }
             Command::EnqueueOffline {
                 to,
                 message,
@@ -668,18 +701,30 @@ mod tests {
     #[test]
     fn unbind_only_removes_binding_of_that_node() {
         let mut d = StateData::default();
-        let bind = |node| Command::BindSession {
-            full_jid: "a@x/r".into(),
+        let binding = |node| SessionBinding {
             node,
+            session: node * 10,
             priority: 0,
+            available: false,
+            carbons: false,
             bound_ms: 0,
         };
+        let bind = |node| Command::BindSession {
+            full_jid: "a@x/r".into(),
+            binding: binding(node),
+        };
         assert_eq!(d.apply(bind(1)), Response::Bound { replaced: None });
-        assert_eq!(d.apply(bind(2)), Response::Bound { replaced: Some(1) });
+        assert_eq!(
+            d.apply(bind(2)),
+            Response::Bound {
+                replaced: Some(binding(1))
+            }
+        );
         assert_eq!(
             d.apply(Command::UnbindSession {
                 full_jid: "a@x/r".into(),
-                node: 1
+                node: 1,
+                session: 10,
             }),
             Response::Unbound { existed: false }
         );
@@ -708,9 +753,14 @@ mod tests {
         for full in ["a@x/1", "a@x/2", "ab@x/1"] {
             d.apply(Command::BindSession {
                 full_jid: full.into(),
-                node: 1,
-                priority: 0,
-                bound_ms: 0,
+                binding: SessionBinding {
+                    node: 1,
+                    session: 1,
+                    priority: 0,
+                    available: false,
+                    carbons: false,
+                    bound_ms: 0,
+                },
             });
         }
         assert_eq!(
@@ -768,9 +818,14 @@ mod tests {
         enqueue(&mut a, "a@x", "m1", 5);
         a.apply(Command::BindSession {
             full_jid: "a@x/r".into(),
-            node: 3,
-            priority: 5,
-            bound_ms: 9,
+            binding: SessionBinding {
+                node: 3,
+                session: 1,
+                priority: 5,
+                available: true,
+                carbons: false,
+                bound_ms: 9,
+            },
         });
         let bytes = a.to_snapshot().unwrap();
         let b = StateData::from_snapshot(&bytes).unwrap();
@@ -797,9 +852,14 @@ mod tests {
             },
             Command::BindSession {
                 full_jid: "a@x/r".into(),
-                node: 1,
-                priority: 0,
-                bound_ms: 0,
+                binding: SessionBinding {
+                    node: 1,
+                    session: 1,
+                    priority: 0,
+                    available: false,
+                    carbons: false,
+                    bound_ms: 0,
+                },
             },
             Command::Batch { commands: vec![] },
         ];

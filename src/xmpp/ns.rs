@@ -1,0 +1,30 @@
+//! XML namespaces used by the server (RFC 6120, RFC 6121 and the XEPs).
+
+pub const STREAM: &str = "http://etherx.jabber.org/streams";
+pub const CLIENT: &str = "jabber:client";
+pub const SERVER: &str = "jabber:server";
+pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+/// RFC 3921 session establishment, advertised as optional (RFC 6121 does
+/// not need it, old clients still ask).
+pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+pub const ROSTER: &str = "jabber:iq:roster";
+pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const REGISTER: &str = "jabber:iq:register";
+pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+pub const VERSION: &str = "jabber:iq:version";
+pub const PING: &str = "urn:xmpp:ping";
+pub const SM: &str = "urn:xmpp:sm:3";
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+pub const CSI: &str = "urn:xmpp:csi:0";
+pub const SID: &str = "urn:xmpp:sid:0";
+pub const DELAY: &str = "urn:xmpp:delay";
+pub const HINTS: &str = "urn:xmpp:hints";
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
+pub const XDATA: &str = "jabber:x:data";
