@@ -3,7 +3,7 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["raft.proto", "admin.proto"];
+    let protos = ["raft.proto", "admin.proto", "mesh.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

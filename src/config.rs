@@ -64,6 +64,88 @@ pub struct Config {
     /// Raft timing and log compaction.
     #[serde(default)]
     pub raft: RaftSection,
+    /// Client connections and IM behaviour.
+    #[serde(default)]
+    pub xmpp: XmppSection,
+}
+
+/// `[xmpp]`: client-to-server listeners, TLS, authentication, limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XmppSection {
+    /// Client-to-server listener (STARTTLS, RFC 6120). Default: `127.0.0.1:5222`.
+    pub client_addr: SocketAddr,
+    /// Direct TLS listener (XEP-0368, ALPN `xmpp-client`). Default: unset (off).
+    pub direct_tls_addr: Option<SocketAddr>,
+    /// PEM certificate chain. Default: unset: a self-signed certificate for
+    /// `domain` is made at first start and kept in `data_dir/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`. Default: unset.
+    pub tls_key: Option<PathBuf>,
+    /// Allow SASL (PLAIN included) on a connection without TLS. Only for
+    /// benchmarks on loopback. Default: `false` (TLS is required first).
+    pub allow_plaintext: bool,
+    /// XEP-0077 in-band registration of new accounts. Default: `false`.
+    pub registration: bool,
+    /// Largest stanza accepted, bytes (larger: `policy-violation` stream
+    /// error). Default: 262144 (256 KiB).
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting in a stanza. Default: 32.
+    pub max_depth: usize,
+    /// Most client connections open at once on this node. Default: 10000.
+    pub max_connections: usize,
+    /// Most stanzas per second read from one connection; beyond it the
+    /// server stops reading (TCP backpressure) rather than failing. Default: 200.
+    pub max_stanzas_per_second: u32,
+    /// Messages kept in one account's offline queue. Default: 1000.
+    pub max_offline_messages: u32,
+    /// Time allowed from connect to a bound resource, seconds. Default: 30.
+    pub negotiation_timeout_secs: u64,
+    /// A connection silent this long gets a whitespace ping; silent twice
+    /// as long it is closed with `connection-timeout`. Seconds. Default: 120.
+    pub idle_timeout_secs: u64,
+    /// Failed authentications per account per `auth_window_secs` before
+    /// further attempts get `temporary-auth-failure`. Default: 5.
+    pub auth_failures_per_account: u32,
+    /// Failed authentications per remote address per window. Default: 20.
+    pub auth_failures_per_address: u32,
+    /// Window of the two limits above, seconds. Default: 60.
+    pub auth_window_secs: u64,
+    /// XEP-0198: how long a lost session can be resumed, seconds. Default: 300.
+    pub sm_resume_timeout_secs: u64,
+    /// XEP-0198: most unacknowledged stanzas kept for one session; beyond it
+    /// the session is closed with `policy-violation`. Default: 1000.
+    pub sm_max_unacked: usize,
+    /// A node that no leader has heard from for this long is considered
+    /// dead: its session bindings are dropped from the shared table so its
+    /// users' messages go to offline storage. Milliseconds. Default: 3000.
+    pub node_dead_after_ms: u64,
+}
+
+impl Default for XmppSection {
+    fn default() -> Self {
+        XmppSection {
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 5222)),
+            direct_tls_addr: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: false,
+            registration: false,
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            max_connections: 10_000,
+            max_stanzas_per_second: 200,
+            max_offline_messages: 1000,
+            negotiation_timeout_secs: 30,
+            idle_timeout_secs: 120,
+            auth_failures_per_account: 5,
+            auth_failures_per_address: 20,
+            auth_window_secs: 60,
+            sm_resume_timeout_secs: 300,
+            sm_max_unacked: 1000,
+            node_dead_after_ms: 3000,
+        }
+    }
 }
 
 /// One initial cluster member.
@@ -241,6 +323,49 @@ impl Config {
                     "initial_cluster",
                     format!("does not list this node (node_id {}); leave it empty on a node that joins later", self.node_id),
                 ));
+            }
+        }
+        let x = &self.xmpp;
+        let taken = [self.raft_addr, self.admin_addr];
+        if taken.contains(&x.client_addr) {
+            return Err(invalid("xmpp.client_addr", "must differ from raft_addr and admin_addr"));
+        }
+        if let Some(d) = x.direct_tls_addr {
+            if taken.contains(&d) || d == x.client_addr {
+                return Err(invalid(
+                    "xmpp.direct_tls_addr",
+                    "must differ from the other listen addresses",
+                ));
+            }
+        }
+        if x.tls_cert.is_some() != x.tls_key.is_some() {
+            return Err(invalid(
+                "xmpp.tls_cert",
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        for (field, v, min) in [
+            ("xmpp.max_stanza_bytes", x.max_stanza_bytes, 10_000usize),
+            ("xmpp.max_depth", x.max_depth, 4),
+            ("xmpp.max_connections", x.max_connections, 1),
+            ("xmpp.sm_max_unacked", x.sm_max_unacked, 1),
+        ] {
+            if v < min {
+                return Err(invalid(field, format!("must be at least {min}")));
+            }
+        }
+        for (field, v) in [
+            ("xmpp.max_stanzas_per_second", u64::from(x.max_stanzas_per_second)),
+            ("xmpp.max_offline_messages", u64::from(x.max_offline_messages)),
+            ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
+            ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
+            ("xmpp.auth_failures_per_account", u64::from(x.auth_failures_per_account)),
+            ("xmpp.auth_failures_per_address", u64::from(x.auth_failures_per_address)),
+            ("xmpp.auth_window_secs", x.auth_window_secs),
+            ("xmpp.node_dead_after_ms", x.node_dead_after_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
             }
         }
         let r = &self.raft;

@@ -15,7 +15,7 @@ use starling_proto::admin::StatusRequest;
 use tokio::process::{Child, Command};
 
 use crate::admin::client::AdminConn;
-use crate::config::{Config, Member, RaftSection};
+use crate::config::{Config, Member, RaftSection, XmppSection};
 
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
@@ -43,6 +43,10 @@ pub struct NodeEntry {
     pub log: PathBuf,
     pub raft_addr: String,
     pub admin_addr: String,
+    /// XMPP client port (STARTTLS).
+    pub client_addr: String,
+    /// XMPP direct TLS port (XEP-0368).
+    pub direct_tls_addr: String,
 }
 
 /// Configs for a new `n`-node loopback cluster.
@@ -56,7 +60,7 @@ pub fn plan(
     if n == 0 {
         bail!("--nodes must be at least 1");
     }
-    if u64::from(base_port) + 100 + n > 65535 {
+    if u64::from(base_port) + 300 + n > 65535 {
         bail!("--base-port {base_port} leaves no room for {n} nodes");
     }
     let secret: String = rand::thread_rng()
@@ -84,6 +88,12 @@ pub fn plan(
             admin_token: None,
             initial_cluster: members.clone(),
             raft: raft.clone(),
+            xmpp: XmppSection {
+                client_addr: addr(u64::from(base_port) + 200 + m.id),
+                direct_tls_addr: Some(addr(u64::from(base_port) + 300 + m.id)),
+                registration: true,
+                ..XmppSection::default()
+            },
         })
         .collect::<Vec<_>>();
     for c in &configs {
@@ -220,7 +230,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     for c in &configs {
-        for addr in [c.raft_addr, c.admin_addr] {
+        let listen = [c.raft_addr, c.admin_addr, c.xmpp.client_addr]
+            .into_iter()
+            .chain(c.xmpp.direct_tls_addr);
+        for addr in listen {
             if !port_free(addr) {
                 bail!("{addr} (node {}) is already in use: is another cluster running? (use --base-port or stop it)", c.node_id);
             }
@@ -260,6 +273,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             log: log.clone(),
             raft_addr: c.raft_addr.to_string(),
             admin_addr: c.admin_addr.to_string(),
+            client_addr: c.xmpp.client_addr.to_string(),
+            direct_tls_addr: c
+                .xmpp
+                .direct_tls_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
         })
         .collect();
     let json_path = dir.join("cluster.json");
@@ -276,6 +295,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             vec![
                 e.id.to_string(),
                 e.pid.to_string(),
+                e.client_addr.clone(),
+                e.direct_tls_addr.clone(),
                 e.raft_addr.clone(),
                 e.admin_addr.clone(),
                 if e.id == leader {
@@ -289,7 +310,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
     print!(
         "{}",
-        crate::ctl::table(&["NODE", "PID", "RAFT", "ADMIN", "", "LOG"], &rows)
+        crate::ctl::table(&["NODE", "PID", "XMPP", "XMPP-TLS", "RAFT", "ADMIN", "", "LOG"], &rows)
     );
     println!("cluster described in {}", json_path.display());
     println!(

@@ -6,6 +6,14 @@
 //!   admin gRPC server, and forms a new cluster from `initial_cluster`.
 //! - [`admin`]: the admin gRPC service (with health and reflection) and the
 //!   client that `ctl` and `dev` use.
+//! - [`xmpp`]: the XMPP wire protocol without I/O: element tree, framer,
+//!   namespaces, RFC 6120 error conditions.
+//! - [`c2s`]: client connections: listeners, TLS, SASL, binding, sessions.
+//! - [`im`]: roster, presence, subscriptions, offline messages, disco,
+//!   registration (RFC 6121 and the XEPs), one module each.
+//! - [`router`]: who is where (the shared session table) and where a
+//!   stanza goes: a local session, the mesh, the offline queue, an error.
+//! - [`mesh`]: the gRPC stanza mesh between nodes.
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
 //! - [`dev`]: `starling dev`, a local N-node cluster as child processes.
 //! - [`raft_bench`]: `starling raft-bench`, replicated write latency,
@@ -21,6 +29,9 @@ pub mod c2s;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod im;
+pub mod mesh;
 pub mod node;
 pub mod raft_bench;
+pub mod router;
 pub mod xmpp;

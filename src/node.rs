@@ -36,6 +36,8 @@ pub enum NodeError {
     },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::c2s::tls::TlsError),
     #[error("{what} server failed: {source}")]
     Serve {
         what: &'static str,
@@ -48,7 +50,7 @@ pub fn self_node(config: &Config) -> StarlingNode {
     StarlingNode {
         raft_addr: config.raft_addr.to_string(),
         admin_addr: config.admin_addr.to_string(),
-        client_addr: String::new(),
+        client_addr: config.xmpp.client_addr.to_string(),
     }
 }
 
@@ -92,9 +94,21 @@ async fn run_inner(
             field: "cluster_secret".into(),
             message: e.to_string(),
         })?;
-    // Bind both ports before raft starts, so a port in use fails fast.
+    let tls = crate::c2s::tls::load_or_create(&crate::c2s::tls::TlsSettings {
+        cert: config.xmpp.tls_cert.as_deref(),
+        key: config.xmpp.tls_key.as_deref(),
+        data_dir: &config.data_dir,
+        domain: &config.domain,
+    })?;
+    info!(cert = %tls.cert_path.display(), fingerprint = %tls.fingerprint, "TLS certificate");
+    // Bind every port before raft starts, so a port in use fails fast.
     let raft_listener = bind("raft", config.raft_addr).await?;
     let admin_listener = bind("admin", config.admin_addr).await?;
+    let client_listener = bind("xmpp client", config.xmpp.client_addr).await?;
+    let direct_listener = match config.xmpp.direct_tls_addr {
+        Some(a) => Some(bind("xmpp direct TLS", a).await?),
+        None => None,
+    };
 
     let net = RaftNet {
         id,
@@ -107,11 +121,19 @@ async fn run_inner(
         id,
         raft.clone(),
         reader,
-        peers,
+        peers.clone(),
         Duration::from_millis(config.raft.propose_timeout_ms),
+    );
+    let mesh = crate::mesh::MeshLinks::new(cluster.clone(), peers);
+    let router = crate::router::Router::new(
+        cluster.clone(),
+        &config.domain,
+        mesh,
+        config.xmpp.max_offline_messages,
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (c2s_stop_tx, c2s_stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -119,6 +141,10 @@ async fn run_inner(
     let raft_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(serve_raft(cluster.clone(), &config.cluster_secret))
+        .add_service(crate::mesh::serve_mesh(
+            router.clone(),
+            &config.cluster_secret,
+        ))
         .serve_with_incoming_shutdown(incoming(raft_listener), stopped(stop_rx.clone()));
     let admin_server = admin::server(cluster.clone(), &config)
         .await
@@ -127,7 +153,42 @@ async fn run_inner(
     let raft_task = tokio::spawn(raft_server.in_current_span());
     let admin_task = tokio::spawn(admin_server.in_current_span());
     let boot = tokio::spawn(bootstrap(cluster.clone(), config.clone()).in_current_span());
-    info!(raft_addr = %config.raft_addr, admin_addr = %config.admin_addr, "node started");
+    let liveness = tokio::spawn(
+        crate::router::liveness::run(
+            router.clone(),
+            Duration::from_millis(config.xmpp.node_dead_after_ms),
+        )
+        .in_current_span(),
+    );
+    let shared = Arc::new(crate::c2s::Shared {
+        config: config.xmpp.clone(),
+        domain: config.domain.clone(),
+        router: router.clone(),
+        cluster: cluster.clone(),
+        tls,
+        limiter: std::sync::Mutex::new(crate::c2s::sasl::AuthLimiter::new(
+            crate::c2s::sasl::AuthLimitConfig {
+                account_max_failures: config.xmpp.auth_failures_per_account as usize,
+                account_window: Duration::from_secs(config.xmpp.auth_window_secs),
+                ip_max_failures: config.xmpp.auth_failures_per_address as usize,
+                ip_window: Duration::from_secs(config.xmpp.auth_window_secs),
+                ..Default::default()
+            },
+        )),
+        resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
+        shutdown: c2s_stop_rx,
+    });
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.xmpp.max_connections));
+    let c2s = tokio::spawn(
+        serve_clients(
+            shared.clone(),
+            client_listener,
+            direct_listener,
+            connections.clone(),
+        )
+        .in_current_span(),
+    );
+    info!(raft_addr = %config.raft_addr, admin_addr = %config.admin_addr, client_addr = %config.xmpp.client_addr, "node started");
 
     let mut raft_task = raft_task;
     let mut admin_task = admin_task;
@@ -138,6 +199,13 @@ async fn run_inner(
     };
     info!("shutting down");
     boot.abort();
+    liveness.abort();
+    // Sessions close their streams (system-shutdown) and unbind while raft
+    // is still up; give them a moment.
+    let _ = c2s_stop_tx.send(true);
+    let max = config.xmpp.max_connections as u32;
+    let _ = tokio::time::timeout(Duration::from_secs(3), connections.acquire_many(max)).await;
+    c2s.abort();
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");
@@ -155,6 +223,43 @@ async fn run_inner(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Serves clients once this node's stale session bindings (from before a
+/// restart) are gone from the shared table: binding new sessions before
+/// that could see them dropped.
+async fn serve_clients(
+    shared: Arc<crate::c2s::Shared>,
+    plain: TcpListener,
+    direct: Option<TcpListener>,
+    connections: Arc<tokio::sync::Semaphore>,
+) {
+    let node = shared.router.node();
+    let mut logged = false;
+    loop {
+        match shared
+            .cluster
+            .write(starling_raft::command::Command::DropNodeSessions { node })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                if !logged {
+                    info!(error = %e, "waiting for the cluster before serving clients");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    info!("serving XMPP clients");
+    let plain_task = tokio::spawn(
+        crate::c2s::serve(shared.clone(), plain, false, connections.clone()).in_current_span(),
+    );
+    if let Some(d) = direct {
+        crate::c2s::serve(shared, d, true, connections).await;
+    }
+    let _ = plain_task.await;
 }
 
 /// Forms a new cluster from `initial_cluster`, at most once, from the

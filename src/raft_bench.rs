@@ -139,6 +139,7 @@ fn bind_cmd(writer: usize, i: u64) -> Command {
                 priority: 0,
                 available: true,
                 carbons: false,
+                presence: None,
                 bound_ms: i,
             },
         }

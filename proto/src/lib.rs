@@ -1,6 +1,7 @@
 //! Generated gRPC code for Starling's wire protocols.
 //!
 //! - [`raft`]: node-to-node raft RPCs and forwarded proposals (`raft.proto`).
+//! - [`mesh`]: the live stanza mesh between nodes (`mesh.proto`).
 //! - [`admin`]: the operator API used by `starling ctl` (`admin.proto`).
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
@@ -8,6 +9,10 @@
 
 pub mod raft {
     tonic::include_proto!("starling.raft.v1");
+}
+
+pub mod mesh {
+    tonic::include_proto!("starling.mesh.v1");
 }
 
 pub mod admin {

@@ -302,7 +302,8 @@ impl ClusterHandle {
         }
     }
 
-    fn member_node(&self, id: NodeId) -> Option<StarlingNode> {
+    /// The membership entry of node `id` (its addresses).
+    pub fn member_node(&self, id: NodeId) -> Option<StarlingNode> {
         let m = self.0.raft.metrics().borrow().membership_config.clone();
         m.membership().get_node(&id).cloned()
     }

@@ -237,6 +237,10 @@ pub struct SessionBinding {
     /// Message carbons enabled (XEP-0280).
     #[serde(default)]
     pub carbons: bool,
+    /// The session's last available presence, serialized, so probes are
+    /// answered from this table (RFC 6121 §4.3.2) on any node.
+    #[serde(default)]
+    pub presence: Option<String>,
     pub bound_ms: u64,
 }
 

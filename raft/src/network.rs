@@ -65,6 +65,12 @@ impl Interceptor for AddSecret {
 #[derive(Clone)]
 pub struct CheckSecret(Arc<[u8]>);
 
+impl CheckSecret {
+    pub fn new(secret: &str) -> Self {
+        CheckSecret(Arc::from(secret.as_bytes()))
+    }
+}
+
 impl Interceptor for CheckSecret {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         match req.metadata().get(SECRET_HEADER) {
@@ -92,9 +98,15 @@ impl Peers {
         })
     }
 
-    /// A client for the node at `addr` (host:port). Connects lazily and
-    /// reconnects by itself; a bad address is an error here.
-    pub fn client(&self, addr: &str) -> Result<PeerClient, Status> {
+    /// The interceptor that stamps the secret, for other services on the
+    /// same channels (the stanza mesh).
+    pub fn add_secret(&self) -> AddSecret {
+        AddSecret(self.secret.clone())
+    }
+
+    /// The shared channel to the node at `addr`.
+    /// Connects lazily and reconnects by itself; a bad address is an error.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
@@ -110,6 +122,12 @@ impl Peers {
                 c
             }
         };
+        Ok(channel)
+    }
+
+    /// A raft client for the node at `addr` (host:port).
+    pub fn client(&self, addr: &str) -> Result<PeerClient, Status> {
+        let channel = self.channel(addr)?;
         Ok(
             RaftServiceClient::with_interceptor(channel, AddSecret(self.secret.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

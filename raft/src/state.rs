@@ -707,6 +707,7 @@ mod tests {
             priority: 0,
             available: false,
             carbons: false,
+            presence: None,
             bound_ms: 0,
         };
         let bind = |node| Command::BindSession {
@@ -759,6 +760,7 @@ mod tests {
                     priority: 0,
                     available: false,
                     carbons: false,
+                    presence: None,
                     bound_ms: 0,
                 },
             });
@@ -824,6 +826,7 @@ mod tests {
                 priority: 5,
                 available: true,
                 carbons: false,
+                presence: None,
                 bound_ms: 9,
             },
         });
@@ -858,6 +861,7 @@ mod tests {
                     priority: 0,
                     available: false,
                     carbons: false,
+                    presence: None,
                     bound_ms: 0,
                 },
             },

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use starling::admin::client::AdminConn;
-use starling::config::{Config, Member, RaftSection};
+use starling::config::{Config, Member, RaftSection, XmppSection};
 use starling_proto::admin::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
@@ -71,6 +71,11 @@ pub fn node_config(
         admin_token: None,
         initial_cluster: initial.to_vec(),
         raft: raft_section.clone(),
+        xmpp: XmppSection {
+            client_addr: addr(free_ports(1)[0]),
+            registration: true,
+            ..XmppSection::default()
+        },
     }
 }
 

@@ -1,0 +1,527 @@
+//! Stream negotiation up to a bound resource (RFC 6120 §4-§7), XEP-0077
+//! registration before authentication and XEP-0198 resumption.
+//!
+//! Each stream (the first, the one after STARTTLS, the one after SASL)
+//! starts with the client's header, answered by ours and the features that
+//! fit the state: TLS first (unless plaintext is allowed), then SASL, then
+//! bind. Anything else before authentication is a `not-authorized` stream
+//! error; before binding, stanzas are refused the same way (§7.1).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use starling_raft::credentials::Credentials;
+use tracing::{debug, info};
+
+use super::sasl::{CredentialStore, Mechanism, SaslSession, Step};
+use super::session::Session;
+use super::stream::{stream_header, Conn, ConnError};
+use super::Shared;
+use crate::xmpp::framer::Event;
+use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
+
+/// How a negotiation ended well.
+pub enum Negotiated {
+    /// A resource is bound: run the session.
+    Bound(Box<Session>),
+    /// The connection was handed to a detached session (XEP-0198).
+    Resumed,
+}
+
+/// A new connection for a detached XEP-0198 session.
+pub struct Resumption {
+    pub conn: Conn,
+    /// The client's count of stanzas it received (`h`).
+    pub h: u32,
+    pub previd: String,
+}
+
+/// SASL failures on one connection before it is closed (RFC 6120 §6.4.5
+/// asks for at least 2 retries).
+const MAX_SASL_TRIES: u32 = 3;
+
+struct Store<'a>(&'a Shared);
+
+impl CredentialStore for Store<'_> {
+    fn credentials(&self, username: &str) -> Option<Credentials> {
+        let bare = account_jid(username, &self.0.domain)?;
+        let state = self.0.cluster.state().read();
+        state.data.users.get(&bare).map(|u| u.credentials.clone())
+    }
+}
+
+/// The normalized bare JID of a local account named `username`.
+pub fn account_jid(username: &str, domain: &str) -> Option<String> {
+    if username.is_empty() || username.contains(['@', '/']) {
+        return None;
+    }
+    let jid = jid::BareJid::new(&format!("{username}@{domain}")).ok()?;
+    Some(jid.to_string())
+}
+
+enum Outcome {
+    Bind { bare: String, iq: Element },
+    Resume { bare: String, h: u32, previd: String },
+}
+
+pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiated> {
+    let timeout = Duration::from_secs(shared.config.negotiation_timeout_secs);
+    let res = tokio::time::timeout(timeout, steps(shared, &mut conn)).await;
+    let outcome = match res {
+        Ok(Ok(o)) => o,
+        Ok(Err(ConnError::Stream(e))) => {
+            debug!(error = %e, "negotiation failed");
+            conn.fail(&e, &shared.domain).await;
+            return None;
+        }
+        Ok(Err(ConnError::Closed)) => {
+            conn.close().await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "connection lost during negotiation");
+            return None;
+        }
+        Err(_) => {
+            conn.fail(
+                &StreamError::with_text(
+                    StreamCondition::ConnectionTimeout,
+                    "negotiation took too long",
+                ),
+                &shared.domain,
+            )
+            .await;
+            return None;
+        }
+    };
+    match outcome {
+        Outcome::Bind { bare, iq } => Session::bind(shared.clone(), conn, &bare, iq)
+            .await
+            .map(|s| Negotiated::Bound(Box::new(s))),
+        Outcome::Resume { bare, h, previd } => {
+            let target = {
+                let map = shared.resumable.lock().unwrap_or_else(|p| p.into_inner());
+                map.get(&previd)
+                    .filter(|(owner, _)| *owner == bare)
+                    .map(|(_, tx)| tx.clone())
+            };
+            let failed = format!(
+                "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
+                ns::SM,
+                ns::STANZA_ERRORS
+            );
+            match target {
+                Some(tx) => match tx.send(Resumption { conn, h, previd }).await {
+                    Ok(()) => Some(Negotiated::Resumed),
+                    Err(e) => {
+                        let mut conn = e.0.conn;
+                        let _ = conn.send(&failed).await;
+                        conn.close().await;
+                        None
+                    }
+                },
+                None => {
+                    // XEP-0198 §5: the client may bind a new session instead;
+                    // we keep it simple and let it reconnect.
+                    let _ = conn.send(&failed).await;
+                    conn.close().await;
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn header_error(
+    name: &str,
+    ns_: &str,
+    default_ns: Option<&str>,
+    attrs: &[(String, String)],
+    domain: &str,
+) -> Option<StreamError> {
+    let attr = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    // RFC 6120 §4.9.3.10: wrong stream namespace or content namespace.
+    if name != "stream" || ns_ != ns::STREAM {
+        return Some(StreamError::with_text(
+            StreamCondition::InvalidNamespace,
+            "the stream element must be <stream:stream> in http://etherx.jabber.org/streams",
+        ));
+    }
+    if default_ns != Some(ns::CLIENT) {
+        return Some(StreamError::with_text(
+            StreamCondition::InvalidNamespace,
+            "the content namespace must be jabber:client",
+        ));
+    }
+    // §4.7.5: version 1.0 or higher major-compatible.
+    let major = attr("version")
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if major != Some(1) {
+        return Some(StreamError::with_text(
+            StreamCondition::UnsupportedVersion,
+            "this server speaks XMPP version 1.0",
+        ));
+    }
+    // §4.9.3.6: a domain this server does not serve.
+    if let Some(to) = attr("to") {
+        let ok = jid::BareJid::new(to)
+            .map(|j| j.to_string() == domain)
+            .unwrap_or(false);
+        if !ok {
+            return Some(StreamError::with_text(
+                StreamCondition::HostUnknown,
+                format!("this server serves {domain}"),
+            ));
+        }
+    }
+    None
+}
+
+fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
+    let mut f = String::from("<stream:features>");
+    let tls_ok = conn.secure || shared.config.allow_plaintext;
+    if !conn.secure {
+        // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate unless plaintext
+        // is allowed by configuration.
+        if shared.config.allow_plaintext {
+            f.push_str(&format!("<starttls xmlns='{}'/>", ns::TLS));
+        } else {
+            f.push_str(&format!("<starttls xmlns='{}'><required/></starttls>", ns::TLS));
+        }
+    }
+    if !authed && tls_ok {
+        f.push_str(&format!("<mechanisms xmlns='{}'>", ns::SASL));
+        for m in [Mechanism::ScramSha256, Mechanism::ScramSha1, Mechanism::Plain] {
+            f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
+        }
+        f.push_str("</mechanisms>");
+        if shared.config.registration {
+            f.push_str(&format!("<register xmlns='{}'/>", ns::REGISTER_FEATURE));
+        }
+    }
+    if authed {
+        f.push_str(&format!("<bind xmlns='{}'/>", ns::BIND));
+        f.push_str(&format!(
+            "<session xmlns='{}'><optional/></session>",
+            ns::SESSION
+        ));
+        f.push_str(&format!("<sm xmlns='{}'/>", ns::SM));
+        f.push_str(&format!("<csi xmlns='{}'/>", ns::CSI));
+        f.push_str(&format!("<sub xmlns='{}'/>", ns::PRE_APPROVAL));
+    }
+    f.push_str("</stream:features>");
+    f
+}
+
+fn sasl_failure(condition: &str, text: Option<&str>) -> String {
+    let mut s = format!("<failure xmlns='{}'><{condition}/>", ns::SASL);
+    if let Some(t) = text {
+        s.push_str("<text xml:lang='en'>");
+        crate::xmpp::element::escape_into(&mut s, t, false);
+        s.push_str("</text>");
+    }
+    s.push_str("</failure>");
+    s
+}
+
+fn b64(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        // RFC 6120 §6.4.2: an empty response is sent as "=".
+        "=".into()
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
+
+/// SASL payload: absent, "=" (empty) or base64 (RFC 6120 §6.4.2).
+fn decode_payload(el: &Element) -> Result<Option<Vec<u8>>, super::sasl::SaslFailure> {
+    let text: String = el.text().chars().filter(|c| !c.is_whitespace()).collect();
+    super::sasl::decode_payload(&text)
+}
+
+async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnError> {
+    let mut authed: Option<String> = None;
+    let mut sasl: Option<SaslSession> = None;
+    let mut sasl_failures = 0u32;
+    let ip = conn.peer.ip();
+    'stream: loop {
+        // Every stream starts with the client's header.
+        let Event::StreamOpen {
+            name,
+            ns: ns_,
+            default_ns,
+            attrs,
+        } = conn.next_event().await?
+        else {
+            return Err(StreamError::with_text(
+                StreamCondition::NotWellFormed,
+                "expected a stream header",
+            )
+            .into());
+        };
+        let from = attrs
+            .iter()
+            .find(|(k, _)| k == "from")
+            .map(|(_, v)| v.clone())
+            .filter(|f| jid::Jid::new(f).is_ok());
+        let id = crate::router::random_id();
+        let header = stream_header(&shared.domain, from.as_deref(), &id);
+        conn.queue(&header);
+        conn.header_sent = true;
+        if let Some(e) = header_error(&name, &ns_, default_ns.as_deref(), &attrs, &shared.domain) {
+            return Err(e.into());
+        }
+        let f = features(shared, conn, authed.is_some());
+        conn.send(&f).await?;
+
+        loop {
+            let el = match conn.next_event().await? {
+                Event::Stanza(el) => el,
+                Event::StreamClose => return Err(ConnError::Closed),
+                Event::StreamOpen { .. } => {
+                    return Err(StreamError::with_text(
+                        StreamCondition::NotWellFormed,
+                        "unexpected stream header",
+                    )
+                    .into())
+                }
+            };
+            let tls_ok = conn.secure || shared.config.allow_plaintext;
+            match (el.name(), el.ns()) {
+                ("starttls", ns::TLS) => {
+                    if conn.secure {
+                        // §5.4.2.2: failure, then close.
+                        conn.send(&format!("<failure xmlns='{}'/>", ns::TLS)).await?;
+                        return Err(ConnError::Closed);
+                    }
+                    conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS)).await?;
+                    conn.upgrade_tls(shared.tls.starttls.clone()).await?;
+                    conn.header_sent = false;
+                    continue 'stream;
+                }
+                ("auth", ns::SASL) if authed.is_none() => {
+                    if !tls_ok {
+                        conn.send(&sasl_failure("encryption-required", None)).await?;
+                        continue;
+                    }
+                    let blocked = {
+                        let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                        l.check(None, ip, Instant::now())
+                    };
+                    if blocked.is_err() {
+                        conn.send(&sasl_failure(
+                            "temporary-auth-failure",
+                            Some("too many failed attempts; try again later"),
+                        ))
+                        .await?;
+                        continue;
+                    }
+                    let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
+                        conn.send(&sasl_failure("invalid-mechanism", None)).await?;
+                        continue;
+                    };
+                    if mech.requires_tls() && !conn.secure && !shared.config.allow_plaintext {
+                        conn.send(&sasl_failure("encryption-required", None)).await?;
+                        continue;
+                    }
+                    let Ok(initial) = decode_payload(&el) else {
+                        conn.send(&sasl_failure("incorrect-encoding", None)).await?;
+                        continue;
+                    };
+                    // The per-account limit applies before any password
+                    // hashing, where the account is known up front.
+                    let account = initial
+                        .as_deref()
+                        .and_then(|i| super::sasl::peek_authcid(mech, i))
+                        .and_then(|u| account_jid(&u, &shared.domain));
+                    if let Some(account) = account {
+                        let blocked = {
+                            let mut l =
+                                shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                            l.check(Some(&account), ip, Instant::now())
+                        };
+                        if blocked.is_err() {
+                            conn.send(&sasl_failure(
+                                "temporary-auth-failure",
+                                Some("too many failed attempts for this account; try again later"),
+                            ))
+                            .await?;
+                            continue;
+                        }
+                    }
+                    let (session, step) = SaslSession::start(
+                        mech,
+                        &shared.domain,
+                        initial.as_deref(),
+                        &Store(shared),
+                    );
+                    sasl = Some(session);
+                    if let Some(bare) =
+                        sasl_step(shared, conn, &mut sasl, step, &mut sasl_failures).await?
+                    {
+                        authed = Some(bare);
+                        conn.restart();
+                        conn.header_sent = false;
+                        continue 'stream;
+                    }
+                }
+                ("response", ns::SASL) if authed.is_none() => {
+                    let Some(s) = sasl.as_mut() else {
+                        conn.send(&sasl_failure("malformed-request", None)).await?;
+                        continue;
+                    };
+                    let step = match decode_payload(&el) {
+                        Ok(bytes) => s.step(&bytes.unwrap_or_default(), &Store(shared)),
+                        Err(f) => Step::Failure(f),
+                    };
+                    if let Some(bare) =
+                        sasl_step(shared, conn, &mut sasl, step, &mut sasl_failures).await?
+                    {
+                        authed = Some(bare);
+                        conn.restart();
+                        conn.header_sent = false;
+                        continue 'stream;
+                    }
+                }
+                ("abort", ns::SASL) => {
+                    sasl = None;
+                    conn.send(&sasl_failure("aborted", None)).await?;
+                }
+                ("iq", ns::CLIENT)
+                    if authed.is_none()
+                        && tls_ok
+                        && el.children().any(|c| c.ns() == ns::REGISTER) =>
+                {
+                    let reply = crate::im::register::handle_unauthenticated(shared, &el).await;
+                    let xml = reply.to_xml(ns::CLIENT);
+                    conn.send(&xml).await?;
+                }
+                ("iq", ns::CLIENT) if authed.is_some() && el.has_child("bind", ns::BIND) => {
+                    if el.attr("type") != Some("set") {
+                        let reply = StanzaError::new(StanzaCondition::BadRequest)
+                            .reply_to(&el)
+                            .unwrap_or(el);
+                        conn.send(&reply.to_xml(ns::CLIENT)).await?;
+                        continue;
+                    }
+                    let bare = authed.take().unwrap_or_default();
+                    return Ok(Outcome::Bind { bare, iq: el });
+                }
+                ("resume", ns::SM) if authed.is_some() => {
+                    let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                    let previd = el.attr("previd").map(str::to_string);
+                    match (h, previd) {
+                        (Some(h), Some(previd)) => {
+                            let bare = authed.take().unwrap_or_default();
+                            return Ok(Outcome::Resume { bare, h, previd });
+                        }
+                        _ => {
+                            conn.send(&format!(
+                                "<failed xmlns='{}'><bad-request xmlns='{}'/></failed>",
+                                ns::SM,
+                                ns::STANZA_ERRORS
+                            ))
+                            .await?;
+                        }
+                    }
+                }
+                ("enable", ns::SM) => {
+                    // XEP-0198 §3: only after binding.
+                    conn.send(&format!(
+                        "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
+                        ns::SM,
+                        ns::STANZA_ERRORS
+                    ))
+                    .await?;
+                }
+                _ if authed.is_none() => {
+                    // RFC 6120 §6 / §4.9.3.12: nothing else before SASL.
+                    return Err(StreamError::with_text(
+                        StreamCondition::NotAuthorized,
+                        if tls_ok {
+                            "authenticate first"
+                        } else {
+                            "negotiate TLS first"
+                        },
+                    )
+                    .into());
+                }
+                _ => {
+                    // §7.1: no stanzas before a resource is bound.
+                    return Err(StreamError::with_text(
+                        StreamCondition::NotAuthorized,
+                        "bind a resource first",
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+}
+
+/// Answers one SASL step; returns the account's bare JID on success.
+async fn sasl_step(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    sasl: &mut Option<SaslSession>,
+    step: Step,
+    failures: &mut u32,
+) -> Result<Option<String>, ConnError> {
+    let ip = conn.peer.ip();
+    match step {
+        Step::Challenge(bytes) => {
+            conn.send(&format!(
+                "<challenge xmlns='{}'>{}</challenge>",
+                ns::SASL,
+                b64(&bytes)
+            ))
+            .await?;
+            Ok(None)
+        }
+        Step::Success {
+            username,
+            additional,
+        } => {
+            *sasl = None;
+            let Some(bare) = account_jid(&username, &shared.domain) else {
+                conn.send(&sasl_failure("not-authorized", None)).await?;
+                return Ok(None);
+            };
+            {
+                let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                l.record_success(&bare);
+            }
+            let payload = if additional.is_empty() {
+                String::new()
+            } else {
+                base64::engine::general_purpose::STANDARD.encode(&additional)
+            };
+            conn.send(&format!("<success xmlns='{}'>{payload}</success>", ns::SASL))
+                .await?;
+            info!(jid = %bare, "authenticated");
+            tracing::Span::current().record("jid", bare.as_str());
+            Ok(Some(bare))
+        }
+        Step::Failure(f) => {
+            let account = sasl
+                .as_ref()
+                .and_then(|s| s.authcid())
+                .and_then(|u| account_jid(u, &shared.domain));
+            *sasl = None;
+            *failures += 1;
+            let delay = {
+                let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                l.record_failure(account.as_deref().unwrap_or(""), ip, Instant::now())
+            };
+            // Slow down guessing: the failure is answered after a delay
+            // that grows with recent failures.
+            tokio::time::sleep(delay).await;
+            conn.send(&sasl_failure(f.condition(), None)).await?;
+            if *failures >= MAX_SASL_TRIES {
+                return Err(ConnError::Closed);
+            }
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! One client connection's byte stream: the socket (plain or TLS), the
+//! framer that cuts it into events, and the output buffer.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::xmpp::framer::{Event, Framer, FramerError, Limits};
+use crate::xmpp::{StreamCondition, StreamError};
+
+/// A socket: TCP, or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the TCP connection without closing the stream.
+    #[error("connection closed by peer")]
+    Eof,
+    /// We must send this stream error and close.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The peer sent `</stream:stream>`.
+    #[error("stream closed by peer")]
+    Closed,
+}
+
+impl From<FramerError> for ConnError {
+    fn from(e: FramerError) -> Self {
+        let condition = StreamCondition::from_name(e.condition())
+            .unwrap_or(StreamCondition::NotWellFormed);
+        ConnError::Stream(StreamError::with_text(condition, e.to_string()))
+    }
+}
+
+pub struct Conn {
+    io: Option<BoxIo>,
+    framer: Framer,
+    limits: Limits,
+    rbuf: Box<[u8]>,
+    out: String,
+    pub peer: SocketAddr,
+    /// TLS is in place (STARTTLS done, or direct TLS).
+    pub secure: bool,
+    /// Whether our stream header was sent (a stream error needs one first).
+    pub header_sent: bool,
+    /// Bytes seen since the last idle check.
+    pub activity: bool,
+}
+
+impl Conn {
+    pub fn new(io: BoxIo, limits: Limits, peer: SocketAddr, secure: bool) -> Self {
+        Conn {
+            io: Some(io),
+            framer: Framer::new(limits.clone()),
+            limits,
+            rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            out: String::with_capacity(4096),
+            peer,
+            secure,
+            header_sent: false,
+            activity: false,
+        }
+    }
+
+    fn io(&mut self) -> std::io::Result<&mut BoxIo> {
+        self.io
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("connection is being upgraded"))
+    }
+
+    /// The next stream event. Cancel-safe: bytes are only consumed by the
+    /// framer once read.
+    pub async fn next_event(&mut self) -> Result<Event, ConnError> {
+        loop {
+            if let Some(ev) = self.framer.next_event()? {
+                return Ok(ev);
+            }
+            let Conn { io, rbuf, .. } = self;
+            let io = io
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("connection is being upgraded"))?;
+            let n = io.read(rbuf).await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+            self.activity = true;
+            let Conn { framer, rbuf, .. } = self;
+            framer.feed(&rbuf[..n]);
+        }
+    }
+
+    /// Forget the parser state: a stream restart (RFC 6120 §4.3.3).
+    pub fn restart(&mut self) {
+        self.framer = Framer::new(self.limits.clone());
+    }
+
+    /// Queue raw XML for sending.
+    pub fn queue(&mut self, xml: &str) {
+        self.out.push_str(xml);
+    }
+
+    /// The output buffer, to serialize into directly.
+    pub fn out(&mut self) -> &mut String {
+        &mut self.out
+    }
+
+    pub fn pending_output(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Write everything queued.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let io = self.io()?;
+        io.write_all(out.as_bytes()).await?;
+        io.flush().await?;
+        self.out = out;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Queue and write.
+    pub async fn send(&mut self, xml: &str) -> Result<(), ConnError> {
+        self.queue(xml);
+        self.flush().await
+    }
+
+    /// Replace the socket with TLS over it (STARTTLS, RFC 6120 §5.4.3.3).
+    pub async fn upgrade_tls(
+        &mut self,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Result<(), ConnError> {
+        let io = self
+            .io
+            .take()
+            .ok_or_else(|| std::io::Error::other("no socket"))?;
+        let tls = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
+        self.io = Some(Box::new(tls));
+        self.secure = true;
+        self.restart();
+        Ok(())
+    }
+
+    /// Send a stream error (with our header first if it was not sent, RFC
+    /// 6120 §4.9.1.2) and close the stream.
+    pub async fn fail(&mut self, err: &StreamError, domain: &str) {
+        if !self.header_sent {
+            let header = stream_header(domain, None, &crate::router::random_id());
+            self.queue(&header);
+        }
+        let xml = err.to_xml();
+        self.queue(&xml);
+        self.queue("</stream:stream>");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.flush()).await;
+        self.shutdown().await;
+    }
+
+    /// Close the stream from our side and the socket.
+    pub async fn close(&mut self) {
+        self.queue("</stream:stream>");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.flush()).await;
+        self.shutdown().await;
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(io) = self.io.as_mut() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+        }
+    }
+}
+
+/// Our stream header (RFC 6120 §4.7).
+pub fn stream_header(domain: &str, to: Option<&str>, id: &str) -> String {
+    let mut h = String::with_capacity(256);
+    h.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='");
+    h.push_str(id);
+    h.push_str("' from='");
+    crate::xmpp::element::escape_into(&mut h, domain, true);
+    h.push('\'');
+    if let Some(to) = to {
+        h.push_str(" to='");
+        crate::xmpp::element::escape_into(&mut h, to, true);
+        h.push('\'');
+    }
+    h.push_str(" version='1.0' xml:lang='en'>");
+    h
+}

@@ -1,0 +1,176 @@
+//! Roster management (RFC 6121 §2): get, set, remove, and roster pushes to
+//! every resource of the user on every node.
+use starling_raft::command::{Command, RosterItem, SubAction, Subscription};
+
+use super::{iq_result, reply_error};
+use crate::c2s::session::Session;
+use crate::router::{random_id, Router};
+use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
+
+/// The `<item/>` of a roster item (RFC 6121 §2.1.2).
+pub fn item_element(item: &RosterItem) -> Element {
+    let sub = match item.subscription {
+        Subscription::None => "none",
+        Subscription::To => "to",
+        Subscription::From => "from",
+        Subscription::Both => "both",
+    };
+    let mut e = Element::new("item", ns::ROSTER)
+        .with_attr("jid", item.jid.clone())
+        .with_opt_attr("name", item.name.clone())
+        .with_attr("subscription", sub);
+    if item.ask {
+        e.set_attr("ask", "subscribe");
+    }
+    if item.approved {
+        e.set_attr("approved", "true");
+    }
+    for g in &item.groups {
+        e.push(Element::new("group", ns::ROSTER).with_text(g.clone()));
+    }
+    e
+}
+
+/// Sends a roster push (§2.1.6) for `item` (or its removal) to every
+/// session of `owner`, wherever it is.
+pub async fn push(router: &Router, owner: &str, item: Option<&RosterItem>, contact: &str) {
+    let el = match item {
+        Some(i) if !i.stub => item_element(i),
+        _ => Element::new("item", ns::ROSTER)
+            .with_attr("jid", contact)
+            .with_attr("subscription", "remove"),
+    };
+    for t in router.sessions_of(owner, None) {
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", format!("push-{}", random_id()))
+            .with_attr("to", t.full.clone())
+            .with_child(Element::new("query", ns::ROSTER).with_child(el.clone()));
+        let _ = router.deliver(&t, iq).await;
+    }
+}
+
+pub async fn handle(s: &mut Session, el: Element) {
+    match el.attr("type") {
+        Some("get") => get(s, &el),
+        Some("set") => set(s, &el).await,
+        _ => {}
+    }
+}
+
+fn get(s: &mut Session, el: &Element) {
+    let items: Vec<Element> = {
+        let state = s.shared.cluster.state().read();
+        state
+            .data
+            .roster_of(&s.bare)
+            .filter(|i| !i.stub)
+            .map(item_element)
+            .collect()
+    };
+    let mut query = Element::new("query", ns::ROSTER);
+    for i in items {
+        query.push(i);
+    }
+    let reply = iq_result(s, el).with_child(query);
+    s.write_stanza(reply);
+}
+
+async fn set(s: &mut Session, el: &Element) {
+    let Some(query) = el.get_child("query", ns::ROSTER) else {
+        return;
+    };
+    // §2.3.3: exactly one item.
+    let items: Vec<&Element> = query.children().filter(|c| c.is("item", ns::ROSTER)).collect();
+    let [item] = items.as_slice() else {
+        return reply_error(s, el, StanzaError::new(StanzaCondition::BadRequest));
+    };
+    let Some(contact) = item
+        .attr("jid")
+        .and_then(|j| jid::BareJid::new(j).ok())
+        .map(|j| j.to_string())
+    else {
+        return reply_error(s, el, StanzaError::new(StanzaCondition::JidMalformed));
+    };
+    let router = s.shared.router.clone();
+    if item.attr("subscription") == Some("remove") {
+        return remove(s, el, &contact).await;
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for g in item.children().filter(|c| c.is("group", ns::ROSTER)) {
+        let name = g.text();
+        // §2.3.3: empty group names are not-acceptable, duplicates bad-request.
+        if name.trim().is_empty() {
+            return reply_error(s, el, StanzaError::new(StanzaCondition::NotAcceptable));
+        }
+        if groups.contains(&name) {
+            return reply_error(s, el, StanzaError::new(StanzaCondition::BadRequest));
+        }
+        groups.push(name);
+    }
+    let existing = {
+        let state = s.shared.cluster.state().read();
+        state
+            .data
+            .roster
+            .get(&(s.bare.clone(), contact.clone()))
+            .cloned()
+    };
+    // §2.1.2.5: a client cannot set subscription state; it is kept.
+    let mut new = existing.unwrap_or_else(|| RosterItem {
+        jid: contact.clone(),
+        ..RosterItem::default()
+    });
+    new.stub = false;
+    new.name = item.attr("name").filter(|n| !n.is_empty()).map(str::to_string);
+    new.groups = groups;
+    let cmd = Command::SetRosterItem {
+        owner: s.bare.clone(),
+        item: new.clone(),
+    };
+    match s.shared.cluster.write(cmd).await {
+        Ok(_) => {
+            let reply = iq_result(s, el);
+            s.write_stanza(reply);
+            push(&router, &s.bare, Some(&new), &contact).await;
+        }
+        Err(_) => reply_error(s, el, StanzaError::new(StanzaCondition::InternalServerError)),
+    }
+}
+
+/// §2.5: removing an item cancels both subscriptions first.
+async fn remove(s: &mut Session, el: &Element, contact: &str) {
+    let router = s.shared.router.clone();
+    let existed = {
+        let state = s.shared.cluster.state().read();
+        state
+            .data
+            .roster
+            .get(&(s.bare.clone(), contact.to_string()))
+            .cloned()
+    };
+    let Some(existing) = existed.filter(|i| !i.stub) else {
+        // §2.5.3: removing an item that is not there.
+        return reply_error(s, el, StanzaError::new(StanzaCondition::ItemNotFound));
+    };
+    if router.user_exists(contact) {
+        if existing.has_to() || existing.ask {
+            super::presence::subscription(s, contact, SubAction::Unsubscribe).await;
+        }
+        if existing.has_from() || existing.pending_in {
+            super::presence::subscription(s, contact, SubAction::Unsubscribed).await;
+        }
+    }
+    let cmd = Command::RemoveRosterItem {
+        owner: s.bare.clone(),
+        contact: contact.to_string(),
+    };
+    match s.shared.cluster.write(cmd).await {
+        Ok(_) => {
+            let reply = iq_result(s, el);
+            s.write_stanza(reply);
+            push(&router, &s.bare, None, contact).await;
+        }
+        Err(_) => reply_error(s, el, StanzaError::new(StanzaCondition::InternalServerError)),
+    }
+}

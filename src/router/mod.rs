@@ -1,0 +1,631 @@
+//! Who is where, and where a stanza goes (RFC 6121 §8.5).
+//!
+//! The shared session table (replicated, read from the local applied state)
+//! says which node holds each full JID and whether it is available; this
+//! node's own sessions are in [`Router`]'s local registry, which is
+//! authoritative for them. A stanza is handed to a local session's channel,
+//! to the stanza mesh for a session on another node, or — when no session
+//! can take it — to the replicated offline queue or back to its sender as
+//! an error. Consensus is only on the offline path, never on live delivery.
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use starling_raft::command::{Command, OfflineMessage, Response, SessionBinding};
+use starling_raft::{ClusterHandle, NodeId};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub mod liveness;
+
+use crate::mesh::MeshLinks;
+use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
+
+/// What a session task receives.
+#[derive(Debug)]
+pub enum ToSession {
+    /// A stanza to write to the client.
+    Stanza(Element),
+    /// End the session with this stream error.
+    Kick(StreamError),
+}
+
+/// A session of this node, as the router sees it.
+#[derive(Debug, Clone)]
+pub struct LocalSession {
+    pub id: u64,
+    pub tx: mpsc::Sender<ToSession>,
+    /// When it was registered.
+    pub since: std::time::Instant,
+}
+
+/// Capacity of a session's inbound channel. A client that does not read
+/// fills it; then its messages go to the offline queue instead.
+pub const SESSION_QUEUE: usize = 1024;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random identifier (128 bits, URL-safe base64), for stanza ids
+/// (XEP-0359), SM ids and server-made resources.
+pub fn random_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The bare part of a JID string (`a@b/c` -> `a@b`).
+pub fn bare_of(jid: &str) -> &str {
+    jid.split_once('/').map(|(b, _)| b).unwrap_or(jid)
+}
+
+/// Stanza kinds and types that decide routing.
+fn stanza_type(el: &Element) -> &str {
+    match (el.name(), el.attr("type")) {
+        ("message", None) => "normal",
+        ("presence", None) => "available",
+        (_, Some(t)) => t,
+        (_, None) => "",
+    }
+}
+
+/// Message types eligible for carbons (XEP-0280 §6.1).
+fn carbon_eligible(el: &Element) -> bool {
+    let t = stanza_type(el);
+    let eligible = t == "chat" || (t == "normal" && el.has_child("body", ns::CLIENT));
+    eligible && !el.has_child("private", ns::CARBONS) && !el.has_child("no-copy", ns::HINTS)
+}
+
+struct Inner {
+    node: NodeId,
+    domain: String,
+    cluster: ClusterHandle,
+    local: RwLock<HashMap<String, LocalSession>>,
+    mesh: MeshLinks,
+    max_offline: u32,
+}
+
+/// Cloneable handle on the routing layer.
+#[derive(Clone)]
+pub struct Router(Arc<Inner>);
+
+/// A session target chosen from the shared table.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub full: String,
+    pub binding: SessionBinding,
+}
+
+impl Router {
+    pub fn new(cluster: ClusterHandle, domain: &str, mesh: MeshLinks, max_offline: u32) -> Self {
+        Router(Arc::new(Inner {
+            node: cluster.id(),
+            domain: domain.to_string(),
+            cluster,
+            local: RwLock::new(HashMap::new()),
+            mesh,
+            max_offline,
+        }))
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.0.node
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.0.domain
+    }
+
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.0.cluster
+    }
+
+    pub fn mesh(&self) -> &MeshLinks {
+        &self.0.mesh
+    }
+
+    /// Registers a local session; returns the one it replaces on this node.
+    pub fn register(&self, full: &str, session: LocalSession) -> Option<LocalSession> {
+        let mut local = self.0.local.write().unwrap_or_else(|p| p.into_inner());
+        local.insert(full.to_string(), session)
+    }
+
+    /// Forgets a local session (only if it is still session `id`).
+    pub fn unregister(&self, full: &str, id: u64) {
+        let mut local = self.0.local.write().unwrap_or_else(|p| p.into_inner());
+        if local.get(full).is_some_and(|s| s.id == id) {
+            local.remove(full);
+        }
+    }
+
+    pub fn local_session(&self, full: &str) -> Option<LocalSession> {
+        let local = self.0.local.read().unwrap_or_else(|p| p.into_inner());
+        local.get(full).cloned()
+    }
+
+    /// Every local session (full JID, id).
+    pub fn local_sessions(&self) -> Vec<(String, u64)> {
+        let local = self.0.local.read().unwrap_or_else(|p| p.into_inner());
+        local.iter().map(|(k, v)| (k.clone(), v.id)).collect()
+    }
+
+    /// Every local session with its registration time.
+    pub fn local_sessions_with_age(&self) -> Vec<(String, u64, std::time::Instant)> {
+        let local = self.0.local.read().unwrap_or_else(|p| p.into_inner());
+        local
+            .iter()
+            .map(|(k, v)| (k.clone(), v.id, v.since))
+            .collect()
+    }
+
+    pub fn user_exists(&self, bare: &str) -> bool {
+        self.0
+            .cluster
+            .state()
+            .read()
+            .data
+            .users
+            .get(&bare.to_string())
+            .is_some()
+    }
+
+    /// The sessions of `bare` in the shared table, minus those that cannot
+    /// take a stanza: a binding to this node that is not in the local
+    /// registry is stale (this node is authoritative for its own), and
+    /// bindings on `avoid` (a node found unreachable) are skipped.
+    pub fn sessions_of(&self, bare: &str, avoid: Option<NodeId>) -> Vec<Target> {
+        let state = self.0.cluster.state().read();
+        let found: Vec<Target> = state
+            .data
+            .sessions_of(bare)
+            .filter(|(_, b)| Some(b.node) != avoid)
+            .map(|(full, b)| Target {
+                full: full.clone(),
+                binding: b.clone(),
+            })
+            .collect();
+        drop(state);
+        found
+            .into_iter()
+            .filter(|t| t.binding.node != self.0.node || self.is_local(&t.full, t.binding.session))
+            .collect()
+    }
+
+    fn is_local(&self, full: &str, session: u64) -> bool {
+        let local = self.0.local.read().unwrap_or_else(|p| p.into_inner());
+        local.get(full).is_some_and(|s| s.id == session)
+    }
+
+    /// The binding of one full JID, if it can take stanzas.
+    pub fn binding_of(&self, full: &str, avoid: Option<NodeId>) -> Option<Target> {
+        self.sessions_of(bare_of(full), avoid)
+            .into_iter()
+            .find(|t| t.full == full)
+    }
+
+    /// Hands `el` to one session. Local: its channel; remote: the mesh.
+    /// Returns the stanza back when a local session cannot take it.
+    pub async fn deliver(&self, target: &Target, el: Element) -> Result<(), Element> {
+        if target.binding.node == self.0.node {
+            return self.deliver_local(&target.full, target.binding.session, el);
+        }
+        self.0
+            .mesh
+            .send_stanza(
+                self.clone(),
+                target.binding.node,
+                &target.full,
+                target.binding.session,
+                el,
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Hands `el` to a local session (`session` 0: whichever holds `full`).
+    pub fn deliver_local(&self, full: &str, session: u64, el: Element) -> Result<(), Element> {
+        let Some(s) = self.local_session(full) else {
+            return Err(el);
+        };
+        if session != 0 && s.id != session {
+            return Err(el);
+        }
+        match s.tx.try_send(ToSession::Stanza(el)) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.into_inner() {
+                ToSession::Stanza(el) => Err(el),
+                ToSession::Kick(_) => Ok(()),
+            },
+        }
+    }
+
+    /// Ends the session `target` (wherever it is) with `conflict`: the same
+    /// full JID was bound again (RFC 6120 §7.7.2.2).
+    pub async fn kick(&self, full: &str, binding: &SessionBinding) {
+        if binding.node == self.0.node {
+            if let Some(s) = self.local_session(full) {
+                if s.id == binding.session {
+                    let _ = s
+                        .tx
+                        .send(ToSession::Kick(StreamError::with_text(
+                            StreamCondition::Conflict,
+                            "this resource was bound by a new session",
+                        )))
+                        .await;
+                }
+            }
+        } else {
+            self.0
+                .mesh
+                .send_kick(binding.node, full, binding.session)
+                .await;
+        }
+    }
+
+    /// Routes a stanza sent by a local client (its `from` already stamped)
+    /// to a JID of another entity of this domain, RFC 6121 §8.5.
+    pub async fn route(&self, el: Element) {
+        self.route_avoiding(el, None).await
+    }
+
+    /// As [`Router::route`], skipping sessions on `avoid` (a node that
+    /// could not be reached).
+    pub async fn route_avoiding(&self, mut el: Element, avoid: Option<NodeId>) {
+        let Some(to) = el.attr("to").map(str::to_string) else {
+            return;
+        };
+        let Ok(jid) = jid::Jid::new(&to) else {
+            self.bounce(&el, StanzaError::new(StanzaCondition::JidMalformed))
+                .await;
+            return;
+        };
+        if jid.domain().as_str() != self.0.domain {
+            // No server-to-server connections: RFC 6120 §8.3.3.16.
+            self.bounce(
+                &el,
+                StanzaError::with_text(
+                    StanzaCondition::RemoteServerNotFound,
+                    "this server does not federate with other domains",
+                ),
+            )
+            .await;
+            return;
+        }
+        let bare = jid.to_bare().to_string();
+        if jid.node().is_none() {
+            // Addressed to the domain itself: handled by the session layer,
+            // never routed.
+            return;
+        }
+        if !self.user_exists(&bare) {
+            // RFC 6121 §8.5.1: no such account.
+            match el.name() {
+                "message" | "iq" => {
+                    self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
+                        .await
+                }
+                _ => {}
+            }
+            return;
+        }
+        let sessions = self.sessions_of(&bare, avoid);
+        let full = jid.resource().is_some().then_some(to.as_str());
+        match el.name() {
+            "message" => {
+                if matches!(stanza_type(&el), "normal" | "chat" | "headline") {
+                    add_stanza_id(&mut el, &bare);
+                }
+                self.route_message(el, &bare, full, sessions).await
+            }
+            "presence" => {
+                let targets: Vec<&Target> = sessions
+                    .iter()
+                    .filter(|t| match full {
+                        Some(f) => t.full == f,
+                        None => t.binding.available,
+                    })
+                    .collect();
+                for t in targets {
+                    let _ = self.deliver(t, el.clone()).await;
+                }
+            }
+            "iq" => {
+                let target = full.and_then(|f| sessions.iter().find(|t| t.full == f));
+                match target {
+                    Some(t) => {
+                        if let Err(el) = self.deliver(t, el).await {
+                            self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
+                                .await;
+                        }
+                    }
+                    None => {
+                        if matches!(stanza_type(&el), "get" | "set") {
+                            self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
+                                .await;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn route_message(
+        &self,
+        mut el: Element,
+        bare: &str,
+        full: Option<&str>,
+        sessions: Vec<Target>,
+    ) {
+        let ty = stanza_type(&el).to_string();
+        // §8.5.3.1: a full JID with a session gets the message.
+        let exact = full.and_then(|f| sessions.iter().find(|t| t.full == f));
+        let chosen: Vec<&Target> = if let Some(t) = exact {
+            vec![t]
+        } else {
+            // §8.5.3.2.1 (no such resource) and §8.5.2 (bare JID).
+            if ty == "groupchat" {
+                self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
+                    .await;
+                return;
+            }
+            if ty == "error" {
+                return;
+            }
+            let available: Vec<&Target> = sessions
+                .iter()
+                .filter(|t| t.binding.available && t.binding.priority >= 0)
+                .collect();
+            match ty.as_str() {
+                // §8.5.2.1.1: headline to every non-negative resource.
+                "headline" => available,
+                // normal and chat: the most available resource(s).
+                _ => {
+                    let best = available.iter().map(|t| t.binding.priority).max();
+                    available
+                        .into_iter()
+                        .filter(|t| Some(t.binding.priority) == best)
+                        .collect()
+                }
+            }
+        };
+        let carbons = carbon_eligible(&el);
+        el.remove_children(|c| c.is("private", ns::CARBONS));
+        if chosen.is_empty() {
+            // §8.5.2.2: no available resource. chat and normal are stored;
+            // headline (and anything else) is dropped silently.
+            if matches!(ty.as_str(), "normal" | "chat") {
+                self.store_offline(bare, el).await;
+            }
+            return;
+        }
+        if carbons {
+            // XEP-0280 §6: a copy to every other interested resource.
+            for t in sessions.iter().filter(|t| {
+                t.binding.carbons
+                    && t.binding.available
+                    && !chosen.iter().any(|c| c.full == t.full)
+            }) {
+                let _ = self
+                    .deliver(t, carbon("received", bare, &t.full, &el))
+                    .await;
+            }
+        }
+        let last = chosen.len() - 1;
+        for (i, t) in chosen.iter().enumerate() {
+            let copy = if i == last {
+                std::mem::replace(&mut el, Element::new("message", ns::CLIENT))
+            } else {
+                el.clone()
+            };
+            if let Err(back) = self.deliver(t, copy).await {
+                // The local session is gone or cannot keep up: keep the
+                // message rather than lose it.
+                if matches!(ty.as_str(), "normal" | "chat") && i == last {
+                    self.store_offline(bare, back).await;
+                }
+            }
+        }
+    }
+
+    /// Sends `sent` carbons of a message a local client sent (XEP-0280 §7).
+    pub async fn sent_carbons(&self, from_full: &str, el: &Element) {
+        if !carbon_eligible(el) {
+            return;
+        }
+        let bare = bare_of(from_full);
+        for t in self.sessions_of(bare, None) {
+            if t.full != from_full && t.binding.carbons && t.binding.available {
+                let _ = self.deliver(&t, carbon("sent", bare, &t.full, el)).await;
+            }
+        }
+    }
+
+    /// Stores a message in `bare`'s replicated offline queue (XEP-0160),
+    /// with its XEP-0359 stanza id as the queue's unique id. On failure the
+    /// sender gets an error (never a silent loss).
+    pub async fn store_offline(&self, bare: &str, el: Element) {
+        let id = stanza_id_of(&el, bare).unwrap_or_else(random_id);
+        let cmd = Command::EnqueueOffline {
+            to: bare.to_string(),
+            message: OfflineMessage {
+                id,
+                stamp_ms: now_ms(),
+                stanza: el.to_standalone_xml(),
+            },
+            max_queue: self.0.max_offline,
+        };
+        match self.0.cluster.write(cmd).await {
+            Ok(a) => match a.response {
+                Response::Queued { .. } => {}
+                Response::QueueFull { cap } => {
+                    self.bounce(
+                        &el,
+                        StanzaError::with_text(
+                            StanzaCondition::ResourceConstraint,
+                            format!("the recipient's offline queue is full ({cap} messages)"),
+                        ),
+                    )
+                    .await
+                }
+                Response::NoSuchUser => {
+                    self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
+                        .await
+                }
+                other => warn!(?other, "unexpected offline enqueue result"),
+            },
+            Err(e) => {
+                warn!(error = %e, "offline enqueue failed");
+                self.bounce(
+                    &el,
+                    StanzaError::with_text(
+                        StanzaCondition::InternalServerError,
+                        "the message could not be stored",
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Sends the error reply for `el` back to its sender.
+    pub async fn bounce(&self, el: &Element, err: StanzaError) {
+        let Some(mut reply) = err.reply_to(el) else {
+            return;
+        };
+        if reply.attr("from").is_none() {
+            reply.set_attr("from", self.0.domain.clone());
+        }
+        let Some(to) = reply.attr("to").map(str::to_string) else {
+            return;
+        };
+        debug!(to = %to, condition = %err.condition, "bounce");
+        match self.binding_of(&to, None) {
+            Some(t) => {
+                let _ = self.deliver(&t, reply).await;
+            }
+            None => {
+                // The sender is gone; errors are not stored offline.
+            }
+        }
+    }
+
+    /// A stanza the mesh could not hand to `node`: route it again as if
+    /// that node's sessions did not exist.
+    pub async fn undeliverable(&self, el: Element, node: NodeId) {
+        Box::pin(self.route_avoiding(el, Some(node))).await
+    }
+
+    /// A stanza from the mesh for a local session; if the session is gone,
+    /// route it again without this node's stale binding.
+    pub async fn from_mesh(&self, full: &str, session: u64, el: Element) {
+        if let Err(el) = self.deliver_local(full, session, el) {
+            Box::pin(self.route_avoiding(el, Some(self.0.node))).await
+        }
+    }
+
+    /// A kick from the mesh.
+    pub async fn kick_from_mesh(&self, full: &str, session: u64) {
+        let b = SessionBinding {
+            node: self.0.node,
+            session,
+            priority: 0,
+            available: false,
+            carbons: false,
+            presence: None,
+            bound_ms: 0,
+        };
+        self.kick(full, &b).await
+    }
+}
+
+/// Adds the XEP-0359 `<stanza-id/>` for `by` (the recipient's bare JID),
+/// replacing any a client put there to spoof it (XEP-0359 §5), unless the
+/// message already carries ours (a stored message sent again keeps it).
+fn add_stanza_id(el: &mut Element, by: &str) {
+    if stanza_id_of(el, by).is_some() {
+        return;
+    }
+    el.push(
+        Element::new("stanza-id", ns::SID)
+            .with_attr("id", random_id())
+            .with_attr("by", by),
+    );
+}
+
+/// The stanza id `by` assigned, if any.
+pub fn stanza_id_of(el: &Element, by: &str) -> Option<String> {
+    el.children()
+        .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by))
+        .and_then(|c| c.attr("id"))
+        .map(str::to_string)
+}
+
+/// Removes stanza ids claiming to be from `by` (a client must not set them).
+pub fn strip_stanza_ids(el: &mut Element, by: &str) {
+    el.remove_children(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by));
+}
+
+/// A carbon copy (`received` or `sent`) of `el` for `to` (XEP-0280 §6, §7).
+fn carbon(kind: &str, bare: &str, to: &str, el: &Element) -> Element {
+    Element::new("message", ns::CLIENT)
+        .with_attr("from", bare)
+        .with_attr("to", to)
+        .with_attr("type", stanza_type(el))
+        .with_child(
+            Element::new(kind, ns::CARBONS)
+                .with_child(Element::new("forwarded", ns::FORWARD).with_child(el.clone())),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanza_ids_are_added_once_and_spoofed_ones_removed() {
+        let mut m = Element::new("message", ns::CLIENT).with_child(
+            Element::new("stanza-id", ns::SID)
+                .with_attr("id", "fake")
+                .with_attr("by", "b@x"),
+        );
+        strip_stanza_ids(&mut m, "b@x");
+        assert!(stanza_id_of(&m, "b@x").is_none());
+        add_stanza_id(&mut m, "b@x");
+        let id = stanza_id_of(&m, "b@x").expect("id");
+        add_stanza_id(&mut m, "b@x");
+        assert_eq!(stanza_id_of(&m, "b@x"), Some(id), "kept when sent again");
+        assert_eq!(m.children().count(), 1);
+    }
+
+    #[test]
+    fn carbon_rules() {
+        let chat = Element::new("message", ns::CLIENT).with_attr("type", "chat");
+        assert!(carbon_eligible(&chat));
+        let normal = Element::new("message", ns::CLIENT);
+        assert!(!carbon_eligible(&normal));
+        let normal_body = normal
+            .clone()
+            .with_child(Element::new("body", ns::CLIENT).with_text("x"));
+        assert!(carbon_eligible(&normal_body));
+        let private = chat.clone().with_child(Element::new("private", ns::CARBONS));
+        assert!(!carbon_eligible(&private));
+        let c = carbon("received", "a@x", "a@x/2", &chat);
+        let fwd = c
+            .get_child("received", ns::CARBONS)
+            .and_then(|r| r.get_child("forwarded", ns::FORWARD))
+            .and_then(|f| f.get_child("message", ns::CLIENT));
+        assert!(fwd.is_some());
+    }
+
+    #[test]
+    fn bare_of_strips_resource() {
+        assert_eq!(bare_of("a@x/r/s"), "a@x");
+        assert_eq!(bare_of("a@x"), "a@x");
+    }
+}

@@ -1,0 +1,2672 @@
+//! The incremental XML framer for client streams: bytes from a socket in,
+//! stream events out, without I/O.
+//!
+//! This file owns the XML layer of a c2s connection: it finds the optional
+//! XML declaration and the stream header, cuts every top-level child of the
+//! stream (a stanza, or a nonza such as `<starttls/>`, `<auth/>`, `<r/>`) out
+//! of the byte stream, parses it into an [`Element`] with its namespaces
+//! resolved, and recognises `</stream:stream>`. It implements the parts of
+//! RFC 6120 that decide what the server accepts as XML:
+//!
+//! * §4.8 (XML namespaces): the header's `xmlns` and `xmlns:p` declarations
+//!   are in scope for every stanza; elements are stored with their resolved
+//!   namespace, never with a prefix.
+//! * §11 (XML usage): the restricted XML profile of §11.1, XML and namespace
+//!   well-formedness (§11.3), the XML declaration (§11.5) and UTF-8 (§11.6).
+//! * §4.3.3 stream restarts ([`Framer::reset`]), §4.4 stream close, and the
+//!   stream error conditions of §4.9.3 ([`FramerError::condition`]).
+//!
+//! # How it works
+//!
+//! The model is mini-redis's frame.rs: a cheap check, then a parse, with
+//! "incomplete" kept apart from errors. [`Framer::feed`] appends bytes to one
+//! buffer. [`Framer::next_event`] runs a byte-level lexer (a small state
+//! machine, resumable at any byte, so input may be split anywhere: inside a
+//! UTF-8 sequence, a tag, an attribute value or `</stream:stream>`) from
+//! where it stopped last time, so bytes are never rescanned. The lexer tracks
+//! tags, quotes, references, CDATA sections and nesting depth, and rejects at
+//! the first offending byte everything the restricted profile forbids and
+//! every lexical error (bad attribute syntax, `<` in an attribute value,
+//! control characters, `]]>` in text, undeclared entities), as well as input
+//! over the [`Limits`]. A billion-laughs document therefore dies at
+//! `<!D`, before anything is expanded or even buffered.
+//!
+//! Only when the lexer has seen the `>` that ends a top-level element is the
+//! complete slice handed to quick-xml's [`Reader`], which borrows it (no
+//! copy) while the tree is built; namespaces are resolved here with a scope
+//! stack seeded from the header (quick-xml's `NsReader` cannot be seeded with
+//! inherited bindings). The bytes of a stanza are thus validated as UTF-8 once
+//! and copied once, into the strings of the [`Element`].
+//!
+//! Because the lexer decides every error at a byte position and the parser
+//! only ever sees complete slices, the events and the error are the same
+//! whatever the split of the input.
+//!
+//! # Decisions worth knowing
+//!
+//! * Invalid UTF-8 is `unsupported-encoding` (RFC 6120 §4.9.3.22 includes
+//!   "violating the rules of the [UTF-8] encoding"), as is an XML declaration
+//!   naming another encoding. Invalid UTF-8 is detected when the element (or
+//!   header) that contains it is complete.
+//! * Non-whitespace character data directly inside `<stream:stream>` is
+//!   well-formed XML that XMPP cannot process, so it is `bad-format`, not
+//!   `not-well-formed`. Whitespace there is a keepalive and is dropped.
+//! * CDATA sections are not forbidden by §11.1, so they are accepted inside
+//!   stanzas and become ordinary text.
+//! * Line ends are normalised as XML 1.0 §2.11 requires (`\r\n` and `\r`
+//!   become `\n`) and attribute values as §3.3.3 requires (literal tab, CR and
+//!   LF become a space; character references are kept as written), so the
+//!   tree holds what an XML processor would report.
+//! * `xml:lang` and other `xml:` attributes keep their prefix. An attribute
+//!   with any other prefix keeps it too, and the element gets the matching
+//!   `xmlns:p` declaration as an attribute so that re-serializing the element
+//!   alone stays namespace-well-formed.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use quick_xml::events::attributes::Attributes;
+use quick_xml::events::Event as XmlEvent;
+use quick_xml::reader::Reader;
+
+use crate::xmpp::element::Element;
+
+/// The namespace the `xml` prefix is bound to (Namespaces in XML §3).
+pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of `xmlns` attributes, which may never be declared.
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+
+/// How far past the configured limits [`Framer::feed`] lets the buffer grow
+/// before it gives up. The connection reads at most 16 KiB at a time and
+/// drains the framer after each read; this leaves room for that and more.
+const FEED_SLACK: usize = 64 * 1024;
+/// Buffer capacity kept after a large stanza has been consumed.
+const IDLE_CAPACITY: usize = 16 * 1024;
+
+/// Resource limits for one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest stanza (top-level child of the stream, serialized bytes as
+    /// received) held in memory. Default 256 KiB.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza (the stanza itself is depth 1).
+    /// Default 32.
+    pub max_depth: usize,
+    /// Largest stream header (`<?xml ...?><stream:stream ...>`). Default 4 KiB.
+    pub max_header_bytes: usize,
+    /// Most attributes on one element. Default 64.
+    pub max_attrs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            max_header_bytes: 4 * 1024,
+            max_attrs: 64,
+        }
+    }
+}
+
+/// What the framer found in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `<stream:stream ...>` opened. `name`/`ns` are the resolved name and
+    /// namespace of the root element (the connection checks they are `stream`
+    /// in `http://etherx.jabber.org/streams` and answers invalid-namespace
+    /// otherwise), `default_ns` the default namespace it declared
+    /// (`jabber:client` expected; `None` if absent), `attrs` the other
+    /// attributes (to, from, version, id, xml:lang), names as written and
+    /// values unescaped, in document order. Namespace declarations are not
+    /// among them.
+    StreamOpen {
+        name: String,
+        ns: String,
+        default_ns: Option<String>,
+        attrs: Vec<(String, String)>,
+    },
+    /// A complete top-level child of the stream (a stanza, or a nonza like
+    /// `<starttls/>`, `<auth/>`, `<r/>`), namespaces resolved (inherited from
+    /// the header where not redeclared).
+    Stanza(Element),
+    /// `</stream:stream>`.
+    StreamClose,
+}
+
+/// Why the framer gave up on a stream. After any of these the framer is dead:
+/// the connection sends the stream error named by [`FramerError::condition`]
+/// and closes.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FramerError {
+    /// The input violates XML 1.0 or Namespaces in XML well-formedness.
+    #[error("not well-formed XML: {0}")]
+    NotWellFormed(&'static str),
+    /// An element or attribute uses a namespace prefix that is not declared
+    /// in scope (including the stream header's declarations).
+    #[error("not well-formed XML: namespace prefix `{0}` is not bound")]
+    UnboundPrefix(String),
+    /// A comment, processing instruction, DTD or entity reference other than
+    /// the five predefined ones (RFC 6120 §11.1). The detail names which.
+    #[error("restricted XML: {0} not allowed in XMPP")]
+    RestrictedXml(&'static str),
+    /// The bytes are not UTF-8, or the XML declaration names another encoding.
+    #[error("unsupported encoding: {0}")]
+    UnsupportedEncoding(&'static str),
+    /// Well-formed XML that is not an XMPP stream: character data directly at
+    /// stream level, or a self-closing stream header.
+    #[error("bad format: {0}")]
+    BadFormat(&'static str),
+    /// A stanza grew past [`Limits::max_stanza_bytes`] before it was complete.
+    #[error("stanza larger than {limit} bytes")]
+    StanzaTooBig { limit: usize },
+    /// An element is nested deeper than [`Limits::max_depth`].
+    #[error("elements nested deeper than {limit}")]
+    TooDeep { limit: usize },
+    /// The XML declaration plus stream header exceed [`Limits::max_header_bytes`].
+    #[error("stream header larger than {limit} bytes")]
+    HeaderTooBig { limit: usize },
+    /// An element has more than [`Limits::max_attrs`] attributes.
+    #[error("more than {limit} attributes on one element")]
+    TooManyAttributes { limit: usize },
+    /// More than `limit` unprocessed bytes were fed without calling
+    /// [`Framer::next_event`] in between.
+    #[error("more than {limit} bytes buffered")]
+    BufferFull { limit: usize },
+}
+
+impl FramerError {
+    /// The RFC 6120 §4.9.3 stream error condition this maps to.
+    pub fn condition(&self) -> &'static str {
+        match self {
+            // §4.9.3.13: "The initiating entity has sent XML that violates the
+            // well-formedness rules of [XML] or [XML-NAMES]."
+            FramerError::NotWellFormed(_) | FramerError::UnboundPrefix(_) => "not-well-formed",
+            // §4.9.3.18: "The entity has attempted to send restricted XML
+            // features such as a comment, processing instruction, DTD subset,
+            // or XML entity reference (see Section 11.1)."
+            FramerError::RestrictedXml(_) => "restricted-xml",
+            // §4.9.3.22: "... or has otherwise improperly encoded the stream
+            // (e.g., by violating the rules of the [UTF-8] encoding)."
+            FramerError::UnsupportedEncoding(_) => "unsupported-encoding",
+            // §4.9.3.1: "The entity has sent XML that cannot be processed."
+            FramerError::BadFormat(_) => "bad-format",
+            // §4.9.3.14: "The entity has violated some local service policy
+            // (e.g., a stanza exceeds a configured size limit)".
+            FramerError::StanzaTooBig { .. }
+            | FramerError::TooDeep { .. }
+            | FramerError::HeaderTooBig { .. }
+            | FramerError::TooManyAttributes { .. }
+            | FramerError::BufferFull { .. } => "policy-violation",
+        }
+    }
+}
+
+fn nwf(what: &'static str) -> FramerError {
+    FramerError::NotWellFormed(what)
+}
+
+const BAD_CHAR: &str = "character not allowed in XML 1.0";
+
+/// Where the framer is in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the stream header has been completed.
+    Prolog,
+    /// Inside `<stream:stream>`.
+    Stream,
+    /// After `</stream:stream>`.
+    Closed,
+}
+
+/// Where to go back to after a character or entity reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefRet {
+    Text,
+    Attr(u8),
+}
+
+/// Lexer state: what the byte at `pos` is expected to be part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Character data (or, at stream level and in the prolog, whitespace).
+    Text,
+    /// After `<`.
+    Lt,
+    /// In the name of a start tag.
+    StartName,
+    /// After whitespace in a start tag.
+    TagSpace,
+    /// Right after an attribute value's closing quote.
+    AfterValue,
+    AttrName,
+    /// Whitespace between an attribute name and `=`.
+    AttrNameSpace,
+    /// After `=`, before the opening quote.
+    AttrEq,
+    /// Inside an attribute value delimited by this quote.
+    AttrValue(u8),
+    /// After `/` in a start tag.
+    EmptySlash,
+    /// After `</`.
+    EndStart,
+    EndName,
+    /// Whitespace after the name of an end tag.
+    EndSpace,
+    /// After `&`.
+    RefStart,
+    /// In the name of an entity reference.
+    RefName,
+    /// After `&#`.
+    RefHash,
+    /// After `&#x`.
+    RefHexStart,
+    RefDec,
+    RefHex,
+    /// After `<!`.
+    Bang,
+    /// Matching `[CDATA[`; the number of bytes of it matched so far.
+    CdataOpen(u8),
+    /// Inside a CDATA section; the number of consecutive `]` just seen (max 2).
+    Cdata(u8),
+    /// Inside the XML declaration; whether the last byte was `?`.
+    Decl(bool),
+}
+
+/// A complete unit found by the lexer; `pos` is just past its last byte.
+enum Found {
+    /// The stream header, from the `<` at this offset to `pos`.
+    Header(usize),
+    /// A stanza, from `start` to `pos`.
+    Stanza,
+    /// `</stream:stream>`.
+    Close,
+}
+
+/// Namespace context established by the stream header.
+#[derive(Debug, Clone, Default)]
+struct Header {
+    /// The root element's name as written, to match `</stream:stream>`.
+    qname: Vec<u8>,
+    default_ns: Option<String>,
+    /// `xmlns:p` declarations, in document order.
+    prefixes: Vec<(String, String)>,
+}
+
+// Byte classes for the lexer.
+const WS: u8 = 1;
+/// May appear in a name: an ASCII NameChar, or any byte of a non-ASCII
+/// character (names are fully checked once the element is complete).
+const NAME: u8 = 1 << 1;
+/// May start a name.
+const NAME_START: u8 = 1 << 2;
+/// Ordinary character data inside a stanza.
+const TEXT: u8 = 1 << 3;
+/// Ordinary attribute value content.
+const ATTR: u8 = 1 << 4;
+/// Ordinary CDATA content.
+const CDATA: u8 = 1 << 5;
+
+const fn classify(b: u8) -> u8 {
+    let ws = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    // XML 1.0 §2.2 Char, as far as one byte can tell: the C0 controls other
+    // than tab, LF and CR are never allowed. U+FFFE, U+FFFF and malformed
+    // UTF-8 are caught on the complete slice.
+    let allowed = ws || b >= 0x20;
+    let mut c = 0;
+    if ws {
+        c |= WS;
+    }
+    if b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80 {
+        c |= NAME | NAME_START;
+    }
+    if b.is_ascii_digit() || b == b'-' || b == b'.' {
+        c |= NAME;
+    }
+    if allowed && !matches!(b, b'<' | b'&' | b']' | b'>') {
+        c |= TEXT;
+    }
+    if allowed && !matches!(b, b'<' | b'&' | b'\'' | b'"') {
+        c |= ATTR;
+    }
+    if allowed && !matches!(b, b']' | b'>') {
+        c |= CDATA;
+    }
+    c
+}
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = classify(i as u8);
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn class(b: u8) -> u8 {
+    CLASS[usize::from(b)]
+}
+
+/// The incremental framer for one client stream.
+pub struct Framer {
+    limits: Limits,
+    buf: Vec<u8>,
+    /// First byte not yet consumed: the start of the current stanza (or of the
+    /// prolog, before the header is complete).
+    start: usize,
+    /// Next byte for the lexer.
+    pos: usize,
+    /// The `<` of the most recent tag at stream level or in the prolog.
+    mark: usize,
+    /// The name of the end tag being lexed at stream level.
+    end_name: (usize, usize),
+    phase: Phase,
+    lex: Lex,
+    /// Open elements of the current stanza.
+    depth: usize,
+    /// Attributes seen so far on the current start tag.
+    attrs: usize,
+    /// Consecutive `]` just seen in character data (for `]]>`).
+    brackets: u8,
+    ref_ret: RefRet,
+    /// The first bytes of the entity name being lexed, and its length.
+    ref_name: [u8; 4],
+    ref_len: usize,
+    /// Value of the character reference being lexed (capped above U+10FFFF).
+    ref_val: u32,
+    header: Option<Header>,
+    failed: Option<FramerError>,
+}
+
+impl fmt::Debug for Framer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Framer")
+            .field("phase", &self.phase)
+            .field("buffered", &self.buffered())
+            .field("depth", &self.depth)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Framer {
+    pub fn new(limits: Limits) -> Self {
+        Framer {
+            limits,
+            buf: Vec::new(),
+            start: 0,
+            pos: 0,
+            mark: 0,
+            end_name: (0, 0),
+            phase: Phase::Prolog,
+            lex: Lex::Text,
+            depth: 0,
+            attrs: 0,
+            brackets: 0,
+            ref_ret: RefRet::Text,
+            ref_name: [0; 4],
+            ref_len: 0,
+            ref_val: 0,
+            header: None,
+            failed: None,
+        }
+    }
+
+    /// Append received bytes.
+    ///
+    /// The caller is expected to drain [`Framer::next_event`] after each feed.
+    /// The lexer never lets an incomplete stanza grow past
+    /// [`Limits::max_stanza_bytes`] (nor a header past
+    /// [`Limits::max_header_bytes`]), so the buffer holds at most that plus
+    /// one read. If more than that limit plus 64 KiB is fed without draining,
+    /// the bytes are refused and the next call to `next_event` fails with
+    /// [`FramerError::BufferFull`]. Bytes fed after an error are ignored.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() || bytes.is_empty() {
+            return;
+        }
+        self.compact();
+        let cap = self
+            .limits
+            .max_stanza_bytes
+            .max(self.limits.max_header_bytes)
+            .saturating_add(FEED_SLACK);
+        if self.buf.len().saturating_add(bytes.len()) > cap {
+            self.fail(FramerError::BufferFull { limit: cap });
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Next complete event, `Ok(None)` if more bytes are needed. After an
+    /// `Err` the framer is dead: every later call returns the same error.
+    pub fn next_event(&mut self) -> Result<Option<Event>, FramerError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.advance();
+        if let Err(e) = &result {
+            self.fail(e.clone());
+        }
+        result
+    }
+
+    /// Stream restart (after STARTTLS and after SASL success, RFC 6120
+    /// §4.3.3): forget everything, expect a new optional XML declaration and a
+    /// new stream header. Bytes already buffered are discarded (after
+    /// `<starttls/>` the next bytes are TLS anyway). A dead framer is revived.
+    pub fn reset(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if buf.capacity() > IDLE_CAPACITY {
+            buf.shrink_to(IDLE_CAPACITY);
+        }
+        *self = Framer::new(self.limits);
+        self.buf = buf;
+    }
+
+    /// Bytes currently buffered (for tests and metrics).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn fail(&mut self, e: FramerError) {
+        self.failed = Some(e);
+        self.buf = Vec::new();
+        self.start = 0;
+        self.pos = 0;
+    }
+
+    /// Drop consumed bytes from the front of the buffer. Called once per
+    /// feed, so each byte of a partial stanza moves at most once per read.
+    fn compact(&mut self) {
+        let n = self.start;
+        if n == 0 {
+            return;
+        }
+        self.buf.drain(..n);
+        self.start = 0;
+        self.pos -= n;
+        self.mark = self.mark.saturating_sub(n);
+        self.end_name = (
+            self.end_name.0.saturating_sub(n),
+            self.end_name.1.saturating_sub(n),
+        );
+        if self.buf.capacity() > 4 * IDLE_CAPACITY && self.buf.len() <= IDLE_CAPACITY {
+            self.buf.shrink_to(IDLE_CAPACITY);
+        }
+    }
+
+    fn advance(&mut self) -> Result<Option<Event>, FramerError> {
+        match self.lex_until_found()? {
+            None => Ok(None),
+            Some(Found::Header(lt)) => {
+                let slice = self
+                    .buf
+                    .get(lt..self.pos)
+                    .ok_or(nwf("internal: header bounds"))?;
+                let (header, event) = parse_header(slice)?;
+                self.header = Some(header);
+                self.start = self.pos;
+                Ok(Some(event))
+            }
+            Some(Found::Stanza) => {
+                let slice = self
+                    .buf
+                    .get(self.start..self.pos)
+                    .ok_or(nwf("internal: stanza bounds"))?;
+                let header = self.header.as_ref().ok_or(nwf("internal: no header"))?;
+                let element = parse_stanza(slice, header)?;
+                self.start = self.pos;
+                Ok(Some(Event::Stanza(element)))
+            }
+            Some(Found::Close) => {
+                self.start = self.pos;
+                Ok(Some(Event::StreamClose))
+            }
+        }
+    }
+
+    /// End of the region the current unit may occupy.
+    fn window_end(&self) -> usize {
+        match self.phase {
+            Phase::Prolog => self.start.saturating_add(self.limits.max_header_bytes),
+            Phase::Stream => self.start.saturating_add(self.limits.max_stanza_bytes),
+            Phase::Closed => usize::MAX,
+        }
+    }
+
+    fn limit_error(&self) -> FramerError {
+        match self.phase {
+            Phase::Prolog => FramerError::HeaderTooBig {
+                limit: self.limits.max_header_bytes,
+            },
+            _ => FramerError::StanzaTooBig {
+                limit: self.limits.max_stanza_bytes,
+            },
+        }
+    }
+
+    /// Run the lexer from `pos` until a unit is complete (`pos` is then just
+    /// past it), the input runs out, or an error.
+    fn lex_until_found(&mut self) -> Result<Option<Found>, FramerError> {
+        loop {
+            let len = self.buf.len();
+            if self.pos >= len {
+                return Ok(None);
+            }
+            let window = self.window_end();
+            if self.pos >= window {
+                // RFC 6120 §4.9.3.14: a stanza that "exceeds a configured size
+                // limit" is a policy violation. Decided at the first byte past
+                // the limit, so no more than the limit is ever held.
+                return Err(self.limit_error());
+            }
+            let b = self.buf[self.pos];
+            let c = class(b);
+            match self.lex {
+                Lex::Text => match self.phase {
+                    Phase::Stream if self.depth > 0 => {
+                        if c & TEXT != 0 {
+                            let stop = len.min(window);
+                            let mut p = self.pos + 1;
+                            while p < stop && class(self.buf[p]) & TEXT != 0 {
+                                p += 1;
+                            }
+                            self.pos = p;
+                            self.brackets = 0;
+                            continue;
+                        }
+                        match b {
+                            b'<' => {
+                                self.brackets = 0;
+                                self.lex = Lex::Lt;
+                            }
+                            b'&' => {
+                                self.brackets = 0;
+                                self.ref_ret = RefRet::Text;
+                                self.lex = Lex::RefStart;
+                            }
+                            b']' => self.brackets = self.brackets.saturating_add(1),
+                            b'>' => {
+                                if self.brackets >= 2 {
+                                    return Err(nwf("`]]>` in character data"));
+                                }
+                                self.brackets = 0;
+                            }
+                            _ => return Err(nwf(BAD_CHAR)),
+                        }
+                    }
+                    Phase::Stream => {
+                        if c & WS != 0 {
+                            // A whitespace keepalive between stanzas: consumed
+                            // at once, never buffered, no event.
+                            self.start = self.pos + 1;
+                        } else if b == b'<' {
+                            self.mark = self.pos;
+                            self.lex = Lex::Lt;
+                        } else {
+                            // Character data directly inside <stream:stream> is
+                            // well-formed XML, but XMPP cannot process it.
+                            return Err(FramerError::BadFormat("character data at stream level"));
+                        }
+                    }
+                    Phase::Prolog => {
+                        if b == b'<' {
+                            self.mark = self.pos;
+                            self.lex = Lex::Lt;
+                        } else if c & WS == 0 {
+                            // RFC 6120 §11.6: "If an entity receives the
+                            // [Unicode] character U+FEFF anywhere in an XML
+                            // stream (including as the first character of the
+                            // stream), it MUST interpret that character as a
+                            // zero width no-break space, not as a byte order
+                            // mark." So a BOM is content before the root.
+                            return Err(nwf("content before the stream header"));
+                        }
+                    }
+                    Phase::Closed => {
+                        if c & WS == 0 {
+                            return Err(nwf("content after the end of the stream"));
+                        }
+                        self.start = self.pos + 1;
+                    }
+                },
+                Lex::Lt => match b {
+                    b'/' => {
+                        if self.phase == Phase::Prolog {
+                            return Err(nwf("end tag before the stream header"));
+                        }
+                        self.lex = Lex::EndStart;
+                    }
+                    b'!' => self.lex = Lex::Bang,
+                    b'?' => {
+                        // RFC 6120 §11.1: XMPP "does not allow ... processing
+                        // instructions". The XML declaration is not one; XML
+                        // 1.0 §2.8 only allows it as the very first bytes of
+                        // the document, i.e. of the stream (§11.5).
+                        if self.phase == Phase::Prolog && self.mark == self.start {
+                            self.lex = Lex::Decl(false);
+                        } else {
+                            return Err(FramerError::RestrictedXml("processing instruction"));
+                        }
+                    }
+                    _ if c & NAME_START != 0 => {
+                        if self.phase == Phase::Stream && self.depth >= self.limits.max_depth {
+                            return Err(FramerError::TooDeep {
+                                limit: self.limits.max_depth,
+                            });
+                        }
+                        self.attrs = 0;
+                        self.lex = Lex::StartName;
+                    }
+                    _ => return Err(nwf("invalid character after `<`")),
+                },
+                Lex::StartName => {
+                    if c & NAME == 0 {
+                        match b {
+                            b'>' => {
+                                if let Some(found) = self.start_tag_end() {
+                                    return Ok(Some(found));
+                                }
+                                continue;
+                            }
+                            b'/' => self.lex = Lex::EmptySlash,
+                            _ if c & WS != 0 => self.lex = Lex::TagSpace,
+                            _ => return Err(nwf("invalid character in element name")),
+                        }
+                    }
+                }
+                Lex::TagSpace | Lex::AfterValue => match b {
+                    b'>' => {
+                        if let Some(found) = self.start_tag_end() {
+                            return Ok(Some(found));
+                        }
+                        continue;
+                    }
+                    b'/' => self.lex = Lex::EmptySlash,
+                    _ if c & WS != 0 => self.lex = Lex::TagSpace,
+                    _ if c & NAME_START != 0 && self.lex == Lex::TagSpace => {
+                        self.attrs += 1;
+                        if self.attrs > self.limits.max_attrs {
+                            return Err(FramerError::TooManyAttributes {
+                                limit: self.limits.max_attrs,
+                            });
+                        }
+                        self.lex = Lex::AttrName;
+                    }
+                    _ if self.lex == Lex::AfterValue => {
+                        return Err(nwf("attributes must be separated by whitespace"))
+                    }
+                    _ => return Err(nwf("invalid character in start tag")),
+                },
+                Lex::AttrName => {
+                    if c & NAME == 0 {
+                        match b {
+                            b'=' => self.lex = Lex::AttrEq,
+                            _ if c & WS != 0 => self.lex = Lex::AttrNameSpace,
+                            _ => return Err(nwf("invalid character in attribute name")),
+                        }
+                    }
+                }
+                Lex::AttrNameSpace => match b {
+                    b'=' => self.lex = Lex::AttrEq,
+                    _ if c & WS != 0 => {}
+                    _ => return Err(nwf("attribute without `=`")),
+                },
+                Lex::AttrEq => match b {
+                    b'"' | b'\'' => self.lex = Lex::AttrValue(b),
+                    _ if c & WS != 0 => {}
+                    _ => return Err(nwf("attribute value not quoted")),
+                },
+                Lex::AttrValue(quote) => {
+                    if c & ATTR != 0 {
+                        let stop = len.min(window);
+                        let mut p = self.pos + 1;
+                        while p < stop && class(self.buf[p]) & ATTR != 0 {
+                            p += 1;
+                        }
+                        self.pos = p;
+                        continue;
+                    }
+                    match b {
+                        _ if b == quote => self.lex = Lex::AfterValue,
+                        b'"' | b'\'' => {}
+                        b'&' => {
+                            self.ref_ret = RefRet::Attr(quote);
+                            self.lex = Lex::RefStart;
+                        }
+                        b'<' => return Err(nwf("`<` in attribute value")),
+                        _ => return Err(nwf(BAD_CHAR)),
+                    }
+                }
+                Lex::EmptySlash => {
+                    if b != b'>' {
+                        return Err(nwf("`/` not followed by `>` in start tag"));
+                    }
+                    self.pos += 1;
+                    self.lex = Lex::Text;
+                    match self.phase {
+                        Phase::Prolog => {
+                            return Err(FramerError::BadFormat("self-closing stream header"))
+                        }
+                        _ if self.depth == 0 => return Ok(Some(Found::Stanza)),
+                        _ => {
+                            self.brackets = 0;
+                            continue;
+                        }
+                    }
+                }
+                Lex::EndStart => {
+                    if c & NAME_START == 0 {
+                        return Err(nwf("invalid character in end tag"));
+                    }
+                    self.end_name = (self.pos, self.pos);
+                    self.lex = Lex::EndName;
+                }
+                Lex::EndName => {
+                    if c & NAME == 0 {
+                        self.end_name.1 = self.pos;
+                        match b {
+                            b'>' => {
+                                if let Some(found) = self.end_tag_end()? {
+                                    return Ok(Some(found));
+                                }
+                                continue;
+                            }
+                            _ if c & WS != 0 => self.lex = Lex::EndSpace,
+                            _ => return Err(nwf("invalid character in end tag")),
+                        }
+                    }
+                }
+                Lex::EndSpace => match b {
+                    b'>' => {
+                        if let Some(found) = self.end_tag_end()? {
+                            return Ok(Some(found));
+                        }
+                        continue;
+                    }
+                    _ if c & WS != 0 => {}
+                    _ => return Err(nwf("invalid character in end tag")),
+                },
+                Lex::RefStart => match b {
+                    b'#' => self.lex = Lex::RefHash,
+                    _ if c & NAME_START != 0 => {
+                        self.ref_name[0] = b;
+                        self.ref_len = 1;
+                        self.lex = Lex::RefName;
+                    }
+                    _ => return Err(nwf("`&` not starting a reference")),
+                },
+                Lex::RefName => {
+                    if b == b';' {
+                        let name = self.ref_name.get(..self.ref_len).unwrap_or(&[]);
+                        if !matches!(name, b"lt" | b"gt" | b"amp" | b"quot" | b"apos") {
+                            // RFC 6120 §11.1: XMPP "does not allow ... internal
+                            // or external entity references (Section 4.2
+                            // therein) with the exception of the predefined
+                            // entities (Section 4.6 therein)".
+                            return Err(FramerError::RestrictedXml("entity reference"));
+                        }
+                        self.end_reference();
+                    } else if c & NAME != 0 {
+                        if let Some(slot) = self.ref_name.get_mut(self.ref_len) {
+                            *slot = b;
+                        }
+                        self.ref_len = self.ref_len.saturating_add(1);
+                    } else {
+                        return Err(nwf("unterminated entity reference"));
+                    }
+                }
+                Lex::RefHash => match b {
+                    b'x' => self.lex = Lex::RefHexStart,
+                    b'0'..=b'9' => {
+                        self.ref_val = u32::from(b - b'0');
+                        self.lex = Lex::RefDec;
+                    }
+                    _ => return Err(nwf("malformed character reference")),
+                },
+                Lex::RefHexStart | Lex::RefHex | Lex::RefDec => {
+                    let digit = if self.lex == Lex::RefDec {
+                        (b as char).to_digit(10)
+                    } else {
+                        (b as char).to_digit(16)
+                    };
+                    match digit {
+                        Some(d) => {
+                            let base = if self.lex == Lex::RefDec { 10 } else { 16 };
+                            let v = if self.lex == Lex::RefHexStart {
+                                0
+                            } else {
+                                self.ref_val
+                            };
+                            self.ref_val = v.saturating_mul(base).saturating_add(d).min(0x11_0000);
+                            if self.lex == Lex::RefHexStart {
+                                self.lex = Lex::RefHex;
+                            }
+                        }
+                        None if b == b';' && self.lex != Lex::RefHexStart => {
+                            // Character references are allowed, but only to
+                            // characters that XML 1.0 §2.2 allows.
+                            if !is_xml_char(self.ref_val) {
+                                return Err(nwf(
+                                    "character reference to a character not allowed in XML 1.0",
+                                ));
+                            }
+                            self.end_reference();
+                        }
+                        None => return Err(nwf("malformed character reference")),
+                    }
+                }
+                Lex::Bang => match b {
+                    b'[' => match self.phase {
+                        Phase::Stream if self.depth > 0 => self.lex = Lex::CdataOpen(1),
+                        Phase::Stream => {
+                            return Err(FramerError::BadFormat("character data at stream level"))
+                        }
+                        _ => return Err(nwf("CDATA section outside an element")),
+                    },
+                    // RFC 6120 §11.1: XMPP "does not allow ... comments".
+                    b'-' => return Err(FramerError::RestrictedXml("comment")),
+                    // <!DOCTYPE, <!ENTITY, <!ELEMENT, <!ATTLIST, <!NOTATION.
+                    // RFC 6120 §11.1: XMPP "does not allow ... internal or
+                    // external DTD subsets". Rejected here, at the third byte,
+                    // so nothing of a DTD is ever buffered or expanded.
+                    b'A'..=b'Z' => {
+                        return Err(FramerError::RestrictedXml("document type declaration"))
+                    }
+                    _ => return Err(nwf("invalid markup after `<!`")),
+                },
+                Lex::CdataOpen(matched) => {
+                    const OPEN: &[u8] = b"[CDATA[";
+                    let i = usize::from(matched);
+                    if OPEN.get(i) != Some(&b) {
+                        return Err(nwf("invalid markup after `<!`"));
+                    }
+                    self.lex = if i + 1 == OPEN.len() {
+                        Lex::Cdata(0)
+                    } else {
+                        Lex::CdataOpen(matched + 1)
+                    };
+                }
+                Lex::Cdata(brackets) => {
+                    if c & CDATA != 0 {
+                        let stop = len.min(window);
+                        let mut p = self.pos + 1;
+                        while p < stop && class(self.buf[p]) & CDATA != 0 {
+                            p += 1;
+                        }
+                        self.pos = p;
+                        self.lex = Lex::Cdata(0);
+                        continue;
+                    }
+                    match b {
+                        b']' => self.lex = Lex::Cdata(brackets.saturating_add(1).min(2)),
+                        b'>' if brackets == 2 => {
+                            self.brackets = 0;
+                            self.lex = Lex::Text;
+                        }
+                        b'>' => self.lex = Lex::Cdata(0),
+                        _ => return Err(nwf(BAD_CHAR)),
+                    }
+                }
+                Lex::Decl(question) => match b {
+                    b'>' if question => {
+                        let decl = self
+                            .buf
+                            .get(self.mark..=self.pos)
+                            .ok_or(nwf("internal: declaration bounds"))?;
+                        check_decl(decl)?;
+                        self.lex = Lex::Text;
+                    }
+                    b'?' => self.lex = Lex::Decl(true),
+                    _ if b < 0x20 && c & WS == 0 => return Err(nwf(BAD_CHAR)),
+                    _ => self.lex = Lex::Decl(false),
+                },
+            }
+            self.pos += 1;
+        }
+    }
+
+    /// The `>` of a start tag is at `pos`. Returns the header if this was it;
+    /// otherwise the element is now open.
+    fn start_tag_end(&mut self) -> Option<Found> {
+        self.pos += 1;
+        self.lex = Lex::Text;
+        if self.phase == Phase::Prolog {
+            self.phase = Phase::Stream;
+            self.depth = 0;
+            return Some(Found::Header(self.mark));
+        }
+        self.depth += 1;
+        self.brackets = 0;
+        None
+    }
+
+    /// The `>` of an end tag is at `pos`. Returns what it completed, if
+    /// anything (the stanza, or the stream).
+    fn end_tag_end(&mut self) -> Result<Option<Found>, FramerError> {
+        self.pos += 1;
+        self.lex = Lex::Text;
+        if self.depth == 0 {
+            // RFC 6120 §4.4: the stream is closed with `</stream:stream>`.
+            // End tags must echo the start tag literally (XML 1.0 §3, WFC:
+            // Element Type Match), prefix included.
+            let (a, z) = self.end_name;
+            let name = self.buf.get(a..z).unwrap_or(&[]);
+            let expected = self.header.as_ref().map(|h| h.qname.as_slice());
+            if Some(name) != expected {
+                return Err(nwf("end tag does not match the stream header"));
+            }
+            self.phase = Phase::Closed;
+            return Ok(Some(Found::Close));
+        }
+        self.depth -= 1;
+        self.brackets = 0;
+        Ok((self.depth == 0).then_some(Found::Stanza))
+    }
+
+    fn end_reference(&mut self) {
+        self.lex = match self.ref_ret {
+            RefRet::Text => Lex::Text,
+            RefRet::Attr(q) => Lex::AttrValue(q),
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing complete slices.
+// ---------------------------------------------------------------------------
+
+/// Validate a complete slice as UTF-8 and as XML 1.0 characters. The lexer
+/// has already refused the C0 controls; what is left is malformed UTF-8 and
+/// the non-characters U+FFFE and U+FFFF.
+fn xml_str(bytes: &[u8]) -> Result<&str, FramerError> {
+    // RFC 6120 §11.6: "Implementations MUST NOT attempt to use any other
+    // encoding" than UTF-8, and §4.9.3.22 makes "violating the rules of the
+    // [UTF-8] encoding" an unsupported-encoding error.
+    let s = std::str::from_utf8(bytes)
+        .map_err(|_| FramerError::UnsupportedEncoding("invalid UTF-8"))?;
+    // U+FFFE is EF BF BE and U+FFFF is EF BF BF in UTF-8. `contains` on a
+    // byte slice is a memchr; the character search runs only when needed.
+    if bytes.contains(&0xEF) && s.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return Err(nwf(BAD_CHAR));
+    }
+    Ok(s)
+}
+
+/// XML 1.0 §2.2: `Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD]
+/// | [#x10000-#x10FFFF]`.
+fn is_xml_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
+}
+
+/// XML 1.0 §2.3 NameStartChar, without `:` (Namespaces in XML NCName).
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z'
+        | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
+        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}'
+        | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 §2.3 NameChar, without `:`.
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+fn check_ncname(s: &str) -> Result<(), FramerError> {
+    let bytes = s.as_bytes();
+    if bytes.is_ascii() {
+        return match bytes.split_first() {
+            Some((first, rest))
+                if (first.is_ascii_alphabetic() || *first == b'_')
+                    && rest
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
+            {
+                Ok(())
+            }
+            _ => Err(nwf("invalid name")),
+        };
+    }
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if is_name_start(c) => {}
+        _ => return Err(nwf("invalid name")),
+    }
+    if chars.all(is_name_char) {
+        Ok(())
+    } else {
+        Err(nwf("invalid name"))
+    }
+}
+
+/// Split a qualified name (Namespaces in XML §4) into prefix and local part.
+fn split_qname(name: &str) -> Result<(Option<&str>, &str), FramerError> {
+    match name.split_once(':') {
+        Some((prefix, local)) => {
+            check_ncname(prefix)?;
+            check_ncname(local)?;
+            Ok((Some(prefix), local))
+        }
+        None => {
+            check_ncname(name)?;
+            Ok((None, name))
+        }
+    }
+}
+
+/// Check a namespace declaration (Namespaces in XML §3, "Namespace
+/// constraints"). `prefix` is `None` for a default namespace declaration.
+fn check_ns_decl(prefix: Option<&str>, uri: &str) -> Result<(), FramerError> {
+    match prefix {
+        Some("xmlns") => Err(nwf("the xmlns prefix cannot be declared")),
+        Some("xml") if uri != XML_NS => Err(nwf("the xml prefix cannot be rebound")),
+        Some(_) if uri.is_empty() => Err(nwf("a prefix cannot be undeclared")),
+        Some(p) if p != "xml" && uri == XML_NS => {
+            Err(nwf("only xml may be bound to the XML namespace"))
+        }
+        _ if uri == XMLNS_NS => Err(nwf("the xmlns namespace cannot be declared")),
+        None if uri == XML_NS => Err(nwf("the XML namespace cannot be the default")),
+        _ => Ok(()),
+    }
+}
+
+/// Resolve a predefined entity or character reference (the text between `&`
+/// and `;`). The lexer has already refused everything else; this re-checks.
+fn resolve_ref(name: &str) -> Result<char, FramerError> {
+    match name {
+        "lt" => Ok('<'),
+        "gt" => Ok('>'),
+        "amp" => Ok('&'),
+        "quot" => Ok('"'),
+        "apos" => Ok('\''),
+        _ => {
+            let Some(num) = name.strip_prefix('#') else {
+                return Err(FramerError::RestrictedXml("entity reference"));
+            };
+            let (digits, radix) = match num.strip_prefix('x') {
+                Some(hex) => (hex, 16),
+                None => (num, 10),
+            };
+            if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+                return Err(nwf("malformed character reference"));
+            }
+            u32::from_str_radix(digits, radix)
+                .ok()
+                .filter(|&v| is_xml_char(v))
+                .and_then(char::from_u32)
+                .ok_or(nwf(
+                    "character reference to a character not allowed in XML 1.0",
+                ))
+        }
+    }
+}
+
+/// Append character data with XML 1.0 §2.11 end-of-line handling: `\r\n` and
+/// a lone `\r` become `\n`.
+fn push_text(out: &mut String, s: &str) {
+    if !s.as_bytes().contains(&b'\r') {
+        out.push_str(s);
+        return;
+    }
+    let mut rest = s;
+    while let Some(i) = rest.find('\r') {
+        out.push_str(&rest[..i]);
+        out.push('\n');
+        rest = &rest[i + 1..];
+        if let Some(after) = rest.strip_prefix('\n') {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+}
+
+/// Unescape and normalize an attribute value (XML 1.0 §3.3.3): references
+/// are replaced, literal tab, LF, CR and CR LF become one space each.
+/// Borrows when there is nothing to do.
+fn attr_value(raw: &str) -> Result<Cow<'_, str>, FramerError> {
+    let bytes = raw.as_bytes();
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r'))
+    {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    let (mut i, mut run) = (0, 0);
+    // Every index used to slice `raw` is that of an ASCII byte, hence a
+    // character boundary.
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'&' => {
+                out.push_str(&raw[run..i]);
+                let semi = raw[i..]
+                    .find(';')
+                    .ok_or(nwf("unterminated entity reference"))?;
+                out.push(resolve_ref(&raw[i + 1..i + semi])?);
+                i += semi + 1;
+                run = i;
+            }
+            b'\t' | b'\n' | b'\r' => {
+                out.push_str(&raw[run..i]);
+                out.push(' ');
+                i += 1;
+                if b == b'\r' && bytes.get(i) == Some(&b'\n') {
+                    i += 1;
+                }
+                run = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&raw[run..]);
+    Ok(Cow::Owned(out))
+}
+
+fn xml_error(e: quick_xml::Error) -> FramerError {
+    use quick_xml::errors::IllFormedError;
+    match e {
+        quick_xml::Error::IllFormed(IllFormedError::MismatchedEndTag { .. }) => {
+            nwf("end tag does not match start tag")
+        }
+        quick_xml::Error::IllFormed(IllFormedError::UnmatchedEndTag(_)) => {
+            nwf("end tag without start tag")
+        }
+        quick_xml::Error::InvalidAttr(_) => nwf("malformed or duplicate attribute"),
+        quick_xml::Error::Encoding(_) => FramerError::UnsupportedEncoding("invalid UTF-8"),
+        _ => nwf("malformed XML"),
+    }
+}
+
+/// The attributes of a tag whose text between `<` and `>` (without a
+/// trailing `/`) is `content` and whose name is `name_len` bytes long, as
+/// `(name, value)` with values unescaped. Duplicates are refused.
+fn tag_attrs<'a>(
+    content: &'a str,
+    name_len: usize,
+    out: &mut Vec<(&'a str, Cow<'a, str>)>,
+) -> Result<(), FramerError> {
+    out.clear();
+    for attr in Attributes::new(content, name_len) {
+        let attr = attr.map_err(|_| nwf("malformed or duplicate attribute"))?;
+        let key = match attr.key.into_inner() {
+            [] => return Err(nwf("malformed attribute")),
+            k => std::str::from_utf8(k).map_err(|_| nwf("internal: attribute name"))?,
+        };
+        let raw = match attr.value {
+            Cow::Borrowed(v) => {
+                std::str::from_utf8(v).map_err(|_| nwf("internal: attribute value"))?
+            }
+            Cow::Owned(_) => return Err(nwf("internal: attribute value")),
+        };
+        out.push((key, attr_value(raw)?));
+    }
+    Ok(())
+}
+
+/// Check the XML declaration `decl` (`<?xml ...?>`, RFC 6120 §11.5).
+fn check_decl(decl: &[u8]) -> Result<(), FramerError> {
+    let target_end = decl
+        .iter()
+        .skip(2)
+        .position(|&b| class(b) & WS != 0 || b == b'?')
+        .map_or(decl.len(), |i| i + 2);
+    if decl.get(2..target_end) != Some(b"xml".as_slice()) {
+        // Some other processing instruction at the very start of the stream.
+        return Err(FramerError::RestrictedXml("processing instruction"));
+    }
+    let text = xml_str(decl)?;
+    let mut reader = Reader::from_str(text);
+    let XmlEvent::Decl(d) = reader.read_event().map_err(xml_error)? else {
+        return Err(nwf("malformed XML declaration"));
+    };
+    let version = d
+        .version()
+        .map_err(|_| nwf("XML declaration without version"))?;
+    // XML 1.0 §2.8: VersionNum ::= '1.' [0-9]+
+    match version.strip_prefix(b"1.") {
+        Some(minor) if !minor.is_empty() && minor.iter().all(u8::is_ascii_digit) => {}
+        _ => return Err(nwf("unsupported XML version")),
+    }
+    if let Some(encoding) = d.encoding() {
+        let encoding = encoding.map_err(|_| nwf("malformed XML declaration"))?;
+        // RFC 6120 §11.6: if an entity "detects that the other party has
+        // attempted to send XML data with an encoding other than UTF-8, it
+        // MUST close the stream with a stream error, which SHOULD be
+        // <unsupported-encoding/>".
+        if !encoding.eq_ignore_ascii_case(b"UTF-8") {
+            return Err(FramerError::UnsupportedEncoding(
+                "declared encoding is not UTF-8",
+            ));
+        }
+    }
+    if let Some(standalone) = d.standalone() {
+        let standalone = standalone.map_err(|_| nwf("malformed XML declaration"))?;
+        if standalone.as_ref() != b"yes" && standalone.as_ref() != b"no" {
+            return Err(nwf("malformed XML declaration"));
+        }
+    }
+    Ok(())
+}
+
+/// Parse the stream header `<stream:stream ...>` (the lexer has checked its
+/// syntax) into the namespace context for the stream and the event.
+fn parse_header(slice: &[u8]) -> Result<(Header, Event), FramerError> {
+    let text = xml_str(slice)?;
+    let content = text
+        .strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .ok_or(nwf("internal: header"))?;
+    let name_len = content
+        .find(|c: char| c.is_ascii_whitespace())
+        .unwrap_or(content.len());
+    let qname = &content[..name_len];
+    let mut raw_attrs = Vec::new();
+    tag_attrs(content, name_len, &mut raw_attrs)?;
+
+    let mut header = Header {
+        qname: qname.as_bytes().to_vec(),
+        ..Header::default()
+    };
+    let mut attrs = Vec::with_capacity(raw_attrs.len());
+    for (key, value) in raw_attrs.iter() {
+        let (prefix, local) = split_qname(key)?;
+        match (prefix, local) {
+            (None, "xmlns") => {
+                check_ns_decl(None, value)?;
+                header.default_ns = Some(value.to_string());
+            }
+            (Some("xmlns"), p) => {
+                check_ns_decl(Some(p), value)?;
+                header.prefixes.push((p.to_string(), value.to_string()));
+            }
+            _ => attrs.push((key.to_string(), value.to_string())),
+        }
+    }
+    // Prefixed attributes (other than xml:) must be bound too.
+    for (key, _) in &attrs {
+        if let Some((prefix, _)) = key.split_once(':') {
+            resolve(&[], &header, Some(prefix))?;
+        }
+    }
+    let (prefix, local) = split_qname(qname)?;
+    // RFC 6120 §4.8.1: "The root <stream/> element ("stream header") MUST be
+    // qualified by the namespace 'http://etherx.jabber.org/streams'". The
+    // connection checks that; here the name is only resolved.
+    let ns = resolve(&[], &header, prefix)?.to_string();
+    let event = Event::StreamOpen {
+        name: local.to_string(),
+        ns,
+        default_ns: header.default_ns.clone(),
+        attrs,
+    };
+    Ok((header, event))
+}
+
+/// A namespace binding declared inside a stanza: prefix (`""` for the
+/// default namespace) and namespace name.
+type Binding<'a> = (&'a str, Cow<'a, str>);
+
+/// Resolve `prefix` (`None`: the default namespace) against the stanza's
+/// scopes, innermost first, then the stream header's declarations.
+///
+/// RFC 6120 §4.8.2: "The content namespace applies to all first-level child
+/// elements sent over the stream unless explicitly qualified by another
+/// namespace (i.e., the content namespace is the default namespace)." The
+/// same holds for every prefix the header declares, `stream` included.
+fn resolve<'s>(
+    scopes: &'s [Binding<'_>],
+    header: &'s Header,
+    prefix: Option<&str>,
+) -> Result<&'s str, FramerError> {
+    let key = match prefix {
+        None => "",
+        Some("xml") => return Ok(XML_NS),
+        Some("xmlns") => return Err(nwf("the xmlns prefix cannot qualify a name")),
+        Some(p) => p,
+    };
+    if let Some((_, uri)) = scopes.iter().rev().find(|(p, _)| *p == key) {
+        return Ok(uri);
+    }
+    match prefix {
+        None => Ok(header.default_ns.as_deref().unwrap_or("")),
+        Some(p) => header
+            .prefixes
+            .iter()
+            .rev()
+            .find(|(hp, _)| hp == p)
+            .map(|(_, uri)| uri.as_str())
+            .ok_or_else(|| FramerError::UnboundPrefix(p.to_string())),
+    }
+}
+
+/// Builds the element tree of one stanza from quick-xml events.
+struct Builder<'a, 'h> {
+    header: &'h Header,
+    /// Elements opened and not yet closed.
+    stack: Vec<Element>,
+    /// Namespace declarations in scope, and where each open element's begin.
+    scopes: Vec<Binding<'a>>,
+    marks: Vec<usize>,
+    /// Character data not yet attached to the current element.
+    text: String,
+    /// Scratch: the attributes of the tag being opened.
+    attrs: Vec<(&'a str, Cow<'a, str>)>,
+}
+
+impl<'a, 'h> Builder<'a, 'h> {
+    fn flush_text(&mut self) {
+        if !self.text.is_empty() {
+            if let Some(top) = self.stack.last_mut() {
+                top.push_text(std::mem::take(&mut self.text));
+            }
+        }
+    }
+
+    /// Open an element from its tag `content` (between `<` and `>`, without
+    /// a trailing `/`): push its namespace scope and build it with its
+    /// attributes.
+    fn open(&mut self, content: &'a str, name_len: usize) -> Result<Element, FramerError> {
+        let qname = content.get(..name_len).ok_or(nwf("internal: tag"))?;
+        let mut attrs = std::mem::take(&mut self.attrs);
+        let result = self.open_with(qname, content, name_len, &mut attrs);
+        self.attrs = attrs;
+        result
+    }
+
+    fn open_with(
+        &mut self,
+        qname: &'a str,
+        content: &'a str,
+        name_len: usize,
+        attrs: &mut Vec<(&'a str, Cow<'a, str>)>,
+    ) -> Result<Element, FramerError> {
+        self.marks.push(self.scopes.len());
+        tag_attrs(content, name_len, attrs)?;
+        // Namespace declarations first: they apply to the element's own name
+        // and attributes whatever their order.
+        let mut foreign_prefix = false;
+        for (key, value) in attrs.iter() {
+            if *key == "xmlns" {
+                check_ns_decl(None, value)?;
+                self.scopes.push(("", value.clone()));
+            } else if let Some(p) = key.strip_prefix("xmlns:") {
+                check_ncname(p)?;
+                check_ns_decl(Some(p), value)?;
+                self.scopes.push((p, value.clone()));
+            } else {
+                let (prefix, _) = split_qname(key)?;
+                foreign_prefix |= prefix.is_some_and(|p| p != "xml");
+            }
+        }
+        let (prefix, local) = split_qname(qname)?;
+        let ns = resolve(&self.scopes, self.header, prefix)?;
+        let mut element = Element::new(local, ns);
+        for (key, value) in attrs.iter_mut() {
+            if *key != "xmlns" && !key.starts_with("xmlns:") {
+                element.set_attr(*key, std::mem::take(value).into_owned());
+            }
+        }
+        if foreign_prefix {
+            self.declare_attr_prefixes(&mut element, attrs)?;
+        }
+        Ok(element)
+    }
+
+    /// For attributes with a prefix other than `xml`: check the prefix is
+    /// bound, that no two of them have the same expanded name (Namespaces in
+    /// XML §6.3), and give the element an `xmlns:p` attribute for each such
+    /// prefix, so the element re-serializes namespace-well-formed on its own.
+    fn declare_attr_prefixes(
+        &self,
+        element: &mut Element,
+        attrs: &[(&'a str, Cow<'a, str>)],
+    ) -> Result<(), FramerError> {
+        let mut expanded: Vec<(&str, &str)> = Vec::new();
+        for (key, _) in attrs {
+            let Some((prefix, local)) = key.split_once(':') else {
+                continue;
+            };
+            if prefix == "xml" || prefix == "xmlns" {
+                continue;
+            }
+            let uri = resolve(&self.scopes, self.header, Some(prefix))?;
+            if expanded.iter().any(|&(u, l)| u == uri && l == local) {
+                return Err(nwf("duplicate attribute"));
+            }
+            expanded.push((uri, local));
+            let decl = format!("xmlns:{prefix}");
+            if element.attr(&decl).is_none() {
+                element.set_attr(decl, uri);
+            }
+        }
+        Ok(())
+    }
+
+    fn close_scope(&mut self) {
+        if let Some(mark) = self.marks.pop() {
+            self.scopes.truncate(mark);
+        }
+    }
+
+    /// Attach a finished element to its parent; returns it if it is the root.
+    fn attach(&mut self, element: Element) -> Option<Element> {
+        match self.stack.last_mut() {
+            Some(parent) => {
+                parent.push(element);
+                None
+            }
+            None => Some(element),
+        }
+    }
+}
+
+/// Parse one complete top-level element (the lexer has checked its syntax
+/// and found its end) into an [`Element`].
+fn parse_stanza(slice: &[u8], header: &Header) -> Result<Element, FramerError> {
+    let text = xml_str(slice)?;
+    let mut reader = Reader::from_str(text);
+    let mut b = Builder {
+        header,
+        stack: Vec::with_capacity(4),
+        scopes: Vec::new(),
+        marks: Vec::with_capacity(4),
+        text: String::new(),
+        attrs: Vec::with_capacity(8),
+    };
+    let mut last = 0usize;
+    loop {
+        let event = reader.read_event().map_err(xml_error)?;
+        // The events of a slice reader are contiguous: this one's raw text is
+        // everything since the previous one ended.
+        let now =
+            usize::try_from(reader.buffer_position()).map_err(|_| nwf("internal: position"))?;
+        let raw = text.get(last..now).ok_or(nwf("internal: event bounds"))?;
+        last = now;
+        match event {
+            XmlEvent::Start(e) => {
+                b.flush_text();
+                let content = raw
+                    .strip_prefix('<')
+                    .and_then(|r| r.strip_suffix('>'))
+                    .ok_or(nwf("internal: start tag"))?;
+                let element = b.open(content, e.name().as_ref().len())?;
+                b.stack.push(element);
+            }
+            XmlEvent::Empty(e) => {
+                b.flush_text();
+                let content = raw
+                    .strip_prefix('<')
+                    .and_then(|r| r.strip_suffix("/>"))
+                    .ok_or(nwf("internal: empty tag"))?;
+                let element = b.open(content, e.name().as_ref().len())?;
+                b.close_scope();
+                if let Some(root) = b.attach(element) {
+                    return Ok(root);
+                }
+            }
+            XmlEvent::End(_) => {
+                b.flush_text();
+                b.close_scope();
+                let element = b.stack.pop().ok_or(nwf("end tag without start tag"))?;
+                if let Some(root) = b.attach(element) {
+                    return Ok(root);
+                }
+            }
+            XmlEvent::Text(_) => push_text(&mut b.text, raw),
+            XmlEvent::CData(_) => {
+                let data = raw
+                    .strip_prefix("<![CDATA[")
+                    .and_then(|r| r.strip_suffix("]]>"))
+                    .ok_or(nwf("internal: CDATA"))?;
+                push_text(&mut b.text, data);
+            }
+            XmlEvent::GeneralRef(_) => {
+                let name = raw
+                    .strip_prefix('&')
+                    .and_then(|r| r.strip_suffix(';'))
+                    .ok_or(nwf("internal: reference"))?;
+                b.text.push(resolve_ref(name)?);
+            }
+            // The lexer refuses all of these before a slice gets here.
+            XmlEvent::Comment(_) => return Err(FramerError::RestrictedXml("comment")),
+            XmlEvent::PI(_) | XmlEvent::Decl(_) => {
+                return Err(FramerError::RestrictedXml("processing instruction"))
+            }
+            XmlEvent::DocType(_) => {
+                return Err(FramerError::RestrictedXml("document type declaration"))
+            }
+            XmlEvent::Eof => return Err(nwf("unexpected end of element")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xmpp::element::Node;
+    use crate::xmpp::ns;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.com' version='1.0' \
+        xml:lang='en' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+    type Outcome = (Vec<Event>, Option<FramerError>);
+
+    /// Call `next_event` until it wants more input or fails.
+    fn drain(f: &mut Framer, out: &mut Vec<Event>) -> Option<FramerError> {
+        loop {
+            match f.next_event() {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    }
+
+    /// Feed `chunks` one by one, draining after each, as the connection does.
+    fn run_chunks<'a>(limits: Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
+        let mut f = Framer::new(limits);
+        let mut events = Vec::new();
+        for chunk in chunks {
+            f.feed(chunk);
+            if let Some(e) = drain(&mut f, &mut events) {
+                // Dead for good.
+                assert_eq!(f.next_event(), Err(e.clone()));
+                return (events, Some(e));
+            }
+        }
+        (events, None)
+    }
+
+    /// The outcome of `input`, after checking it is the same fed whole, split
+    /// in two at every byte position, and one byte at a time.
+    fn run_with(limits: Limits, input: &[u8]) -> Outcome {
+        let whole = run_chunks(limits, [input]);
+        for i in 1..input.len() {
+            let split = run_chunks(limits, [&input[..i], &input[i..]]);
+            assert_eq!(
+                split,
+                whole,
+                "split at byte {i} of {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let bytewise = run_chunks(limits, input.chunks(1));
+        assert_eq!(
+            bytewise,
+            whole,
+            "byte at a time: {:?}",
+            String::from_utf8_lossy(input)
+        );
+        whole
+    }
+
+    fn run(input: impl AsRef<[u8]>) -> Outcome {
+        run_with(Limits::default(), input.as_ref())
+    }
+
+    /// The stanzas of a stream that must parse without error.
+    fn stanzas(input: impl AsRef<[u8]>) -> Vec<Element> {
+        let (events, err) = run(input);
+        assert_eq!(err, None);
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Stanza(el) => Some(el),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The single stanza after the standard header.
+    fn stanza(xml: &str) -> Element {
+        let mut all = stanzas(format!("{HEADER}{xml}"));
+        assert_eq!(all.len(), 1, "{xml}");
+        all.remove(0)
+    }
+
+    /// The error a stream ends with (after the standard header if `header`).
+    fn error_of(input: impl AsRef<[u8]>) -> FramerError {
+        match run(input.as_ref()) {
+            (_, Some(e)) => e,
+            (events, None) => panic!(
+                "no error for {:?}: {events:?}",
+                String::from_utf8_lossy(input.as_ref())
+            ),
+        }
+    }
+
+    fn stanza_error(xml: impl AsRef<[u8]>) -> FramerError {
+        let mut input = HEADER.as_bytes().to_vec();
+        input.extend_from_slice(xml.as_ref());
+        error_of(input)
+    }
+
+    fn open_event(input: &str) -> Event {
+        let (events, err) = run(input);
+        assert_eq!(err, None, "{input}");
+        assert_eq!(events.len(), 1, "{input}");
+        events.into_iter().next().expect("one event")
+    }
+
+    fn attrs_of(e: &Element) -> Vec<(&str, &str)> {
+        e.attrs().collect()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn header_without_declaration() {
+        let ev = open_event(
+            "<stream:stream to='example.com' xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+        );
+        assert_eq!(
+            ev,
+            Event::StreamOpen {
+                name: "stream".into(),
+                ns: ns::STREAM.into(),
+                default_ns: Some(ns::CLIENT.into()),
+                attrs: pairs(&[("to", "example.com"), ("version", "1.0")]),
+            }
+        );
+    }
+
+    #[test]
+    fn header_with_declaration_and_both_quote_styles() {
+        let ev = open_event(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<stream:stream to=\"example.com\" \
+             from='juliet@example.com' xml:lang=\"en\" id='a&amp;b&#x41;&quot;' \
+             version = \"1.0\"\n xmlns=\"jabber:client\" xmlns:stream='http://etherx.jabber.org/streams'>",
+        );
+        assert_eq!(
+            ev,
+            Event::StreamOpen {
+                name: "stream".into(),
+                ns: ns::STREAM.into(),
+                default_ns: Some(ns::CLIENT.into()),
+                attrs: pairs(&[
+                    ("to", "example.com"),
+                    ("from", "juliet@example.com"),
+                    ("xml:lang", "en"),
+                    ("id", "a&bA\""),
+                    ("version", "1.0"),
+                ]),
+            }
+        );
+        // Other acceptable declarations.
+        for decl in [
+            "<?xml version='1.0' encoding='utf-8'?>",
+            "<?xml version='1.0' encoding='UTF-8' standalone='yes'?>",
+            "<?xml version='1.0' ?>",
+        ] {
+            let ev = open_event(&format!(
+                "{decl}<stream:stream xmlns:stream='{}'>",
+                ns::STREAM
+            ));
+            assert!(matches!(ev, Event::StreamOpen { .. }), "{decl}");
+        }
+    }
+
+    #[test]
+    fn header_namespace_variants() {
+        // No prefix: the root's namespace is the default namespace.
+        let ev = open_event("<stream xmlns='http://etherx.jabber.org/streams'>");
+        assert_eq!(
+            ev,
+            Event::StreamOpen {
+                name: "stream".into(),
+                ns: ns::STREAM.into(),
+                default_ns: Some(ns::STREAM.into()),
+                attrs: vec![],
+            }
+        );
+        // No default namespace; a different (legal) prefix for the stream.
+        let (events, err) = run(format!(
+            "<s:stream xmlns:s='{}'><s:features/></s:stream>",
+            ns::STREAM
+        ));
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![
+                Event::StreamOpen {
+                    name: "stream".into(),
+                    ns: ns::STREAM.into(),
+                    default_ns: None,
+                    attrs: vec![],
+                },
+                Event::Stanza(Element::new("features", ns::STREAM)),
+                Event::StreamClose,
+            ]
+        );
+        // The connection answers invalid-namespace; the framer reports it.
+        let ev = open_event("<stream:stream xmlns:stream='urn:wrong'>");
+        assert!(matches!(ev, Event::StreamOpen { ns, .. } if ns == "urn:wrong"));
+        // An unbound stream prefix is not namespace-well-formed.
+        let e = error_of("<stream:stream xmlns='jabber:client'>");
+        assert_eq!(e, FramerError::UnboundPrefix("stream".into()));
+        assert_eq!(e.condition(), "not-well-formed");
+    }
+
+    #[test]
+    fn xml_declaration_rules() {
+        let s = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        let e = error_of(format!("<?xml version='1.0' encoding='ISO-8859-1'?>{s}"));
+        assert_eq!(e.condition(), "unsupported-encoding");
+        let e = error_of(format!("<?xml version='1.0' encoding='UTF-16'?>{s}"));
+        assert_eq!(e.condition(), "unsupported-encoding");
+        let e = error_of(format!("<?xml version='2.0'?>{s}"));
+        assert_eq!(e.condition(), "not-well-formed");
+        let e = error_of(format!("<?xml encoding='UTF-8'?>{s}"));
+        assert_eq!(e.condition(), "not-well-formed");
+        let e = error_of(format!("<?xml version='1.0' standalone='maybe'?>{s}"));
+        assert_eq!(e.condition(), "not-well-formed");
+        // Only at the very start of the stream.
+        let e = error_of(format!(" <?xml version='1.0'?>{s}"));
+        assert_eq!(e, FramerError::RestrictedXml("processing instruction"));
+        let e = error_of(format!("<?xml version='1.0'?><?xml version='1.0'?>{s}"));
+        assert_eq!(e, FramerError::RestrictedXml("processing instruction"));
+        // A control character inside it.
+        let e = error_of(format!("<?xml version='1.0'\x01?>{s}"));
+        assert_eq!(e.condition(), "not-well-formed");
+    }
+
+    #[test]
+    fn nested_stanzas_with_text_entities_char_refs_and_cdata() {
+        let msg = stanza(
+            "<message to='romeo@example.net' type='chat' id='m&lt;1&gt;'>\
+             <body>a &lt; b &amp;&amp; c &gt; d &quot;q&quot; &apos;s&apos; &#65;&#x42;&#x1F426;\
+             <![CDATA[<b>not a tag</b> & ]]]]>x</body>\
+             <html xmlns='http://jabber.org/protocol/xhtml-im'>\
+             <body xmlns='http://www.w3.org/1999/xhtml'><p>hi <b>there</b>!</p></body></html>\
+             </message>",
+        );
+        assert!(msg.is("message", ns::CLIENT));
+        assert_eq!(msg.attr("to"), Some("romeo@example.net"));
+        assert_eq!(msg.attr("id"), Some("m<1>"));
+        let body = msg.get_child("body", ns::CLIENT).expect("body");
+        assert_eq!(
+            body.text(),
+            "a < b && c > d \"q\" 's' AB🐦<b>not a tag</b> & ]]x"
+        );
+        // Text pieces are merged into one node.
+        assert_eq!(body.nodes().len(), 1);
+        let html = msg
+            .get_child("html", "http://jabber.org/protocol/xhtml-im")
+            .expect("html");
+        let xbody = html
+            .get_child("body", "http://www.w3.org/1999/xhtml")
+            .expect("xhtml body");
+        let p = xbody
+            .get_child("p", "http://www.w3.org/1999/xhtml")
+            .expect("p");
+        assert_eq!(
+            p.nodes(),
+            &[
+                Node::Text("hi ".into()),
+                Node::Element(Element::new("b", "http://www.w3.org/1999/xhtml").with_text("there")),
+                Node::Text("!".into()),
+            ]
+        );
+        // Whitespace inside a stanza is content.
+        let iq = stanza("<iq type='get' id='1'>\n  <ping xmlns='urn:xmpp:ping'/>\n</iq>");
+        assert_eq!(iq.nodes().len(), 3);
+        assert!(iq.has_child("ping", ns::PING));
+    }
+
+    #[test]
+    fn namespaces_are_inherited_and_redeclared() {
+        let all = stanzas(format!(
+            "{HEADER}<message/>\
+             <stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>\
+             <stream:error><not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>\
+             <foo:x xmlns:foo='urn:a'><foo:y/><z/></foo:x>\
+             <iq><query xmlns='jabber:iq:roster'><item/><foo:i xmlns:foo='urn:b'/></query><after/></iq>\
+             <a xmlns=''><b/></a>\
+             <stream:x xmlns:stream='urn:other'><stream:y/></stream:x>\
+             <stream:z/>"
+        ));
+        assert!(all[0].is("message", ns::CLIENT));
+        assert!(all[0].attrs().next().is_none());
+        assert!(all[1].is("features", ns::STREAM));
+        let tls = all[1].get_child("starttls", ns::TLS).expect("starttls");
+        assert!(tls.has_child("required", ns::TLS));
+        assert!(tls.attrs().next().is_none(), "xmlns is not an attribute");
+        assert!(all[2].is("error", ns::STREAM));
+        assert!(all[2].has_child("not-well-formed", ns::STREAM_ERRORS));
+        assert!(all[3].is("x", "urn:a"));
+        assert!(all[3].has_child("y", "urn:a"));
+        assert!(
+            all[3].has_child("z", ns::CLIENT),
+            "default namespace from the header"
+        );
+        assert!(all[3].attrs().next().is_none());
+        let query = all[4].get_child("query", ns::ROSTER).expect("query");
+        assert!(query.has_child("item", ns::ROSTER));
+        assert!(query.has_child("i", "urn:b"));
+        assert!(
+            all[4].has_child("after", ns::CLIENT),
+            "scope ends with the element"
+        );
+        assert!(all[5].is("a", ""));
+        assert!(all[5].has_child("b", ""));
+        assert!(all[6].is("x", "urn:other"));
+        assert!(all[6].has_child("y", "urn:other"));
+        assert!(all[7].is("z", ns::STREAM), "redeclaration was scoped");
+    }
+
+    #[test]
+    fn prefixed_attributes_keep_their_declaration() {
+        let header =
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+                      xmlns:h='urn:h'>";
+        let all = stanzas(format!(
+            "{header}<message xmlns:e='urn:e' e:hint='1' xml:lang='fr' type='chat'><body/></message>\
+             <message xmlns:e='urn:e'><x e:a='1'/></message>\
+             <presence h:x='2'/>"
+        ));
+        // Declarations are not attributes, except `xmlns:e` which `e:hint`
+        // needs: it is appended after the attributes as written.
+        assert_eq!(
+            attrs_of(&all[0]),
+            [
+                ("e:hint", "1"),
+                ("xml:lang", "fr"),
+                ("type", "chat"),
+                ("xmlns:e", "urn:e")
+            ]
+        );
+        // The declaration is copied to the element that uses it, not kept
+        // where it is only declared.
+        assert!(all[1].attrs().next().is_none());
+        let x = all[1].get_child("x", ns::CLIENT).expect("x");
+        assert_eq!(attrs_of(x), [("e:a", "1"), ("xmlns:e", "urn:e")]);
+        // Also when declared by the stream header.
+        assert_eq!(attrs_of(&all[2]), [("h:x", "2"), ("xmlns:h", "urn:h")]);
+        // Every element re-serializes to XML that parses back to itself.
+        for el in &all {
+            let xml = el.to_xml(ns::CLIENT);
+            assert_eq!(&stanza(&xml), el, "{xml}");
+        }
+        // Two attributes with the same expanded name.
+        let e = stanza_error("<m xmlns:a='urn:x' xmlns:b='urn:x' a:k='1' b:k='2'/>");
+        assert_eq!(e.condition(), "not-well-formed");
+    }
+
+    #[test]
+    fn whitespace_keepalives_produce_nothing() {
+        let mut f = Framer::new(Limits::default());
+        f.feed(HEADER.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        for _ in 0..1000 {
+            f.feed(b" \n\t\r ");
+            assert_eq!(f.next_event(), Ok(None));
+            assert_eq!(f.buffered(), 0);
+        }
+        let all = stanzas(format!("{HEADER} \n <presence/>\r\n\t<presence/>  "));
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn stream_close() {
+        let (events, err) = run(format!("{HEADER}<presence/></stream:stream>  \n"));
+        assert_eq!(err, None);
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[2], Event::StreamClose);
+        let (events, err) = run(format!("{HEADER}</stream:stream\n >"));
+        assert_eq!((events.len(), err), (2, None));
+        // Must echo the header's name.
+        assert_eq!(stanza_error("</stream>").condition(), "not-well-formed");
+        assert_eq!(stanza_error("</s:stream>").condition(), "not-well-formed");
+        assert_eq!(error_of("</stream:stream>").condition(), "not-well-formed");
+        assert_eq!(
+            stanza_error("</stream:stream><presence/>").condition(),
+            "not-well-formed"
+        );
+    }
+
+    #[test]
+    fn reset_then_new_header() {
+        let mut f = Framer::new(Limits::default());
+        f.feed(HEADER.as_bytes());
+        f.feed(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\x16\x03\x01\x02\x00");
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        match f.next_event() {
+            Ok(Some(Event::Stanza(e))) => assert!(e.is("starttls", ns::TLS)),
+            other => panic!("{other:?}"),
+        }
+        // The rest is a TLS ClientHello: the connection restarts instead.
+        f.reset();
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(f.next_event(), Ok(None));
+        f.feed(HEADER.as_bytes());
+        f.feed(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldAByMG0zMG15cjBtMzA=</auth>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        assert!(matches!(f.next_event(), Ok(Some(Event::Stanza(e))) if e.is("auth", ns::SASL)));
+        // Restart after SASL success, this time without a declaration.
+        f.reset();
+        f.feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'><iq/>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        assert!(matches!(f.next_event(), Ok(Some(Event::Stanza(e))) if e.is("iq", ns::CLIENT)));
+        // Reset also revives a dead framer.
+        f.feed(b"<!-- -->");
+        assert!(f.next_event().is_err());
+        f.reset();
+        f.feed(HEADER.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+    }
+
+    #[test]
+    fn restricted_xml_is_rejected() {
+        let s = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{HEADER}<message><!-- c --></message>"), "comment"),
+            (format!("{HEADER}<!-- keepalive -->"), "comment"),
+            (format!("<?xml version='1.0'?><!-- c -->{s}"), "comment"),
+            (format!("<!-- c -->{s}"), "comment"),
+            (
+                format!("{HEADER}<message><?pi x?></message>"),
+                "processing instruction",
+            ),
+            (format!("{HEADER}<?pi x?>"), "processing instruction"),
+            (
+                format!("{HEADER}<?xml version='1.0'?>"),
+                "processing instruction",
+            ),
+            (
+                format!("<?xml-stylesheet href='a'?>{s}"),
+                "processing instruction",
+            ),
+            (
+                format!("<?xml version='1.0'?><?pi?>{s}"),
+                "processing instruction",
+            ),
+            (format!("<!DOCTYPE stream>{s}"), "document type declaration"),
+            (
+                format!("<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY a 'b'>]>{s}"),
+                "document type declaration",
+            ),
+            (
+                format!("{HEADER}<message><!ENTITY x 'y'></message>"),
+                "document type declaration",
+            ),
+            (
+                format!("{HEADER}<!ELEMENT message ANY>"),
+                "document type declaration",
+            ),
+            (
+                format!("{HEADER}<message>&foo;</message>"),
+                "entity reference",
+            ),
+            (
+                format!("{HEADER}<message>&nbsp;</message>"),
+                "entity reference",
+            ),
+            (
+                format!("{HEADER}<message>&ampx;</message>"),
+                "entity reference",
+            ),
+            (
+                format!("{HEADER}<message>&lt1;</message>"),
+                "entity reference",
+            ),
+            (
+                format!("{HEADER}<message>&é;</message>"),
+                "entity reference",
+            ),
+            (format!("{HEADER}<message to='&foo;'/>"), "entity reference"),
+            (
+                format!("<stream:stream to='&x;' xmlns:stream='{}'>", ns::STREAM),
+                "entity reference",
+            ),
+        ];
+        for (input, what) in cases {
+            let e = error_of(&input);
+            assert_eq!(e, FramerError::RestrictedXml(what), "{input}");
+            assert_eq!(e.condition(), "restricted-xml");
+        }
+    }
+
+    #[test]
+    fn billion_laughs_dies_at_the_doctype() {
+        let doc = "<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n <!ENTITY lol \"lol\">\n \
+            <!ENTITY lol1 \"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;\">\n \
+            <!ENTITY lol2 \"&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;\">\n \
+            <!ENTITY lol3 \"&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;\">\n \
+            <!ENTITY lol9 \"&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;\">\n]>\n\
+            <stream:stream xmlns:stream='http://etherx.jabber.org/streams'>&lol9;";
+        let (events, err) = run(doc);
+        assert!(events.is_empty());
+        assert_eq!(
+            err,
+            Some(FramerError::RestrictedXml("document type declaration"))
+        );
+        // It is refused at its third byte, `<!D`, before any of it is kept.
+        let mut f = Framer::new(Limits::default());
+        let at = doc.find("<!DOCTYPE").expect("doctype") + 3;
+        for (i, b) in doc.as_bytes().iter().enumerate() {
+            f.feed(std::slice::from_ref(b));
+            match f.next_event() {
+                Ok(None) => assert!(i + 1 < at, "not refused at byte {i}"),
+                Err(e) => {
+                    assert_eq!(i + 1, at);
+                    assert_eq!(e.condition(), "restricted-xml");
+                    break;
+                }
+                Ok(Some(e)) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(f.buffered(), 0);
+        // The same inside a stanza.
+        let e = stanza_error("<message><!DOCTYPE x [<!ENTITY a 'aaaa'>]>&a;</message>");
+        assert_eq!(e.condition(), "restricted-xml");
+    }
+
+    #[test]
+    fn character_references() {
+        let body = stanza("<body a='&#x1F426;&#9;'>&#65;&#x41;&#x4a;&#x4A;&#xe9;&#233;&#x1F426;&#0000000065;&#13;&#x10FFFF;</body>");
+        assert_eq!(body.text(), "AAJJéé🐦A\r\u{10FFFF}");
+        assert_eq!(body.attr("a"), Some("🐦\t"));
+        for bad in [
+            "&#0;",
+            "&#x0;",
+            "&#1;",
+            "&#x1F;",
+            "&#xFFFE;",
+            "&#xFFFF;",
+            "&#xD800;",
+            "&#xDFFF;",
+            "&#x110000;",
+            "&#99999999999999999999;",
+            "&#X41;",
+            "&#x;",
+            "&#;",
+            "&#-1;",
+            "&#x-1;",
+            "&#+65;",
+            "&#6 5;",
+            "&#65",
+            "&#x41 ;",
+        ] {
+            let e = stanza_error(format!("<body>{bad}</body>"));
+            assert_eq!(e.condition(), "not-well-formed", "{bad}");
+            let e = stanza_error(format!("<body a='{bad}'/>"));
+            assert_eq!(e.condition(), "not-well-formed", "{bad} in attribute");
+        }
+    }
+
+    #[test]
+    fn not_well_formed_input_is_rejected() {
+        let cases: &[&[u8]] = &[
+            b"<message></presence>",
+            b"<message><body></message></body>",
+            b"<message><body></Body></message>",
+            b"<a:b xmlns:a='u' xmlns:c='u'></c:b>",
+            b"<message to=a/>",
+            b"<message to/>",
+            b"<message to='a'type='b'/>",
+            b"<message to='a' to='b'/>",
+            b"<message xmlns='a' xmlns='b'/>",
+            b"<message to='a<b'/>",
+            b"<message to=\"a'/>",
+            b"<message to='a\"/>",
+            b"<foo:message/>",
+            b"<message foo:bar='x'/>",
+            b"<message><foo:body/></message>",
+            b"<xmlns:message/>",
+            b"<message xmlns:p=''/>",
+            b"<message xmlns:xml='urn:not-xml'/>",
+            b"<message xmlns:xmlns='urn:x'/>",
+            b"<message xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            b"<message xmlns='http://www.w3.org/2000/xmlns/'/>",
+            b"<1message/>",
+            b"<-message/>",
+            b"<.message/>",
+            b"<a:b:c xmlns:a='u'/>",
+            b"<:a/>",
+            b"<a:/>",
+            b"< message/>",
+            b"<message / >",
+            b"<message/ >",
+            b"<message a='1' / >",
+            b"<message></ message>",
+            b"<message>\x00</message>",
+            b"<message>\x01</message>",
+            b"<message>\x1f</message>",
+            b"<message a='\x0b'/>",
+            b"<message><![CDATA[\x0c]]></message>",
+            b"<message>]]></message>",
+            b"<message>a ]]]> b</message>",
+            b"<message>a & b</message>",
+            b"<message>a &amp b</message>",
+            b"<message>&;</message>",
+            b"<message>&#</message>",
+            b"<message a='&'/>",
+            b"<message><![CDAT[x]]></message>",
+            b"<message><!x></message>",
+            b"<message>\xEF\xBF\xBE</message>",
+            b"<message a='\xEF\xBF\xBF'/>",
+            b"<message>\x07</message>",
+            b"<message \x01='a'/>",
+            b"<\xC2\xB7m/>",
+            b"<m a\xC2\xA0b='1'/>",
+            b"<message><a><b></a></b></message>",
+            b"<message>",
+            b"<>",
+            b"</>",
+            b"<message><></message>",
+        ];
+        for &case in cases {
+            let mut input = HEADER.as_bytes().to_vec();
+            input.extend_from_slice(case);
+            input.extend_from_slice(b"</stream:stream>");
+            let e = error_of(&input);
+            assert_eq!(
+                e.condition(),
+                "not-well-formed",
+                "{:?}: {e:?}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        // Before and around the header.
+        for input in [
+            "hello<stream:stream>",
+            "\u{FEFF}<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='1'b='2'>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='<'>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='1' a='2'>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' p:a='1'>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns:p=''>",
+            "<![CDATA[x]]><stream:stream>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'></stream:stream></stream:stream>",
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'></stream:stream>x",
+        ] {
+            let e = error_of(input);
+            assert_eq!(e.condition(), "not-well-formed", "{input}: {e:?}");
+        }
+        // Names may be non-ASCII.
+        let e = stanza("<é xmlns='urn:x' ñ='1'><ø/></é>");
+        assert!(e.is("é", "urn:x") && e.attr("ñ") == Some("1") && e.has_child("ø", "urn:x"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_unsupported_encoding() {
+        for bad in [
+            &b"<body>\xC3\x28</body>"[..],
+            b"<body>\xC0\xAF</body>",
+            b"<body>\xED\xA0\x80</body>",
+            b"<body>\xF4\x90\x80\x80</body>",
+            b"<body>\xFF</body>",
+            b"<body a='\xE2\x82'/>",
+            b"<b\xFFdy/>",
+        ] {
+            let e = stanza_error(bad);
+            assert_eq!(
+                e,
+                FramerError::UnsupportedEncoding("invalid UTF-8"),
+                "{bad:?}"
+            );
+            assert_eq!(e.condition(), "unsupported-encoding");
+        }
+        let e = error_of(b"<stream:stream to='\xC3'>".as_slice());
+        assert_eq!(e.condition(), "unsupported-encoding");
+    }
+
+    #[test]
+    fn character_data_at_stream_level_is_bad_format() {
+        for text in [
+            "hello",
+            "&amp;",
+            "&#32;",
+            "<![CDATA[ ]]>",
+            "\u{A0}",
+            "\u{FEFF}",
+        ] {
+            let e = stanza_error(text);
+            assert!(matches!(e, FramerError::BadFormat(_)), "{text}: {e:?}");
+            assert_eq!(e.condition(), "bad-format");
+        }
+        let e = error_of("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>");
+        assert_eq!(e.condition(), "bad-format");
+    }
+
+    #[test]
+    fn stanza_size_limit() {
+        let limits = Limits {
+            max_stanza_bytes: 100,
+            ..Limits::default()
+        };
+        let fits = format!("<message><body>{}</body></message>", "x".repeat(100 - 32));
+        assert_eq!(fits.len(), 100);
+        let too_big = format!("<message><body>{}</body></message>", "x".repeat(101 - 32));
+        let (events, err) = run_with(limits, format!("{HEADER}{fits}  {fits}").as_bytes());
+        assert_eq!((events.len(), err), (3, None));
+        let (events, err) = run_with(limits, format!("{HEADER}{fits}{too_big}").as_bytes());
+        assert_eq!(events.len(), 2);
+        assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
+        assert_eq!(
+            FramerError::StanzaTooBig { limit: 100 }.condition(),
+            "policy-violation"
+        );
+        // Refused as soon as the 101st byte arrives, complete or not.
+        let (_, err) = run_with(
+            limits,
+            format!("{HEADER}<message>{}", "x".repeat(100)).as_bytes(),
+        );
+        assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
+        // The end tag at stream level counts as one too.
+        let (_, err) = run_with(
+            limits,
+            format!("{HEADER}</stream:stream{}>", " ".repeat(100)).as_bytes(),
+        );
+        assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
+    }
+
+    #[test]
+    fn huge_stanza_is_refused_with_bounded_buffering() {
+        const READ: usize = 16 * 1024;
+        let limits = Limits::default();
+        let mut f = Framer::new(limits);
+        f.feed(HEADER.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        let mut data = b"<message><body>".to_vec();
+        data.resize(4 * 1024 * 1024, b'a');
+        let mut max_buffered = 0;
+        let mut refused = None;
+        for (i, chunk) in data.chunks(READ).enumerate() {
+            f.feed(chunk);
+            max_buffered = max_buffered.max(f.buffered());
+            match f.next_event() {
+                Ok(None) => {}
+                Err(e) => {
+                    refused = Some((i + 1) * READ);
+                    assert_eq!(
+                        e,
+                        FramerError::StanzaTooBig {
+                            limit: limits.max_stanza_bytes
+                        }
+                    );
+                    break;
+                }
+                Ok(Some(e)) => panic!("{e:?}"),
+            }
+        }
+        assert!(
+            max_buffered <= limits.max_stanza_bytes + READ,
+            "{max_buffered}"
+        );
+        let refused = refused.expect("refused");
+        assert!(refused <= limits.max_stanza_bytes + READ, "{refused}");
+        assert_eq!(f.buffered(), 0, "memory released");
+
+        // Just under the limit is fine, and the buffer shrinks back after.
+        let mut f = Framer::new(limits);
+        f.feed(HEADER.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        let body = "é".repeat((limits.max_stanza_bytes - 40) / 2);
+        let big = format!("<message><body>{body}</body></message>");
+        assert!(big.len() <= limits.max_stanza_bytes);
+        let mut got = None;
+        for chunk in big.as_bytes().chunks(READ) {
+            f.feed(chunk);
+            assert!(f.buffered() <= limits.max_stanza_bytes);
+            if let Some(ev) = f.next_event().expect("no error") {
+                got = Some(ev);
+            }
+        }
+        match got {
+            Some(Event::Stanza(m)) => {
+                assert_eq!(
+                    m.get_child("body", ns::CLIENT).map(|b| b.text()),
+                    Some(body)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        f.feed(b"<r xmlns='urn:xmpp:sm:3'/>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Stanza(_)))));
+        assert!(
+            f.buf.capacity() <= 4 * IDLE_CAPACITY,
+            "{}",
+            f.buf.capacity()
+        );
+    }
+
+    #[test]
+    fn feeding_without_draining_is_bounded() {
+        let limits = Limits {
+            max_stanza_bytes: 1024,
+            ..Limits::default()
+        };
+        let mut f = Framer::new(limits);
+        f.feed(HEADER.as_bytes());
+        for _ in 0..10_000 {
+            f.feed(b"<presence/>");
+        }
+        assert!(f.buffered() <= 4096 + FEED_SLACK);
+        let e = f.next_event().expect_err("refused");
+        assert_eq!(
+            e,
+            FramerError::BufferFull {
+                limit: 4096 + FEED_SLACK
+            }
+        );
+        assert_eq!(e.condition(), "policy-violation");
+    }
+
+    #[test]
+    fn header_size_limit() {
+        let long = format!(
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' to='{}'>",
+            "a".repeat(5000)
+        );
+        assert_eq!(error_of(long), FramerError::HeaderTooBig { limit: 4096 });
+        assert_eq!(
+            error_of(" ".repeat(5000)),
+            FramerError::HeaderTooBig { limit: 4096 }
+        );
+        let limits = Limits {
+            max_header_bytes: HEADER.len(),
+            ..Limits::default()
+        };
+        let (events, err) = run_with(limits, format!("{HEADER}<presence/>").as_bytes());
+        assert_eq!((events.len(), err), (2, None));
+        let (_, err) = run_with(
+            limits,
+            format!("{HEADER} ").replacen("?> <", "?>  <", 1).as_bytes(),
+        );
+        assert_eq!(err, None);
+        let no_decl = &HEADER[HEADER.find("?>").expect("decl") + 2..];
+        let (_, err) = run_with(limits, format!(" {no_decl}").as_bytes());
+        assert_eq!(err, None, "exactly at the limit");
+        let (_, err) = run_with(
+            limits,
+            format!("{}{no_decl}", " ".repeat(HEADER.len() - no_decl.len() + 1)).as_bytes(),
+        );
+        assert_eq!(err.map(|e| e.condition()), Some("policy-violation"));
+    }
+
+    #[test]
+    fn depth_limit() {
+        fn nested(depth: usize) -> String {
+            let mut s = String::new();
+            for i in 0..depth {
+                s.push_str(&format!("<e{i}>"));
+            }
+            for i in (0..depth).rev() {
+                s.push_str(&format!("</e{i}>"));
+            }
+            s
+        }
+        let limits = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        let ok = format!("{HEADER}{}<a><b><c/></b></a>", nested(3));
+        assert_eq!(run_with(limits, ok.as_bytes()).1, None);
+        for bad in [nested(4), "<a><b><c><d/></c></b></a>".to_string()] {
+            let (_, err) = run_with(limits, format!("{HEADER}{bad}").as_bytes());
+            assert_eq!(err, Some(FramerError::TooDeep { limit: 3 }), "{bad}");
+        }
+        assert_eq!(stanzas(format!("{HEADER}{}", nested(32))).len(), 1);
+        assert_eq!(stanza_error(nested(33)), FramerError::TooDeep { limit: 32 });
+        assert_eq!(stanza_error(nested(33)).condition(), "policy-violation");
+    }
+
+    #[test]
+    fn attribute_limit() {
+        let attrs = |n: usize| (0..n).map(|i| format!(" a{i}='{i}'")).collect::<String>();
+        let ok = stanza(&format!("<message{}/>", attrs(64)));
+        assert_eq!(ok.attrs().count(), 64);
+        let e = stanza_error(format!("<message{}/>", attrs(65)));
+        assert_eq!(e, FramerError::TooManyAttributes { limit: 64 });
+        assert_eq!(e.condition(), "policy-violation");
+        let e = error_of(format!(
+            "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'{}>",
+            attrs(64)
+        ));
+        assert_eq!(e, FramerError::TooManyAttributes { limit: 64 });
+    }
+
+    #[test]
+    fn line_ends_and_attribute_values_are_normalized() {
+        let m = stanza("<message a='x\ty\r\nz\rw\n&#10;&#13;&#9;v'>a\r\nb\rc\nd<![CDATA[e\r\nf]]>&#13;\r</message>");
+        assert_eq!(m.attr("a"), Some("x y z w \n\r\tv"));
+        assert_eq!(m.text(), "a\nb\nc\nde\nf\r\n");
+    }
+
+    #[test]
+    fn realistic_stream_is_the_same_whatever_the_split() {
+        let input = "<?xml version='1.0' encoding='UTF-8'?>\n\
+             <stream:stream to='example.com' xmlns='jabber:client' \
+             xmlns:stream=\"http://etherx.jabber.org/streams\" version='1.0' xml:lang='fr'>\n\
+             <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldAByMG0zMG15cjBtMzA=</auth>\n\
+             <iq type='set' id='bind_1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>balcony 🏰</resource></bind></iq> \
+             <presence><show>chat</show><status>Ça va? 日本語</status>\
+             <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://example.org' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/></presence>\r\n\
+             <message to='romeo@example.net/orchard' type=\"chat\" id='ktx72v49' xml:lang='en'>\
+             <body>héllo 🐦 &lt;3 &amp; &#x1F426;<![CDATA[ <raw> & ]]></body>\
+             <active xmlns='http://jabber.org/protocol/chatstates'/>\
+             <x:delay xmlns:x='urn:xmpp:delay' x:from='ж' stamp='2002-09-10T23:08:25Z'/></message>\t\
+             <r xmlns='urn:xmpp:sm:3'/><a xmlns='urn:xmpp:sm:3' h='1'/>\
+             <iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>\n\
+             </stream:stream>";
+        let (events, err) = run(input);
+        assert_eq!(err, None);
+        assert_eq!(events.len(), 9);
+        assert!(
+            matches!(&events[0], Event::StreamOpen { attrs, .. } if attrs.contains(&("xml:lang".into(), "fr".into())))
+        );
+        let Event::Stanza(msg) = &events[4] else {
+            panic!("{:?}", events[4])
+        };
+        assert!(msg.is("message", ns::CLIENT));
+        assert_eq!(
+            msg.get_child("body", ns::CLIENT)
+                .map(Element::text)
+                .as_deref(),
+            Some("héllo 🐦 <3 & 🐦 <raw> & ")
+        );
+        let delay = msg.get_child("delay", ns::DELAY).expect("delay");
+        assert_eq!(
+            attrs_of(delay),
+            [
+                ("x:from", "ж"),
+                ("stamp", "2002-09-10T23:08:25Z"),
+                ("xmlns:x", ns::DELAY)
+            ]
+        );
+        assert_eq!(events[8], Event::StreamClose);
+    }
+
+    #[test]
+    fn dead_after_an_error() {
+        let mut f = Framer::new(Limits::default());
+        f.feed(HEADER.as_bytes());
+        f.feed(b"<presence/><!---->");
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        assert!(matches!(f.next_event(), Ok(Some(Event::Stanza(_)))));
+        let e = f.next_event().expect_err("comment");
+        assert_eq!(e, FramerError::RestrictedXml("comment"));
+        f.feed(b"<presence/>");
+        assert_eq!(f.next_event(), Err(e));
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn conditions() {
+        let all = [
+            (FramerError::NotWellFormed("x"), "not-well-formed"),
+            (FramerError::UnboundPrefix("p".into()), "not-well-formed"),
+            (FramerError::RestrictedXml("comment"), "restricted-xml"),
+            (
+                FramerError::UnsupportedEncoding("x"),
+                "unsupported-encoding",
+            ),
+            (FramerError::BadFormat("x"), "bad-format"),
+            (FramerError::StanzaTooBig { limit: 1 }, "policy-violation"),
+            (FramerError::TooDeep { limit: 1 }, "policy-violation"),
+            (FramerError::HeaderTooBig { limit: 1 }, "policy-violation"),
+            (
+                FramerError::TooManyAttributes { limit: 1 },
+                "policy-violation",
+            ),
+            (FramerError::BufferFull { limit: 1 }, "policy-violation"),
+        ];
+        for (e, condition) in all {
+            assert_eq!(e.condition(), condition, "{e}");
+        }
+    }
+
+    /// xorshift64: deterministic, dependency-free.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    #[test]
+    fn fuzz_mutated_streams_never_panic_and_ignore_splits() {
+        let seeds = [
+            format!("{HEADER}<message to='a@b' id='1'><body>héllo 🐦 &amp; &#65;</body></message></stream:stream>"),
+            format!("{HEADER}<iq type='get'><query xmlns='jabber:iq:roster'><item jid='x'/></query></iq> <r xmlns='urn:xmpp:sm:3'/>"),
+            format!("<stream:stream xmlns='jabber:client' xmlns:stream='{}'><foo:x xmlns:foo='urn:a' foo:y='1' xml:lang='en'><![CDATA[a]]b]]></foo:x>", ns::STREAM),
+            format!("{HEADER}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>\n</stream:stream>"),
+            format!("{HEADER}<a><b><c><d><e/></d></c></b></a><presence a='1' b=\"2\"/>"),
+        ];
+        let tokens: &[&[u8]] = &[
+            b"<",
+            b">",
+            b"/",
+            b"/>",
+            b"</",
+            b"&",
+            b";",
+            b"'",
+            b"\"",
+            b"=",
+            b" ",
+            b"!",
+            b"?",
+            b"]]>",
+            b"<![CDATA[",
+            b"<!--",
+            b"<?x?>",
+            b"<!DOCTYPE",
+            b"&#x",
+            b"&#",
+            b"&amp;",
+            b"&lt",
+            b"xmlns:p='u'",
+            b"xmlns=''",
+            b"p:",
+            b"\xC3",
+            b"\xA9",
+            b"\xF0\x9F",
+            b"\xFF",
+            b"\0",
+            b"\x0B",
+            b"</stream:stream>",
+            b"<a>",
+            b"</a>",
+            b"\r\n",
+            b"\xEF\xBF\xBE",
+            b"<?xml version='1.0'?>",
+            b"xml:",
+            b"x='1'",
+        ];
+        let tight = Limits {
+            max_stanza_bytes: 120,
+            max_depth: 3,
+            max_header_bytes: 200,
+            max_attrs: 3,
+        };
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut errors = 0;
+        for case in 0..4000 {
+            let mut input = seeds[rng.below(seeds.len())].as_bytes().to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(input.len() + 1);
+                match rng.below(6) {
+                    0 if at < input.len() => input[at] = rng.next() as u8,
+                    1 => {
+                        let t = tokens[rng.below(tokens.len())];
+                        input.splice(at..at, t.iter().copied());
+                    }
+                    2 => {
+                        let end = (at + 1 + rng.below(8)).min(input.len());
+                        input.drain(at..end);
+                    }
+                    3 => {
+                        let end = (at + 1 + rng.below(16)).min(input.len());
+                        let copy = input[at..end].to_vec();
+                        let to = rng.below(input.len() + 1);
+                        input.splice(to..to, copy);
+                    }
+                    4 => input.truncate(at),
+                    _ => {
+                        let t = tokens[rng.below(tokens.len())];
+                        input.extend_from_slice(t);
+                    }
+                }
+            }
+            let limits = if case % 3 == 0 {
+                tight
+            } else {
+                Limits::default()
+            };
+            let whole = run_chunks(limits, [input.as_slice()]);
+            errors += usize::from(whole.1.is_some());
+            let mut chunks = Vec::new();
+            let mut rest = input.as_slice();
+            while !rest.is_empty() {
+                let (a, b) = rest.split_at((1 + rng.below(17)).min(rest.len()));
+                chunks.push(a);
+                rest = b;
+            }
+            let split = run_chunks(limits, chunks);
+            assert_eq!(
+                split,
+                whole,
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+            let bytewise = run_chunks(limits, input.chunks(1));
+            assert_eq!(
+                bytewise,
+                whole,
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+            if let Some(e) = &whole.1 {
+                assert!(!e.condition().is_empty());
+            }
+        }
+        // The mutations do reach the error paths, and not only them.
+        assert!(errors > 1000 && errors < 4000, "{errors}");
+    }
+}
