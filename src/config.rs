@@ -328,7 +328,10 @@ impl Config {
         let x = &self.xmpp;
         let taken = [self.raft_addr, self.admin_addr];
         if taken.contains(&x.client_addr) {
-            return Err(invalid("xmpp.client_addr", "must differ from raft_addr and admin_addr"));
+            return Err(invalid(
+                "xmpp.client_addr",
+                "must differ from raft_addr and admin_addr",
+            ));
         }
         if let Some(d) = x.direct_tls_addr {
             if taken.contains(&d) || d == x.client_addr {
@@ -355,12 +358,24 @@ impl Config {
             }
         }
         for (field, v) in [
-            ("xmpp.max_stanzas_per_second", u64::from(x.max_stanzas_per_second)),
-            ("xmpp.max_offline_messages", u64::from(x.max_offline_messages)),
+            (
+                "xmpp.max_stanzas_per_second",
+                u64::from(x.max_stanzas_per_second),
+            ),
+            (
+                "xmpp.max_offline_messages",
+                u64::from(x.max_offline_messages),
+            ),
             ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
             ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
-            ("xmpp.auth_failures_per_account", u64::from(x.auth_failures_per_account)),
-            ("xmpp.auth_failures_per_address", u64::from(x.auth_failures_per_address)),
+            (
+                "xmpp.auth_failures_per_account",
+                u64::from(x.auth_failures_per_account),
+            ),
+            (
+                "xmpp.auth_failures_per_address",
+                u64::from(x.auth_failures_per_address),
+            ),
             ("xmpp.auth_window_secs", x.auth_window_secs),
             ("xmpp.node_dead_after_ms", x.node_dead_after_ms),
         ] {

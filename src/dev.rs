@@ -310,7 +310,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
     print!(
         "{}",
-        crate::ctl::table(&["NODE", "PID", "XMPP", "XMPP-TLS", "RAFT", "ADMIN", "", "LOG"], &rows)
+        crate::ctl::table(
+            &["NODE", "PID", "XMPP", "XMPP-TLS", "RAFT", "ADMIN", "", "LOG"],
+            &rows
+        )
     );
     println!("cluster described in {}", json_path.display());
     println!(

@@ -60,8 +60,15 @@ pub fn account_jid(username: &str, domain: &str) -> Option<String> {
 }
 
 enum Outcome {
-    Bind { bare: String, iq: Element },
-    Resume { bare: String, h: u32, previd: String },
+    Bind {
+        bare: String,
+        iq: Element,
+    },
+    Resume {
+        bare: String,
+        h: u32,
+        previd: String,
+    },
 }
 
 pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiated> {
@@ -187,12 +194,19 @@ fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
         if shared.config.allow_plaintext {
             f.push_str(&format!("<starttls xmlns='{}'/>", ns::TLS));
         } else {
-            f.push_str(&format!("<starttls xmlns='{}'><required/></starttls>", ns::TLS));
+            f.push_str(&format!(
+                "<starttls xmlns='{}'><required/></starttls>",
+                ns::TLS
+            ));
         }
     }
     if !authed && tls_ok {
         f.push_str(&format!("<mechanisms xmlns='{}'>", ns::SASL));
-        for m in [Mechanism::ScramSha256, Mechanism::ScramSha1, Mechanism::Plain] {
+        for m in [
+            Mechanism::ScramSha256,
+            Mechanism::ScramSha1,
+            Mechanism::Plain,
+        ] {
             f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
         }
         f.push_str("</mechanisms>");
@@ -292,17 +306,20 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                 ("starttls", ns::TLS) => {
                     if conn.secure {
                         // §5.4.2.2: failure, then close.
-                        conn.send(&format!("<failure xmlns='{}'/>", ns::TLS)).await?;
+                        conn.send(&format!("<failure xmlns='{}'/>", ns::TLS))
+                            .await?;
                         return Err(ConnError::Closed);
                     }
-                    conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS)).await?;
+                    conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS))
+                        .await?;
                     conn.upgrade_tls(shared.tls.starttls.clone()).await?;
                     conn.header_sent = false;
                     continue 'stream;
                 }
                 ("auth", ns::SASL) if authed.is_none() => {
                     if !tls_ok {
-                        conn.send(&sasl_failure("encryption-required", None)).await?;
+                        conn.send(&sasl_failure("encryption-required", None))
+                            .await?;
                         continue;
                     }
                     let blocked = {
@@ -322,7 +339,8 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         continue;
                     };
                     if mech.requires_tls() && !conn.secure && !shared.config.allow_plaintext {
-                        conn.send(&sasl_failure("encryption-required", None)).await?;
+                        conn.send(&sasl_failure("encryption-required", None))
+                            .await?;
                         continue;
                     }
                     let Ok(initial) = decode_payload(&el) else {
@@ -337,8 +355,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         .and_then(|u| account_jid(&u, &shared.domain));
                     if let Some(account) = account {
                         let blocked = {
-                            let mut l =
-                                shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
                             l.check(Some(&account), ip, Instant::now())
                         };
                         if blocked.is_err() {
@@ -497,8 +514,11 @@ async fn sasl_step(
             } else {
                 base64::engine::general_purpose::STANDARD.encode(&additional)
             };
-            conn.send(&format!("<success xmlns='{}'>{payload}</success>", ns::SASL))
-                .await?;
+            conn.send(&format!(
+                "<success xmlns='{}'>{payload}</success>",
+                ns::SASL
+            ))
+            .await?;
             info!(jid = %bare, "authenticated");
             tracing::Span::current().record("jid", bare.as_str());
             Ok(Some(bare))

@@ -71,7 +71,12 @@ enum Ended {
 impl Session {
     /// Binds `bare`/resource for the bind request `iq` (RFC 6120 §7), and
     /// commits the binding. `None`: the stream was closed with an error.
-    pub async fn bind(shared: Arc<Shared>, mut conn: Conn, bare: &str, iq: Element) -> Option<Session> {
+    pub async fn bind(
+        shared: Arc<Shared>,
+        mut conn: Conn,
+        bare: &str,
+        iq: Element,
+    ) -> Option<Session> {
         let requested = iq
             .get_child("bind", ns::BIND)
             .and_then(|b| b.get_child("resource", ns::BIND))
@@ -327,7 +332,8 @@ impl Session {
                         "too many unacknowledged stanzas",
                     ));
                 }
-                if !sm.unacked.is_empty() && self.conn.pending_output() > 0 && sm.outbound % 5 == 0 {
+                if !sm.unacked.is_empty() && self.conn.pending_output() > 0 && sm.outbound % 5 == 0
+                {
                     self.conn.queue(&format!("<r xmlns='{}'/>", ns::SM));
                 }
             }
@@ -416,7 +422,11 @@ impl Session {
                 // RFC 6120 §4.9.3.23.
                 return Err(Ended::Error(StreamError::with_text(
                     StreamCondition::UnsupportedStanzaType,
-                    format!("<{}/> in {} is not a stanza this server knows", el.name(), el.ns()),
+                    format!(
+                        "<{}/> in {} is not a stanza this server knows",
+                        el.name(),
+                        el.ns()
+                    ),
                 )));
             }
         }

@@ -34,8 +34,8 @@ pub enum ConnError {
 
 impl From<FramerError> for ConnError {
     fn from(e: FramerError) -> Self {
-        let condition = StreamCondition::from_name(e.condition())
-            .unwrap_or(StreamCondition::NotWellFormed);
+        let condition =
+            StreamCondition::from_name(e.condition()).unwrap_or(StreamCondition::NotWellFormed);
         ConnError::Stream(StreamError::with_text(condition, e.to_string()))
     }
 }

@@ -100,7 +100,11 @@ async fn handle_message(s: &mut Session, mut el: Element) {
         Addressee::Server => {
             // Messages to the server itself: nothing here takes them.
             if !matches!(el.attr("type"), Some("error" | "headline")) {
-                reply_error(s, &el, StanzaError::new(StanzaCondition::ServiceUnavailable));
+                reply_error(
+                    s,
+                    &el,
+                    StanzaError::new(StanzaCondition::ServiceUnavailable),
+                );
             }
             return;
         }
@@ -148,9 +152,16 @@ async fn handle_iq(s: &mut Session, el: Element) {
             // by the server on the account's behalf.
             let router = s.shared.router.clone();
             if !router.user_exists(&bare) {
-                return reply_error(s, &el, StanzaError::new(StanzaCondition::ServiceUnavailable));
+                return reply_error(
+                    s,
+                    &el,
+                    StanzaError::new(StanzaCondition::ServiceUnavailable),
+                );
             }
-            let child = el.children().next().map(|c| (c.name().to_string(), c.ns().to_string()));
+            let child = el
+                .children()
+                .next()
+                .map(|c| (c.name().to_string(), c.ns().to_string()));
             match child.as_ref().map(|(n, ns_)| (n.as_str(), ns_.as_str())) {
                 Some(("query", ns::DISCO_INFO)) if ty == "get" => {
                     let reply = disco::account_info(s, &el);
@@ -160,7 +171,11 @@ async fn handle_iq(s: &mut Session, el: Element) {
                     let reply = iq_result(s, &el);
                     s.write_stanza(reply);
                 }
-                _ => reply_error(s, &el, StanzaError::new(StanzaCondition::ServiceUnavailable)),
+                _ => reply_error(
+                    s,
+                    &el,
+                    StanzaError::new(StanzaCondition::ServiceUnavailable),
+                ),
             }
         }
         Addressee::Other(to) => {
@@ -213,7 +228,11 @@ async fn handle_server_iq(s: &mut Session, el: Element, own: bool) {
                 let reply = iq_result(s, &el);
                 s.write_stanza(reply);
             } else {
-                reply_error(s, &el, StanzaError::new(StanzaCondition::InternalServerError));
+                reply_error(
+                    s,
+                    &el,
+                    StanzaError::new(StanzaCondition::InternalServerError),
+                );
             }
         }
         ("bind", ns::BIND, _) => {
@@ -222,7 +241,11 @@ async fn handle_server_iq(s: &mut Session, el: Element, own: bool) {
         }
         _ => {
             // RFC 6120 §8.4: an unknown payload namespace.
-            reply_error(s, &el, StanzaError::new(StanzaCondition::ServiceUnavailable));
+            reply_error(
+                s,
+                &el,
+                StanzaError::new(StanzaCondition::ServiceUnavailable),
+            );
         }
     }
 }

@@ -59,7 +59,9 @@ pub async fn deliver(s: &mut Session) {
             }
         };
         // XEP-0203: when the server first received it.
-        el.remove_children(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(&s.shared.domain));
+        el.remove_children(|c| {
+            c.is("delay", ns::DELAY) && c.attr("from") == Some(&s.shared.domain)
+        });
         el.push(
             Element::new("delay", ns::DELAY)
                 .with_attr("from", s.shared.domain.clone())

@@ -58,8 +58,7 @@ pub async fn handle_unauthenticated(shared: &Arc<Shared>, iq: &Element) -> Eleme
             if q.has_child("remove", ns::REGISTER) {
                 return error(iq, StanzaError::new(StanzaCondition::NotAuthorized));
             }
-            let (Some(user), Some(password)) = (field(q, "username"), field(q, "password"))
-            else {
+            let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
                 return error(iq, StanzaError::new(StanzaCondition::NotAcceptable));
             };
             if password.is_empty() {
@@ -132,12 +131,15 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
                         )));
                     }
                 }
-                Err(_) => reply_error(s, &iq, StanzaError::new(StanzaCondition::InternalServerError)),
+                Err(_) => reply_error(
+                    s,
+                    &iq,
+                    StanzaError::new(StanzaCondition::InternalServerError),
+                ),
             }
         }
         Some("set") => {
-            let (Some(user), Some(password)) = (field(q, "username"), field(q, "password"))
-            else {
+            let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
                 return reply_error(s, &iq, StanzaError::new(StanzaCondition::BadRequest));
             };
             if account_jid(&user, &s.shared.domain).as_deref() != Some(s.bare.as_str())
@@ -146,7 +148,11 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
                 return reply_error(s, &iq, StanzaError::new(StanzaCondition::NotAllowed));
             }
             let Some(credentials) = derive(password).await else {
-                return reply_error(s, &iq, StanzaError::new(StanzaCondition::InternalServerError));
+                return reply_error(
+                    s,
+                    &iq,
+                    StanzaError::new(StanzaCondition::InternalServerError),
+                );
             };
             let cmd = Command::SetPassword {
                 jid: s.bare.clone(),
@@ -157,7 +163,11 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
                     let reply = iq_result(s, &iq);
                     s.write_stanza(reply);
                 }
-                Err(_) => reply_error(s, &iq, StanzaError::new(StanzaCondition::InternalServerError)),
+                Err(_) => reply_error(
+                    s,
+                    &iq,
+                    StanzaError::new(StanzaCondition::InternalServerError),
+                ),
             }
         }
         _ => reply_error(s, &iq, StanzaError::new(StanzaCondition::BadRequest)),

@@ -81,7 +81,10 @@ async fn set(s: &mut Session, el: &Element) {
         return;
     };
     // §2.3.3: exactly one item.
-    let items: Vec<&Element> = query.children().filter(|c| c.is("item", ns::ROSTER)).collect();
+    let items: Vec<&Element> = query
+        .children()
+        .filter(|c| c.is("item", ns::ROSTER))
+        .collect();
     let [item] = items.as_slice() else {
         return reply_error(s, el, StanzaError::new(StanzaCondition::BadRequest));
     };
@@ -122,7 +125,10 @@ async fn set(s: &mut Session, el: &Element) {
         ..RosterItem::default()
     });
     new.stub = false;
-    new.name = item.attr("name").filter(|n| !n.is_empty()).map(str::to_string);
+    new.name = item
+        .attr("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
     new.groups = groups;
     let cmd = Command::SetRosterItem {
         owner: s.bare.clone(),
@@ -134,7 +140,11 @@ async fn set(s: &mut Session, el: &Element) {
             s.write_stanza(reply);
             push(&router, &s.bare, Some(&new), &contact).await;
         }
-        Err(_) => reply_error(s, el, StanzaError::new(StanzaCondition::InternalServerError)),
+        Err(_) => reply_error(
+            s,
+            el,
+            StanzaError::new(StanzaCondition::InternalServerError),
+        ),
     }
 }
 
@@ -171,6 +181,10 @@ async fn remove(s: &mut Session, el: &Element, contact: &str) {
             s.write_stanza(reply);
             push(&router, &s.bare, None, contact).await;
         }
-        Err(_) => reply_error(s, el, StanzaError::new(StanzaCondition::InternalServerError)),
+        Err(_) => reply_error(
+            s,
+            el,
+            StanzaError::new(StanzaCondition::InternalServerError),
+        ),
     }
 }

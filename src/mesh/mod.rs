@@ -133,12 +133,7 @@ async fn fail_all(router: &Router, node: NodeId, items: impl IntoIterator<Item =
     }
 }
 
-async fn run_link(
-    mesh: MeshLinks,
-    router: Router,
-    node: NodeId,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
+async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
     let mut down_until: Option<Instant> = None;
     loop {
         // Wait for work before (re)connecting.

@@ -103,7 +103,11 @@ async fn drop_node(router: &Router, node: NodeId, count: usize) {
         .await
     {
         Ok(_) => {
-            info!(node, sessions = count, "dropped the session bindings of an unreachable node");
+            info!(
+                node,
+                sessions = count,
+                "dropped the session bindings of an unreachable node"
+            );
             for full in lost {
                 crate::im::presence::unavailable_for_lost_session(router, &full).await;
             }
@@ -133,9 +137,8 @@ async fn reconcile_local(router: &Router) {
     }
     for full in gone {
         if let Some(s) = router.local_session(&full) {
-            let _ = s
-                .tx
-                .send(ToSession::Kick(StreamError::with_text(
+            let _ =
+                s.tx.send(ToSession::Kick(StreamError::with_text(
                     StreamCondition::UndefinedCondition,
                     "this session's binding was dropped by the cluster; please reconnect",
                 )))

@@ -250,9 +250,8 @@ impl Router {
         if binding.node == self.0.node {
             if let Some(s) = self.local_session(full) {
                 if s.id == binding.session {
-                    let _ = s
-                        .tx
-                        .send(ToSession::Kick(StreamError::with_text(
+                    let _ =
+                        s.tx.send(ToSession::Kick(StreamError::with_text(
                             StreamCondition::Conflict,
                             "this resource was bound by a new session",
                         )))
@@ -407,9 +406,7 @@ impl Router {
         if carbons {
             // XEP-0280 §6: a copy to every other interested resource.
             for t in sessions.iter().filter(|t| {
-                t.binding.carbons
-                    && t.binding.available
-                    && !chosen.iter().any(|c| c.full == t.full)
+                t.binding.carbons && t.binding.available && !chosen.iter().any(|c| c.full == t.full)
             }) {
                 let _ = self
                     .deliver(t, carbon("received", bare, &t.full, &el))
@@ -613,7 +610,9 @@ mod tests {
             .clone()
             .with_child(Element::new("body", ns::CLIENT).with_text("x"));
         assert!(carbon_eligible(&normal_body));
-        let private = chat.clone().with_child(Element::new("private", ns::CARBONS));
+        let private = chat
+            .clone()
+            .with_child(Element::new("private", ns::CARBONS));
         assert!(!carbon_eligible(&private));
         let c = carbon("received", "a@x", "a@x/2", &chat);
         let fwd = c

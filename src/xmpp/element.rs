@@ -251,7 +251,9 @@ pub fn escape_into(out: &mut String, s: &str, attr: bool) {
             '&' => out.push_str("&amp;"),
             '"' if attr => out.push_str("&quot;"),
             '\'' if attr => out.push_str("&apos;"),
-            '\n' | '\r' | '\t' if attr => {
+            // A literal CR would be normalized away when parsed again.
+            '\r' => out.push_str("&#13;"),
+            '\n' | '\t' if attr => {
                 let _ = write!(out, "&#{};", ch as u32);
             }
             c => out.push(c),

@@ -94,8 +94,14 @@ impl StanzaCondition {
             Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => "auth",
             InternalServerError | RecipientUnavailable | RemoteServerTimeout
             | ResourceConstraint | UnexpectedRequest => "wait",
-            Conflict | FeatureNotImplemented | Gone | ItemNotFound | NotAllowed
-            | RemoteServerNotFound | ServiceUnavailable | UndefinedCondition => "cancel",
+            Conflict
+            | FeatureNotImplemented
+            | Gone
+            | ItemNotFound
+            | NotAllowed
+            | RemoteServerNotFound
+            | ServiceUnavailable
+            | UndefinedCondition => "cancel",
         }
     }
 }
@@ -239,12 +245,17 @@ mod tests {
         assert_eq!(err.attr("type"), Some("cancel"));
         assert!(err.has_child("service-unavailable", ns::STANZA_ERRORS));
         // Errors are not answered.
-        assert!(StanzaError::new(StanzaCondition::BadRequest).reply_to(&r).is_none());
+        assert!(StanzaError::new(StanzaCondition::BadRequest)
+            .reply_to(&r)
+            .is_none());
     }
 
     #[test]
     fn every_condition_round_trips() {
-        for c in [StreamCondition::NotWellFormed, StreamCondition::UnsupportedVersion] {
+        for c in [
+            StreamCondition::NotWellFormed,
+            StreamCondition::UnsupportedVersion,
+        ] {
             assert_eq!(StreamCondition::from_name(c.as_str()), Some(c));
         }
         assert_eq!(StanzaCondition::ItemNotFound.default_type(), "cancel");

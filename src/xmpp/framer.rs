@@ -27,16 +27,19 @@
 //! tags, quotes, references, CDATA sections and nesting depth, and rejects at
 //! the first offending byte everything the restricted profile forbids and
 //! every lexical error (bad attribute syntax, `<` in an attribute value,
-//! control characters, `]]>` in text, undeclared entities), as well as input
-//! over the [`Limits`]. A billion-laughs document therefore dies at
-//! `<!D`, before anything is expanded or even buffered.
+//! control characters, `]]>` in text, entity references other than the five
+//! predefined ones), as well as input over the [`Limits`]. A billion-laughs
+//! document therefore dies at `<!D`, before anything is expanded or even
+//! kept. An incomplete stanza is refused as soon as it exceeds
+//! [`Limits::max_stanza_bytes`], so the buffer never holds more than that
+//! plus the last read.
 //!
 //! Only when the lexer has seen the `>` that ends a top-level element is the
 //! complete slice handed to quick-xml's [`Reader`], which borrows it (no
 //! copy) while the tree is built; namespaces are resolved here with a scope
 //! stack seeded from the header (quick-xml's `NsReader` cannot be seeded with
-//! inherited bindings). The bytes of a stanza are thus validated as UTF-8 once
-//! and copied once, into the strings of the [`Element`].
+//! inherited bindings). A stanza is validated as UTF-8 as a whole once and
+//! copied once, into the strings of the [`Element`].
 //!
 //! Because the lexer decides every error at a byte position and the parser
 //! only ever sees complete slices, the events and the error are the same
@@ -55,12 +58,17 @@
 //!   stanzas and become ordinary text.
 //! * Line ends are normalised as XML 1.0 §2.11 requires (`\r\n` and `\r`
 //!   become `\n`) and attribute values as §3.3.3 requires (literal tab, CR and
-//!   LF become a space; character references are kept as written), so the
-//!   tree holds what an XML processor would report.
+//!   LF become a space, while `&#10;` and friends stay the character they
+//!   name), so the tree holds what an XML processor would report.
 //! * `xml:lang` and other `xml:` attributes keep their prefix. An attribute
 //!   with any other prefix keeps it too, and the element gets the matching
 //!   `xmlns:p` declaration as an attribute so that re-serializing the element
 //!   alone stays namespace-well-formed.
+//! * An unbound prefix is `not-well-formed` ([`FramerError::UnboundPrefix`]),
+//!   in the header too; a connection that prefers `bad-namespace-prefix` for
+//!   a header without `xmlns:stream` can tell by the error arriving before
+//!   [`Event::StreamOpen`].
+//! * After `</stream:stream>` only whitespace is accepted.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -72,7 +80,7 @@ use quick_xml::reader::Reader;
 use crate::xmpp::element::Element;
 
 /// The namespace the `xml` prefix is bound to (Namespaces in XML §3).
-pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 /// The namespace of `xmlns` attributes, which may never be declared.
 const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
 
@@ -84,7 +92,7 @@ const FEED_SLACK: usize = 64 * 1024;
 const IDLE_CAPACITY: usize = 16 * 1024;
 
 /// Resource limits for one stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest stanza (top-level child of the stream, serialized bytes as
     /// received) held in memory. Default 256 KiB.
@@ -363,6 +371,12 @@ pub struct Framer {
     mark: usize,
     /// The name of the end tag being lexed at stream level.
     end_name: (usize, usize),
+    /// The name of the start tag being lexed.
+    start_name: (usize, usize),
+    /// Hashes of the names of the open elements of the current stanza, so
+    /// a mismatched end tag is refused at once (XML 1.0 §3, WFC: Element
+    /// Type Match) instead of waiting for a close that never matches.
+    open: Vec<u64>,
     phase: Phase,
     lex: Lex,
     /// Open elements of the current stanza.
@@ -401,6 +415,8 @@ impl Framer {
             pos: 0,
             mark: 0,
             end_name: (0, 0),
+            start_name: (0, 0),
+            open: Vec::new(),
             phase: Phase::Prolog,
             lex: Lex::Text,
             depth: 0,
@@ -464,7 +480,7 @@ impl Framer {
         if buf.capacity() > IDLE_CAPACITY {
             buf.shrink_to(IDLE_CAPACITY);
         }
-        *self = Framer::new(self.limits);
+        *self = Framer::new(self.limits.clone());
         self.buf = buf;
     }
 
@@ -494,6 +510,10 @@ impl Framer {
         self.end_name = (
             self.end_name.0.saturating_sub(n),
             self.end_name.1.saturating_sub(n),
+        );
+        self.start_name = (
+            self.start_name.0.saturating_sub(n),
+            self.start_name.1.saturating_sub(n),
         );
         if self.buf.capacity() > 4 * IDLE_CAPACITY && self.buf.len() <= IDLE_CAPACITY {
             self.buf.shrink_to(IDLE_CAPACITY);
@@ -619,12 +639,11 @@ impl Framer {
                             self.mark = self.pos;
                             self.lex = Lex::Lt;
                         } else if c & WS == 0 {
-                            // RFC 6120 §11.6: "If an entity receives the
-                            // [Unicode] character U+FEFF anywhere in an XML
-                            // stream (including as the first character of the
-                            // stream), it MUST interpret that character as a
-                            // zero width no-break space, not as a byte order
-                            // mark." So a BOM is content before the root.
+                            // RFC 6120 §11.6 (paraphrased): U+FEFF received
+                            // anywhere in a stream, even as its first
+                            // character, is a zero width no-break space, never
+                            // a byte order mark. So a "BOM" is content before
+                            // the root element.
                             return Err(nwf("content before the stream header"));
                         }
                     }
@@ -644,10 +663,12 @@ impl Framer {
                     }
                     b'!' => self.lex = Lex::Bang,
                     b'?' => {
-                        // RFC 6120 §11.1: XMPP "does not allow ... processing
-                        // instructions". The XML declaration is not one; XML
-                        // 1.0 §2.8 only allows it as the very first bytes of
-                        // the document, i.e. of the stream (§11.5).
+                        // RFC 6120 §11.1 (paraphrased): processing
+                        // instructions are not allowed in XMPP; receiving one
+                        // closes the stream with, preferably, restricted-xml.
+                        // The XML declaration is not a PI, but XML 1.0 §2.8
+                        // only allows it as the very first bytes of the
+                        // document, i.e. of the stream (RFC 6120 §11.5).
                         if self.phase == Phase::Prolog && self.mark == self.start {
                             self.lex = Lex::Decl(false);
                         } else {
@@ -661,12 +682,14 @@ impl Framer {
                             });
                         }
                         self.attrs = 0;
+                        self.start_name = (self.pos, self.pos);
                         self.lex = Lex::StartName;
                     }
                     _ => return Err(nwf("invalid character after `<`")),
                 },
                 Lex::StartName => {
                     if c & NAME == 0 {
+                        self.start_name.1 = self.pos;
                         match b {
                             b'>' => {
                                 if let Some(found) = self.start_tag_end() {
@@ -805,10 +828,10 @@ impl Framer {
                     if b == b';' {
                         let name = self.ref_name.get(..self.ref_len).unwrap_or(&[]);
                         if !matches!(name, b"lt" | b"gt" | b"amp" | b"quot" | b"apos") {
-                            // RFC 6120 §11.1: XMPP "does not allow ... internal
-                            // or external entity references (Section 4.2
-                            // therein) with the exception of the predefined
-                            // entities (Section 4.6 therein)".
+                            // RFC 6120 §11.1 (paraphrased): no internal or
+                            // external entity references except the five
+                            // predefined entities. Character references are
+                            // not entity references and are allowed.
                             return Err(FramerError::RestrictedXml("entity reference"));
                         }
                         self.end_reference();
@@ -869,12 +892,12 @@ impl Framer {
                         }
                         _ => return Err(nwf("CDATA section outside an element")),
                     },
-                    // RFC 6120 §11.1: XMPP "does not allow ... comments".
+                    // RFC 6120 §11.1 (paraphrased): no comments.
                     b'-' => return Err(FramerError::RestrictedXml("comment")),
                     // <!DOCTYPE, <!ENTITY, <!ELEMENT, <!ATTLIST, <!NOTATION.
-                    // RFC 6120 §11.1: XMPP "does not allow ... internal or
-                    // external DTD subsets". Rejected here, at the third byte,
-                    // so nothing of a DTD is ever buffered or expanded.
+                    // RFC 6120 §11.1 (paraphrased): no internal or external
+                    // DTD subsets. Rejected here, at the third byte, so
+                    // nothing of a DTD is ever buffered or expanded.
                     b'A'..=b'Z' => {
                         return Err(FramerError::RestrictedXml("document type declaration"))
                     }
@@ -942,6 +965,9 @@ impl Framer {
             return Some(Found::Header(self.mark));
         }
         self.depth += 1;
+        let (a, z) = self.start_name;
+        let h = name_hash(self.buf.get(a..z).unwrap_or(&[]));
+        self.open.push(h);
         self.brackets = 0;
         None
     }
@@ -964,6 +990,11 @@ impl Framer {
             self.phase = Phase::Closed;
             return Ok(Some(Found::Close));
         }
+        let (a, z) = self.end_name;
+        let h = name_hash(self.buf.get(a..z).unwrap_or(&[]));
+        if self.open.pop() != Some(h) {
+            return Err(nwf("end tag does not match its start tag"));
+        }
         self.depth -= 1;
         self.brackets = 0;
         Ok((self.depth == 0).then_some(Found::Stanza))
@@ -984,10 +1015,18 @@ impl Framer {
 /// Validate a complete slice as UTF-8 and as XML 1.0 characters. The lexer
 /// has already refused the C0 controls; what is left is malformed UTF-8 and
 /// the non-characters U+FFFE and U+FFFF.
+/// FNV-1a of a tag name (an equality check for end tags; a collision only
+/// defers the error to the full parse, which compares the names).
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn xml_str(bytes: &[u8]) -> Result<&str, FramerError> {
-    // RFC 6120 §11.6: "Implementations MUST NOT attempt to use any other
-    // encoding" than UTF-8, and §4.9.3.22 makes "violating the rules of the
-    // [UTF-8] encoding" an unsupported-encoding error.
+    // RFC 6120 §11.6 (paraphrased): UTF-8 is the only encoding of an XML
+    // stream. §4.9.3.22 makes "violating the rules of the [UTF-8] encoding"
+    // an unsupported-encoding error.
     let s = std::str::from_utf8(bytes)
         .map_err(|_| FramerError::UnsupportedEncoding("invalid UTF-8"))?;
     // U+FFFE is EF BF BE and U+FFFF is EF BF BF in UTF-8. `contains` on a
@@ -1237,10 +1276,8 @@ fn check_decl(decl: &[u8]) -> Result<(), FramerError> {
     }
     if let Some(encoding) = d.encoding() {
         let encoding = encoding.map_err(|_| nwf("malformed XML declaration"))?;
-        // RFC 6120 §11.6: if an entity "detects that the other party has
-        // attempted to send XML data with an encoding other than UTF-8, it
-        // MUST close the stream with a stream error, which SHOULD be
-        // <unsupported-encoding/>".
+        // RFC 6120 §11.6 (paraphrased): data in an encoding other than
+        // UTF-8 closes the stream, preferably with unsupported-encoding.
         if !encoding.eq_ignore_ascii_case(b"UTF-8") {
             return Err(FramerError::UnsupportedEncoding(
                 "declared encoding is not UTF-8",
@@ -1571,8 +1608,8 @@ mod tests {
     }
 
     /// Feed `chunks` one by one, draining after each, as the connection does.
-    fn run_chunks<'a>(limits: Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
-        let mut f = Framer::new(limits);
+    fn run_chunks<'a>(limits: &Limits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
+        let mut f = Framer::new(limits.clone());
         let mut events = Vec::new();
         for chunk in chunks {
             f.feed(chunk);
@@ -1587,7 +1624,7 @@ mod tests {
 
     /// The outcome of `input`, after checking it is the same fed whole, split
     /// in two at every byte position, and one byte at a time.
-    fn run_with(limits: Limits, input: &[u8]) -> Outcome {
+    fn run_with(limits: &Limits, input: &[u8]) -> Outcome {
         let whole = run_chunks(limits, [input]);
         for i in 1..input.len() {
             let split = run_chunks(limits, [&input[..i], &input[i..]]);
@@ -1609,7 +1646,7 @@ mod tests {
     }
 
     fn run(input: impl AsRef<[u8]>) -> Outcome {
-        run_with(Limits::default(), input.as_ref())
+        run_with(&Limits::default(), input.as_ref())
     }
 
     /// The stanzas of a stream that must parse without error.
@@ -1938,6 +1975,18 @@ mod tests {
     }
 
     #[test]
+    fn mismatched_end_tag_is_refused_without_waiting_for_more() {
+        let mut f = Framer::new(Limits::default());
+        f.feed(HEADER.as_bytes());
+        f.feed(b"<message><body>unclosed</message>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
+        assert_eq!(
+            f.next_event().map_err(|e| e.condition()),
+            Err("not-well-formed")
+        );
+    }
+
+    #[test]
     fn reset_then_new_header() {
         let mut f = Framer::new(Limits::default());
         f.feed(HEADER.as_bytes());
@@ -2251,9 +2300,9 @@ mod tests {
         let fits = format!("<message><body>{}</body></message>", "x".repeat(100 - 32));
         assert_eq!(fits.len(), 100);
         let too_big = format!("<message><body>{}</body></message>", "x".repeat(101 - 32));
-        let (events, err) = run_with(limits, format!("{HEADER}{fits}  {fits}").as_bytes());
+        let (events, err) = run_with(&limits, format!("{HEADER}{fits}  {fits}").as_bytes());
         assert_eq!((events.len(), err), (3, None));
-        let (events, err) = run_with(limits, format!("{HEADER}{fits}{too_big}").as_bytes());
+        let (events, err) = run_with(&limits, format!("{HEADER}{fits}{too_big}").as_bytes());
         assert_eq!(events.len(), 2);
         assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
         assert_eq!(
@@ -2262,13 +2311,13 @@ mod tests {
         );
         // Refused as soon as the 101st byte arrives, complete or not.
         let (_, err) = run_with(
-            limits,
+            &limits,
             format!("{HEADER}<message>{}", "x".repeat(100)).as_bytes(),
         );
         assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
         // The end tag at stream level counts as one too.
         let (_, err) = run_with(
-            limits,
+            &limits,
             format!("{HEADER}</stream:stream{}>", " ".repeat(100)).as_bytes(),
         );
         assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
@@ -2278,7 +2327,7 @@ mod tests {
     fn huge_stanza_is_refused_with_bounded_buffering() {
         const READ: usize = 16 * 1024;
         let limits = Limits::default();
-        let mut f = Framer::new(limits);
+        let mut f = Framer::new(limits.clone());
         f.feed(HEADER.as_bytes());
         assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
         let mut data = b"<message><body>".to_vec();
@@ -2312,7 +2361,7 @@ mod tests {
         assert_eq!(f.buffered(), 0, "memory released");
 
         // Just under the limit is fine, and the buffer shrinks back after.
-        let mut f = Framer::new(limits);
+        let mut f = Framer::new(limits.clone());
         f.feed(HEADER.as_bytes());
         assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
         let body = "é".repeat((limits.max_stanza_bytes - 40) / 2);
@@ -2350,7 +2399,7 @@ mod tests {
             max_stanza_bytes: 1024,
             ..Limits::default()
         };
-        let mut f = Framer::new(limits);
+        let mut f = Framer::new(limits.clone());
         f.feed(HEADER.as_bytes());
         for _ in 0..10_000 {
             f.feed(b"<presence/>");
@@ -2381,18 +2430,18 @@ mod tests {
             max_header_bytes: HEADER.len(),
             ..Limits::default()
         };
-        let (events, err) = run_with(limits, format!("{HEADER}<presence/>").as_bytes());
+        let (events, err) = run_with(&limits, format!("{HEADER}<presence/>").as_bytes());
         assert_eq!((events.len(), err), (2, None));
         let (_, err) = run_with(
-            limits,
+            &limits,
             format!("{HEADER} ").replacen("?> <", "?>  <", 1).as_bytes(),
         );
         assert_eq!(err, None);
         let no_decl = &HEADER[HEADER.find("?>").expect("decl") + 2..];
-        let (_, err) = run_with(limits, format!(" {no_decl}").as_bytes());
+        let (_, err) = run_with(&limits, format!(" {no_decl}").as_bytes());
         assert_eq!(err, None, "exactly at the limit");
         let (_, err) = run_with(
-            limits,
+            &limits,
             format!("{}{no_decl}", " ".repeat(HEADER.len() - no_decl.len() + 1)).as_bytes(),
         );
         assert_eq!(err.map(|e| e.condition()), Some("policy-violation"));
@@ -2415,9 +2464,9 @@ mod tests {
             ..Limits::default()
         };
         let ok = format!("{HEADER}{}<a><b><c/></b></a>", nested(3));
-        assert_eq!(run_with(limits, ok.as_bytes()).1, None);
+        assert_eq!(run_with(&limits, ok.as_bytes()).1, None);
         for bad in [nested(4), "<a><b><c><d/></c></b></a>".to_string()] {
-            let (_, err) = run_with(limits, format!("{HEADER}{bad}").as_bytes());
+            let (_, err) = run_with(&limits, format!("{HEADER}{bad}").as_bytes());
             assert_eq!(err, Some(FramerError::TooDeep { limit: 3 }), "{bad}");
         }
         assert_eq!(stanzas(format!("{HEADER}{}", nested(32))).len(), 1);
@@ -2635,11 +2684,11 @@ mod tests {
                 }
             }
             let limits = if case % 3 == 0 {
-                tight
+                tight.clone()
             } else {
                 Limits::default()
             };
-            let whole = run_chunks(limits, [input.as_slice()]);
+            let whole = run_chunks(&limits, [input.as_slice()]);
             errors += usize::from(whole.1.is_some());
             let mut chunks = Vec::new();
             let mut rest = input.as_slice();
@@ -2648,14 +2697,14 @@ mod tests {
                 chunks.push(a);
                 rest = b;
             }
-            let split = run_chunks(limits, chunks);
+            let split = run_chunks(&limits, chunks);
             assert_eq!(
                 split,
                 whole,
                 "case {case}: {:?}",
                 String::from_utf8_lossy(&input)
             );
-            let bytewise = run_chunks(limits, input.chunks(1));
+            let bytewise = run_chunks(&limits, input.chunks(1));
             assert_eq!(
                 bytewise,
                 whole,

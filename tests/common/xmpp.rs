@@ -1,0 +1,307 @@
+//! A small raw XMPP client for black-box tests: it speaks bytes on the
+//! wire (so tests can send malformed or hostile input) and parses what the
+//! server says with Starling's own framer.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use starling::xmpp::framer::{Event, Framer, Limits};
+use starling::xmpp::{ns, Element};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct RawClient {
+    io: Option<Box<dyn Io>>,
+    framer: Framer,
+    pub jid: String,
+}
+
+/// Accepts any server certificate: the test servers use self-signed ones.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A stream error's condition, if `el` is one.
+pub fn stream_error(el: &Element) -> Option<String> {
+    if !el.is("error", ns::STREAM) {
+        return None;
+    }
+    el.children()
+        .find(|c| c.ns() == ns::STREAM_ERRORS && c.name() != "text")
+        .map(|c| c.name().to_string())
+}
+
+/// A stanza error's condition, if `el` is one.
+pub fn stanza_error(el: &Element) -> Option<String> {
+    if el.attr("type") != Some("error") {
+        return None;
+    }
+    el.get_child("error", ns::CLIENT)?
+        .children()
+        .find(|c| c.ns() == ns::STANZA_ERRORS && c.name() != "text")
+        .map(|c| c.name().to_string())
+}
+
+pub fn body_of(el: &Element) -> Option<String> {
+    el.get_child("body", ns::CLIENT).map(|b| b.text())
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let deadline = std::time::Instant::now() + WAIT;
+        let tcp = loop {
+            match TcpStream::connect(addr).await {
+                Ok(t) => break t,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot connect to {addr}: {e}"),
+            }
+        };
+        tcp.set_nodelay(true).unwrap();
+        RawClient {
+            io: Some(Box::new(tcp)),
+            framer: Framer::new(Limits {
+                max_stanza_bytes: 4 << 20,
+                ..Limits::default()
+            }),
+            jid: String::new(),
+        }
+    }
+
+    pub async fn send(&mut self, s: &str) {
+        let io = self.io.as_mut().unwrap();
+        io.write_all(s.as_bytes()).await.unwrap();
+        io.flush().await.unwrap();
+    }
+
+    /// Sends, tolerating a connection the server already closed.
+    pub async fn try_send(&mut self, s: &[u8]) -> bool {
+        let io = self.io.as_mut().unwrap();
+        io.write_all(s).await.is_ok() && io.flush().await.is_ok()
+    }
+
+    /// The next event; `None` when the server closed the connection.
+    pub async fn event(&mut self) -> Option<Event> {
+        let mut buf = [0u8; 16384];
+        loop {
+            match self.framer.next_event() {
+                Ok(Some(e)) => return Some(e),
+                Ok(None) => {}
+                Err(e) => panic!("server sent bad XML: {e}"),
+            }
+            let io = self.io.as_mut().unwrap();
+            let n = match tokio::time::timeout(WAIT, io.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => 0,
+                Err(_) => panic!("no data from the server for {WAIT:?} (client {})", self.jid),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.framer.feed(&buf[..n]);
+        }
+    }
+
+    /// The next top-level element (stanza, nonza or stream error).
+    pub async fn next(&mut self) -> Element {
+        loop {
+            match self.event().await {
+                Some(Event::Stanza(el)) => return el,
+                Some(Event::StreamOpen { .. }) => continue,
+                Some(Event::StreamClose) => panic!("stream closed by the server ({})", self.jid),
+                None => panic!("connection closed by the server ({})", self.jid),
+            }
+        }
+    }
+
+    /// Skips elements until `pred` matches one.
+    pub async fn expect(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
+        let fut = async {
+            loop {
+                let el = self.next().await;
+                if pred(&el) {
+                    return el;
+                }
+            }
+        };
+        match tokio::time::timeout(WAIT, fut).await {
+            Ok(el) => el,
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+
+    /// Reads until the stream error and the close; returns the condition.
+    pub async fn expect_stream_error(&mut self) -> String {
+        let fut = async {
+            loop {
+                match self.event().await {
+                    Some(Event::Stanza(el)) => {
+                        if let Some(c) = stream_error(&el) {
+                            return c;
+                        }
+                    }
+                    Some(Event::StreamOpen { .. }) => {}
+                    Some(Event::StreamClose) | None => panic!("closed without a stream error"),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .expect("timed out waiting for a stream error")
+    }
+
+    /// Opens a stream; returns the features.
+    pub async fn open(&mut self) -> Element {
+        self.framer = Framer::new(Limits {
+            max_stanza_bytes: 4 << 20,
+            ..Limits::default()
+        });
+        self.send("<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").await;
+        match self.event().await {
+            Some(Event::StreamOpen { .. }) => {}
+            other => panic!("expected the server's stream header, got {other:?}"),
+        }
+        self.expect("stream features", |e| e.is("features", ns::STREAM))
+            .await
+    }
+
+    pub async fn starttls(&mut self) {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let p = self.next().await;
+        assert!(p.is("proceed", ns::TLS), "expected <proceed/>, got {p}");
+        let io = self.io.take().unwrap();
+        let connector = tokio_rustls::TlsConnector::from(tls_config());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, io).await.expect("TLS handshake");
+        self.io = Some(Box::new(tls));
+    }
+
+    /// SASL PLAIN; returns the server's answer (`success` or `failure`).
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Element {
+        let payload = base64::engine::general_purpose::STANDARD
+            .encode(format!("\0{user}\0{password}").as_bytes());
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+        ))
+        .await;
+        self.next().await
+    }
+
+    pub async fn bind(&mut self, resource: Option<&str>) -> Element {
+        let res = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        self.send(&format!(
+            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"
+        ))
+        .await;
+        self.expect("bind result", |e| e.attr("id") == Some("bind1"))
+            .await
+    }
+
+    /// STARTTLS, PLAIN, bind: a ready session.
+    pub async fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> RawClient {
+        let mut c = RawClient::connect(addr).await;
+        c.open().await;
+        c.starttls().await;
+        c.open().await;
+        let r = c.auth_plain(user, password).await;
+        assert!(r.is("success", ns::SASL), "login of {user} failed: {r}");
+        c.open().await;
+        let b = c.bind(Some(resource)).await;
+        let jid = b
+            .get_child("bind", ns::BIND)
+            .and_then(|b| b.get_child("jid", ns::BIND))
+            .map(|j| j.text())
+            .unwrap_or_else(|| panic!("bind failed: {b}"));
+        c.jid = jid;
+        c
+    }
+
+    /// Sends an iq ping and waits for its answer: everything the server
+    /// sent before it has arrived.
+    pub async fn sync(&mut self) -> Vec<Element> {
+        let id = format!("sync-{}", rand::random::<u32>());
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        let mut before = Vec::new();
+        let fut = async {
+            loop {
+                let el = self.next().await;
+                if el.attr("id") == Some(id.as_str()) {
+                    return;
+                }
+                before.push(el);
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .expect("timed out waiting for the ping result");
+        before
+    }
+}
