@@ -37,7 +37,10 @@ fn slixmpp_registers_subscribes_and_chats_across_nodes() {
     let c = TestCluster::start(3, fast_raft());
     rt.block_on(c.wait_leader(1, Duration::from_secs(20)));
     let port = |id: usize| c.nodes[id].config.xmpp.client_addr.port().to_string();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_scenario.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/slixmpp_scenario.py"
+    );
     let out = Command::new(&python)
         .args([script, &port(0), &port(1)])
         .output()

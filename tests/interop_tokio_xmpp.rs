@@ -355,7 +355,7 @@ struct StderrLog;
 
 impl log::Log for StderrLog {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Warn
+        m.level() <= log::max_level()
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
@@ -767,7 +767,12 @@ fn stanza_id(who: &str, m: &Message) -> StanzaId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_xmpp_clients_subscribe_and_chat_across_nodes() {
-    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    // Warnings and errors by default; STARLING_INTEROP_LOG=debug|trace for more.
+    let level = std::env::var("STARLING_INTEROP_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(level));
     let started = Instant::now();
 
     let cluster = TestCluster::start(3, fast_raft());

@@ -231,3 +231,212 @@ fn bad_input_gets_the_rfc_6120_errors() {
         new.sync().await;
     });
 }
+
+#[test]
+fn a_dead_nodes_sessions_are_dropped_and_its_users_messages_go_offline() {
+    rt().block_on(async {
+        let mut c = TestCluster::start_with(3, fast_raft(), |cfg| {
+            cfg.xmpp.node_dead_after_ms = 1500;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let leader = c.wait_leader(1, Duration::from_secs(20)).await;
+        // bob sits on a node that is not the leader (so raft goes on).
+        let bobs_node = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+        let alices_node = [1, 2, 3].into_iter().find(|n| *n != bobs_node).unwrap();
+        let mut bob = RawClient::login(client_addr(&c, bobs_node), "bob", "pw-bob", "laptop").await;
+        bob.send("<presence/>").await;
+        bob.sync().await;
+        let mut alice =
+            RawClient::login(client_addr(&c, alices_node), "alice", "pw-alice", "phone").await;
+        alice.send("<presence/>").await;
+        alice
+            .send("<message to='bob@localhost' type='chat'><body>live</body></message>")
+            .await;
+        let m = bob.expect("live message", |e| e.name() == "message").await;
+        assert_eq!(body_of(&m).as_deref(), Some("live"));
+
+        c.kill(bobs_node);
+        // The binding leaves the shared table within seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = c.conn(alices_node).await;
+            let r = s
+                .client
+                .clone()
+                .list_sessions(s.req(starling_proto::admin::ListSessionsRequest { node_id: 0 }))
+                .await
+                .unwrap()
+                .into_inner();
+            if r.sessions.iter().all(|x| !x.full_jid.starts_with("bob@")) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bob's binding on the dead node is still there: {:?}",
+                r.sessions
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for i in 0..5 {
+            alice
+                .send(&format!(
+                    "<message to='bob@localhost' type='chat'><body>while-dead-{i}</body></message>"
+                ))
+                .await;
+        }
+        alice.sync().await;
+        // bob logs in on a surviving node, with the same resource, at once.
+        let mut bob =
+            RawClient::login(client_addr(&c, alices_node), "bob", "pw-bob", "laptop").await;
+        bob.send("<presence/>").await;
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let el = bob.next().await;
+            if el.name() == "message" {
+                assert!(el.has_child("delay", ns::DELAY), "{el}");
+                got.push(body_of(&el).unwrap_or_default());
+            }
+        }
+        let want: Vec<String> = (0..5).map(|i| format!("while-dead-{i}")).collect();
+        assert_eq!(got, want);
+    });
+}
+
+#[test]
+fn stream_management_resumes_and_keeps_unacknowledged_messages() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            cfg.xmpp.sm_resume_timeout_secs = 2;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let addr = client_addr(&c, 1);
+        let mut alice = RawClient::login(addr, "alice", "pw-alice", "phone").await;
+        let say =
+            |n: &str| format!("<message to='bob@localhost' type='chat'><body>{n}</body></message>");
+
+        // 1. Resumption: a message sent while bob's connection is gone is
+        //    there when he resumes, as is the one he never acknowledged.
+        let mut bob = RawClient::login(addr, "bob", "pw-bob", "laptop").await;
+        bob.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+            .await;
+        let enabled = bob.expect("enabled", |e| e.is("enabled", ns::SM)).await;
+        let id = enabled.attr("id").unwrap().to_string();
+        bob.send("<presence/>").await;
+        bob.sync().await;
+        alice.send(&say("one")).await;
+        bob.expect("one", |e| body_of(e).as_deref() == Some("one"))
+            .await;
+        drop(bob); // the connection dies without a stream close
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        alice.send(&say("two")).await;
+        alice.sync().await;
+        let mut bob = RawClient::connect(addr).await;
+        bob.open().await;
+        bob.starttls().await;
+        bob.open().await;
+        assert!(bob
+            .auth_plain("bob", "pw-bob")
+            .await
+            .is("success", ns::SASL));
+        bob.open().await;
+        bob.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' h='0' previd='{id}'/>"
+        ))
+        .await;
+        let r = bob.expect("resumed", |e| e.is("resumed", ns::SM)).await;
+        assert_eq!(r.attr("previd"), Some(id.as_str()));
+        let m1 = bob.expect("one again", |e| e.name() == "message").await;
+        assert_eq!(body_of(&m1).as_deref(), Some("one"));
+        let m2 = bob.expect("two", |e| e.name() == "message").await;
+        assert_eq!(body_of(&m2).as_deref(), Some("two"));
+        // bob acknowledges the 4 stanzas he got since enabling: his
+        // presence echo, the ping result, "one" and "two".
+        bob.send("<a xmlns='urn:xmpp:sm:3' h='4'/>").await;
+        bob.sync().await;
+
+        // 2. Session lost for good: what bob did not acknowledge goes to
+        //    his offline queue, not to /dev/null.
+        alice.send(&say("three")).await;
+        bob.expect("three", |e| body_of(e).as_deref() == Some("three"))
+            .await;
+        drop(bob);
+        tokio::time::sleep(Duration::from_secs(4)).await; // past the 2 s resume window
+        let mut bob = RawClient::login(addr, "bob", "pw-bob", "desk").await;
+        bob.send("<presence/>").await;
+        let m = bob
+            .expect("three from offline", |e| e.name() == "message")
+            .await;
+        assert_eq!(body_of(&m).as_deref(), Some("three"));
+        assert!(m.has_child("delay", ns::DELAY), "{m}");
+    });
+}
+
+#[test]
+fn carbons_and_roster_pushes_reach_every_resource_across_nodes() {
+    rt().block_on(async {
+        let c = TestCluster::start(3, fast_raft());
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let mut phone = RawClient::login(client_addr(&c, 1), "alice", "pw-alice", "phone").await;
+        let mut desk = RawClient::login(client_addr(&c, 2), "alice", "pw-alice", "desk").await;
+        let mut bob = RawClient::login(client_addr(&c, 3), "bob", "pw-bob", "b").await;
+        for cl in [&mut phone, &mut desk, &mut bob] {
+            cl.send("<iq type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+                .await;
+            let r = cl.expect("carbons on", |e| e.attr("id") == Some("c1")).await;
+            assert_eq!(r.attr("type"), Some("result"), "{r}");
+            cl.send("<presence/>").await;
+            cl.sync().await;
+        }
+        // bob -> alice/phone: alice/desk gets a `received` carbon.
+        bob.send("<message to='alice@localhost/phone' type='chat'><body>to phone</body></message>")
+            .await;
+        phone.expect("direct", |e| body_of(e).as_deref() == Some("to phone")).await;
+        let carbon = desk
+            .expect("received carbon", |e| e.has_child("received", ns::CARBONS))
+            .await;
+        assert_eq!(carbon.attr("from"), Some("alice@localhost"));
+        // alice/phone -> bob: alice/desk gets a `sent` carbon.
+        phone.send("<message to='bob@localhost' type='chat'><body>from phone</body></message>")
+            .await;
+        bob.expect("message", |e| body_of(e).as_deref() == Some("from phone")).await;
+        desk.expect("sent carbon", |e| e.has_child("sent", ns::CARBONS)).await;
+
+        // A roster change on node 1 is pushed to the resource on node 2.
+        phone.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='carol@localhost' name='Carol'><group>Friends</group></item></query></iq>").await;
+        let r = phone.expect("roster set result", |e| e.attr("id") == Some("r1")).await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        let push = desk
+            .expect("roster push", |e| {
+                e.name() == "iq"
+                    && e.attr("type") == Some("set")
+                    && e.has_child("query", ns::ROSTER)
+            })
+            .await;
+        let item = push
+            .get_child("query", ns::ROSTER)
+            .and_then(|q| q.get_child("item", ns::ROSTER))
+            .unwrap();
+        assert_eq!(item.attr("jid"), Some("carol@localhost"));
+        assert_eq!(item.attr("name"), Some("Carol"));
+        // And a roster get on node 2 sees it.
+        desk.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>")
+            .await;
+        let r = desk.expect("roster", |e| e.attr("id") == Some("r2")).await;
+        let items: Vec<_> = r
+            .get_child("query", ns::ROSTER)
+            .unwrap()
+            .children()
+            .map(|i| i.attr("jid").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(items, ["carol@localhost"]);
+    });
+}
