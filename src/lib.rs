@@ -16,6 +16,8 @@
 //! - [`mesh`]: the gRPC stanza mesh between nodes.
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
 //! - [`dev`]: `starling dev`, a local N-node cluster as child processes.
+//! - [`bench`]: `starling bench`, the XMPP load generator, and the raw relay
+//!   baseline.
 //! - [`raft_bench`]: `starling raft-bench`, replicated write latency,
 //!   throughput and failover time, printed as figures.
 //!
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bench;
 pub mod c2s;
 pub mod config;
 pub mod ctl;

@@ -32,6 +32,14 @@ enum Cmd {
     /// Measure replicated write latency, throughput and failover time on a
     /// fresh local cluster.
     RaftBench(starling::raft_bench::RaftBenchArgs),
+    /// Load-test an XMPP server (Starling, Prosody, ejabberd) or the raw
+    /// relay: latency percentiles, throughput, logins/s, memory.
+    Bench(starling::bench::BenchArgs),
+    /// The raw baseline for `bench --target raw`: a length-prefixed TCP relay.
+    BenchRelay {
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn init_tracing() {
@@ -100,6 +108,8 @@ fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
         }
         Cmd::Ctl(args) => rt.block_on(starling::ctl::run(args)),
         Cmd::RaftBench(args) => report(rt.block_on(starling::raft_bench::run(args))),
+        Cmd::Bench(args) => report(rt.block_on(starling::bench::run(args))),
+        Cmd::BenchRelay { listen } => report(rt.block_on(starling::bench::raw::serve(listen))),
     }
 }
 
