@@ -103,7 +103,7 @@ pub async fn serve(
 
 /// Over the connection limit: a `resource-constraint` stream error.
 async fn refuse(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
-    let mut conn = stream::Conn::new(Box::new(tcp), shared.limits(), peer, false);
+    let mut conn = stream::Conn::new(stream::Transport::Tcp(tcp), shared.limits(), peer, false);
     conn.fail(
         &crate::xmpp::StreamError::with_text(
             crate::xmpp::StreamCondition::ResourceConstraint,
@@ -116,7 +116,7 @@ async fn refuse(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
 
 async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let _ = tcp.set_nodelay(true);
-    let io: stream::BoxIo = if direct_tls {
+    let io = if direct_tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.direct.clone());
         let handshake = tokio::time::timeout(
             Duration::from_secs(shared.config.negotiation_timeout_secs),
@@ -124,7 +124,7 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tl
         )
         .await;
         match handshake {
-            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Ok(tls)) => stream::Transport::Tls(Box::new(tls)),
             Ok(Err(e)) => {
                 debug!(error = %e, "TLS handshake failed");
                 return;
@@ -132,7 +132,7 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tl
             Err(_) => return,
         }
     } else {
-        Box::new(tcp)
+        stream::Transport::Tcp(tcp)
     };
     let conn = stream::Conn::new(io, shared.limits(), peer, direct_tls);
     match negotiate::negotiate(&shared, conn).await {

@@ -347,6 +347,7 @@ impl Session {
     fn handle_routed(&mut self, m: ToSession) -> Result<(), Ended> {
         match m {
             ToSession::Stanza(el) => {
+                let el = *el;
                 if self.inactive && el.name() == "presence" {
                     // XEP-0352: hold presence while the client is inactive;
                     // only the latest per sender matters.
@@ -560,7 +561,7 @@ impl Session {
                     return self.resume(r).await;
                 }
                 m = self.rx.recv() => match m {
-                    Some(ToSession::Stanza(el)) => self.write_stanza(el),
+                    Some(ToSession::Stanza(el)) => self.write_stanza(*el),
                     Some(ToSession::Kick(_)) | None => return false,
                 },
             }
@@ -649,7 +650,7 @@ impl Session {
         self.rx.close();
         while let Ok(m) = self.rx.try_recv() {
             if let ToSession::Stanza(el) = m {
-                leftovers.push(el);
+                leftovers.push(*el);
             }
         }
         for el in leftovers {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::xmpp::framer::{Event, Framer, FramerError, Limits};
 use crate::xmpp::{StreamCondition, StreamError};
@@ -13,8 +14,23 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
+/// The connection's transport. Plain TCP is read by readiness into a
+/// per-thread buffer, so an idle plaintext session owns no read buffer;
+/// TLS (rustls keeps its own record buffers) is read into a small one.
+pub enum Transport {
+    Tcp(TcpStream),
+    Tls(BoxIo),
+}
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer of a TLS connection.
+const TLS_READ_CHUNK: usize = 4 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +57,11 @@ impl From<FramerError> for ConnError {
 }
 
 pub struct Conn {
-    io: Option<BoxIo>,
+    io: Option<Transport>,
     framer: Framer,
     limits: Limits,
-    rbuf: Box<[u8]>,
+    /// Read buffer for TLS only.
+    rbuf: Vec<u8>,
     out: String,
     pub peer: SocketAddr,
     /// TLS is in place (STARTTLS done, or direct TLS).
@@ -56,24 +73,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: BoxIo, limits: Limits, peer: SocketAddr, secure: bool) -> Self {
+    pub fn new(io: Transport, limits: Limits, peer: SocketAddr, secure: bool) -> Self {
         Conn {
             io: Some(io),
             framer: Framer::new(limits.clone()),
             limits,
-            rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            out: String::with_capacity(4096),
+            rbuf: Vec::new(),
+            out: String::new(),
             peer,
             secure,
             header_sent: false,
             activity: false,
         }
-    }
-
-    fn io(&mut self) -> std::io::Result<&mut BoxIo> {
-        self.io
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("connection is being upgraded"))
     }
 
     /// The next stream event. Cancel-safe: bytes are only consumed by the
@@ -83,17 +94,46 @@ impl Conn {
             if let Some(ev) = self.framer.next_event()? {
                 return Ok(ev);
             }
-            let Conn { io, rbuf, .. } = self;
+            let Conn {
+                io, rbuf, framer, ..
+            } = self;
             let io = io
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("connection is being upgraded"))?;
-            let n = io.read(rbuf).await?;
-            if n == 0 {
-                return Err(ConnError::Eof);
+            match io {
+                Transport::Tcp(tcp) => {
+                    framer.shrink_idle();
+                    tcp.readable().await?;
+                    let read = READ_BUF.with(|b| {
+                        let mut b = b.borrow_mut();
+                        match tcp.try_read(&mut b) {
+                            Ok(n) => {
+                                framer.feed(&b[..n]);
+                                Ok(n)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    });
+                    match read {
+                        Ok(0) => return Err(ConnError::Eof),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Transport::Tls(tls) => {
+                    framer.shrink_idle();
+                    if rbuf.len() != TLS_READ_CHUNK {
+                        rbuf.resize(TLS_READ_CHUNK, 0);
+                    }
+                    let n = tls.read(rbuf).await?;
+                    if n == 0 {
+                        return Err(ConnError::Eof);
+                    }
+                    framer.feed(&rbuf[..n]);
+                }
             }
             self.activity = true;
-            let Conn { framer, rbuf, .. } = self;
-            framer.feed(&rbuf[..n]);
         }
     }
 
@@ -122,11 +162,20 @@ impl Conn {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
-        let io = self.io()?;
-        io.write_all(out.as_bytes()).await?;
-        io.flush().await?;
-        self.out = out;
-        self.out.clear();
+        match self.io.as_mut() {
+            Some(Transport::Tcp(t)) => t.write_all(out.as_bytes()).await?,
+            Some(Transport::Tls(t)) => {
+                t.write_all(out.as_bytes()).await?;
+                t.flush().await?;
+            }
+            None => return Err(std::io::Error::other("no socket").into()),
+        }
+        // Keep a modest buffer for the next burst; an idle session holds
+        // little.
+        if out.capacity() <= 4096 {
+            self.out = out;
+            self.out.clear();
+        }
         Ok(())
     }
 
@@ -145,8 +194,17 @@ impl Conn {
             .io
             .take()
             .ok_or_else(|| std::io::Error::other("no socket"))?;
-        let tls = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
-        self.io = Some(Box::new(tls));
+        let tls: BoxIo = match io {
+            Transport::Tcp(tcp) => {
+                Box::new(tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?)
+            }
+            Transport::Tls(inner) => Box::new(
+                tokio_rustls::TlsAcceptor::from(config)
+                    .accept(inner)
+                    .await?,
+            ),
+        };
+        self.io = Some(Transport::Tls(tls));
         self.secure = true;
         self.restart();
         Ok(())
@@ -174,8 +232,15 @@ impl Conn {
     }
 
     pub async fn shutdown(&mut self) {
-        if let Some(io) = self.io.as_mut() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+        let wait = std::time::Duration::from_secs(1);
+        match self.io.as_mut() {
+            Some(Transport::Tcp(t)) => {
+                let _ = tokio::time::timeout(wait, t.shutdown()).await;
+            }
+            Some(Transport::Tls(t)) => {
+                let _ = tokio::time::timeout(wait, t.shutdown()).await;
+            }
+            None => {}
         }
     }
 }

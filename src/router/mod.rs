@@ -24,8 +24,9 @@ use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, St
 /// What a session task receives.
 #[derive(Debug)]
 pub enum ToSession {
-    /// A stanza to write to the client.
-    Stanza(Element),
+    /// A stanza to write to the client (boxed: the channel's slots stay
+    /// small, and an idle session's queue costs little memory).
+    Stanza(Box<Element>),
     /// End the session with this stream error.
     Kick(StreamError),
 }
@@ -235,10 +236,10 @@ impl Router {
         if session != 0 && s.id != session {
             return Err(el);
         }
-        match s.tx.try_send(ToSession::Stanza(el)) {
+        match s.tx.try_send(ToSession::Stanza(Box::new(el))) {
             Ok(()) => Ok(()),
             Err(e) => match e.into_inner() {
-                ToSession::Stanza(el) => Err(el),
+                ToSession::Stanza(el) => Err(*el),
                 ToSession::Kick(_) => Ok(()),
             },
         }

@@ -489,6 +489,16 @@ impl Framer {
         self.buf.len() - self.start
     }
 
+    /// Give the buffer's memory back when nothing is pending (called by a
+    /// connection before it waits for the socket, so an idle session holds
+    /// no read buffer).
+    pub fn shrink_idle(&mut self) {
+        self.compact();
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+    }
+
     fn fail(&mut self, e: FramerError) {
         self.failed = Some(e);
         self.buf = Vec::new();
