@@ -301,7 +301,12 @@ fn a_dead_nodes_sessions_are_dropped_and_its_users_messages_go_offline() {
             }
         }
         let want: Vec<String> = (0..5).map(|i| format!("while-dead-{i}")).collect();
-        assert_eq!(got, want);
+        assert_eq!(
+            got,
+            want,
+            "log of node {alices_node}:\n{}",
+            c.log_of(alices_node)
+        );
     });
 }
 

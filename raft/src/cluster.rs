@@ -262,8 +262,29 @@ impl ClusterHandle {
         self.propose(Proposal::Command(cmd)).await
     }
 
-    /// Commits `proposal` through the leader, wherever it is.
+    /// Commits `proposal` through the leader, wherever it is, and returns
+    /// once this node has applied it too: a caller that reads the local
+    /// state right after a write sees the write (read-your-writes), even on
+    /// a follower.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
+        let applied = self.propose_committed(proposal).await?;
+        let wait = self.0.propose_timeout;
+        let reached = self
+            .0
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(applied.log_index), "read your writes")
+            .await;
+        if reached.is_err() {
+            tracing::warn!(
+                index = applied.log_index,
+                "committed, but not applied here in time"
+            );
+        }
+        Ok(applied)
+    }
+
+    async fn propose_committed(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
         let deadline = Instant::now() + self.0.propose_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -167,7 +167,15 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         let mut seq = 0u64;
         let mut push = |item: Outgoing, unacked: &mut VecDeque<(u64, Outgoing)>| {
             seq += 1;
-            let env = envelope(seq, mesh.0.node, &item);
+            let applied = mesh
+                .0
+                .cluster
+                .state()
+                .read()
+                .last_applied
+                .map(|l| l.index)
+                .unwrap_or(0);
+            let env = envelope(seq, mesh.0.node, applied, &item);
             unacked.push_back((seq, item));
             env
         };
@@ -219,7 +227,7 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
     }
 }
 
-fn envelope(seq: u64, from_node: NodeId, item: &Outgoing) -> Envelope {
+fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) -> Envelope {
     match item {
         Outgoing::Stanza { to, session, el } => Envelope {
             seq,
@@ -228,6 +236,7 @@ fn envelope(seq: u64, from_node: NodeId, item: &Outgoing) -> Envelope {
             session: *session,
             xml: el.to_standalone_xml(),
             from_node,
+            applied_index,
         },
         Outgoing::Kick { to, session } => Envelope {
             seq,
@@ -236,6 +245,7 @@ fn envelope(seq: u64, from_node: NodeId, item: &Outgoing) -> Envelope {
             session: *session,
             xml: String::new(),
             from_node,
+            applied_index,
         },
     }
 }
@@ -283,6 +293,7 @@ async fn receive(
                 }
             };
             up_to = Some(env.seq);
+            catch_up(&router, env.applied_index).await;
             match Kind::try_from(env.kind) {
                 Ok(Kind::Stanza) => match crate::xmpp::parse_stanza(&env.xml) {
                     Ok(el) => router.from_mesh(&env.to, env.session, el).await,
@@ -299,6 +310,32 @@ async fn receive(
         }
     }
 }
+
+/// Waits (briefly) until this node has applied `index`: what the sender
+/// knew when it sent the stanza is known here before it is delivered.
+async fn catch_up(router: &Router, index: u64) {
+    let cluster = router.cluster();
+    let here = cluster
+        .state()
+        .read()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0);
+    if here >= index {
+        return;
+    }
+    let r = cluster
+        .raft()
+        .wait(Some(CATCH_UP))
+        .applied_index_at_least(Some(index), "mesh causal order")
+        .await;
+    if r.is_err() {
+        debug!(index, here, "delivering before catching up with the sender");
+    }
+}
+
+/// Longest a stanza waits for its causal predecessors to apply here.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The mesh service for the raft port's gRPC server (cluster secret checked).
 pub fn serve_mesh(
