@@ -227,7 +227,7 @@ enum Tx {
 }
 
 enum Rx {
-    Xmpp(client::Reader),
+    Xmpp(Box<client::Reader>),
     Raw(tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>),
 }
 
@@ -236,7 +236,7 @@ async fn open_pair_end(args: &BenchArgs, i: usize, addr: SocketAddr) -> anyhow::
         Target::Xmpp => {
             let c = client::connect(addr, &user(args, i), &args.password, &opts(args)).await?;
             let (_, r, w) = c.split();
-            Ok((Tx::Xmpp(w), Rx::Xmpp(r)))
+            Ok((Tx::Xmpp(w), Rx::Xmpp(Box::new(r))))
         }
         Target::Raw => {
             let c = raw::RawClient::connect(addr, &user(args, i)).await?;
