@@ -15,6 +15,7 @@
 //! then delivered at login), `idle` (resident memory per idle session).
 pub mod client;
 pub mod raw;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,7 +124,8 @@ pub struct BenchArgs {
 }
 
 /// One measured run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RunResult {
     pub label: String,
     pub scenario: String,
