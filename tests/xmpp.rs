@@ -445,3 +445,86 @@ fn carbons_and_roster_pushes_reach_every_resource_across_nodes() {
         assert_eq!(items, ["carol@localhost"]);
     });
 }
+
+#[test]
+fn direct_tls_client_state_indication_and_requests_kept_for_offline_contacts() {
+    rt().block_on(async {
+        let direct = common::free_ports(1)[0];
+        let c = TestCluster::start_with(1, fast_raft(), move |cfg| {
+            cfg.xmpp.direct_tls_addr = Some(common::addr(direct));
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob", "carol"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let addr = client_addr(&c, 1);
+
+        // XEP-0368: TLS from the first byte; no STARTTLS offered inside.
+        let mut d = RawClient::connect_direct_tls(common::addr(direct)).await;
+        let f = d.open().await;
+        assert!(!f.has_child("starttls", ns::TLS), "{f}");
+        assert!(f.has_child("mechanisms", ns::SASL), "{f}");
+        let r = d.auth_plain("carol", "pw-carol").await;
+        assert!(r.is("success", ns::SASL), "{r}");
+
+        // RFC 6121 §3.1.3: a request to a contact with no available
+        // resource is kept and delivered when the contact comes online.
+        let mut alice = RawClient::login(addr, "alice", "pw-alice", "a").await;
+        alice.send("<presence/>").await;
+        alice
+            .send("<presence to='bob@localhost' type='subscribe'/>")
+            .await;
+        alice.sync().await;
+        let mut bob = RawClient::login(addr, "bob", "pw-bob", "b").await;
+        bob.send("<presence/>").await;
+        let req = bob
+            .expect("stored subscription request", |e| {
+                e.name() == "presence" && e.attr("type") == Some("subscribe")
+            })
+            .await;
+        assert_eq!(req.attr("from"), Some("alice@localhost"));
+        // A pending request is not a roster item yet (§3.1.3).
+        bob.send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+            .await;
+        let roster = bob.expect("roster", |e| e.attr("id") == Some("r")).await;
+        assert_eq!(
+            roster
+                .get_child("query", ns::ROSTER)
+                .unwrap()
+                .children()
+                .count(),
+            0,
+            "{roster}"
+        );
+        bob.send("<presence to='alice@localhost' type='subscribed'/>")
+            .await;
+        alice
+            .expect("subscribed", |e| {
+                e.name() == "presence" && e.attr("type") == Some("subscribed")
+            })
+            .await;
+
+        // XEP-0352: while alice (who sees bob's presence) is inactive,
+        // bob's presence updates are held (only the latest kept) and come
+        // when she is active again.
+        alice.sync().await;
+        alice.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+        alice.sync().await;
+        bob.send("<presence><status>one</status></presence>").await;
+        bob.send("<presence><status>two</status></presence>").await;
+        bob.sync().await;
+        let held = alice.sync().await;
+        assert!(
+            held.iter().all(|e| e.name() != "presence"),
+            "presence reached an inactive client: {held:?}"
+        );
+        alice.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+        let after = alice.sync().await;
+        let statuses: Vec<String> = after
+            .iter()
+            .filter(|e| e.name() == "presence")
+            .filter_map(|e| e.get_child("status", ns::CLIENT).map(|s| s.text()))
+            .collect();
+        assert_eq!(statuses, ["two"], "only the latest presence: {after:?}");
+    });
+}

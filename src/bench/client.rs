@@ -118,7 +118,10 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// A TLS client config that accepts any certificate (for benchmarks and
+/// tests against servers with self-signed certificates; never for real
+/// use).
+pub fn insecure_tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
@@ -327,7 +330,7 @@ async fn connect_inner(
         }
         let io = n.io.take().context("no socket")?;
         let name = rustls::pki_types::ServerName::try_from(domain.clone())?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+        let tls = tokio_rustls::TlsConnector::from(insecure_tls_config()?)
             .connect(name, io)
             .await?;
         n.io = Some(Box::new(tls));

@@ -24,61 +24,8 @@ pub struct RawClient {
     pub jid: String,
 }
 
-/// Accepts any server certificate: the test servers use self-signed ones.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn tls_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
+    starling::bench::client::insecure_tls_config().unwrap()
 }
 
 /// A stream error's condition, if `el` is one.
@@ -225,6 +172,27 @@ impl RawClient {
         }
         self.expect("stream features", |e| e.is("features", ns::STREAM))
             .await
+    }
+
+    /// Direct TLS from the first byte (XEP-0368), ALPN `xmpp-client`.
+    pub async fn connect_direct_tls(addr: SocketAddr) -> RawClient {
+        let mut c = RawClient::connect(addr).await;
+        let io = c.io.take().unwrap();
+        let mut config = (*tls_config()).clone();
+        config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector
+            .connect(name, io)
+            .await
+            .expect("direct TLS handshake");
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"xmpp-client"[..]),
+            "ALPN"
+        );
+        c.io = Some(Box::new(tls));
+        c
     }
 
     pub async fn starttls(&mut self) {
