@@ -823,12 +823,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Sweep => {
             let mut saturation = None;
             for &rate in &args.rates {
-                let r = traffic(
+                let mut r = traffic(
                     &args,
                     rate,
                     args.addrs.len() > 1 && args.target == Target::Xmpp,
                 )
                 .await?;
+                r.note = "sweep".into();
                 let ok = r.lost == 0
                     && r.errors == 0
                     && r.p99_ms <= args.p99_bound_ms

@@ -18,15 +18,22 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<RunResult>> {
         .collect()
 }
 
+/// The run of `label`/`scenario` (at `rate`), preferring a dedicated run
+/// over a point of a sweep.
 fn find<'a>(
     rs: &'a [RunResult],
     label: &str,
     scenario: &str,
     rate: Option<u64>,
 ) -> Option<&'a RunResult> {
-    rs.iter().rev().find(|r| {
+    let matching = |r: &&RunResult| {
         r.label == label && r.scenario == scenario && rate.is_none_or(|x| r.offered_rate == x)
-    })
+    };
+    rs.iter()
+        .rev()
+        .filter(matching)
+        .find(|r| r.note != "sweep")
+        .or_else(|| rs.iter().rev().find(matching))
 }
 
 fn ms(v: f64) -> String {
@@ -116,7 +123,7 @@ pub fn svg(rs: &[RunResult], labels: &[String]) -> String {
             && run.offered_rate > 0
             && run.p99_ms > 0.0
             && labels.contains(&run.label)
-            && run.note.contains("sweep")
+            && run.note == "sweep"
         {
             series.entry(run.label.as_str()).or_default().push(run);
         }
