@@ -528,3 +528,37 @@ fn direct_tls_client_state_indication_and_requests_kept_for_offline_contacts() {
         assert_eq!(statuses, ["two"], "only the latest presence: {after:?}");
     });
 }
+
+#[test]
+fn in_band_password_change_and_account_removal() {
+    rt().block_on(async {
+        let c = TestCluster::start(1, fast_raft());
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        c.create_user(1, "dave").await.unwrap();
+        let addr = client_addr(&c, 1);
+        // XEP-0077 §3.3: change the password; the new one works, the old not.
+        let mut d = RawClient::login(addr, "dave", "pw-dave", "r").await;
+        d.send("<iq type='set' id='p1'><query xmlns='jabber:iq:register'><username>dave</username><password>new-secret</password></query></iq>").await;
+        let r = d.expect("password changed", |e| e.attr("id") == Some("p1")).await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        // Someone else's password cannot be changed.
+        d.send("<iq type='set' id='p2'><query xmlns='jabber:iq:register'><username>erin</username><password>x</password></query></iq>").await;
+        let r = d.expect("refused", |e| e.attr("id") == Some("p2")).await;
+        assert_eq!(stanza_error(&r).as_deref(), Some("not-allowed"), "{r}");
+        let mut old = RawClient::connect(addr).await;
+        old.open().await;
+        old.starttls().await;
+        old.open().await;
+        let r = old.auth_plain("dave", "pw-dave").await;
+        assert!(r.is("failure", ns::SASL), "old password still works: {r}");
+        let mut d2 = RawClient::login(addr, "dave", "new-secret", "r2").await;
+        // XEP-0077 §3.2: cancel the registration; the session ends and the
+        // account is gone.
+        d2.send("<iq type='set' id='c1'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+            .await;
+        let r = d2.expect("removed", |e| e.attr("id") == Some("c1")).await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        assert_eq!(d2.expect_stream_error().await, "not-authorized");
+        assert!(!c.users(1).await.contains(&"dave@localhost".to_string()));
+    });
+}

@@ -68,8 +68,6 @@ pub struct Conn {
     pub secure: bool,
     /// Whether our stream header was sent (a stream error needs one first).
     pub header_sent: bool,
-    /// Bytes seen since the last idle check.
-    pub activity: bool,
 }
 
 impl Conn {
@@ -83,7 +81,6 @@ impl Conn {
             peer,
             secure,
             header_sent: false,
-            activity: false,
         }
     }
 
@@ -133,7 +130,6 @@ impl Conn {
                     framer.feed(&rbuf[..n]);
                 }
             }
-            self.activity = true;
         }
     }
 
