@@ -313,7 +313,6 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                     conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS))
                         .await?;
                     conn.upgrade_tls(shared.tls.starttls.clone()).await?;
-                    conn.header_sent = false;
                     continue 'stream;
                 }
                 ("auth", ns::SASL) if authed.is_none() => {
@@ -322,11 +321,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                             .await?;
                         continue;
                     }
-                    let blocked = {
-                        let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                        l.check(None, ip, Instant::now())
-                    };
-                    if blocked.is_err() {
+                    if auth_blocked(shared, None, ip) {
                         conn.send(&sasl_failure(
                             "temporary-auth-failure",
                             Some("too many failed attempts; try again later"),
@@ -338,11 +333,6 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         conn.send(&sasl_failure("invalid-mechanism", None)).await?;
                         continue;
                     };
-                    if mech.requires_tls() && !conn.secure && !shared.config.allow_plaintext {
-                        conn.send(&sasl_failure("encryption-required", None))
-                            .await?;
-                        continue;
-                    }
                     let Ok(initial) = decode_payload(&el) else {
                         conn.send(&sasl_failure("incorrect-encoding", None)).await?;
                         continue;
@@ -354,11 +344,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         .and_then(|i| super::sasl::peek_authcid(mech, i))
                         .and_then(|u| account_jid(&u, &shared.domain));
                     if let Some(account) = account {
-                        let blocked = {
-                            let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                            l.check(Some(&account), ip, Instant::now())
-                        };
-                        if blocked.is_err() {
+                        if auth_blocked(shared, Some(&account), ip) {
                             conn.send(&sasl_failure(
                                 "temporary-auth-failure",
                                 Some("too many failed attempts for this account; try again later"),
@@ -379,7 +365,6 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                     {
                         authed = Some(bare);
                         conn.restart();
-                        conn.header_sent = false;
                         continue 'stream;
                     }
                 }
@@ -397,7 +382,6 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                     {
                         authed = Some(bare);
                         conn.restart();
-                        conn.header_sent = false;
                         continue 'stream;
                     }
                 }
@@ -475,6 +459,12 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
             }
         }
     }
+}
+
+/// Whether failed attempts (for `account` and from `ip`) are over the limit.
+fn auth_blocked(shared: &Shared, account: Option<&str>, ip: std::net::IpAddr) -> bool {
+    let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    l.check(account, ip, Instant::now()).is_err()
 }
 
 /// Answers one SASL step; returns the account's bare JID on success.

@@ -107,10 +107,7 @@ impl Session {
             },
         ) {
             // §7.7.2.2: the older session of the same full JID ends.
-            let _ = old.tx.try_send(ToSession::Kick(StreamError::with_text(
-                StreamCondition::Conflict,
-                "this resource was bound by a new session",
-            )));
+            let _ = old.tx.try_send(ToSession::Kick(crate::router::replaced()));
         }
         let binding = SessionBinding {
             node: router.node(),

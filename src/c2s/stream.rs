@@ -59,7 +59,6 @@ impl From<FramerError> for ConnError {
 pub struct Conn {
     io: Option<Transport>,
     framer: Framer,
-    limits: Limits,
     /// Read buffer for TLS only.
     rbuf: Vec<u8>,
     out: String,
@@ -74,8 +73,7 @@ impl Conn {
     pub fn new(io: Transport, limits: Limits, peer: SocketAddr, secure: bool) -> Self {
         Conn {
             io: Some(io),
-            framer: Framer::new(limits.clone()),
-            limits,
+            framer: Framer::new(limits),
             rbuf: Vec::new(),
             out: String::new(),
             peer,
@@ -133,9 +131,11 @@ impl Conn {
         }
     }
 
-    /// Forget the parser state: a stream restart (RFC 6120 §4.3.3).
+    /// A stream restart (RFC 6120 §4.3.3): forget the parser state; the
+    /// new stream needs a new header from us too.
     pub fn restart(&mut self) {
-        self.framer = Framer::new(self.limits.clone());
+        self.framer.reset();
+        self.header_sent = false;
     }
 
     /// Queue raw XML for sending.

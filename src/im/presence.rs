@@ -112,12 +112,12 @@ fn stored_presence(t: &Target, to: &str) -> Element {
     p
 }
 
-/// Contacts that receive the user's presence (subscription from/both).
-fn watchers(s: &Session) -> Vec<String> {
-    let state = s.shared.cluster.state().read();
+/// Contacts that receive `bare`'s presence (subscription from/both).
+fn watchers(router: &Router, bare: &str) -> Vec<String> {
+    let state = router.cluster().state().read();
     state
         .data
-        .roster_of(&s.bare)
+        .roster_of(bare)
         .filter(|i| i.has_from())
         .map(|i| i.jid.clone())
         .collect()
@@ -161,7 +161,7 @@ async fn available(s: &mut Session, mut el: Element) {
     let router = s.shared.router.clone();
     // §4.2.2 / §4.4.2: to every contact with a from/both subscription and
     // to the user's other available resources.
-    for contact in watchers(s) {
+    for contact in watchers(&router, &s.bare) {
         to_available_sessions(&router, &contact, &el, None).await;
     }
     to_available_sessions(&router, &s.bare.clone(), &el, Some(&s.full.clone())).await;
@@ -224,7 +224,7 @@ pub async fn broadcast_unavailable(s: &mut Session) {
 
 async fn send_unavailable(s: &mut Session, el: Element) {
     let router = s.shared.router.clone();
-    for contact in watchers(s) {
+    for contact in watchers(&router, &s.bare) {
         to_available_sessions(&router, &contact, &el, None).await;
     }
     let (bare, full) = (s.bare.clone(), s.full.clone());
@@ -345,16 +345,7 @@ pub async fn unavailable_for_lost_session(router: &Router, full: &str) {
     let el = Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
         .with_attr("from", full);
-    let watchers: Vec<String> = {
-        let state = router.cluster().state().read();
-        state
-            .data
-            .roster_of(&bare)
-            .filter(|i| i.has_from())
-            .map(|i| i.jid.clone())
-            .collect()
-    };
-    for contact in watchers {
+    for contact in watchers(router, &bare) {
         to_available_sessions(router, &contact, &el, None).await;
     }
     to_available_sessions(router, &bare, &el, Some(full)).await;

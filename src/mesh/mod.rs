@@ -299,7 +299,7 @@ async fn receive(
                     Ok(el) => router.from_mesh(&env.to, env.session, el).await,
                     Err(e) => warn!(error = %e, from = env.from_node, "unparseable stanza on mesh"),
                 },
-                Ok(Kind::Kick) => router.kick_from_mesh(&env.to, env.session).await,
+                Ok(Kind::Kick) => router.kick_local(&env.to, env.session).await,
                 Err(_) => warn!(kind = env.kind, "unknown mesh envelope kind"),
             }
         }

@@ -249,21 +249,22 @@ impl Router {
     /// full JID was bound again (RFC 6120 §7.7.2.2).
     pub async fn kick(&self, full: &str, binding: &SessionBinding) {
         if binding.node == self.0.node {
-            if let Some(s) = self.local_session(full) {
-                if s.id == binding.session {
-                    let _ =
-                        s.tx.send(ToSession::Kick(StreamError::with_text(
-                            StreamCondition::Conflict,
-                            "this resource was bound by a new session",
-                        )))
-                        .await;
-                }
-            }
+            self.kick_local(full, binding.session).await
         } else {
             self.0
                 .mesh
                 .send_kick(binding.node, full, binding.session)
                 .await;
+        }
+    }
+
+    /// Ends local session `session` of `full` (if it is still that one)
+    /// with `conflict`; also how a kick from the mesh arrives.
+    pub async fn kick_local(&self, full: &str, session: u64) {
+        if let Some(s) = self.local_session(full) {
+            if s.id == session {
+                let _ = s.tx.send(ToSession::Kick(replaced())).await;
+            }
         }
     }
 
@@ -526,20 +527,15 @@ impl Router {
             Box::pin(self.route_avoiding(el, Some(self.0.node))).await
         }
     }
+}
 
-    /// A kick from the mesh.
-    pub async fn kick_from_mesh(&self, full: &str, session: u64) {
-        let b = SessionBinding {
-            node: self.0.node,
-            session,
-            priority: 0,
-            available: false,
-            carbons: false,
-            presence: None,
-            bound_ms: 0,
-        };
-        self.kick(full, &b).await
-    }
+/// The stream error that ends a session whose full JID was bound again
+/// (RFC 6120 §7.7.2.2: the server terminates the older session).
+pub fn replaced() -> StreamError {
+    StreamError::with_text(
+        StreamCondition::Conflict,
+        "this resource was bound by a new session",
+    )
 }
 
 /// Adds the XEP-0359 `<stanza-id/>` for `by` (the recipient's bare JID),
