@@ -9,15 +9,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use base64::Engine;
 use starling_raft::credentials::{h, hmac, salted_password, ScramHash};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::xmpp::framer::{Event, Framer, Limits};
 use crate::xmpp::{ns, Element};
 
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
-pub type BoxIo = Box<dyn Io>;
+pub use crate::c2s::stream::BoxIo;
 
 /// SASL mechanism the client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

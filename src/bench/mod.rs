@@ -180,6 +180,48 @@ fn user(args: &BenchArgs, i: usize) -> String {
     format!("{}{}", args.user_prefix, i)
 }
 
+/// Logs users `0..n` in (round robin over the addresses), `concurrency` at
+/// a time: that many worker tasks pull the next index. Each outcome comes
+/// with how long its login took.
+async fn connect_users(
+    args: &BenchArgs,
+    n: usize,
+    o: ConnectOpts,
+) -> anyhow::Result<Vec<(Duration, anyhow::Result<client::Client>)>> {
+    let o = Arc::new(o);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (o, next, args) = (o.clone(), next.clone(), args.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return out;
+                }
+                let addr = args.addrs[i % args.addrs.len()];
+                let t = Instant::now();
+                let c = client::connect(addr, &user(&args, i), &args.password, &o).await;
+                out.push((t.elapsed(), c));
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    Ok(all)
+}
+
+/// Closes the streams of `clients`.
+async fn close_all(clients: Vec<client::Client>) {
+    for c in clients {
+        let (_, _, mut w) = c.split();
+        let _ = w.write_all(b"</stream:stream>").await;
+    }
+}
+
 /// Registers users `0..n` in-band, `concurrency` at a time.
 async fn register_users(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
     if !args.register || args.target == Target::Raw {
@@ -188,27 +230,12 @@ async fn register_users(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut o = opts(args);
     o.register = true;
-    let o = Arc::new(o);
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (o, next, args) = (o.clone(), next.clone(), args.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                let addr = args.addrs[i % args.addrs.len()];
-                let c = client::connect(addr, &user(&args, i), &args.password, &o).await?;
-                let (_, _, mut w) = c.split();
-                let _ = w.write_all(b"</stream:stream>").await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let clients = connect_users(args, n, o)
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    close_all(clients).await;
     eprintln!(
         "registered {n} users in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -518,53 +545,28 @@ async fn receive(
 /// login (TCP connect to available presence sent).
 async fn login_storm(args: &BenchArgs) -> anyhow::Result<RunResult> {
     let n = args.users;
-    let o = Arc::new(opts(args));
-    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (o, next, args) = (o.clone(), next.clone(), args.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut errors = 0u64;
-            let mut clients = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= n {
-                    return (h, errors, clients);
-                }
-                let addr = args.addrs[i % args.addrs.len()];
-                let t = Instant::now();
-                match client::connect(addr, &user(&args, i), &args.password, &o).await {
-                    Ok(c) => {
-                        let _ = h.record((t.elapsed().as_micros() as u64).max(1));
-                        clients.push(c);
-                    }
-                    Err(e) => {
-                        if errors == 0 {
-                            eprintln!("login failed: {e:#}");
-                        }
-                        errors += 1;
-                    }
-                }
-            }
-        }));
-    }
+    let outcomes = connect_users(args, n, opts(args)).await?;
     let mut hist = histogram();
     let mut errors = 0;
     let mut clients = Vec::new();
-    for t in tasks {
-        let (h, e, c) = t.await?;
-        hist.add(&h).ok();
-        errors += e;
-        clients.extend(c);
+    for (took, c) in outcomes {
+        match c {
+            Ok(c) => {
+                let _ = hist.record((took.as_micros() as u64).max(1));
+                clients.push(c);
+            }
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("login failed: {e:#}");
+                }
+                errors += 1;
+            }
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let ok = clients.len() as u64;
-    for c in clients {
-        let (_, _, mut w) = c.split();
-        let _ = w.write_all(b"</stream:stream>").await;
-    }
+    close_all(clients).await;
     let mut r = RunResult {
         label: args.label.clone(),
         scenario: "login".into(),
@@ -702,36 +704,17 @@ async fn idle_memory(args: &BenchArgs) -> anyhow::Result<RunResult> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = total_rss(&args.server_pids)?;
-    let o = Arc::new(opts(args));
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (o, next, args) = (o.clone(), next.clone(), args.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut kept = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= args.users {
-                    return anyhow::Ok(kept);
-                }
-                let addr = args.addrs[i % args.addrs.len()];
-                kept.push(client::connect(addr, &user(&args, i), &args.password, &o).await?);
-            }
-        }));
-    }
-    let mut sessions = Vec::new();
-    for t in tasks {
-        sessions.extend(t.await??);
-    }
+    let sessions = connect_users(args, args.users, opts(args))
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Let the server settle (allocator, GC) with every session idle.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = total_rss(&args.server_pids)?;
     let n = sessions.len() as u64;
     let per = (after.saturating_sub(before)) as f64 / n.max(1) as f64;
-    for c in sessions {
-        let (_, _, mut w) = c.split();
-        let _ = w.write_all(b"</stream:stream>").await;
-    }
+    close_all(sessions).await;
     Ok(RunResult {
         label: args.label.clone(),
         scenario: "idle".into(),

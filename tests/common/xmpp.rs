@@ -8,18 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use starling::c2s::stream::BoxIo;
 use starling::xmpp::framer::{Event, Framer, Limits};
 use starling::xmpp::{ns, Element};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
 pub struct RawClient {
-    io: Option<Box<dyn Io>>,
+    io: Option<BoxIo>,
     framer: Framer,
     pub jid: String,
 }
