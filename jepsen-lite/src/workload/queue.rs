@@ -375,6 +375,11 @@ async fn handle_sender_incoming(
     }
 }
 
+/// A receiver that heard nothing for this long probes its stream...
+const SILENCE_PROBE: Duration = Duration::from_secs(4);
+/// ...and gives it up when the probe is not answered within this.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How a receiver behaves until the drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -420,12 +425,33 @@ pub async fn receiver(ctx: Ctx, i: usize, opts: QueueOptions) {
                     .store(rng.gen_range(20..120), Ordering::Relaxed);
             }
             let end = Instant::now() + stay;
+            // Liveness, as a phone app does it: after a silence, ask for an
+            // ack (XEP-0198 §4); no answer in time means the node is gone.
+            let mut last_rx = Instant::now();
+            let mut probe: Option<Instant> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
             let lost = loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(end) => break false,
                     _ = stage_rx.changed() => if ctx.stage() >= Stage::Drain { break false; },
+                    _ = tick.tick() => {
+                        if let Some(p) = probe {
+                            if p.elapsed() > SILENCE_TIMEOUT {
+                                break true;
+                            }
+                        } else if last_rx.elapsed() > SILENCE_PROBE {
+                            if conn.send(&format!("<r xmlns='{NS_SM}'/>")).await.is_err() {
+                                break true;
+                            }
+                            probe = Some(Instant::now());
+                        }
+                    }
                     r = conn.next(Duration::from_secs(3600)) => match r {
-                        Ok(el) => if handle_receiver_incoming(&ctx, &mut conn, &mut sm, &me, &my_bare, &el).await.is_err() { break true; },
+                        Ok(el) => {
+                            last_rx = Instant::now();
+                            probe = None;
+                            if handle_receiver_incoming(&ctx, &mut conn, &mut sm, &me, &my_bare, &el).await.is_err() { break true; }
+                        }
                         Err(_) => break true,
                     },
                 }
