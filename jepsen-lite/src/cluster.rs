@@ -11,12 +11,12 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use starling_proto::admin::admin_client::AdminClient;
-use starling_proto::admin::{ListSessionsRequest, StatusReply, StatusRequest};
+use starling_proto::admin::{ListQueuesRequest, ListSessionsRequest, StatusReply, StatusRequest};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::net::Net;
-use jepsen_lite::history::MemberState;
+use jepsen_lite::history::{MemberState, QueueDepth};
 
 pub const DOMAIN: &str = "localhost";
 const RAFT_PORT: u16 = 7000;
@@ -350,6 +350,22 @@ impl Admin {
             .iter()
             .find(|s| s.full_jid.split('/').next() == Some(bare))
             .map(|s| s.node_id)
+    }
+
+    /// Offline queue depths as node `id` sees them.
+    pub async fn queues(&self, id: u64) -> anyhow::Result<Vec<QueueDepth>> {
+        let mut c = self.client(id, ADMIN_TIMEOUT).await?;
+        let r = tokio::time::timeout(ADMIN_TIMEOUT, c.list_queues(self.req(ListQueuesRequest {})))
+            .await
+            .map_err(|_| anyhow::anyhow!("list queues timed out"))??;
+        Ok(r.into_inner()
+            .queues
+            .into_iter()
+            .map(|q| QueueDepth {
+                jid: q.jid,
+                depth: q.depth,
+            })
+            .collect())
     }
 
     /// Each member's own view (asked of each member itself).

@@ -121,6 +121,13 @@ pub enum Entry {
         nodes: Vec<u64>,
         detail: String,
     },
+    /// The offline queues left after every recipient drained (admin
+    /// `ListQueues`): anything still queued was never taken out.
+    QueuesAfterDrain {
+        t_us: u64,
+        node: u64,
+        queues: Vec<QueueDepth>,
+    },
     /// Every member's view after healing, polled until they agree or the
     /// bound passes.
     Convergence {
@@ -146,6 +153,7 @@ impl Entry {
             | Entry::RosterSend { t_us, .. }
             | Entry::RosterFinal { t_us, .. }
             | Entry::Nemesis { t_us, .. }
+            | Entry::QueuesAfterDrain { t_us, .. }
             | Entry::Convergence { t_us, .. } => *t_us,
         }
     }
@@ -193,6 +201,13 @@ pub struct RosterItem {
     pub subscription: String,
     /// `ask='subscribe'` was set.
     pub ask: bool,
+}
+
+/// One account's offline queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    pub jid: String,
+    pub depth: u64,
 }
 
 /// One member's state as its admin API reported it.

@@ -74,6 +74,11 @@ struct Cli {
     /// Only these cluster sizes in the matrix (comma-separated; default 3,5).
     #[arg(long, default_value = "3,5")]
     matrix_nodes: String,
+    /// Anomaly classes that do not fail the exit status (comma-separated;
+    /// see `checker::failure_classes`). For CI while a known bug is open:
+    /// the report still shows them as failures.
+    #[arg(long, value_delimiter = ',')]
+    tolerate: Vec<String>,
     /// Re-check an existing run directory's history and rewrite its results.
     #[arg(long)]
     check: Option<PathBuf>,
@@ -161,7 +166,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         )?;
         jepsen_lite::report::write_report(dir, &results, &history)?;
         println!("{}", jepsen_lite::report::text_summary(&results));
-        return Ok(results.verdict.valid);
+        return Ok(exit_ok(&results, &cli.tolerate));
     }
     if !nemesis::KINDS.contains(&cli.nemesis.as_str()) {
         bail!(
@@ -234,7 +239,29 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
     let results = rt.block_on(run::run(args, net))?;
     println!("{}", jepsen_lite::report::text_summary(&results));
     println!("report: {}", dir.join("report.html").display());
-    Ok(results.verdict.valid)
+    Ok(exit_ok(&results, &cli.tolerate))
+}
+
+/// Whether the run passes, or fails only in classes the caller tolerates
+/// (said loudly: a tolerated anomaly is still an anomaly).
+fn exit_ok(results: &Results, tolerate: &[String]) -> bool {
+    if results.verdict.valid {
+        return true;
+    }
+    let classes = jepsen_lite::checker::failure_classes(results);
+    let (known, new): (Vec<&str>, Vec<&str>) = classes
+        .iter()
+        .partition(|c| tolerate.iter().any(|t| t == *c));
+    if new.is_empty() {
+        println!(
+            "FAIL, BUT ONLY IN TOLERATED KNOWN-OPEN CLASSES ({}): exit status 0 by --tolerate",
+            known.join(", ")
+        );
+        true
+    } else {
+        println!("failing classes: {}", classes.join(", "));
+        false
+    }
 }
 
 /// Each cell in its own child process (its own namespaces), one after the

@@ -233,6 +233,7 @@ pub(crate) mod tests {
                 }],
                 recovered: 2,
                 unknown_lost: 1,
+                undrained: vec![],
                 acked_then_bounced: vec![],
                 failed_but_delivered: vec![],
                 order_violations: (0..25)

@@ -106,6 +106,10 @@ pub struct QueueResult {
     /// The sender was told it failed, yet it was delivered.
     pub failed_but_delivered: Vec<MsgRef>,
     pub order_violations: Vec<OrderViolation>,
+    /// Offline queues not empty after every recipient drained and closed
+    /// (messages stored but never taken out): (bare JID, depth).
+    #[serde(default)]
+    pub undrained: Vec<(String, u64)>,
     /// Extra copies / distinct ids received.
     pub duplicate_rate: f64,
 }

@@ -149,6 +149,17 @@ pub async fn run(args: RunArgs, net: Net) -> anyhow::Result<Results> {
         roster::read_final(&ctx, &u).await;
     }
     let (converged, waited_ms, members) = admin.wait_converged(Duration::from_secs(30)).await;
+    // After convergence every node holds the same queues: ask one.
+    for id in admin.addrs.iter().map(|(id, _)| *id) {
+        if let Ok(queues) = admin.queues(id).await {
+            rec.record(Entry::QueuesAfterDrain {
+                t_us: rec.now(),
+                node: id,
+                queues,
+            });
+            break;
+        }
+    }
     rec.record(Entry::Convergence {
         t_us: rec.now(),
         converged,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use quick_xml::events::Event as XmlEvent;
-use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufReader, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -475,7 +475,11 @@ fn element_of(e: &quick_xml::events::BytesStart<'_>) -> Element {
 }
 
 /// Reads stanzas (depth-1 elements) off the stream and sends them on.
-async fn read_loop(r: ReadHalf<Tls>, tx: mpsc::UnboundedSender<Incoming>, delay: Arc<AtomicU64>) {
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    r: R,
+    tx: mpsc::UnboundedSender<Incoming>,
+    delay: Arc<AtomicU64>,
+) {
     let mut reader = quick_xml::Reader::from_reader(BufReader::new(r));
     reader.config_mut().check_end_names = false;
     reader.config_mut().trim_text(false);
@@ -582,6 +586,59 @@ pub fn message_facts(el: &Element, by: &str) -> Option<(String, Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reader cuts stanzas out of a stream fed in small pieces, across
+    /// a stream restart, with entities resolved and the close reported.
+    #[tokio::test]
+    async fn reader_cuts_stanzas_across_restarts() {
+        use tokio::io::AsyncWriteExt;
+        let (mut server, client) = tokio::io::duplex(64);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(read_loop(client, tx, Arc::new(AtomicU64::new(0))));
+        let wire = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
+            <stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+            <mechanism>PLAIN</mechanism></mechanisms></stream:features>\
+            <success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>\
+            <stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>\
+            <message from='a@x/r' type='chat' id='m&amp;1'><body>1 &lt; 2 &amp;&#x41;</body></message>\
+            <r xmlns='urn:xmpp:sm:3'/></stream:stream>";
+        for chunk in wire.as_bytes().chunks(7) {
+            server.write_all(chunk).await.unwrap();
+        }
+        drop(server);
+        let mut got = Vec::new();
+        while let Some(m) = rx.recv().await {
+            got.push(m);
+        }
+        task.await.unwrap();
+        let names: Vec<String> = got
+            .iter()
+            .map(|m| match m {
+                Incoming::Stanza(e) => e.name.clone(),
+                Incoming::Closed(w) => format!("closed: {w}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "features",
+                "success",
+                "message",
+                "r",
+                "closed: server closed the stream"
+            ]
+        );
+        let Incoming::Stanza(msg) = &got[2] else {
+            panic!()
+        };
+        assert_eq!(msg.attr("id"), Some("m&1"));
+        assert_eq!(msg.child("body").unwrap().text, "1 < 2 &A");
+        let Incoming::Stanza(f) = &got[0] else {
+            panic!()
+        };
+        assert_eq!(f.child("mechanisms").unwrap().children[0].text, "PLAIN");
+    }
 
     #[test]
     fn escape_covers_markup() {

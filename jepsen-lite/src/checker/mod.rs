@@ -44,9 +44,24 @@ pub fn check(history: &[Entry], run: RunInfo) -> Results {
     let availability = stats::availability(&msgs, &windows);
     let latency = stats::latency(&msgs, history.iter().map(Entry::t_us).max());
 
+    let mut q = q;
+    q.result.undrained = undrained(history);
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
     queue_verdict(&q, &mut failures, &mut warnings);
+    if !q.result.undrained.is_empty() {
+        let names: Vec<String> = q
+            .result
+            .undrained
+            .iter()
+            .map(|(j, d)| format!("{j} ({d})"))
+            .collect();
+        failures.push(format!(
+            "{} offline queues still hold messages after every recipient drained: {}",
+            names.len(),
+            name_some(names.iter().map(String::as_str))
+        ));
+    }
     register_verdict(&register, &mut failures);
     match &convergence {
         None => failures.push("no convergence check recorded".to_string()),
@@ -73,6 +88,81 @@ pub fn check(history: &[Entry], run: RunInfo) -> Results {
         availability,
         latency,
     }
+}
+
+/// Non-empty offline queues in the last `QueuesAfterDrain` entry.
+fn undrained(history: &[Entry]) -> Vec<(String, u64)> {
+    history
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Entry::QueuesAfterDrain { queues, .. } => Some(
+                queues
+                    .iter()
+                    .filter(|q| q.depth > 0)
+                    .map(|q| (q.jid.clone(), q.depth))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Every anomaly class a run's verdict fails on, by name, for callers that
+/// must tell them apart (`--tolerate` in CI while a known bug is open):
+/// `lost`, `undrained`, `unexpected`, `acked-then-bounced`, `failed-but-delivered`,
+/// `duplicate-without-stanza-id`, `duplicate-rate`, `nonlinearizable`,
+/// `not-converged`, `roster`, `partitions-skipped`, and `node-crash` /
+/// `not-ready` for the runner's own failure lines.
+pub fn failure_classes(r: &Results) -> Vec<&'static str> {
+    let q = &r.queue;
+    let mut c = Vec::new();
+    let mut add = |cond: bool, name: &'static str| {
+        if cond {
+            c.push(name);
+        }
+    };
+    add(!q.lost.is_empty(), "lost");
+    add(!q.undrained.is_empty(), "undrained");
+    add(!q.unexpected.is_empty(), "unexpected");
+    add(!q.acked_then_bounced.is_empty(), "acked-then-bounced");
+    add(!q.failed_but_delivered.is_empty(), "failed-but-delivered");
+    add(
+        q.duplicated.iter().any(|d| !d.same_stanza_id),
+        "duplicate-without-stanza-id",
+    );
+    add(q.duplicate_rate >= DUPLICATE_RATE_LIMIT, "duplicate-rate");
+    add(!r.register.linearizable, "nonlinearizable");
+    add(
+        r.verdict
+            .failures
+            .iter()
+            .any(|f| f.starts_with("cluster did not converge") || f.starts_with("no convergence")),
+        "not-converged",
+    );
+    add(
+        !r.roster.disagreements.is_empty() || !r.roster.unread.is_empty(),
+        "roster",
+    );
+    add(r.run.partitions_skipped, "partitions-skipped");
+    add(
+        r.verdict
+            .failures
+            .iter()
+            .any(|f| f.contains("exited on its own")),
+        "node-crash",
+    );
+    add(
+        r.verdict
+            .failures
+            .iter()
+            .any(|f| f.starts_with("cluster not ready")),
+        "not-ready",
+    );
+    if c.is_empty() && !r.verdict.valid {
+        c.push("other");
+    }
+    c
 }
 
 /// The fault windows of `history`: each `Nemesis` start paired with the
@@ -334,6 +424,39 @@ mod tests {
         h.push(nemesis(8, 1, false));
         h.push(convergence(200, true));
         h
+    }
+
+    #[test]
+    fn failure_classes_name_each_failure() {
+        let r = check(&[], run_info());
+        assert_eq!(failure_classes(&r), vec!["not-converged"]);
+        let mut info = run_info();
+        info.partitions_skipped = true;
+        let r = check(&[], info);
+        assert_eq!(
+            failure_classes(&r),
+            vec!["not-converged", "partitions-skipped"]
+        );
+        let r = check(&clean(), run_info());
+        assert!(failure_classes(&r).is_empty());
+        let mut h = clean();
+        h.push(Entry::QueuesAfterDrain {
+            t_us: 1,
+            node: 1,
+            queues: vec![
+                crate::history::QueueDepth {
+                    jid: "a@x".into(),
+                    depth: 0,
+                },
+                crate::history::QueueDepth {
+                    jid: "b@x".into(),
+                    depth: 3,
+                },
+            ],
+        });
+        let r = check(&h, run_info());
+        assert_eq!(failure_classes(&r), vec!["undrained"]);
+        assert_eq!(r.queue.undrained, vec![("b@x".to_string(), 3)]);
     }
 
     fn verdict(h: &[Entry]) -> Verdict {

@@ -359,6 +359,15 @@ pub(super) fn build(r: &Results, history: &[Entry]) -> Page {
                 n(q.order_violations.len()),
                 !q.order_violations.is_empty(),
             ),
+            (
+                "offline queues left undrained",
+                q.undrained
+                    .iter()
+                    .map(|(j, d)| format!("{j}: {d}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                !q.undrained.is_empty(),
+            ),
             ("duplicate rate", percent(q.duplicate_rate, 2), false),
         ],
     ));
@@ -400,7 +409,11 @@ pub(super) fn build(r: &Results, history: &[Entry]) -> Page {
         &[
             (
                 "in faults",
-                format!("{} of {}", percent(a.ok_in_faults, 1), a.sends_in_faults),
+                if a.sends_in_faults == 0 {
+                    "no sends during faults".to_string()
+                } else {
+                    format!("{} of {}", percent(a.ok_in_faults, 1), a.sends_in_faults)
+                },
                 false,
             ),
             (

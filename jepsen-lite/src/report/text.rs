@@ -92,7 +92,7 @@ pub fn text_summary(r: &Results) -> String {
         s,
         "queue: {} sent, {} ok, {} fail, {} unknown, {} received; {} lost, {} unexpected, \
          {} duplicated, {} recovered, {} acked-then-bounced, {} failed-but-delivered, \
-         {} order violations",
+         {} order violations, {} queues undrained",
         q.sent,
         q.ok,
         q.fail,
@@ -104,7 +104,8 @@ pub fn text_summary(r: &Results) -> String {
         q.recovered,
         q.acked_then_bounced.len(),
         q.failed_but_delivered.len(),
-        q.order_violations.len()
+        q.order_violations.len(),
+        q.undrained.len()
     );
     let _ = writeln!(
         s,
@@ -130,7 +131,11 @@ pub fn text_summary(r: &Results) -> String {
     let _ = writeln!(
         s,
         "availability: {} ok in faults, {} outside; latency p50 {}, p99 {}, max {}",
-        percent(r.availability.ok_in_faults, 1),
+        if r.availability.sends_in_faults == 0 {
+            "n/a".to_string()
+        } else {
+            percent(r.availability.ok_in_faults, 1)
+        },
         percent(r.availability.ok_outside, 1),
         ms(r.latency.p50_ms),
         ms(r.latency.p99_ms),
