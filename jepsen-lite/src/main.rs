@@ -191,6 +191,12 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             cli.seed
         ))
     });
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!(
+            "run directory {} is not empty (a run needs fresh data directories)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
     let ids: Vec<u64> = (1..=cli.nodes).collect();
@@ -236,7 +242,18 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let results = rt.block_on(run::run(args, net))?;
+    // Ctrl-C or SIGTERM: drop the run, which drops the runtime's tasks and
+    // with them the node processes (killed on drop) and the namespaces.
+    let results = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run::run(args, net) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let results = results?;
     println!("{}", jepsen_lite::report::text_summary(&results));
     println!("report: {}", dir.join("report.html").display());
     Ok(exit_ok(&results, &cli.tolerate))

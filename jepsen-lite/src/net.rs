@@ -109,6 +109,18 @@ pub fn remove_stale() {
         };
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         if !alive || pid == std::process::id() as i32 {
+            // Processes a dead run left inside (its nodes) go with it.
+            if let Ok(pids) = ip(&["netns", "pids", name]) {
+                for p in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
             let _ = ip(&["netns", "del", name]);
         }
     }
