@@ -79,6 +79,10 @@ struct Cli {
     /// the report still shows them as failures.
     #[arg(long, value_delimiter = ',')]
     tolerate: Vec<String>,
+    /// Print one matrix table of every run under these directories (run
+    /// directories, or directories of them), re-checked with this checker.
+    #[arg(long, num_args = 1..)]
+    summarize: Vec<PathBuf>,
     /// Re-check an existing run directory's history and rewrite its results.
     #[arg(long)]
     check: Option<PathBuf>,
@@ -155,6 +159,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<bool> {
+    if !cli.summarize.is_empty() {
+        return summarize(&cli.summarize);
+    }
     if let Some(dir) = &cli.check {
         let history = jepsen_lite::history::load(&dir.join("history.jsonl"))?;
         let old: Results =
@@ -279,6 +286,49 @@ fn exit_ok(results: &Results, tolerate: &[String]) -> bool {
         println!("failing classes: {}", classes.join(", "));
         false
     }
+}
+
+/// Re-checks every run found under `dirs` and prints one table.
+fn summarize(dirs: &[PathBuf]) -> anyhow::Result<bool> {
+    let mut runs: Vec<PathBuf> = Vec::new();
+    for d in dirs {
+        if d.join("history.jsonl").exists() {
+            runs.push(d.clone());
+            continue;
+        }
+        let mut sub: Vec<PathBuf> = std::fs::read_dir(d)
+            .with_context(|| format!("cannot read {}", d.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("history.jsonl").exists() && p.join("results.json").exists())
+            .collect();
+        sub.sort();
+        runs.extend(sub);
+    }
+    let mut rows = Vec::new();
+    let mut all_valid = true;
+    for dir in runs {
+        let history = jepsen_lite::history::load(&dir.join("history.jsonl"))?;
+        let old: Results =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("results.json"))?)?;
+        let mut results = jepsen_lite::checker::check(&history, old.run.clone());
+        // Keep the runner's own failure lines (crashes, not ready).
+        for f in &old.verdict.failures {
+            if (f.contains("exited on its own") || f.starts_with("cluster not ready"))
+                && !results.verdict.failures.contains(f)
+            {
+                results.verdict.failures.push(f.clone());
+                results.verdict.valid = false;
+            }
+        }
+        all_valid &= results.verdict.valid;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rows.push((name, results));
+    }
+    println!("{}", jepsen_lite::report::matrix_table(&rows));
+    Ok(all_valid)
 }
 
 /// Each cell in its own child process (its own namespaces), one after the

@@ -73,11 +73,11 @@ pub async fn run(args: RunArgs, net: Net) -> anyhow::Result<Results> {
     // recipient who stays offline: megabytes of state while a node is down.
     let bulk = queue::QueueOptions {
         pairs: args.pairs + 1,
-        rate: 3.0,
+        rate: 8.0,
         window: 16,
         ack_timeout: Duration::from_secs(8),
         offline_receivers: args.pairs + 1,
-        bulk_bytes: 200_000,
+        bulk_bytes: 250_000,
     };
     let mut users = queue::users(&bulk);
     users.extend(roster::users(ROSTER_USERS));

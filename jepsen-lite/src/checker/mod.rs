@@ -115,6 +115,9 @@ fn undrained(history: &[Entry]) -> Vec<(String, u64)> {
 /// `not-converged`, `roster`, `partitions-skipped`, and `node-crash` /
 /// `not-ready` for the runner's own failure lines.
 pub fn failure_classes(r: &Results) -> Vec<&'static str> {
+    if r.verdict.valid {
+        return Vec::new();
+    }
     let q = &r.queue;
     let mut c = Vec::new();
     let mut add = |cond: bool, name: &'static str| {

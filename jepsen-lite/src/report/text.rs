@@ -26,9 +26,10 @@ pub fn matrix_table(rows: &[(String, Results)]) -> String {
     let mut s = String::new();
     s.push_str(
         "| run | nodes | nemesis | seed | ops | ok sends | lost | unexpected | duplicated \
-         | recovered | bounced-after-ack | linearizable | converged | verdict |\n",
+         | recovered | failed-but-delivered | bounced-after-ack | linearizable | converged \
+         | verdict | failing classes |\n",
     );
-    s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n");
+    s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|\n");
     let (mut pass, mut fail, mut skipped) = (0usize, 0usize, 0usize);
     for (name, r) in rows {
         let verdict = verdict_label(r);
@@ -44,7 +45,7 @@ pub fn matrix_table(rows: &[(String, Results)]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             cell(name),
             r.run.nodes,
             cell(&r.run.nemesis),
@@ -55,10 +56,12 @@ pub fn matrix_table(rows: &[(String, Results)]) -> String {
             r.queue.unexpected.len(),
             duplicated(r),
             r.queue.recovered,
+            r.queue.failed_but_delivered.len(),
             r.queue.acked_then_bounced.len(),
             yes_no(r.register.linearizable),
             yes_no(r.convergence.converged),
             verdict_cell,
+            crate::checker::failure_classes(r).join(", "),
         );
     }
     let _ = writeln!(
@@ -188,16 +191,16 @@ mod tests {
         for l in &body {
             assert_eq!(cols(l), cols(lines[0]), "{l}");
         }
-        assert!(body[0].ends_with("| **FAIL** |"), "{}", body[0]);
+        assert!(body[0].contains("| **FAIL** | lost"), "{}", body[0]);
         // ops = 100 sends + 40 register ops; one duplicate kept its stanza-id.
         assert!(
-            body[0].contains("| 140 | 95 | 1 | 0 | 1 (1 sid) | 2 | 0 | no | yes |"),
+            body[0].contains("| 140 | 95 | 1 | 0 | 1 (1 sid) | 2 | 0 | 0 | no | yes |"),
             "{}",
             body[0]
         );
-        assert!(body[1].ends_with("| PASS |"), "{}", body[1]);
+        assert!(body[1].ends_with("| PASS |  |"), "{}", body[1]);
         assert!(
-            body[2].ends_with("| **SKIPPED-PARTITIONS** |"),
+            body[2].contains("| **SKIPPED-PARTITIONS** | "),
             "{}",
             body[2]
         );
