@@ -192,7 +192,8 @@ pub struct Bucket {
     pub p99_ms: f64,
 }
 
-/// Delivery latency: first receipt minus send, over the whole run.
+/// Delivery latency: first receipt minus send, over the whole run, for live
+/// deliveries (copies from offline storage waited for their recipient).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct LatencyResult {
     pub samples: u64,

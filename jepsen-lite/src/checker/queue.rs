@@ -41,6 +41,8 @@ pub struct RecvRec {
     pub to: String,
     pub node: u64,
     pub stanza_id: Option<String>,
+    /// Came from offline storage (XEP-0203 delay).
+    pub delayed: bool,
 }
 
 /// Everything the history says about one message id.
@@ -189,6 +191,7 @@ pub fn index(history: &[Entry]) -> Vec<Msg> {
                 to,
                 stanza_id,
                 node,
+                delayed,
                 ..
             } => {
                 let i = slot(&mut msgs, &mut by_id, id);
@@ -198,6 +201,7 @@ pub fn index(history: &[Entry]) -> Vec<Msg> {
                     to: to.clone(),
                     node: *node,
                     stanza_id: stanza_id.clone(),
+                    delayed: *delayed,
                 });
             }
             _ => {}

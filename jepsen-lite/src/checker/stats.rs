@@ -61,7 +61,8 @@ fn latency_ms(send_us: u64, recv_us: u64) -> f64 {
     recv_us.saturating_sub(send_us) as f64 / 1000.0
 }
 
-/// Delivery latency over the run, and one bucket per second from 0 to the
+/// Delivery latency of live deliveries (first copy without an XEP-0203
+/// delay) over the run, and one bucket per second from 0 to the
 /// second of `end_us` (the last entry's time). A bucket counts the sends
 /// invoked in it (and how many of them ended ok) and the first copies
 /// received in it, with the latency percentiles of those that were sent.
@@ -80,7 +81,14 @@ pub fn latency(msgs: &[Msg], end_us: Option<u64>) -> LatencyResult {
         let Some(first) = m.first_recv_us() else {
             continue;
         };
-        let lat = m.send.as_ref().map(|s| latency_ms(s.t_us, first));
+        // Live deliveries only: a copy from offline storage waited for its
+        // recipient to come back, which is not the server's latency.
+        let live = m.recvs.first().is_some_and(|r| !r.delayed);
+        let lat = m
+            .send
+            .as_ref()
+            .filter(|_| live)
+            .map(|s| latency_ms(s.t_us, first));
         if let Some(l) = lat {
             all.push(l);
         }
@@ -202,6 +210,28 @@ mod tests {
         assert_eq!((s1.p50_ms, s1.p99_ms), (20.0, 20.0));
         let s2 = &l.series[2];
         assert_eq!((s2.sent, s2.received, s2.p50_ms), (0, 0, 0.0));
+    }
+
+    #[test]
+    fn offline_copies_count_as_received_but_not_in_latency() {
+        let mut late = recv(60_000, "b");
+        if let Entry::Recv { delayed, .. } = &mut late {
+            *delayed = true;
+        }
+        let h: Vec<Entry> = vec![
+            send(100, "a"),
+            ok(101, "a"),
+            recv(110, "a"),
+            send(200, "b"),
+            ok(201, "b"),
+            late,
+        ];
+        let msgs = index(&h);
+        let l = latency(&msgs, h.iter().map(Entry::t_us).max());
+        assert_eq!(l.samples, 1);
+        assert_eq!(l.max_ms, 10.0);
+        assert_eq!(l.series[60].received, 1);
+        assert_eq!(l.series[60].p99_ms, 0.0);
     }
 
     #[test]
