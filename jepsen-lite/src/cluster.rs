@@ -44,6 +44,9 @@ pub struct Node {
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    /// Exits nobody asked for, noticed when the nemesis next touched the
+    /// node (a node that died by itself, then was "killed").
+    exits: Vec<(u64, String)>,
     pub net: Net,
     binary: PathBuf,
     pub token: String,
@@ -120,6 +123,7 @@ impl Cluster {
         }
         Ok(Cluster {
             nodes,
+            exits: Vec::new(),
             net,
             binary,
             token,
@@ -141,8 +145,26 @@ impl Cluster {
             .ok_or_else(|| anyhow::anyhow!("no node {id}"))
     }
 
+    /// Records it if node `id`'s process already exited on its own.
+    fn note_exit(&mut self, id: u64) {
+        let mut exited = None;
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) {
+            if let Some(c) = n.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    exited = Some(status.to_string());
+                    n.child = None;
+                    n.state = NodeState::Dead;
+                }
+            }
+        }
+        if let Some(status) = exited {
+            self.exits.push((id, status));
+        }
+    }
+
     /// Starts node `id`'s process (its log is appended to).
     pub fn start(&mut self, id: u64) -> anyhow::Result<()> {
+        self.note_exit(id);
         let prefix = self.net.exec_prefix(id);
         let binary = self.binary.clone();
         let node = self.node_mut(id)?;
@@ -178,6 +200,7 @@ impl Cluster {
 
     /// `kill -9`.
     pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        self.note_exit(id);
         if let Some(pid) = self.pid(id) {
             let _ = kill(pid, Signal::SIGKILL);
         }
@@ -191,6 +214,7 @@ impl Cluster {
 
     /// `SIGSTOP`.
     pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        self.note_exit(id);
         if let Some(pid) = self.pid(id) {
             kill(pid, Signal::SIGSTOP)?;
             self.node_mut(id)?.state = NodeState::Paused;
@@ -220,7 +244,11 @@ impl Cluster {
                     changed.push(id);
                 }
                 Some(NodeState::Dead) => {
-                    self.start(id)?;
+                    // Keep going: one node that cannot start must not leave
+                    // the others dead.
+                    if let Err(e) = self.start(id) {
+                        eprintln!("cannot restart n{id}: {e:#}");
+                    }
                     changed.push(id);
                 }
                 _ => {}
@@ -239,7 +267,7 @@ impl Cluster {
 
     /// A node's process exited on its own (not by the nemesis).
     pub fn crashed(&mut self) -> Vec<(u64, String)> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.exits);
         for n in &mut self.nodes {
             if let Some(c) = n.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {

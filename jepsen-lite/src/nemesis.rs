@@ -358,7 +358,14 @@ impl Nemesis {
                 };
                 if let Net::Netns(net) = &mut self.cluster.net {
                     for &(a, b) in &cuts {
-                        net.cut(a, b)?;
+                        if let Err(e) = net.cut(a, b) {
+                            // Undo the part already made: no fault runs
+                            // without its entry in the history.
+                            for &(x, y) in &cuts {
+                                let _ = net.uncut(x, y);
+                            }
+                            return Err(e);
+                        }
                     }
                 }
                 self.note(fault, true, p, &nodes, detail);
@@ -416,7 +423,10 @@ impl Nemesis {
                 healed.push(a);
                 healed.push(b);
             }
-            let _ = net.heal_all();
+            if let Err(e) = net.heal_all() {
+                let _ = writeln!(self.log, "final heal failed: {e:#}");
+                eprintln!("WARNING: final heal failed: {e:#}");
+            }
         }
         if let Ok(ids) = self.cluster.revive_all() {
             healed.extend(ids);

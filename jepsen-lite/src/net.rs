@@ -226,7 +226,8 @@ impl Netns {
 
     /// Undoes `cut(from, to)`.
     pub fn uncut(&mut self, from: u64, to: u64) -> anyhow::Result<()> {
-        if self.cuts.remove(&(from, to)) {
+        if self.cuts.contains(&(from, to)) {
+            // Forgotten only once the blackhole is really gone.
             ip(&[
                 "-n",
                 &self.ns_name(from),
@@ -236,6 +237,7 @@ impl Netns {
                 "dev",
                 &ifname(to),
             ])?;
+            self.cuts.remove(&(from, to));
         }
         Ok(())
     }
@@ -243,10 +245,13 @@ impl Netns {
     /// Heals every cut.
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         let cuts: Vec<_> = self.cuts.iter().copied().collect();
+        let mut first_err = None;
         for (a, b) in cuts {
-            self.uncut(a, b)?;
+            if let Err(e) = self.uncut(a, b) {
+                first_err.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     pub fn cuts(&self) -> Vec<(u64, u64)> {

@@ -446,7 +446,7 @@ impl Conn {
             }
         })
         .await;
-        let _ = self.writer.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
     }
 }
 

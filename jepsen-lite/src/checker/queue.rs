@@ -229,6 +229,21 @@ pub fn check_queue(msgs: &[Msg]) -> QueueCheck {
     let mut r = QueueResult::default();
     let mut extra_copies = 0u64;
     for m in msgs {
+        // A copy that reached someone the message was not sent to is not a
+        // delivery: it is unexpected there (and the message may be lost).
+        let m = &match &m.send {
+            Some(send) if m.recvs.iter().any(|c| c.to != send.to) => {
+                for c in m.recvs.iter().filter(|c| c.to != send.to) {
+                    let mut wrong = m.msg_ref(c.t_us);
+                    wrong.to = c.to.clone();
+                    r.unexpected.push(wrong);
+                }
+                let mut kept = m.clone();
+                kept.recvs.retain(|c| c.to == send.to);
+                kept
+            }
+            _ => m.clone(),
+        };
         let received = !m.recvs.is_empty();
         if received {
             r.received += 1;
@@ -390,6 +405,20 @@ mod tests {
         assert_eq!(r.lost[0].sent_us, ms(50));
         assert_eq!(r.lost[0].at_us, ms(55), "at the ack");
         assert_eq!(r.lost[0].from, "q-0@example.test");
+    }
+
+    #[test]
+    fn a_copy_to_the_wrong_recipient_is_unexpected_and_the_message_lost() {
+        let mut wrong = recv(20, "a");
+        if let Entry::Recv { to, .. } = &mut wrong {
+            *to = "someone-else@example.test".into();
+        }
+        let h = vec![send(10, "a"), ok(11, "a"), wrong];
+        let r = check_queue(&index(&h)).result;
+        assert_eq!(r.unexpected.len(), 1);
+        assert_eq!(r.unexpected[0].to, "someone-else@example.test");
+        assert_eq!(r.lost.len(), 1);
+        assert_eq!(r.received, 0);
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub async fn sender(ctx: Ctx, i: usize, opts: QueueOptions) {
         }
         // Connect: resume the old stream if there is one, else log in.
         let (node, _) = ctx.random_node(&mut rng);
-        let mut conn = match reconnect(&ctx, &me, node, &mut sm, &failed).await {
+        let mut conn = match reconnect(&ctx, &me, node, &mut sm).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = e;
@@ -158,31 +158,31 @@ fn give_up(ctx: &Ctx, sm: &mut SenderSm, reason: &str) {
 }
 
 /// Resumes the previous stream on `node` (XEP-0198 §5) or logs in afresh.
-async fn reconnect(
-    ctx: &Ctx,
-    me: &str,
-    node: u64,
-    sm: &mut SenderSm,
-    failed: &HashSet<String>,
-) -> Result<Conn, XmppError> {
+async fn reconnect(ctx: &Ctx, me: &str, node: u64, sm: &mut SenderSm) -> Result<Conn, XmppError> {
     if let Some(previd) = sm.id.clone() {
         let mut conn = connect_auth(ctx, node, me).await?;
         match conn.resume(&previd, sm.inbound, STEP).await? {
             Some(h) => {
-                settle(ctx, sm, h, failed);
+                // The server handled our first `h` stanzas, but an error it
+                // owes us for one of them is retransmitted only now: those
+                // stay pending until the next `<a/>`, which the server sends
+                // after whatever it retransmits.
                 sm.outbound = h;
                 sm.node = node;
-                // XEP-0198 §5: send again what the server did not handle.
-                let again: Vec<Pending> = sm.pending.drain(..).collect();
-                for mut p in again {
-                    conn.send(&p.xml).await?;
-                    sm.outbound = sm.outbound.wrapping_add(1);
-                    p.num = sm.outbound;
-                    sm.pending.push_back(p);
+                // XEP-0198 §5: send again what the server did not handle,
+                // renumbered; all of it stays tracked if a write fails.
+                let mut again = Vec::new();
+                for p in sm.pending.iter_mut() {
+                    if p.num > h {
+                        sm.outbound = sm.outbound.wrapping_add(1);
+                        p.num = sm.outbound;
+                        again.push(p.xml.clone());
+                    }
                 }
-                if !sm.pending.is_empty() {
-                    conn.send(&format!("<r xmlns='{NS_SM}'/>")).await?;
+                for xml in again {
+                    conn.send(&xml).await?;
                 }
+                conn.send(&format!("<r xmlns='{NS_SM}'/>")).await?;
                 return Ok(conn);
             }
             None => {
@@ -555,6 +555,11 @@ async fn handle_receiver_incoming(
                         node: conn.node,
                         delayed,
                     });
+                    // XEP-0198 §4: an ack may be sent at any time; acking
+                    // each message at once means a copy the server sends
+                    // again was either in flight or its ack was lost.
+                    conn.send(&format!("<a xmlns='{NS_SM}' h='{}'/>", sm.inbound))
+                        .await?;
                     return Ok(true);
                 }
             }
@@ -577,41 +582,48 @@ async fn handle_receiver_incoming(
 }
 
 /// The drain: come back (resuming if possible), read until quiet, close;
-/// then one fresh login for whatever went to offline storage meanwhile.
+/// then fresh logins, each collecting what went to offline storage
+/// meanwhile, until one brings nothing new (or the drain's deadline).
 async fn drain(ctx: &Ctx, me: &str, my_bare: &str, sm: &mut ReceiverSm, rng: &mut StdRng) {
-    for round in 0..2 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut round = 0;
+    while Instant::now() < deadline {
         let quiet = Duration::from_secs(if round == 0 { 5 } else { 3 });
-        if round == 1 {
+        if round > 0 {
             sm.id = None;
         }
-        let bound = Instant::now() + Duration::from_secs(90);
         // Keep trying nodes until one takes us (the cluster is healed).
-        let mut conn = loop {
+        let mut conn = None;
+        while conn.is_none() && Instant::now() < deadline {
             let (node, _) = ctx.random_node(rng);
             match receiver_connect(ctx, me, node, sm).await {
-                Ok(c) => break Some(c),
-                Err(_) if Instant::now() < bound => nap(rng, 200, 600).await,
-                Err(_) => break None,
+                Ok(c) => conn = Some(c),
+                Err(_) => nap(rng, 200, 600).await,
             }
+        }
+        let Some(mut c) = conn else {
+            break;
         };
-        let Some(c) = conn.as_mut() else {
-            continue;
-        };
+        let mut got = 0u64;
+        let mut clean = true;
         let mut last = Instant::now();
-        loop {
-            if last.elapsed() >= quiet || Instant::now() >= bound {
-                break;
-            }
+        while last.elapsed() < quiet && Instant::now() < deadline {
             let left = quiet.saturating_sub(last.elapsed());
             match c.next(left).await {
-                Ok(el) => match handle_receiver_incoming(ctx, c, sm, me, my_bare, &el).await {
-                    Ok(true) => last = Instant::now(),
+                Ok(el) => match handle_receiver_incoming(ctx, &mut c, sm, me, my_bare, &el).await {
+                    Ok(true) => {
+                        got += 1;
+                        last = Instant::now();
+                    }
                     Ok(false) => {}
-                    Err(_) => break,
+                    Err(_) => {
+                        clean = false;
+                        break;
+                    }
                 },
                 Err(XmppError::Timeout(_)) => break,
                 Err(_) => {
-                    // Lost during the drain: reconnect and go on.
+                    clean = false;
                     break;
                 }
             }
@@ -621,5 +633,9 @@ async fn drain(ctx: &Ctx, me: &str, my_bare: &str, sm: &mut ReceiverSm, rng: &mu
             .await;
         c.close().await;
         sm.id = None;
+        round += 1;
+        if clean && got == 0 && round >= 2 {
+            return;
+        }
     }
 }
