@@ -88,23 +88,15 @@ struct Cli {
     check: Option<PathBuf>,
 }
 
-/// The matrix's nemeses: every schedule but the aggregate ones.
-const MATRIX: &[&str] = &[
-    "kill",
-    "kill-leader",
-    "kill-recipient",
-    "kill-sender",
-    "pause",
-    "pause-leader",
-    "partition-one",
-    "partition-leader",
-    "partition-split",
-    "partition-bridge",
-    "partition-oneway",
-    "partition-pair",
-    "pause-kill",
-    "catchup",
-];
+/// The matrix's nemeses: every schedule but `none` and the aggregates
+/// (`partition`, `mixed`), which pick among the others.
+fn matrix_nemeses() -> Vec<String> {
+    nemesis::KINDS
+        .iter()
+        .filter(|k| !matches!(**k, "none" | "partition" | "mixed"))
+        .map(|k| k.to_string())
+        .collect()
+}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -342,7 +334,7 @@ fn matrix(cli: &Cli, binary: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let nemeses: Vec<String> = match &cli.matrix_nemeses {
         Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
-        None => MATRIX.iter().map(|s| s.to_string()).collect(),
+        None => matrix_nemeses(),
     };
     let sizes: Vec<u64> = cli
         .matrix_nodes

@@ -80,50 +80,10 @@ pub fn verdict_label(r: &Results) -> &'static str {
     }
 }
 
-/// The fault windows of a history, from its `Nemesis` entries: a start is
-/// paired with the end carrying the same `fault` id; a fault never ended
-/// lasts until the history's last entry. Sorted by start time. (The same
-/// as the checker's, computed here so the report stands alone.)
+/// The fault windows of a history: the checker's, so the report and the
+/// availability figures can never disagree.
 pub(crate) fn fault_windows(history: &[Entry]) -> Vec<FaultWindow> {
-    let last_us = history.iter().map(Entry::t_us).max().unwrap_or(0);
-    let mut open: std::collections::BTreeMap<u64, FaultWindow> = Default::default();
-    let mut ends: std::collections::BTreeMap<u64, u64> = Default::default();
-    for e in history {
-        if let Entry::Nemesis {
-            t_us,
-            fault,
-            start,
-            kind,
-            nodes,
-            ..
-        } = e
-        {
-            if *start {
-                open.entry(*fault).or_insert_with(|| FaultWindow {
-                    fault: *fault,
-                    kind: kind.clone(),
-                    nodes: nodes.clone(),
-                    start_us: *t_us,
-                    end_us: last_us,
-                });
-            } else {
-                ends.entry(*fault).or_insert(*t_us);
-            }
-        }
-    }
-    let mut out: Vec<FaultWindow> = open
-        .into_values()
-        .map(|mut w| {
-            w.end_us = ends
-                .get(&w.fault)
-                .copied()
-                .unwrap_or(last_us)
-                .max(w.start_us);
-            w
-        })
-        .collect();
-    out.sort_by_key(|w| (w.start_us, w.fault));
-    out
+    crate::checker::fault_windows(history)
 }
 
 /// Seconds with three decimals, from microseconds.
