@@ -116,7 +116,9 @@ struct Inner {
 /// Most commands in one batched log entry.
 const MAX_BATCH_COMMANDS: usize = 512;
 /// Largest estimated size of one batched log entry.
-const MAX_BATCH_BYTES: usize = 4 << 20;
+/// (Kept at the append budget, `network::APPEND_BUDGET_BYTES`, so one entry
+/// fits in one append.)
+const MAX_BATCH_BYTES: usize = crate::network::APPEND_BUDGET_BYTES;
 /// Batches submitted to raft and not yet committed, at most. While all are
 /// in flight, new commands queue up and form the next, larger batch: group
 /// commit that adapts to load (a lone writer still gets a batch of one).

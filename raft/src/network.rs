@@ -45,6 +45,13 @@ pub const SECRET_HEADER: &str = "x-starling-cluster-secret";
 /// the bound is for append batches of large offline stanzas.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest append RPC sent in one piece. openraft 0.9 gives every append
+/// the heartbeat interval (50 ms by default) to be answered, whatever its
+/// size; a follower catching up on large offline stanzas got batches it
+/// could not store in that time, timed out on every retry and never caught
+/// up. Larger batches are cut (see `append_entries`).
+pub const APPEND_BUDGET_BYTES: usize = 1 << 20;
+
 /// The secret is not a valid gRPC metadata value (visible ASCII only).
 #[derive(Debug, thiserror::Error)]
 #[error("cluster secret must be printable ASCII")]
@@ -192,11 +199,28 @@ impl PeerNet {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if let Err(s) = &self.client {
+            return Err(RPCError::Unreachable(Unreachable::new(s)));
+        }
+        let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call_encoded(kind, data, option).await
+    }
+
+    /// Sends an already encoded request.
+    async fn call_encoded<Resp, E>(
+        &mut self,
+        kind: RPCTypes,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let client = match &mut self.client {
             Ok(c) => c,
             Err(s) => return Err(RPCError::Unreachable(Unreachable::new(s))),
         };
-        let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let payload = Payload { data };
         let ttl = option.hard_ttl();
         let fut = async {
@@ -230,10 +254,42 @@ impl PeerNet {
 impl RaftNetwork<TypeConfig> for PeerNet {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+        let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if data.len() <= APPEND_BUDGET_BYTES || rpc.entries.len() <= 1 {
+            return self
+                .call_encoded(RPCTypes::AppendEntries, data, &option)
+                .await;
+        }
+        // Too large to be sure of an answer within openraft's bound (the
+        // heartbeat interval, whatever the size): send the first entries
+        // that fit (at least one) and report a partial success, so the
+        // leader goes on from there instead of resending the same
+        // oversized batch forever (a lagging follower never caught up).
+        let mut keep = 0;
+        let mut bytes = 0;
+        for e in &rpc.entries {
+            let size = codec::encode(e)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+                .len();
+            if keep > 0 && bytes + size > APPEND_BUDGET_BYTES {
+                break;
+            }
+            bytes += size;
+            keep += 1;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        match self
+            .call_encoded(RPCTypes::AppendEntries, data, &option)
+            .await?
+        {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
