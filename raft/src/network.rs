@@ -268,19 +268,15 @@ impl RaftNetwork<TypeConfig> for PeerNet {
         // that fit (at least one) and report a partial success, so the
         // leader goes on from there instead of resending the same
         // oversized batch forever (a lagging follower never caught up).
-        let mut keep = 0;
-        let mut bytes = 0;
+        let mut sizes = Vec::with_capacity(rpc.entries.len());
         for e in &rpc.entries {
             let size = codec::encode(e)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
                 .len();
-            if keep > 0 && bytes + size > APPEND_BUDGET_BYTES {
-                break;
-            }
-            bytes += size;
-            keep += 1;
+            sizes.push(size);
         }
-        rpc.entries.truncate(keep);
+        rpc.entries
+            .truncate(entries_within(&sizes, APPEND_BUDGET_BYTES));
         let last = rpc.entries.last().map(|e| e.log_id);
         let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         match self
@@ -307,6 +303,22 @@ impl RaftNetwork<TypeConfig> for PeerNet {
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(RPCTypes::Vote, &rpc, &option).await
     }
+}
+
+/// How many of the first entries (of these encoded sizes) fit in `budget`
+/// bytes; always at least one, so an entry larger than the budget still
+/// goes, alone.
+fn entries_within(sizes: &[usize], budget: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut keep = 0;
+    for &size in sizes {
+        if keep > 0 && bytes + size > budget {
+            break;
+        }
+        bytes += size;
+        keep += 1;
+    }
+    keep
 }
 
 /// The server side of `raft.proto`.
@@ -373,4 +385,22 @@ pub fn serve_raft(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(svc, CheckSecret(Arc::from(secret.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_are_cut_at_the_budget_but_never_empty() {
+        assert_eq!(entries_within(&[400, 400, 400], 1000), 2);
+        assert_eq!(entries_within(&[400, 600, 1], 1000), 2);
+        assert_eq!(
+            entries_within(&[5000, 10], 1000),
+            1,
+            "one oversized entry goes alone"
+        );
+        assert_eq!(entries_within(&[10; 5], 1000), 5);
+        assert_eq!(entries_within(&[], 1000), 0);
+    }
 }
