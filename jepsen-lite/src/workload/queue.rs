@@ -635,7 +635,18 @@ async fn drain(ctx: &Ctx, me: &str, my_bare: &str, sm: &mut ReceiverSm, rng: &mu
         sm.id = None;
         round += 1;
         if clean && got == 0 && round >= 2 {
-            return;
+            // Done only when storage agrees: a session the server ends
+            // late (a replaced or detached one) may move what it held to
+            // the offline queue after our last login; a user who logs in
+            // again later gets it, so the drain does too.
+            let (node, _) = ctx.random_node(rng);
+            match ctx.admin.queues(node).await {
+                Ok(qs) if qs.iter().any(|q| q.jid == my_bare && q.depth > 0) => {
+                    nap(rng, 500, 1_500).await;
+                }
+                Ok(_) => return,
+                Err(_) => nap(rng, 200, 600).await,
+            }
         }
     }
 }
