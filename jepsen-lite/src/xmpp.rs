@@ -434,6 +434,11 @@ impl Conn {
         }
     }
 
+    /// XEP-0198 §4: tells the server we received `h` stanzas.
+    pub async fn ack(&mut self, h: u32) -> Result<(), XmppError> {
+        self.send(&format!("<a xmlns='{NS_SM}' h='{h}'/>")).await
+    }
+
     /// Closes the stream politely (RFC 6120 §4.4).
     pub async fn close(&mut self) {
         let _ = self.send("</stream:stream>").await;

@@ -345,8 +345,7 @@ async fn handle_sender_incoming(
             Ok(sm.pending.len() < before)
         }
         "r" if el.ns() == NS_SM => {
-            conn.send(&format!("<a xmlns='{NS_SM}' h='{}'/>", sm.inbound))
-                .await?;
+            conn.ack(sm.inbound).await?;
             Ok(false)
         }
         "message" | "presence" | "iq" => {
@@ -467,9 +466,7 @@ pub async fn receiver(ctx: Ctx, i: usize, opts: QueueOptions) {
             match rng.gen_range(0..4) {
                 0 => {
                     // A clean logout: ack what we have, close.
-                    let _ = conn
-                        .send(&format!("<a xmlns='{NS_SM}' h='{}'/>", sm.inbound))
-                        .await;
+                    let _ = conn.ack(sm.inbound).await;
                     conn.close().await;
                     sm.id = None;
                     nap(&mut rng, 500, 4_000).await;
@@ -533,8 +530,7 @@ async fn handle_receiver_incoming(
 ) -> Result<bool, XmppError> {
     match el.name.as_str() {
         "r" if el.ns() == NS_SM => {
-            conn.send(&format!("<a xmlns='{NS_SM}' h='{}'/>", sm.inbound))
-                .await?;
+            conn.ack(sm.inbound).await?;
             Ok(false)
         }
         "message" | "presence" | "iq" => {
@@ -558,8 +554,7 @@ async fn handle_receiver_incoming(
                     // XEP-0198 §4: an ack may be sent at any time; acking
                     // each message at once means a copy the server sends
                     // again was either in flight or its ack was lost.
-                    conn.send(&format!("<a xmlns='{NS_SM}' h='{}'/>", sm.inbound))
-                        .await?;
+                    conn.ack(sm.inbound).await?;
                     return Ok(true);
                 }
             }
@@ -628,9 +623,7 @@ async fn drain(ctx: &Ctx, me: &str, my_bare: &str, sm: &mut ReceiverSm, rng: &mu
                 }
             }
         }
-        let _ = c
-            .send(&format!("<a xmlns='{NS_SM}' h='{}'/>", sm.inbound))
-            .await;
+        let _ = c.ack(sm.inbound).await;
         c.close().await;
         sm.id = None;
         round += 1;

@@ -77,10 +77,7 @@ async fn answer(
     el: &crate::xmpp::Element,
 ) -> Result<(), crate::xmpp::XmppError> {
     match el.name.as_str() {
-        "r" if el.ns() == NS_SM => {
-            conn.send(&format!("<a xmlns='{NS_SM}' h='{inbound}'/>"))
-                .await
-        }
+        "r" if el.ns() == NS_SM => conn.ack(*inbound).await,
         "message" | "presence" | "iq" => {
             *inbound = inbound.wrapping_add(1);
             if el.name == "presence" && el.attr("type") == Some("subscribe") {
