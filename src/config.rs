@@ -120,6 +120,10 @@ pub struct XmppSection {
     /// dead: its session bindings are dropped from the shared table so its
     /// users' messages go to offline storage. Milliseconds. Default: 3000.
     pub node_dead_after_ms: u64,
+    /// Longest a write to one client may take; a client that stops reading
+    /// for longer is treated as gone (with XEP-0198 it can resume; what it
+    /// did not acknowledge stays in its replicated queue). Seconds. Default: 30.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for XmppSection {
@@ -144,6 +148,7 @@ impl Default for XmppSection {
             sm_resume_timeout_secs: 300,
             sm_max_unacked: 1000,
             node_dead_after_ms: 3000,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -368,6 +373,7 @@ impl Config {
             ),
             ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
             ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
+            ("xmpp.write_timeout_secs", x.write_timeout_secs),
             (
                 "xmpp.auth_failures_per_account",
                 u64::from(x.auth_failures_per_account),

@@ -125,15 +125,16 @@ async fn run_inner(
         Duration::from_millis(config.raft.propose_timeout_ms),
     );
     let mesh = crate::mesh::MeshLinks::new(cluster.clone(), peers);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (c2s_stop_tx, c2s_stop_rx) = tokio::sync::watch::channel(false);
     let router = crate::router::Router::new(
         cluster.clone(),
         &config.domain,
         mesh,
         config.xmpp.max_offline_messages,
+        stop_rx.clone(),
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (c2s_stop_tx, c2s_stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -206,6 +207,10 @@ async fn run_inner(
     let max = config.xmpp.max_connections as u32;
     let _ = tokio::time::timeout(Duration::from_secs(3), connections.acquire_many(max)).await;
     c2s.abort();
+    // Messages whose guard has not committed yet: let them finish, so what
+    // clients sent just before the stop is stored (their acks are lost with
+    // the connections; the outcome is unknown to them, never wrong).
+    router.wait_for_guards(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");

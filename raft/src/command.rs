@@ -66,6 +66,10 @@ pub enum Command {
     /// Remove the entries of `to`'s queue with sequence number <= `up_to`
     /// (they were delivered).
     AckOffline { to: String, up_to: u64 },
+    /// Remove the entries of `to`'s queue whose message id is in `ids`
+    /// (their recipient's client has them). Ids not queued are ignored, so
+    /// a retried removal is harmless.
+    RemoveOffline { to: String, ids: Vec<String> },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -78,6 +82,9 @@ impl Command {
         match self {
             Command::EnqueueOffline { message, .. } => 128 + message.stanza.len(),
             Command::Batch { commands } => commands.iter().map(Command::size_hint).sum(),
+            Command::RemoveOffline { ids, .. } => {
+                64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
+            }
             Command::CreateUser { .. } | Command::SetPassword { .. } => 256,
             _ => 128,
         }

@@ -516,6 +516,17 @@ impl StateData {
             Command::AckOffline { to, up_to } => Response::Acked {
                 removed: remove_queue(self, &to, up_to),
             },
+            Command::RemoveOffline { to, ids } => {
+                let mut removed = 0;
+                for id in ids {
+                    let key = (to.clone(), id);
+                    if let Some(seq) = self.offline_ids.remove(&key, t) {
+                        self.offline.remove(&(to.clone(), seq), t);
+                        removed += 1;
+                    }
+                }
+                Response::Acked { removed }
+            }
         }
     }
 
@@ -696,6 +707,40 @@ mod tests {
                 duplicate: false
             }
         );
+    }
+
+    #[test]
+    fn remove_by_id_takes_only_those_ids_and_survives_reload() {
+        let mut d = StateData::default();
+        let mut disk = BTreeMap::new();
+        create(&mut d, "b@x");
+        for id in ["m1", "m2", "m3"] {
+            enqueue(&mut d, "b@x", id, 10);
+        }
+        // An id that is not queued (never was, or already removed) is
+        // ignored: a removal may be retried.
+        let remove = |ids: &[&str]| Command::RemoveOffline {
+            to: "b@x".into(),
+            ids: ids.iter().map(|i| i.to_string()).collect(),
+        };
+        assert_eq!(
+            d.apply(remove(&["m2", "nope"])),
+            Response::Acked { removed: 1 }
+        );
+        assert_eq!(d.apply(remove(&["m2"])), Response::Acked { removed: 0 });
+        let ids: Vec<_> = d.queue("b@x").map(|(_, m)| m.id.clone()).collect();
+        assert_eq!(ids, ["m1", "m3"]);
+        // The id index row went too: the same id may be queued again.
+        assert_eq!(
+            enqueue(&mut d, "b@x", "m2", 10),
+            Response::Queued {
+                seq: 4,
+                duplicate: false
+            }
+        );
+        let fresh = reload(&mut d, &mut disk);
+        assert_eq!(fresh.digest(), d.digest());
+        assert_eq!(fresh.queue_depth("b@x"), 3);
     }
 
     #[test]

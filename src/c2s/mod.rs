@@ -6,10 +6,12 @@
 //!   resource binding and XEP-0198 resumption, up to a bound session.
 //! - [`session`]: the bound session's loop: client stanzas in, routed
 //!   stanzas out, stream management, keepalives.
+//! - [`sm`]: XEP-0198 stream management state, without I/O.
 //! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
 pub mod negotiate;
 pub mod sasl;
 pub mod session;
+pub mod sm;
 pub mod stream;
 pub mod tls;
 

@@ -64,8 +64,10 @@ enum Outcome {
         bare: String,
         iq: Element,
     },
+    /// A detached (or half-open) session of this node takes the
+    /// connection; its slot is reserved.
     Resume {
-        bare: String,
+        permit: tokio::sync::mpsc::OwnedPermit<Resumption>,
         h: u32,
         previd: String,
     },
@@ -105,38 +107,30 @@ pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiate
         Outcome::Bind { bare, iq } => Session::bind(shared.clone(), conn, &bare, iq)
             .await
             .map(|s| Negotiated::Bound(Box::new(s))),
-        Outcome::Resume { bare, h, previd } => {
-            let target = {
-                let map = shared.resumable.lock().unwrap_or_else(|p| p.into_inner());
-                map.get(&previd)
-                    .filter(|(owner, _)| *owner == bare)
-                    .map(|(_, tx)| tx.clone())
-            };
-            let failed = format!(
-                "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
-                ns::SM,
-                ns::STANZA_ERRORS
-            );
-            match target {
-                Some(tx) => match tx.send(Resumption { conn, h, previd }).await {
-                    Ok(()) => Some(Negotiated::Resumed),
-                    Err(e) => {
-                        let mut conn = e.0.conn;
-                        let _ = conn.send(&failed).await;
-                        conn.close().await;
-                        None
-                    }
-                },
-                None => {
-                    // XEP-0198 §5: the client may bind a new session instead;
-                    // we keep it simple and let it reconnect.
-                    let _ = conn.send(&failed).await;
-                    conn.close().await;
-                    None
-                }
-            }
+        Outcome::Resume { permit, h, previd } => {
+            // The session may have ended since the slot was reserved; then
+            // the connection is dropped with it and the client reconnects.
+            permit.send(Resumption { conn, h, previd });
+            Some(Negotiated::Resumed)
         }
     }
+}
+
+/// The resumption slot of session `previd` of `bare` on this node, if it
+/// exists and is free (a second resumption attempt while one is being
+/// handed over gets `<failed/>` rather than waiting).
+fn reserve_resumption(
+    shared: &Shared,
+    bare: &str,
+    previd: &str,
+) -> Option<tokio::sync::mpsc::OwnedPermit<Resumption>> {
+    let tx = {
+        let map = shared.resumable.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(previd)
+            .filter(|(owner, _)| owner == bare)
+            .map(|(_, tx)| tx.clone())?
+    };
+    tx.try_reserve_owned().ok()
 }
 
 fn header_error(
@@ -414,8 +408,21 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                     let previd = el.attr("previd").map(str::to_string);
                     match (h, previd) {
                         (Some(h), Some(previd)) => {
-                            let bare = authed.take().unwrap_or_default();
-                            return Ok(Outcome::Resume { bare, h, previd });
+                            let bare = authed.clone().unwrap_or_default();
+                            if let Some(permit) = reserve_resumption(shared, &bare, &previd) {
+                                return Ok(Outcome::Resume { permit, h, previd });
+                            }
+                            // XEP-0198 §5: the session is not here (it ended,
+                            // or lives on another node). The client may bind
+                            // a new session on this stream; everything it did
+                            // not acknowledge is in its replicated queue and
+                            // comes after its initial presence.
+                            conn.send(&format!(
+                                "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
+                                ns::SM,
+                                ns::STANZA_ERRORS
+                            ))
+                            .await?;
                         }
                         _ => {
                             conn.send(&format!(

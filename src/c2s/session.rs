@@ -1,9 +1,12 @@
 //! A bound client session (RFC 6120 §7 onwards): client stanzas in, routed
-//! stanzas out, XEP-0198 stream management (acks, resumption on this node,
-//! unacknowledged messages to the offline queue when the session is lost),
-//! XEP-0352 client state, whitespace keepalives, and the clean end of a
-//! session for any reason (unavailable presence, binding removed).
-use std::collections::{HashMap, HashSet, VecDeque};
+//! stanzas out, XEP-0198 stream management (its state is `c2s::sm`; this
+//! task does the I/O: acks deferred until what they count is safe, an ack
+//! request after each burst, resumption on this node, also while the old
+//! connection is half-open), XEP-0352 client state, whitespace keepalives,
+//! the replicated queue (messages it holds are delivered once, removed when
+//! the client has them, pulled when no live copy came), and the clean end
+//! of a session for any reason (unavailable presence, binding removed).
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,23 +15,49 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::negotiate::Resumption;
+use super::sm::{Outbound, StreamMgmt};
 use super::stream::{Conn, ConnError};
 use super::Shared;
-use crate::router::{now_ms, random_id, LocalSession, ToSession, SESSION_QUEUE};
+use crate::router::{
+    now_ms, random_id, stanza_id_of, GuardDone, Guarded, LocalSession, Notify, ToSession,
+    SESSION_QUEUE,
+};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
-/// XEP-0198 state of a session.
-pub(crate) struct Sm {
-    pub id: String,
-    /// Stanzas received from the client and handled (our `h`).
-    pub inbound: u32,
-    /// Stanzas sent to the client.
-    pub outbound: u32,
-    /// Sent and not yet acknowledged, oldest first; the count of the first
-    /// is `outbound - unacked.len() + 1`. The flag marks stanzas that came
-    /// from the offline queue (still stored there until acknowledged).
-    pub unacked: VecDeque<(Element, bool)>,
-    pub resume_rx: mpsc::Receiver<Resumption>,
+/// Guarded messages of one session whose outcome is not known yet, at
+/// most; beyond it the session stops reading its client (backpressure
+/// while the cluster cannot commit).
+const MAX_UNSAFE: usize = 512;
+/// How long an id of a queued message is remembered after the client
+/// acknowledged it (so a late live copy or a pull does not repeat it).
+const SEEN_FOR: Duration = Duration::from_secs(120);
+
+/// Ids of replicated-queue messages written to this session: each is
+/// delivered once, whether its live copy or its queued copy comes first.
+#[derive(Default)]
+pub(crate) struct Seen {
+    ids: HashMap<String, Instant>,
+}
+
+impl Seen {
+    /// Records `id`; false when it was already written to this session.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains_key(id) {
+            return false;
+        }
+        self.ids.insert(id.to_string(), Instant::now());
+        true
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// Forgets old ids, except those still unacknowledged.
+    fn prune(&mut self, keep: &HashSet<&str>) {
+        self.ids
+            .retain(|id, t| t.elapsed() < SEEN_FOR || keep.contains(id.as_str()));
+    }
 }
 
 pub struct Session {
@@ -49,11 +78,23 @@ pub struct Session {
     pub(crate) held_presence: HashMap<String, Element>,
     /// JIDs this session sent directed presence to (RFC 6121 §4.6).
     pub(crate) directed: HashSet<String>,
-    pub(crate) sm: Option<Sm>,
-    /// Offline queue entries sent: (outbound count when sent, queue seq).
-    pub(crate) offline_sent: VecDeque<(u32, u64)>,
-    /// Highest offline sequence number already handed to this session.
-    pub(crate) offline_cursor: u64,
+    pub(crate) sm: Option<StreamMgmt>,
+    resume_rx: Option<mpsc::Receiver<Resumption>>,
+    /// Queued messages written to this session (see [`Seen`]).
+    pub(crate) seen: Seen,
+    /// Queued messages written without stream management: removed from the
+    /// queue once the write is flushed.
+    written_unflushed: Vec<String>,
+    /// Where guards report the outcome of this session's messages.
+    guard_tx: mpsc::UnboundedSender<GuardDone>,
+    guard_rx: mpsc::UnboundedReceiver<GuardDone>,
+    /// Guards started by this session and not finished.
+    guards_running: usize,
+    /// The XEP-0198 count of the stanza being handled, until a guard takes
+    /// it (then the stanza is safe only when the guard says so).
+    ticket: Option<u64>,
+    /// The queue may hold more for this session than the last pull took.
+    more_queued: bool,
     rate_window: (Instant, u32),
 }
 
@@ -66,6 +107,9 @@ enum Ended {
     Error(StreamError),
     /// The server is shutting down.
     Shutdown,
+    /// A new connection resumes this session while the old one is still
+    /// open here (half-open: the client saw it die, this node did not).
+    Takeover(Box<Resumption>),
 }
 
 impl Session {
@@ -107,7 +151,7 @@ impl Session {
             },
         ) {
             // §7.7.2.2: the older session of the same full JID ends.
-            let _ = old.tx.try_send(ToSession::Kick(crate::router::replaced()));
+            old.kick(crate::router::replaced());
         }
         let binding = SessionBinding {
             node: router.node(),
@@ -172,6 +216,7 @@ impl Session {
         }
         tracing::Span::current().record("jid", full.as_str());
         info!("session bound");
+        let (guard_tx, guard_rx) = mpsc::unbounded_channel();
         Some(Session {
             shared,
             conn,
@@ -187,8 +232,14 @@ impl Session {
             held_presence: HashMap::new(),
             directed: HashSet::new(),
             sm: None,
-            offline_sent: VecDeque::new(),
-            offline_cursor: 0,
+            resume_rx: None,
+            seen: Seen::default(),
+            written_unflushed: Vec::new(),
+            guard_tx,
+            guard_rx,
+            guards_running: 0,
+            ticket: None,
+            more_queued: false,
             rate_window: (Instant::now(), 0),
         })
     }
@@ -221,16 +272,85 @@ impl Session {
         }
     }
 
-    /// Queues a stanza for the client (XEP-0198 counted).
+    /// Queues a stanza for the client (XEP-0198 counted). A message the
+    /// replicated queue holds for this account is written once: a second
+    /// copy (live after queued, or queued after live) is dropped.
     pub(crate) fn write_stanza(&mut self, el: Element) {
-        self.write_stanza_from(el, false)
+        let queued_id = queued_id(&el, &self.bare);
+        if let Some(id) = &queued_id {
+            if !self.seen.insert(id) {
+                debug!(id = %id, "second copy of a queued message not written");
+                return;
+            }
+        }
+        el.write_to(self.conn.out(), ns::CLIENT);
+        match self.sm.as_mut() {
+            Some(sm) => sm.on_sent(Outbound { el, queued_id }),
+            None => self.written_unflushed.extend(queued_id),
+        }
     }
 
-    pub(crate) fn write_stanza_from(&mut self, el: Element, from_offline: bool) {
-        el.write_to(self.conn.out(), ns::CLIENT);
+    /// Whether the next pull may take `id` (not written here already).
+    pub(crate) fn may_pull(&self, id: &str) -> bool {
+        !self.seen.contains(id)
+    }
+
+    /// Room for queued messages before the unacknowledged limit.
+    pub(crate) fn pull_room(&self) -> usize {
+        let max = self.shared.config.sm_max_unacked;
+        match &self.sm {
+            // Leave half the window for live stanzas.
+            Some(sm) => (max / 2).saturating_sub(sm.unacked_len()),
+            None => max / 2,
+        }
+    }
+
+    /// The last pull stopped at its limit: pull again when there is room.
+    pub(crate) fn set_more_queued(&mut self, more: bool) {
+        self.more_queued = more;
+    }
+
+    /// A guard took the current stanza's XEP-0198 count.
+    pub(crate) fn guard_notify(&mut self) -> Notify {
+        self.guards_running += 1;
+        Notify {
+            tx: self.guard_tx.clone(),
+            count: self.ticket.take(),
+        }
+    }
+
+    /// The stanza routed with `notify` was not guarded after all.
+    pub(crate) fn guard_not_started(&mut self, notify: Notify) {
+        self.guards_running -= 1;
+        self.ticket = notify.count;
+    }
+
+    /// Stanza `count` from the client is safe: send an ack owed for it.
+    fn mark_safe(&mut self, count: u64) {
         if let Some(sm) = self.sm.as_mut() {
-            sm.outbound = sm.outbound.wrapping_add(1);
-            sm.unacked.push_back((el, from_offline));
+            if let Some(h) = sm.on_safe(count) {
+                self.conn.ack(h);
+            }
+        }
+    }
+
+    fn guard_done(&mut self, done: GuardDone) {
+        self.guards_running = self.guards_running.saturating_sub(1);
+        match done.outcome {
+            Guarded::Safe => {}
+            Guarded::Refused(err) => {
+                // The sender hears of the failure before the ack that
+                // counts the message (RFC 6120 §8.3: an error reply).
+                if let Some(mut reply) = err.reply_to(&done.message) {
+                    reply.set_attr("to", self.full.clone());
+                    self.write_stanza(reply);
+                }
+            }
+            // Stopping: the outcome stays unknown, the ack never comes.
+            Guarded::Unknown => return,
+        }
+        if let Some(c) = done.count {
+            self.mark_safe(c);
         }
     }
 
@@ -244,7 +364,15 @@ impl Session {
         loop {
             let ended = self.serve_connection().await;
             match ended {
-                Ended::Lost if self.sm.is_some() => {
+                Ended::Takeover(r) => {
+                    info!("resumed on a new connection while the old one was still open");
+                    self.conn.shutdown().await;
+                    if self.resume(*r).await {
+                        continue;
+                    }
+                    return Ended::Lost;
+                }
+                Ended::Lost if self.resume_rx.is_some() => {
                     if self.wait_for_resumption().await {
                         continue;
                     }
@@ -257,19 +385,36 @@ impl Session {
 
     async fn serve_connection(&mut self) -> Ended {
         let idle = Duration::from_secs(self.shared.config.idle_timeout_secs);
+        let write_limit = Duration::from_secs(self.shared.config.write_timeout_secs);
         let mut ticker = tokio::time::interval(idle.min(Duration::from_secs(5)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
         let mut pinged = false;
         let mut shutdown = self.shared.shutdown.clone();
         loop {
+            // Backpressure: while too many of this client's messages wait
+            // for the cluster, do not read more of them.
+            let may_read = self.guards_running < MAX_UNSAFE;
             let step = tokio::select! {
                 _ = stopped(&mut shutdown) => return Ended::Shutdown,
                 msg = self.rx.recv() => match msg {
                     Some(m) => self.handle_routed(m),
                     None => Err(Ended::Error(StreamError::new(StreamCondition::InternalServerError))),
                 },
-                ev = self.conn.next_event() => {
+                done = self.guard_rx.recv() => {
+                    if let Some(d) = done {
+                        self.guard_done(d);
+                    }
+                    Ok(())
+                }
+                r = recv_resumption(&mut self.resume_rx) => match r {
+                    Some(r) => Err(Ended::Takeover(Box::new(r))),
+                    None => {
+                        self.resume_rx = None;
+                        Ok(())
+                    }
+                },
+                ev = self.conn.next_event(), if may_read => {
                     last_read = Instant::now();
                     pinged = false;
                     match ev {
@@ -295,12 +440,13 @@ impl Session {
                             // A whitespace keepalive (RFC 6120 §4.6.1), or
                             // an ack request when stream management is on.
                             if self.sm.is_some() {
-                                self.conn.queue(&format!("<r xmlns='{}'/>", ns::SM));
+                                self.conn.request_ack();
                             } else {
                                 self.conn.queue(" ");
                             }
                             pinged = true;
                         }
+                        self.on_tick();
                         Ok(())
                     }
                 }
@@ -322,22 +468,59 @@ impl Session {
                 }
                 n += 1;
             }
-            if let Some(sm) = &self.sm {
-                if sm.unacked.len() > self.shared.config.sm_max_unacked {
+            while let Ok(d) = self.guard_rx.try_recv() {
+                self.guard_done(d);
+            }
+            if let Some(sm) = self.sm.as_mut() {
+                if sm.unacked_len() > self.shared.config.sm_max_unacked {
                     return Ended::Error(StreamError::with_text(
                         StreamCondition::PolicyViolation,
                         "too many unacknowledged stanzas",
                     ));
                 }
-                if !sm.unacked.is_empty() && self.conn.pending_output() > 0 && sm.outbound % 5 == 0
-                {
-                    self.conn.queue(&format!("<r xmlns='{}'/>", ns::SM));
+                // After each burst, ask for an ack: a client that closes
+                // right after reading has then acknowledged what it read.
+                if sm.wants_request() {
+                    self.conn.request_ack();
                 }
             }
-            if self.conn.flush().await.is_err() {
+            if self.conn.flush_within(write_limit).await.is_err() {
                 return Ended::Lost;
             }
-            self.finish_offline_without_sm().await;
+            self.written_flushed();
+        }
+    }
+
+    /// Periodic work: overdue acks, forgetting old ids, pulling queued
+    /// messages no live copy brought.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if let Some(sm) = self.sm.as_mut() {
+            if let Some(h) = sm.overdue_ack(now) {
+                self.conn.ack(h);
+            }
+        }
+        let keep: HashSet<&str> = self
+            .sm
+            .iter()
+            .flat_map(|sm| sm.unacked())
+            .filter_map(|o| o.queued_id.as_deref())
+            .collect();
+        self.seen.prune(&keep);
+        if self.available {
+            crate::im::offline::pull(self, false);
+        }
+    }
+
+    /// Without stream management, a queued message counts as delivered
+    /// once written to the socket: remove it from the queue.
+    fn written_flushed(&mut self) {
+        if self.written_unflushed.is_empty() {
+            return;
+        }
+        let remover = self.shared.router.remover().clone();
+        for id in self.written_unflushed.drain(..) {
+            remover.delivered(&self.bare, id);
         }
     }
 
@@ -388,14 +571,19 @@ impl Session {
     async fn handle_client(&mut self, mut el: Element) -> Result<(), Ended> {
         match (el.name(), el.ns()) {
             ("r", ns::SM) if self.sm.is_some() => {
-                let h = self.sm.as_ref().map(|s| s.inbound).unwrap_or(0);
-                self.conn.queue(&format!("<a xmlns='{}' h='{h}'/>", ns::SM));
+                if let Some(h) = self
+                    .sm
+                    .as_mut()
+                    .and_then(|sm| sm.on_request(Instant::now()))
+                {
+                    self.conn.ack(h);
+                }
                 return Ok(());
             }
             ("a", ns::SM) if self.sm.is_some() => {
                 let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
                 return match h {
-                    Some(h) => self.acked(h).await,
+                    Some(h) => self.acked(h),
                     None => Err(Ended::Error(StreamError::with_text(
                         StreamCondition::UndefinedCondition,
                         "bad <a/>",
@@ -429,9 +617,6 @@ impl Session {
             }
         }
         self.pace().await;
-        if let Some(sm) = self.sm.as_mut() {
-            sm.inbound = sm.inbound.wrapping_add(1);
-        }
         // RFC 6120 §8.1.2.1: the server stamps `from` with the full JID; a
         // client that claims another is refused with invalid-from.
         if let Some(from) = el.attr("from") {
@@ -448,7 +633,13 @@ impl Session {
             }
         }
         el.set_attr("from", self.full.clone());
+        // Counted now, safe when its handler is done, or for a guarded
+        // message, when its guard is (`guard_notify` takes the ticket).
+        self.ticket = self.sm.as_mut().map(|sm| sm.on_received(false));
         crate::im::handle_stanza(self, el).await;
+        if let Some(c) = self.ticket.take() {
+            self.mark_safe(c);
+        }
         Ok(())
     }
 
@@ -463,14 +654,15 @@ impl Session {
         }
         let resume = matches!(el.attr("resume"), Some("true" | "1"));
         let id = random_id();
-        let (tx, resume_rx) = mpsc::channel(1);
         if resume {
+            let (tx, resume_rx) = mpsc::channel(1);
             let mut map = self
                 .shared
                 .resumable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             map.insert(id.clone(), (self.bare.clone(), tx));
+            self.resume_rx = Some(resume_rx);
         }
         let max = self.shared.config.sm_resume_timeout_secs;
         let reply = if resume {
@@ -482,60 +674,34 @@ impl Session {
             format!("<enabled xmlns='{}' id='{id}'/>", ns::SM)
         };
         self.conn.queue(&reply);
-        // Offline messages sent before SM was on count as delivered.
-        self.sm = Some(Sm {
-            id,
-            inbound: 0,
-            outbound: 0,
-            unacked: VecDeque::new(),
-            resume_rx,
-        });
+        // Stanzas written before SM was on count as delivered (their
+        // queued copies go once the write is flushed).
+        self.sm = Some(StreamMgmt::new(id, resume));
     }
 
-    /// The client acknowledged everything up to its count `h`.
-    async fn acked(&mut self, h: u32) -> Result<(), Ended> {
+    /// The client acknowledged everything up to its count `h`: what it has
+    /// leaves the replicated queue, and a pull that stopped at its limit
+    /// goes on.
+    fn acked(&mut self, h: u32) -> Result<(), Ended> {
         let Some(sm) = self.sm.as_mut() else {
             return Ok(());
         };
-        let unacked = sm.unacked.len() as u32;
-        let first = sm.outbound.wrapping_sub(unacked);
-        let n = h.wrapping_sub(first);
-        if n > unacked {
-            // XEP-0198 §4: acknowledging more than was sent.
-            return Err(Ended::Error(StreamError::with_text(
+        let released = sm.on_ack(h).map_err(|e| {
+            Ended::Error(StreamError::with_text(
                 StreamCondition::UndefinedCondition,
-                "acknowledged stanzas that were never sent",
-            )));
-        }
-        for _ in 0..n {
-            sm.unacked.pop_front();
-        }
-        // Offline entries acknowledged: remove them from the queue.
-        let mut up_to = None;
-        while let Some((count, seq)) = self.offline_sent.front().copied() {
-            if h.wrapping_sub(count) < u32::MAX / 2 {
-                up_to = Some(seq);
-                self.offline_sent.pop_front();
-            } else {
-                break;
+                e.to_string(),
+            ))
+        })?;
+        let remover = self.shared.router.remover();
+        for o in released {
+            if let Some(id) = o.queued_id {
+                remover.delivered(&self.bare, id);
             }
         }
-        if let Some(up_to) = up_to {
-            crate::im::offline::ack(self, up_to).await;
+        if self.more_queued && self.available && self.pull_room() > 0 {
+            crate::im::offline::pull(self, true);
         }
         Ok(())
-    }
-
-    /// Without stream management, offline messages count as delivered once
-    /// written to the socket.
-    async fn finish_offline_without_sm(&mut self) {
-        if self.sm.is_some() {
-            return;
-        }
-        if let Some((_, seq)) = self.offline_sent.back().copied() {
-            self.offline_sent.clear();
-            crate::im::offline::ack(self, seq).await;
-        }
     }
 
     /// Detached (XEP-0198 §5): keep the session for `sm_resume_timeout_secs`
@@ -544,23 +710,24 @@ impl Session {
         let timeout = Duration::from_secs(self.shared.config.sm_resume_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
         debug!("session detached, waiting for resumption");
+        let mut shutdown = self.shared.shutdown.clone();
         loop {
-            let Some(sm) = self.sm.as_mut() else {
-                return false;
-            };
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return false,
-                r = sm.resume_rx.recv() => {
+                _ = stopped(&mut shutdown) => return false,
+                r = recv_resumption(&mut self.resume_rx) => {
                     let Some(r) = r else { return false };
-                    if r.previd != sm.id {
-                        continue;
-                    }
                     return self.resume(r).await;
                 }
                 m = self.rx.recv() => match m {
                     Some(ToSession::Stanza(el)) => self.write_stanza(*el),
                     Some(ToSession::Kick(_)) | None => return false,
                 },
+                d = self.guard_rx.recv() => {
+                    if let Some(d) = d {
+                        self.guard_done(d);
+                    }
+                }
             }
             // Nothing can be written while detached.
             self.conn.out().clear();
@@ -575,25 +742,45 @@ impl Session {
         let reply = format!(
             "<resumed xmlns='{}' h='{}' previd='{}'/>",
             ns::SM,
-            sm.inbound,
-            sm.id
+            sm.h(),
+            sm.id()
         );
+        let (released, again) = match sm.on_resume(r.h) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .fail(
+                        &StreamError::with_text(StreamCondition::UndefinedCondition, e.to_string()),
+                        &self.shared.domain,
+                    )
+                    .await;
+                return false;
+            }
+        };
         self.conn.queue(&reply);
-        if self.acked(r.h).await.is_err() {
-            return false;
-        }
-        // Retransmit what the client did not get (XEP-0198 §5).
-        if let Some(sm) = self.sm.as_ref() {
-            for (el, _) in &sm.unacked {
-                el.write_to(self.conn.out(), ns::CLIENT);
+        let remover = self.shared.router.remover();
+        for o in released {
+            if let Some(id) = o.queued_id {
+                remover.delivered(&self.bare, id);
             }
         }
-        info!("session resumed");
-        self.conn.flush().await.is_ok()
+        // Retransmit what the client did not get (XEP-0198 §5), then ask.
+        for el in &again {
+            el.write_to(self.conn.out(), ns::CLIENT);
+        }
+        if self.sm.as_mut().is_some_and(|sm| sm.wants_request()) {
+            self.conn.request_ack();
+        }
+        info!(resent = again.len(), "session resumed");
+        let limit = Duration::from_secs(self.shared.config.write_timeout_secs);
+        self.conn.flush_within(limit).await.is_ok()
     }
 
     /// Ends the session: stream closed or failed, binding removed, contacts
-    /// told, unacknowledged messages kept (RFC 6121 §4.5.2, XEP-0198 §5).
+    /// told. Messages it did not deliver stay in the replicated queue (each
+    /// was written there by its guard) for the next session of the account
+    /// (RFC 6121 §4.5.2, XEP-0198 §5).
     async fn finish(mut self, ended: Ended) {
         match &ended {
             Ended::ClosedByClient => self.conn.close().await,
@@ -609,7 +796,7 @@ impl Session {
                     )
                     .await
             }
-            Ended::Lost => self.conn.shutdown().await,
+            Ended::Lost | Ended::Takeover(_) => self.conn.shutdown().await,
         }
         let router = self.shared.router.clone();
         if let Some(sm) = &self.sm {
@@ -618,7 +805,7 @@ impl Session {
                 .resumable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            map.remove(&sm.id);
+            map.remove(sm.id());
         }
         router.unregister(&self.full, self.id);
         if self.available {
@@ -633,30 +820,53 @@ impl Session {
                 session: self.id,
             })
             .await;
-        // Stanzas routed to us but never acknowledged (or never written):
-        // route them again — to another resource or the offline queue.
+        // Stanzas routed to us but never acknowledged (or never written).
+        // Messages for the account are in its replicated queue already (or
+        // their sender was never acknowledged): nothing to do. Other
+        // routable messages go to another resource if there is one.
         let mut leftovers: Vec<Element> = Vec::new();
         if let Some(sm) = self.sm.take() {
             leftovers.extend(
-                sm.unacked
+                sm.into_unacked()
                     .into_iter()
-                    .filter(|(_, from_offline)| !from_offline)
-                    .map(|(el, _)| el),
+                    .filter(|o| o.queued_id.is_none())
+                    .map(|o| o.el),
             );
         }
         self.rx.close();
         while let Ok(m) = self.rx.try_recv() {
             if let ToSession::Stanza(el) = m {
-                leftovers.push(*el);
+                if queued_id(&el, &self.bare).is_none() {
+                    leftovers.push(*el);
+                }
             }
         }
         for el in leftovers {
             let t = el.attr("type").unwrap_or("normal");
             if el.name() == "message" && matches!(t, "normal" | "chat") {
-                router.route(el).await;
+                router.undeliverable_here(el).await;
             }
         }
         info!(ended = ended.kind(), "session ended");
+    }
+}
+
+/// The replicated-queue id of a message for account `bare`: its XEP-0359
+/// stanza id by `bare`, on a `chat` or `normal` message (the types a guard
+/// stores).
+pub(crate) fn queued_id(el: &Element, bare: &str) -> Option<String> {
+    if el.name() != "message" || !matches!(el.attr("type").unwrap_or("normal"), "normal" | "chat") {
+        return None;
+    }
+    stanza_id_of(el, bare)
+}
+
+/// The next resumption for a resumable session (pending forever for one
+/// that is not resumable).
+async fn recv_resumption(rx: &mut Option<mpsc::Receiver<Resumption>>) -> Option<Resumption> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -672,6 +882,7 @@ impl Ended {
             Ended::Lost => "lost",
             Ended::Error(_) => "error",
             Ended::Shutdown => "shutdown",
+            Ended::Takeover(_) => "taken over",
         }
     }
 }

@@ -175,6 +175,29 @@ impl Conn {
         Ok(())
     }
 
+    /// Write everything queued, or fail if the client does not take it
+    /// within `limit` (a client that stopped reading).
+    pub async fn flush_within(&mut self, limit: std::time::Duration) -> Result<(), ConnError> {
+        match tokio::time::timeout(limit, self.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read for too long",
+            )
+            .into()),
+        }
+    }
+
+    /// XEP-0198 §4: queue an ack with our count `h`.
+    pub fn ack(&mut self, h: u32) {
+        self.queue(&format!("<a xmlns='{}' h='{h}'/>", crate::xmpp::ns::SM));
+    }
+
+    /// XEP-0198 §4: queue an ack request.
+    pub fn request_ack(&mut self) {
+        self.queue(&format!("<r xmlns='{}'/>", crate::xmpp::ns::SM));
+    }
+
     /// Queue and write.
     pub async fn send(&mut self, xml: &str) -> Result<(), ConnError> {
         self.queue(xml);

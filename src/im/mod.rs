@@ -117,7 +117,12 @@ async fn handle_message(s: &mut Session, mut el: Element) {
     strip_stanza_ids(&mut el, crate::router::bare_of(&to));
     let router = s.shared.router.clone();
     router.sent_carbons(&s.full, &el).await;
-    router.route(el).await;
+    // A message for an account is safe (and acknowledged) once its guard
+    // has it in the replicated queue; anything else once routed.
+    let notify = s.guard_notify();
+    if !router.route_guarded(el, notify.clone()).await {
+        s.guard_not_started(notify);
+    }
 }
 
 async fn handle_iq(s: &mut Session, el: Element) {

@@ -1,16 +1,34 @@
-//! Offline messages (XEP-0160): stored in the replicated queue by the
-//! router, delivered after initial presence, in order, each with an
-//! XEP-0203 delay stamp, and removed from the queue only once delivered
-//! (with XEP-0198: once the client acknowledged them).
-use starling_raft::command::Command;
+//! Offline messages (XEP-0160) and the pull from the replicated queue.
+//!
+//! Every message for an account is in the account's replicated queue until
+//! a client of the account has it (see `router::inbox`). A session *pulls*
+//! from the queue the messages no live copy brought it:
+//! - after initial presence (RFC 6121 §4.2 / XEP-0160: everything queued),
+//! - when an acknowledgement makes room after a pull that stopped at its
+//!   limit (so a queue longer than the unacknowledged window drains),
+//! - every few seconds while available: messages whose live copy was lost
+//!   (its node or session went away) or never sent (no available resource
+//!   at the time). While other sessions of the account exist, only messages
+//!   older than [`PULL_OTHERS_AFTER`] are taken, so one that another
+//!   resource is about to acknowledge is not shown twice.
+//!
+//! Each pulled message gets an XEP-0203 delay stamp. It leaves the queue
+//! once acknowledged (XEP-0198) or written (without it).
+use std::time::Duration;
+
 use tracing::warn;
 
 use crate::c2s::session::Session;
+use crate::router::now_ms;
 use crate::xmpp::{ns, Element};
 
-/// Most queued messages handed to a session in one go; the rest follow as
-/// these are acknowledged (the next initial presence, or the next call).
-const BATCH: usize = 1000;
+/// Most queued messages handed to a session in one pull; never more than
+/// half the unacknowledged window (`Session::pull_room`).
+const BATCH: usize = 100;
+
+/// Age before a queued message may be pulled while other sessions of the
+/// account could still acknowledge it.
+pub const PULL_OTHERS_AFTER: Duration = Duration::from_secs(10);
 
 /// XEP-0082 date-time in UTC (`1970-01-01T00:00:00.000Z`) from Unix ms.
 pub fn datetime(ms: u64) -> String {
@@ -37,20 +55,37 @@ pub fn datetime(ms: u64) -> String {
     )
 }
 
-/// Sends the queued messages newer than the session's cursor.
-pub async fn deliver(s: &mut Session) {
-    let queued: Vec<(u64, u64, String)> = {
+/// Sends the queued messages this session has not written yet, oldest
+/// first. `all`: everything (initial presence, a drain going on); else
+/// only what no other session of the account may still deliver.
+pub fn pull(s: &mut Session, all: bool) {
+    let room = s.pull_room().min(BATCH);
+    if room == 0 {
+        s.set_more_queued(true);
+        return;
+    }
+    let min_age_ms = if !all && others_exist(s) {
+        PULL_OTHERS_AFTER.as_millis() as u64
+    } else {
+        0
+    };
+    let now = now_ms();
+    let (queued, more): (Vec<(u64, u64, String)>, bool) = {
         let state = s.shared.cluster.state().read();
-        state
+        let mut it = state
             .data
             .queue(&s.bare)
-            .filter(|(seq, _)| *seq > s.offline_cursor)
-            .take(BATCH)
+            .filter(|(_, m)| now.saturating_sub(m.stamp_ms) >= min_age_ms && s.may_pull(&m.id));
+        let taken: Vec<_> = it
+            .by_ref()
+            .take(room)
             .map(|(seq, m)| (seq, m.stamp_ms, m.stanza.clone()))
-            .collect()
+            .collect();
+        let more = it.next().is_some();
+        (taken, more)
     };
+    s.set_more_queued(more);
     for (seq, stamp_ms, xml) in queued {
-        s.offline_cursor = seq;
         let mut el = match crate::xmpp::parse_stanza(&xml) {
             Ok(el) => el,
             Err(e) => {
@@ -68,23 +103,15 @@ pub async fn deliver(s: &mut Session) {
                 .with_attr("stamp", datetime(stamp_ms))
                 .with_text("Offline storage"),
         );
-        s.write_stanza_from(el, true);
-        let count = s.sm.as_ref().map(|sm| sm.outbound).unwrap_or(0);
-        s.offline_sent.push_back((count, seq));
+        s.write_stanza(el);
     }
 }
 
-/// The client has the queued messages up to `up_to`: remove them.
-pub async fn ack(s: &mut Session, up_to: u64) {
-    let cmd = Command::AckOffline {
-        to: s.bare.clone(),
-        up_to,
-    };
-    if let Err(e) = s.shared.cluster.write(cmd).await {
-        // They stay queued and come again at the next login: a duplicate
-        // (with the same stanza id) rather than a loss.
-        warn!(error = %e, "offline ack not committed");
-    }
+/// Whether another session of the account is bound (anywhere).
+fn others_exist(s: &Session) -> bool {
+    let state = s.shared.cluster.state().read();
+    let n = state.data.sessions_of(&s.bare).count();
+    n > 1
 }
 
 #[cfg(test)]

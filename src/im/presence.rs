@@ -198,7 +198,7 @@ async fn available(s: &mut Session, mut el: Element) {
         s.write_stanza(req);
     }
     if priority >= 0 {
-        super::offline::deliver(s).await;
+        super::offline::pull(s, true);
     }
 }
 

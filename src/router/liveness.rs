@@ -17,7 +17,7 @@ use starling_raft::command::Command;
 use starling_raft::NodeId;
 use tracing::{info, warn};
 
-use super::{Router, ToSession};
+use super::Router;
 use crate::xmpp::{StreamCondition, StreamError};
 
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -137,12 +137,10 @@ async fn reconcile_local(router: &Router) {
     }
     for full in gone {
         if let Some(s) = router.local_session(&full) {
-            let _ =
-                s.tx.send(ToSession::Kick(StreamError::with_text(
-                    StreamCondition::UndefinedCondition,
-                    "this session's binding was dropped by the cluster; please reconnect",
-                )))
-                .await;
+            s.kick(StreamError::with_text(
+                StreamCondition::UndefinedCondition,
+                "this session's binding was dropped by the cluster; please reconnect",
+            ));
         }
     }
 }

@@ -6,17 +6,24 @@
 //! authoritative for them. A stanza is handed to a local session's channel,
 //! to the stanza mesh for a session on another node, or — when no session
 //! can take it — to the replicated offline queue or back to its sender as
-//! an error. Consensus is only on the offline path, never on live delivery.
+//! an error.
+//!
+//! A message for an account is also written to its replicated queue while
+//! it is delivered live ([`inbox`]): the sender's ack waits for that commit,
+//! the recipient does not. Consensus is beside the live path, never on it.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use starling_raft::command::{Command, OfflineMessage, Response, SessionBinding};
+use starling_raft::command::{OfflineMessage, SessionBinding};
 use starling_raft::{ClusterHandle, NodeId};
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
 
+pub mod inbox;
 pub mod liveness;
+
+pub use inbox::{Guarded, Remover};
 
 use crate::mesh::MeshLinks;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
@@ -31,6 +38,23 @@ pub enum ToSession {
     Kick(StreamError),
 }
 
+/// Where the outcome of a guarded message goes: the sending session, with
+/// the XEP-0198 count of the stanza (none without stream management).
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub tx: mpsc::UnboundedSender<GuardDone>,
+    pub count: Option<u64>,
+}
+
+/// A guarded message's outcome, for the session that sent it.
+#[derive(Debug)]
+pub struct GuardDone {
+    pub count: Option<u64>,
+    pub outcome: Guarded,
+    /// The message as routed (for the error reply when refused).
+    pub message: Element,
+}
+
 /// A session of this node, as the router sees it.
 #[derive(Debug, Clone)]
 pub struct LocalSession {
@@ -38,6 +62,24 @@ pub struct LocalSession {
     pub tx: mpsc::Sender<ToSession>,
     /// When it was registered.
     pub since: std::time::Instant,
+}
+
+impl LocalSession {
+    /// Ends this session with `error`. Never waits: a session whose queue
+    /// is full (its client does not read) gets the kick from a task of its
+    /// own, so no shared task (mesh receiver, liveness) stalls on it.
+    pub fn kick(&self, error: StreamError) {
+        match self.tx.try_send(ToSession::Kick(error)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(m).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
 }
 
 /// Capacity of a session's inbound channel. A client that does not read
@@ -89,6 +131,10 @@ struct Inner {
     local: RwLock<HashMap<String, LocalSession>>,
     mesh: MeshLinks,
     max_offline: u32,
+    remover: Remover,
+    shutdown: watch::Receiver<bool>,
+    /// Guards still running (a graceful stop waits for them).
+    guards: tokio_util::task::TaskTracker,
 }
 
 /// Cloneable handle on the routing layer.
@@ -103,15 +149,35 @@ pub struct Target {
 }
 
 impl Router {
-    pub fn new(cluster: ClusterHandle, domain: &str, mesh: MeshLinks, max_offline: u32) -> Self {
+    pub fn new(
+        cluster: ClusterHandle,
+        domain: &str,
+        mesh: MeshLinks,
+        max_offline: u32,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Router(Arc::new(Inner {
             node: cluster.id(),
             domain: domain.to_string(),
+            remover: Remover::start(cluster.clone()),
             cluster,
             local: RwLock::new(HashMap::new()),
             mesh,
             max_offline,
+            shutdown,
+            guards: tokio_util::task::TaskTracker::new(),
         }))
+    }
+
+    /// The task that removes delivered messages from replicated queues.
+    pub fn remover(&self) -> &Remover {
+        &self.0.remover
+    }
+
+    /// Waits (at most `limit`) for running guards to learn their outcome.
+    pub async fn wait_for_guards(&self, limit: std::time::Duration) {
+        self.0.guards.close();
+        let _ = tokio::time::timeout(limit, self.0.guards.wait()).await;
     }
 
     pub fn node(&self) -> NodeId {
@@ -263,7 +329,7 @@ impl Router {
     pub async fn kick_local(&self, full: &str, session: u64) {
         if let Some(s) = self.local_session(full) {
             if s.id == session {
-                let _ = s.tx.send(ToSession::Kick(replaced())).await;
+                s.kick(replaced());
             }
         }
     }
@@ -271,19 +337,33 @@ impl Router {
     /// Routes a stanza sent by a local client (its `from` already stamped)
     /// to a JID of another entity of this domain, RFC 6121 §8.5.
     pub async fn route(&self, el: Element) {
-        self.route_avoiding(el, None).await
+        self.route_avoiding(el, None, None).await;
+    }
+
+    /// Routes a message a local client sent: one for an account is guarded
+    /// (written to the recipient's replicated queue while delivered live)
+    /// and its outcome reported to `notify` (the sender's session).
+    /// Returns whether it was guarded (else it is handled already).
+    pub async fn route_guarded(&self, el: Element, notify: Notify) -> bool {
+        self.route_avoiding(el, None, Some(notify)).await
     }
 
     /// As [`Router::route`], skipping sessions on `avoid` (a node that
-    /// could not be reached).
-    pub async fn route_avoiding(&self, mut el: Element, avoid: Option<NodeId>) {
+    /// could not be reached). A stanza routed again (`notify` none) is not
+    /// guarded a second time: the guard of its first routing covers it.
+    async fn route_avoiding(
+        &self,
+        mut el: Element,
+        avoid: Option<NodeId>,
+        notify: Option<Notify>,
+    ) -> bool {
         let Some(to) = el.attr("to").map(str::to_string) else {
-            return;
+            return false;
         };
         let Ok(jid) = jid::Jid::new(&to) else {
             self.bounce(&el, StanzaError::new(StanzaCondition::JidMalformed))
                 .await;
-            return;
+            return false;
         };
         if jid.domain().as_str() != self.0.domain {
             // No server-to-server connections: RFC 6120 §8.3.3.16.
@@ -295,13 +375,13 @@ impl Router {
                 ),
             )
             .await;
-            return;
+            return false;
         }
         let bare = jid.to_bare().to_string();
         if jid.node().is_none() {
             // Addressed to the domain itself: handled by the session layer,
             // never routed.
-            return;
+            return false;
         }
         if !self.user_exists(&bare) {
             // RFC 6121 §8.5.1: no such account.
@@ -312,7 +392,7 @@ impl Router {
                 }
                 _ => {}
             }
-            return;
+            return false;
         }
         let sessions = self.sessions_of(&bare, avoid);
         let full = jid.resource().is_some().then_some(to.as_str());
@@ -321,7 +401,7 @@ impl Router {
                 if matches!(stanza_type(&el), "normal" | "chat" | "headline") {
                     add_stanza_id(&mut el, &bare);
                 }
-                self.route_message(el, &bare, full, sessions).await
+                return self.route_message(el, &bare, full, sessions, notify).await;
             }
             "presence" => {
                 let targets: Vec<&Target> = sessions
@@ -354,15 +434,19 @@ impl Router {
             }
             _ => {}
         }
+        false
     }
 
+    /// RFC 6121 §8.5.2 and §8.5.3 for a message to account `bare`. Returns
+    /// whether a guard was started (its outcome goes to `notify`).
     async fn route_message(
         &self,
         mut el: Element,
         bare: &str,
         full: Option<&str>,
         sessions: Vec<Target>,
-    ) {
+        notify: Option<Notify>,
+    ) -> bool {
         let ty = stanza_type(&el).to_string();
         // §8.5.3.1: a full JID with a session gets the message.
         let exact = full.and_then(|f| sessions.iter().find(|t| t.full == f));
@@ -373,10 +457,10 @@ impl Router {
             if ty == "groupchat" {
                 self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
                     .await;
-                return;
+                return false;
             }
             if ty == "error" {
-                return;
+                return false;
             }
             let available: Vec<&Target> = sessions
                 .iter()
@@ -397,13 +481,26 @@ impl Router {
         };
         let carbons = carbon_eligible(&el);
         el.remove_children(|c| c.is("private", ns::CARBONS));
-        if chosen.is_empty() {
-            // §8.5.2.2: no available resource. chat and normal are stored;
-            // headline (and anything else) is dropped silently.
-            if matches!(ty.as_str(), "normal" | "chat") {
-                self.store_offline(bare, el).await;
+        // §8.5.2.2: chat and normal are stored when no resource takes them;
+        // here they are stored in any case (the guard), and removed once a
+        // client has them. Headline (and anything else) is never stored.
+        let guarded = match notify {
+            Some(n) if matches!(ty.as_str(), "normal" | "chat") => {
+                // With a live target the cap is doubled: a recipient that
+                // reads keeps its queue short, and a live copy should not
+                // be refused because older ones are still unacknowledged.
+                let cap = if chosen.is_empty() {
+                    self.0.max_offline
+                } else {
+                    self.0.max_offline.saturating_mul(2)
+                };
+                self.spawn_guard(bare, &el, cap, n);
+                true
             }
-            return;
+            _ => false,
+        };
+        if chosen.is_empty() {
+            return guarded;
         }
         if carbons {
             // XEP-0280 §6: a copy to every other interested resource.
@@ -422,14 +519,33 @@ impl Router {
             } else {
                 el.clone()
             };
-            if let Err(back) = self.deliver(t, copy).await {
-                // The local session is gone or cannot keep up: keep the
-                // message rather than lose it.
-                if matches!(ty.as_str(), "normal" | "chat") && i == last {
-                    self.store_offline(bare, back).await;
-                }
-            }
+            // A local session that is gone or cannot keep up leaves the
+            // message to its guard: the queue has it.
+            let _ = self.deliver(t, copy).await;
         }
+        guarded
+    }
+
+    /// Starts the guard of message `el` for `bare` (see [`inbox::guard`]).
+    fn spawn_guard(&self, bare: &str, el: &Element, cap: u32, notify: Notify) {
+        let id = stanza_id_of(el, bare).unwrap_or_else(random_id);
+        let message = OfflineMessage {
+            id,
+            stamp_ms: now_ms(),
+            stanza: el.to_standalone_xml(),
+        };
+        let cluster = self.0.cluster.clone();
+        let shutdown = self.0.shutdown.clone();
+        let bare = bare.to_string();
+        let el = el.clone();
+        self.0.guards.spawn(async move {
+            let outcome = inbox::guard(&cluster, shutdown, &bare, message, cap).await;
+            let _ = notify.tx.send(GuardDone {
+                count: notify.count,
+                outcome,
+                message: el,
+            });
+        });
     }
 
     /// Sends `sent` carbons of a message a local client sent (XEP-0280 §7).
@@ -441,53 +557,6 @@ impl Router {
         for t in self.sessions_of(bare, None) {
             if t.full != from_full && t.binding.carbons && t.binding.available {
                 let _ = self.deliver(&t, carbon("sent", bare, &t.full, el)).await;
-            }
-        }
-    }
-
-    /// Stores a message in `bare`'s replicated offline queue (XEP-0160),
-    /// with its XEP-0359 stanza id as the queue's unique id. On failure the
-    /// sender gets an error (never a silent loss).
-    pub async fn store_offline(&self, bare: &str, el: Element) {
-        let id = stanza_id_of(&el, bare).unwrap_or_else(random_id);
-        let cmd = Command::EnqueueOffline {
-            to: bare.to_string(),
-            message: OfflineMessage {
-                id,
-                stamp_ms: now_ms(),
-                stanza: el.to_standalone_xml(),
-            },
-            max_queue: self.0.max_offline,
-        };
-        match self.0.cluster.write(cmd).await {
-            Ok(a) => match a.response {
-                Response::Queued { .. } => {}
-                Response::QueueFull { cap } => {
-                    self.bounce(
-                        &el,
-                        StanzaError::with_text(
-                            StanzaCondition::ResourceConstraint,
-                            format!("the recipient's offline queue is full ({cap} messages)"),
-                        ),
-                    )
-                    .await
-                }
-                Response::NoSuchUser => {
-                    self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
-                        .await
-                }
-                other => warn!(?other, "unexpected offline enqueue result"),
-            },
-            Err(e) => {
-                warn!(error = %e, "offline enqueue failed");
-                self.bounce(
-                    &el,
-                    StanzaError::with_text(
-                        StanzaCondition::InternalServerError,
-                        "the message could not be stored",
-                    ),
-                )
-                .await
             }
         }
     }
@@ -517,14 +586,20 @@ impl Router {
     /// A stanza the mesh could not hand to `node`: route it again as if
     /// that node's sessions did not exist.
     pub async fn undeliverable(&self, el: Element, node: NodeId) {
-        Box::pin(self.route_avoiding(el, Some(node))).await
+        Box::pin(self.route_avoiding(el, Some(node), None)).await;
+    }
+
+    /// A stanza a local session could not deliver: route it again without
+    /// that session.
+    pub async fn undeliverable_here(&self, el: Element) {
+        Box::pin(self.route_avoiding(el, Some(self.0.node), None)).await;
     }
 
     /// A stanza from the mesh for a local session; if the session is gone,
     /// route it again without this node's stale binding.
     pub async fn from_mesh(&self, full: &str, session: u64, el: Element) {
         if let Err(el) = self.deliver_local(full, session, el) {
-            Box::pin(self.route_avoiding(el, Some(self.0.node))).await
+            Box::pin(self.route_avoiding(el, Some(self.0.node), None)).await;
         }
     }
 }

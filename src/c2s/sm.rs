@@ -1,0 +1,354 @@
+//! XEP-0198 stream management of one session, as a state machine with no
+//! I/O: the session task feeds it events (a stanza received from the
+//! client, one of those made safe, an `<r/>`, an `<a h/>`, a stanza written
+//! to the client, a resumption) and acts on what it returns.
+//!
+//! Two counters, one per direction (XEP-0198 §4):
+//! - **Inbound** (`h` we report): a stanza from the client counts as
+//!   handled only once it is *safe*. Most stanzas are safe when their
+//!   handler returns; a message routed to an account is safe once it is in
+//!   the recipient's replicated queue (see `router::guard`), which happens
+//!   in parallel with its live delivery. So `h` is the length of the
+//!   longest prefix of received stanzas that are all safe, and an `<r/>`
+//!   that arrives while some are not is answered as soon as they are. The
+//!   server never acknowledges what a minority of nodes could lose.
+//! - **Outbound**: stanzas written to the client and not acknowledged, in
+//!   order, each with the replicated queue entry that still holds it (if
+//!   any); the client's `<a h/>` releases them. After each burst of writes
+//!   the session asks for an ack (`<r/>`), as Prosody does, so a client that
+//!   closes right after reading has acknowledged what it read.
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::xmpp::Element;
+
+/// How long an `<r/>` waits for unsafe stanzas before it is answered with
+/// what is safe so far (the rest is acknowledged later, unasked: §4 lets
+/// either side send `<a/>` at any time).
+pub const ACK_DEFER_MAX: Duration = Duration::from_secs(2);
+
+/// A stanza written to the client and not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub el: Element,
+    /// The id of the entry in the recipient's replicated queue that holds
+    /// this stanza until the client acknowledges it, if one does.
+    pub queued_id: Option<String>,
+}
+
+/// Protocol errors a client can make (each ends the stream).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmError {
+    /// §4: an `h` higher than the number of stanzas sent.
+    #[error("acknowledged {acked} stanzas, only {unacked} were unacknowledged")]
+    HandledCountTooHigh { acked: u32, unacked: u32 },
+}
+
+/// The stream management state of one session.
+#[derive(Debug)]
+pub struct StreamMgmt {
+    id: String,
+    resumable: bool,
+    /// Stanzas received from the client (never wraps in practice; `h` on
+    /// the wire is this modulo 2^32).
+    received: u64,
+    /// Received stanzas (by their count) not yet safe.
+    unsafe_counts: BTreeSet<u64>,
+    /// An `<r/>` not yet answered: the count it asked about, and when.
+    owed: Option<(u64, Instant)>,
+    /// Stanzas written to the client.
+    sent: u64,
+    /// Written and not acknowledged, oldest first: the first is number
+    /// `sent - unacked.len() + 1`.
+    unacked: VecDeque<Outbound>,
+    /// `sent` when we last asked for an ack.
+    requested_at: u64,
+}
+
+impl StreamMgmt {
+    pub fn new(id: String, resumable: bool) -> Self {
+        StreamMgmt {
+            id,
+            resumable,
+            received: 0,
+            unsafe_counts: BTreeSet::new(),
+            owed: None,
+            sent: 0,
+            unacked: VecDeque::new(),
+            requested_at: 0,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// A stanza arrived from the client. Returns its count; when `safe` is
+    /// false, [`StreamMgmt::on_safe`] must be called with it later.
+    pub fn on_received(&mut self, safe: bool) -> u64 {
+        self.received += 1;
+        if !safe {
+            self.unsafe_counts.insert(self.received);
+        }
+        self.received
+    }
+
+    /// Received stanzas not yet safe.
+    pub fn unsafe_count(&self) -> usize {
+        self.unsafe_counts.len()
+    }
+
+    /// Our `h`: received stanzas that are handled and safe, every one
+    /// before them too.
+    pub fn h(&self) -> u32 {
+        let safe = match self.unsafe_counts.first() {
+            Some(first) => first - 1,
+            None => self.received,
+        };
+        safe as u32
+    }
+
+    fn safe_upto(&self) -> u64 {
+        match self.unsafe_counts.first() {
+            Some(first) => first - 1,
+            None => self.received,
+        }
+    }
+
+    /// Stanza `count` is now safe. Returns the `h` to send if that answers
+    /// an owed `<r/>`.
+    pub fn on_safe(&mut self, count: u64) -> Option<u32> {
+        self.unsafe_counts.remove(&count);
+        match self.owed {
+            Some((asked, _)) if self.safe_upto() >= asked => {
+                self.owed = None;
+                Some(self.h())
+            }
+            _ => None,
+        }
+    }
+
+    /// The client asked for an ack (`<r/>`). Returns the `h` to answer now,
+    /// or `None` when stanzas it covers are not safe yet (answered by
+    /// [`StreamMgmt::on_safe`] or [`StreamMgmt::overdue_ack`]).
+    pub fn on_request(&mut self, now: Instant) -> Option<u32> {
+        if self.safe_upto() >= self.received {
+            self.owed = None;
+            return Some(self.h());
+        }
+        // A later request subsumes an earlier one; keep the earlier time.
+        let since = self.owed.map(|(_, t)| t).unwrap_or(now);
+        self.owed = Some((self.received, since));
+        None
+    }
+
+    /// An owed ack that has waited [`ACK_DEFER_MAX`]: answer with what is
+    /// safe so far (the request stays owed for the rest).
+    pub fn overdue_ack(&mut self, now: Instant) -> Option<u32> {
+        match self.owed {
+            Some((asked, since)) if now.duration_since(since) >= ACK_DEFER_MAX => {
+                self.owed = Some((asked, now));
+                Some(self.h())
+            }
+            _ => None,
+        }
+    }
+
+    /// A stanza was written to the client.
+    pub fn on_sent(&mut self, out: Outbound) {
+        self.sent += 1;
+        self.unacked.push_back(out);
+    }
+
+    /// Written stanzas not acknowledged.
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn unacked(&self) -> impl Iterator<Item = &Outbound> {
+        self.unacked.iter()
+    }
+
+    /// The client acknowledged its count `h`: returns the stanzas this
+    /// releases, oldest first. An `h` behind an earlier one releases
+    /// nothing; one ahead of what was sent is an error (§4).
+    pub fn on_ack(&mut self, h: u32) -> Result<Vec<Outbound>, SmError> {
+        let unacked = self.unacked.len() as u32;
+        let first = (self.sent - self.unacked.len() as u64) as u32;
+        let n = h.wrapping_sub(first);
+        if n > unacked {
+            if n > u32::MAX / 2 {
+                // Behind: an older count (a resumption's h can be).
+                return Ok(Vec::new());
+            }
+            return Err(SmError::HandledCountTooHigh { acked: n, unacked });
+        }
+        Ok(self.unacked.drain(..n as usize).collect())
+    }
+
+    /// After a burst of writes: whether to ask the client for an ack now
+    /// (once per burst, only with something unacknowledged).
+    pub fn wants_request(&mut self) -> bool {
+        if self.unacked.is_empty() || self.requested_at == self.sent {
+            return false;
+        }
+        self.requested_at = self.sent;
+        true
+    }
+
+    /// A resumption (§5) with the client's `h`: the stanzas it releases and
+    /// the ones to send again, in order (they keep their numbers).
+    pub fn on_resume(&mut self, h: u32) -> Result<(Vec<Outbound>, Vec<Element>), SmError> {
+        let acked = self.on_ack(h)?;
+        let again = self.unacked.iter().map(|o| o.el.clone()).collect();
+        // The new connection has not been asked yet.
+        self.requested_at = self.sent.wrapping_sub(1);
+        self.owed = None;
+        Ok((acked, again))
+    }
+
+    /// The unacknowledged stanzas, when the session ends.
+    pub fn into_unacked(self) -> VecDeque<Outbound> {
+        self.unacked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xmpp::ns;
+
+    fn msg(i: u32) -> Outbound {
+        Outbound {
+            el: Element::new("message", ns::CLIENT).with_attr("id", i.to_string()),
+            queued_id: Some(format!("q{i}")),
+        }
+    }
+
+    fn ids(v: &[Outbound]) -> Vec<String> {
+        v.iter()
+            .map(|o| o.el.attr("id").unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn h_counts_only_a_safe_prefix() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        let now = Instant::now();
+        sm.on_received(true);
+        let two = sm.on_received(false);
+        let three = sm.on_received(false);
+        sm.on_received(true);
+        assert_eq!(sm.h(), 1);
+        // The request waits: stanzas 2 and 3 are not safe.
+        assert_eq!(sm.on_request(now), None);
+        // 3 safe first: still only the prefix up to 1.
+        assert_eq!(sm.on_safe(three), None);
+        assert_eq!(sm.h(), 1);
+        // 2 safe: everything is, and the owed ack goes out.
+        assert_eq!(sm.on_safe(two), Some(4));
+        assert_eq!(sm.h(), 4);
+        assert_eq!(sm.on_request(now), Some(4));
+    }
+
+    #[test]
+    fn an_owed_ack_is_answered_when_its_stanzas_are_safe_not_later_ones() {
+        let mut sm = StreamMgmt::new("s".into(), false);
+        let now = Instant::now();
+        let one = sm.on_received(false);
+        assert_eq!(sm.on_request(now), None);
+        let two = sm.on_received(false);
+        // The request asked about 1 only.
+        assert_eq!(sm.on_safe(one), Some(1));
+        assert_eq!(sm.on_safe(two), None, "nothing owed any more");
+        assert_eq!(sm.h(), 2);
+    }
+
+    #[test]
+    fn an_overdue_ack_reports_the_safe_prefix_and_stays_owed() {
+        let mut sm = StreamMgmt::new("s".into(), false);
+        let t0 = Instant::now();
+        sm.on_received(true);
+        let two = sm.on_received(false);
+        assert_eq!(sm.on_request(t0), None);
+        assert_eq!(sm.overdue_ack(t0 + Duration::from_millis(10)), None);
+        assert_eq!(sm.overdue_ack(t0 + ACK_DEFER_MAX), Some(1));
+        assert_eq!(sm.overdue_ack(t0 + ACK_DEFER_MAX), None, "timer restarted");
+        assert_eq!(sm.on_safe(two), Some(2));
+    }
+
+    #[test]
+    fn acks_release_in_order_and_too_high_is_an_error() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        for i in 1..=5 {
+            sm.on_sent(msg(i));
+        }
+        assert_eq!(ids(&sm.on_ack(2).unwrap()), ["1", "2"]);
+        assert_eq!(sm.unacked_len(), 3);
+        assert!(
+            sm.on_ack(1).unwrap().is_empty(),
+            "an older h releases nothing"
+        );
+        assert_eq!(ids(&sm.on_ack(2).unwrap()), Vec::<String>::new());
+        assert_eq!(
+            sm.on_ack(6).err(),
+            Some(SmError::HandledCountTooHigh {
+                acked: 4,
+                unacked: 3
+            })
+        );
+        assert_eq!(ids(&sm.on_ack(5).unwrap()), ["3", "4", "5"]);
+    }
+
+    #[test]
+    fn counts_wrap_at_two_to_the_32() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        sm.sent = u32::MAX as u64 - 1;
+        sm.on_sent(msg(1)); // number 2^32 - 1
+        sm.on_sent(msg(2)); // number 2^32, which is 0 on the wire
+        sm.on_sent(msg(3)); // 1
+        assert_eq!(ids(&sm.on_ack(0).unwrap()), ["1", "2"]);
+        assert_eq!(ids(&sm.on_ack(1).unwrap()), ["3"]);
+        sm.received = u32::MAX as u64;
+        sm.on_received(true);
+        assert_eq!(sm.h(), 0);
+    }
+
+    #[test]
+    fn an_ack_is_requested_once_per_burst() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        assert!(!sm.wants_request(), "nothing sent");
+        sm.on_sent(msg(1));
+        sm.on_sent(msg(2));
+        assert!(sm.wants_request());
+        assert!(!sm.wants_request(), "same burst");
+        sm.on_sent(msg(3));
+        assert!(sm.wants_request(), "a new burst");
+        sm.on_ack(3).unwrap();
+        sm.on_sent(msg(4));
+        sm.on_ack(4).unwrap();
+        assert!(!sm.wants_request(), "all acknowledged already");
+    }
+
+    #[test]
+    fn resumption_releases_what_the_client_had_and_resends_the_rest() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        for i in 1..=4 {
+            sm.on_sent(msg(i));
+        }
+        assert!(sm.wants_request());
+        let (acked, again) = sm.on_resume(1).unwrap();
+        assert_eq!(ids(&acked), ["1"]);
+        let again: Vec<_> = again.iter().map(|e| e.attr("id").unwrap()).collect();
+        assert_eq!(again, ["2", "3", "4"]);
+        assert!(sm.wants_request(), "the new connection is asked");
+        assert!(sm.on_resume(9).is_err());
+        let left = sm.into_unacked();
+        assert_eq!(left.len(), 3);
+        assert_eq!(left[0].queued_id.as_deref(), Some("q2"));
+    }
+}
