@@ -244,7 +244,7 @@ async fn serve_clients(
     loop {
         match shared
             .cluster
-            .write(starling_raft::command::Command::DropNodeSessions { node })
+            .write(starling_raft::command::Command::DropNodeSessions { node, term: None })
             .await
         {
             Ok(_) => break,

@@ -124,6 +124,10 @@ const MAX_BATCH_BYTES: usize = crate::network::APPEND_BUDGET_BYTES;
 /// commit that adapts to load (a lone writer still gets a batch of one).
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
+/// Longest one attempt of an idempotent proposal waits before it is made
+/// again (to the leader of the moment).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// A command waiting for the batcher.
 struct Pending {
     cmd: Command,
@@ -288,14 +292,33 @@ impl ClusterHandle {
 
     async fn propose_committed(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
         let deadline = Instant::now() + self.0.propose_timeout;
+        // An idempotent command whose attempt takes too long (a leader that
+        // died or was cut off after the proposal left) is proposed again to
+        // whoever leads now, within the same deadline, instead of waiting
+        // the whole deadline on one attempt.
+        let retry = matches!(&proposal, Proposal::Command(c) if c.is_idempotent());
+        let mut unknown = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(ProposeError::NoLeader);
+                return Err(if unknown {
+                    ProposeError::Unknown("timed out waiting for commit".into())
+                } else {
+                    ProposeError::NoLeader
+                });
             }
-            let outcome = match tokio::time::timeout(remaining, self.propose_here(proposal.clone()))
+            let attempt = if retry {
+                remaining.min(ATTEMPT_TIMEOUT)
+            } else {
+                remaining
+            };
+            let outcome = match tokio::time::timeout(attempt, self.propose_here(proposal.clone()))
                 .await
             {
+                Err(_) if retry => {
+                    unknown = true;
+                    continue;
+                }
                 Err(_) => return Err(ProposeError::Unknown("timed out waiting for commit".into())),
                 Ok(r) => r,
             };
@@ -311,13 +334,18 @@ impl ClusterHandle {
                 tokio::time::sleep(Duration::from_millis(25)).await;
                 continue;
             };
-            match tokio::time::timeout(remaining, self.forward(&node, proposal.clone())).await {
+            match tokio::time::timeout(attempt, self.forward(&node, proposal.clone())).await {
+                Err(_) if retry => unknown = true,
                 Err(_) => {
                     return Err(ProposeError::Unknown(
                         "timed out waiting for the leader".into(),
                     ))
                 }
                 Ok(Err(ProposeError::NotLeader { .. })) | Ok(Err(ProposeError::NoLeader)) => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok(Err(ProposeError::Unknown(_))) if retry => {
+                    unknown = true;
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
                 Ok(other) => return other,

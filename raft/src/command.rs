@@ -41,7 +41,23 @@ pub enum Command {
         session: u64,
     },
     /// Forget every binding held by `node` (it died, or restarted).
-    DropNodeSessions { node: NodeId },
+    /// `term`: the raft term in which the proposer decided, as leader, that
+    /// the node is dead; applied only in an entry of that same term, so a
+    /// deposed leader's stale decision (forwarded to, or re-proposed by, a
+    /// later leader) changes nothing. `None`: unconditional (a node
+    /// dropping its own stale bindings at start-up).
+    DropNodeSessions {
+        node: NodeId,
+        #[serde(default)]
+        term: Option<u64>,
+    },
+    /// Update the presence facts of `full_jid`'s binding, only if it is
+    /// still session `binding.session` on `binding.node`: a session that
+    /// was replaced must not overwrite its successor's binding.
+    UpdateSession {
+        full_jid: String,
+        binding: SessionBinding,
+    },
     /// Add or replace one roster item of `owner`.
     SetRosterItem { owner: String, item: RosterItem },
     /// Remove one roster item of `owner`.
@@ -77,6 +93,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether applying the command twice has the effect of applying it
+    /// once (with the same result the second time, or one a caller may
+    /// treat alike): such a command may be proposed again when the outcome
+    /// of an attempt is unknown.
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(
+            self,
+            Command::CreateUser { .. }
+                | Command::DeleteUser { .. }
+                | Command::Subscription { .. }
+                | Command::Batch { .. }
+        )
+    }
+
     /// A cheap estimate of the encoded size, for bounding batches.
     pub fn size_hint(&self) -> usize {
         match self {
@@ -113,6 +143,11 @@ pub enum Response {
     },
     Unbound {
         existed: bool,
+    },
+    /// Result of [`Command::UpdateSession`]: false when the binding is not
+    /// (any more) that session's.
+    SessionUpdated {
+        updated: bool,
     },
     NodeSessionsDropped {
         count: u32,

@@ -215,6 +215,8 @@ pub struct StateData {
     pub offline_next: Table<String, u64>,
     pub offline_ids: Table<(String, String), u64>,
     tracker: Tracker,
+    /// The term of the log entry being applied (not stored: an input).
+    entry_term: u64,
 }
 
 impl Clone for Tracker {
@@ -237,6 +239,7 @@ impl Default for StateData {
             offline_next: Table::new(b'n'),
             offline_ids: Table::new(b'i'),
             tracker: Tracker::default(),
+            entry_term: 0,
         }
     }
 }
@@ -323,8 +326,14 @@ impl StateData {
         Ok(data)
     }
 
+    /// Applies the command of a log entry of raft term `term`.
+    pub fn apply_in_term(&mut self, cmd: Command, term: u64) -> Response {
+        self.entry_term = term;
+        self.apply(cmd)
+    }
+
     /// Applies one command. Deterministic: the result depends only on the
-    /// current state and the command.
+    /// current state, the command and the term of its entry.
     pub fn apply(&mut self, cmd: Command) -> Response {
         match cmd {
             Command::Batch { commands } => Response::Batch {
@@ -421,7 +430,25 @@ impl StateData {
                 };
                 Response::Unbound { existed }
             }
-            Command::DropNodeSessions { node } => {
+            Command::DropNodeSessions {
+                term: Some(term), ..
+            } if term != self.entry_term => Response::Rejected {
+                reason: format!(
+                    "decided in term {term}, committed in term {}",
+                    self.entry_term
+                ),
+            },
+            Command::UpdateSession { full_jid, binding } => {
+                let same = self
+                    .sessions
+                    .get(&full_jid)
+                    .is_some_and(|b| b.node == binding.node && b.session == binding.session);
+                if same {
+                    self.sessions.insert(full_jid, binding, t);
+                }
+                Response::SessionUpdated { updated: same }
+            }
+            Command::DropNodeSessions { node, .. } => {
                 let gone: Vec<String> = self
                     .sessions
                     .iter()
@@ -775,8 +802,41 @@ mod tests {
             Response::Unbound { existed: false }
         );
         assert_eq!(d.sessions.len(), 1);
+        // A replaced session's presence update does not overwrite its
+        // successor's binding.
+        let mut stale = binding(1);
+        stale.available = true;
         assert_eq!(
-            d.apply(Command::DropNodeSessions { node: 2 }),
+            d.apply(Command::UpdateSession {
+                full_jid: "a@x/r".into(),
+                binding: stale,
+            }),
+            Response::SessionUpdated { updated: false }
+        );
+        assert_eq!(d.sessions.get(&"a@x/r".to_string()), Some(&binding(2)));
+        let mut fresh = binding(2);
+        fresh.available = true;
+        assert_eq!(
+            d.apply(Command::UpdateSession {
+                full_jid: "a@x/r".into(),
+                binding: fresh.clone(),
+            }),
+            Response::SessionUpdated { updated: true }
+        );
+        assert_eq!(d.sessions.get(&"a@x/r".to_string()), Some(&fresh));
+        // A liveness decision made in term 3 is void in an entry of term 4
+        // (a deposed leader's), valid in its own term.
+        let drop = |term| Command::DropNodeSessions {
+            node: 2,
+            term: Some(term),
+        };
+        assert!(matches!(
+            d.apply_in_term(drop(3), 4),
+            Response::Rejected { .. }
+        ));
+        assert_eq!(d.sessions.len(), 1);
+        assert_eq!(
+            d.apply_in_term(drop(4), 4),
             Response::NodeSessionsDropped { count: 1 }
         );
         assert!(d.sessions.is_empty());

@@ -444,7 +444,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             st.last_applied = Some(entry.log_id);
             let r = match entry.payload {
                 EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(cmd) => st.data.apply(cmd),
+                EntryPayload::Normal(cmd) => {
+                    st.data.apply_in_term(cmd, entry.log_id.leader_id.term)
+                }
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
                     membership_changed = true;

@@ -116,6 +116,27 @@ pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiate
     }
 }
 
+/// Starts a SASL exchange; PLAIN (which hashes the password with PBKDF2
+/// when it has an initial response) runs on a blocking thread.
+async fn start_sasl(
+    shared: &Arc<Shared>,
+    mech: Mechanism,
+    initial: Option<Vec<u8>>,
+) -> (SaslSession, Step) {
+    if mech != Mechanism::Plain || initial.is_none() {
+        return SaslSession::start(mech, &shared.domain, initial.as_deref(), &Store(shared));
+    }
+    let shared2 = shared.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        SaslSession::start(mech, &shared2.domain, initial.as_deref(), &Store(&shared2))
+    })
+    .await;
+    match r {
+        Ok(x) => x,
+        Err(_) => SaslSession::start(mech, &shared.domain, None, &Store(shared)),
+    }
+}
+
 /// The resumption slot of session `previd` of `bare` on this node, if it
 /// exists and is free (a second resumption attempt while one is being
 /// handed over gets `<failed/>` rather than waiting).
@@ -347,12 +368,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                             continue;
                         }
                     }
-                    let (session, step) = SaslSession::start(
-                        mech,
-                        &shared.domain,
-                        initial.as_deref(),
-                        &Store(shared),
-                    );
+                    let (session, step) = start_sasl(shared, mech, initial).await;
                     sasl = Some(session);
                     if let Some(bare) =
                         sasl_step(shared, conn, &mut sasl, step, &mut sasl_failures).await?
@@ -363,12 +379,35 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                     }
                 }
                 ("response", ns::SASL) if authed.is_none() => {
-                    let Some(s) = sasl.as_mut() else {
+                    let Some(mech) = sasl.as_ref().map(|s| s.mechanism()) else {
                         conn.send(&sasl_failure("malformed-request", None)).await?;
                         continue;
                     };
                     let step = match decode_payload(&el) {
-                        Ok(bytes) => s.step(&bytes.unwrap_or_default(), &Store(shared)),
+                        Ok(bytes) if mech == Mechanism::Plain => {
+                            // PLAIN derives the password's key (PBKDF2):
+                            // on a blocking thread, not an async worker.
+                            let shared2 = shared.clone();
+                            let mut moved = sasl.take();
+                            let r = tokio::task::spawn_blocking(move || {
+                                let step = moved
+                                    .as_mut()
+                                    .map(|s| s.step(&bytes.unwrap_or_default(), &Store(&shared2)));
+                                (moved, step)
+                            })
+                            .await;
+                            match r {
+                                Ok((back, Some(step))) => {
+                                    sasl = back;
+                                    step
+                                }
+                                _ => Step::Failure(super::sasl::SaslFailure::TemporaryAuthFailure),
+                            }
+                        }
+                        Ok(bytes) => match sasl.as_mut() {
+                            Some(s) => s.step(&bytes.unwrap_or_default(), &Store(shared)),
+                            None => Step::Failure(super::sasl::SaslFailure::MalformedRequest),
+                        },
                         Err(f) => Step::Failure(f),
                     };
                     if let Some(bare) =

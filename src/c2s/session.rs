@@ -259,12 +259,14 @@ impl Session {
 
     /// Commits the session's presence facts to the shared table.
     pub(crate) async fn publish_binding(&self) -> bool {
-        let cmd = Command::BindSession {
+        // Only this session's own binding: if it was replaced meanwhile,
+        // the newer session's binding stays (RFC 6120 §7.7.2.2).
+        let cmd = Command::UpdateSession {
             full_jid: self.full.clone(),
             binding: self.binding(),
         };
         match self.shared.cluster.write(cmd).await {
-            Ok(_) => true,
+            Ok(a) => matches!(a.response, Response::SessionUpdated { updated: true }),
             Err(e) => {
                 warn!(error = %e, "cannot update the session binding");
                 false
@@ -811,15 +813,7 @@ impl Session {
         if self.available {
             crate::im::presence::broadcast_unavailable(&mut self).await;
         }
-        let _ = self
-            .shared
-            .cluster
-            .write(Command::UnbindSession {
-                full_jid: self.full.clone(),
-                node: router.node(),
-                session: self.id,
-            })
-            .await;
+        self.unbind().await;
         // Stanzas routed to us but never acknowledged (or never written).
         // Messages for the account are in its replicated queue already (or
         // their sender was never acknowledged): nothing to do. Other
@@ -848,6 +842,32 @@ impl Session {
             }
         }
         info!(ended = ended.kind(), "session ended");
+    }
+}
+
+impl Session {
+    /// Removes this session's binding, retrying (the command is idempotent)
+    /// so no ghost resource is left to answer probes and take messages. If
+    /// the cluster stays unavailable, the leader's liveness check or this
+    /// node's reconciliation at its next start removes it.
+    async fn unbind(&self) {
+        let cmd = Command::UnbindSession {
+            full_jid: self.full.clone(),
+            node: self.shared.router.node(),
+            session: self.id,
+        };
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..8 {
+            match self.shared.cluster.write(cmd.clone()).await {
+                Ok(_) => return,
+                Err(e) => {
+                    debug!(error = %e, "unbind not committed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        warn!("could not remove the session binding");
     }
 }
 

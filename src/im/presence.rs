@@ -13,6 +13,10 @@ use crate::c2s::session::Session;
 use crate::router::{Router, Target};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
+/// Most distinct JIDs one session may send directed presence to (RFC 6121
+/// §4.6); more get `resource-constraint`.
+pub const MAX_DIRECTED: usize = 1000;
+
 pub async fn handle(s: &mut Session, mut el: Element) {
     let ty = el.attr("type").map(str::to_string);
     if el.attr("to").is_none() {
@@ -80,6 +84,19 @@ pub async fn handle(s: &mut Session, mut el: Element) {
             // Directed presence (§4.6), available or unavailable, or error.
             el.set_attr("to", to.clone());
             if ty.is_none() {
+                // Bounded: each target is owed an unavailable presence at
+                // the end (§4.6.3), so a session may not collect them
+                // without limit.
+                if !s.directed.contains(&to) && s.directed.len() >= MAX_DIRECTED {
+                    return reply_error(
+                        s,
+                        &el,
+                        StanzaError::with_text(
+                            StanzaCondition::ResourceConstraint,
+                            format!("at most {MAX_DIRECTED} directed presence targets per session"),
+                        ),
+                    );
+                }
                 s.directed.insert(to.clone());
             } else if ty.as_deref() == Some("unavailable") {
                 s.directed.remove(&to);

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use starling_raft::command::Command;
+use starling_raft::command::{Command, Response};
 use starling_raft::NodeId;
 use tracing::{info, warn};
 
@@ -33,7 +33,10 @@ pub async fn run(router: Router, dead_after: Duration) {
         ticker.tick().await;
         reconcile_local(&router).await;
         let cluster = router.cluster().clone();
-        let leader = cluster.raft().metrics().borrow().current_leader == Some(router.node());
+        let (leader, term) = {
+            let m = cluster.raft().metrics().borrow().clone();
+            (m.current_leader == Some(router.node()), m.current_term)
+        };
         if !leader {
             was_leader = false;
             continue;
@@ -68,6 +71,16 @@ pub async fn run(router: Router, dead_after: Duration) {
                 *seen = Instant::now();
             }
         }
+        // Probing took time: a leader deposed meanwhile (a partition that
+        // healed) decides nothing on what it saw.
+        let still = {
+            let m = cluster.raft().metrics().borrow().clone();
+            m.current_leader == Some(router.node()) && m.current_term == term
+        };
+        if !still {
+            was_leader = false;
+            continue;
+        }
         // Bindings held by nodes that are dead or no longer members.
         let holders = cluster.state().read().data.session_count_by_node();
         for (node, count) in holders {
@@ -81,12 +94,16 @@ pub async fn run(router: Router, dead_after: Duration) {
             if member && !dead {
                 continue;
             }
-            drop_node(&router, node, count).await;
+            drop_node(&router, node, count, term).await;
         }
     }
 }
 
-async fn drop_node(router: &Router, node: NodeId, count: usize) {
+/// Drops `node`'s bindings with a command valid only in `term` (the term in
+/// which this node, as leader, found `node` dead), proposed here only: never
+/// forwarded to a later leader, and rejected by apply if it lands in
+/// another term.
+async fn drop_node(router: &Router, node: NodeId, count: usize, term: u64) {
     let lost: Vec<String> = {
         let state = router.cluster().state().read();
         state
@@ -97,11 +114,18 @@ async fn drop_node(router: &Router, node: NodeId, count: usize) {
             .map(|(k, _)| k.clone())
             .collect()
     };
+    let cmd = Command::DropNodeSessions {
+        node,
+        term: Some(term),
+    };
     match router
         .cluster()
-        .write(Command::DropNodeSessions { node })
+        .propose_here(starling_raft::cluster::Proposal::Command(cmd))
         .await
     {
+        Ok(a) if matches!(a.response, Response::Rejected { .. }) => {
+            info!(node, ?a.response, "stale liveness decision rejected");
+        }
         Ok(_) => {
             info!(
                 node,
