@@ -86,6 +86,11 @@ pub enum Command {
     /// (their recipient's client has them). Ids not queued are ignored, so
     /// a retried removal is harmless.
     RemoveOffline { to: String, ids: Vec<String> },
+    /// Changes nothing. Committed and applied before a read, it makes the
+    /// read linearizable: every write that finished before the read began
+    /// is in the log before it (a "read barrier", raft §6.4's read index
+    /// done the simple way).
+    Barrier,
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.

@@ -357,6 +357,7 @@ impl StateData {
             Command::Batch { .. } => Response::Rejected {
                 reason: "nested batch".into(),
             },
+            Command::Barrier => Response::Done,
             Command::CreateUser {
                 jid,
                 credentials,

@@ -107,6 +107,30 @@ fn now_ms() -> u64 {
 }
 
 impl AdminService {
+    /// Makes the next local read linearizable: a no-op committed through
+    /// the leader and applied here first (so a follower cut off from the
+    /// leader answers `unavailable` instead of stale data).
+    async fn read_barrier(&self) -> Result<(), Status> {
+        let a = self
+            .cluster
+            .write(starling_raft::Command::Barrier)
+            .await
+            .map_err(status_of)?;
+        let here = self
+            .cluster
+            .state()
+            .read()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        if here < a.log_index {
+            return Err(Status::unavailable(
+                "this node has not caught up with the cluster; try again",
+            ));
+        }
+        Ok(())
+    }
+
     /// Normalizes a user argument to a bare JID of this domain: `alice` and
     /// `Alice@Localhost` both become `alice@localhost` (RFC 7622 via `jid`).
     fn user_jid(&self, given: &str) -> Result<String, Status> {
@@ -354,6 +378,7 @@ impl Admin for AdminService {
         &self,
         _req: Request<ListUsersRequest>,
     ) -> Result<tonic::Response<ListUsersReply>, Status> {
+        self.read_barrier().await?;
         let st = self.cluster.state().read();
         let users = st
             .data
@@ -372,6 +397,7 @@ impl Admin for AdminService {
         req: Request<ListSessionsRequest>,
     ) -> Result<tonic::Response<ListSessionsReply>, Status> {
         let node = req.into_inner().node_id;
+        self.read_barrier().await?;
         let st = self.cluster.state().read();
         let sessions = st
             .data
@@ -392,6 +418,7 @@ impl Admin for AdminService {
         &self,
         _req: Request<ListQueuesRequest>,
     ) -> Result<tonic::Response<ListQueuesReply>, Status> {
+        self.read_barrier().await?;
         let now = now_ms();
         let st = self.cluster.state().read();
         let mut queues: Vec<Queue> = Vec::new();
