@@ -471,3 +471,42 @@ fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         drop(bob);
     });
 }
+
+/// Issue item 14: directed presence targets per session are bounded (each
+/// is owed an unavailable presence when the session ends, RFC 6121 §4.6.3).
+/// (Before: the set grew without limit.)
+#[test]
+fn directed_presence_targets_are_bounded() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            cfg.xmpp.max_stanzas_per_second = 100_000;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        c.create_user(1, "alice").await.unwrap();
+        let mut alice = RawClient::login(client_addr(&c, 1), "alice", "pw-alice", "desk").await;
+        let mut out = String::new();
+        for i in 0..1000 {
+            out.push_str(&format!("<presence to='t{i}@elsewhere.example'/>"));
+        }
+        alice.send(&out).await;
+        let before = alice.sync().await;
+        assert!(
+            before.iter().all(|e| e.attr("type") != Some("error")
+                || e.get_child("error", ns::CLIENT)
+                    .is_some_and(|x| !x.has_child("resource-constraint", ns::STANZA_ERRORS))),
+            "the first 1000 targets are accepted"
+        );
+        alice
+            .send("<presence to='one-too-many@elsewhere.example' id='p1001'/>")
+            .await;
+        let e = alice
+            .expect("the 1001st refused", |e| e.attr("id") == Some("p1001"))
+            .await;
+        assert_eq!(e.attr("type"), Some("error"), "{e}");
+        assert!(
+            e.get_child("error", ns::CLIENT)
+                .is_some_and(|x| x.has_child("resource-constraint", ns::STANZA_ERRORS)),
+            "{e}"
+        );
+    });
+}

@@ -79,6 +79,10 @@ pub enum Command {
         /// Per-user cap, from the proposer's config.
         max_queue: u32,
     },
+    /// Several [`Command::EnqueueOffline`]s of one sender, applied in order
+    /// (so its messages keep their order in every queue), one result each
+    /// in [`Response::Batch`]. Retrying it is as harmless as retrying each.
+    EnqueueMany { items: Vec<Enqueue> },
     /// Remove the entries of `to`'s queue with sequence number <= `up_to`
     /// (they were delivered).
     AckOffline { to: String, up_to: u64 },
@@ -116,6 +120,9 @@ impl Command {
     pub fn size_hint(&self) -> usize {
         match self {
             Command::EnqueueOffline { message, .. } => 128 + message.stanza.len(),
+            Command::EnqueueMany { items } => {
+                items.iter().map(|i| 128 + i.message.stanza.len()).sum()
+            }
             Command::Batch { commands } => commands.iter().map(Command::size_hint).sum(),
             Command::RemoveOffline { ids, .. } => {
                 64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
@@ -255,6 +262,14 @@ impl RosterItem {
     pub fn has_from(&self) -> bool {
         matches!(self.subscription, Subscription::From | Subscription::Both)
     }
+}
+
+/// One message of a [`Command::EnqueueMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueue {
+    pub to: String,
+    pub message: OfflineMessage,
+    pub max_queue: u32,
 }
 
 /// A stanza waiting in an offline queue.

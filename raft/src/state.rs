@@ -358,6 +358,18 @@ impl StateData {
                 reason: "nested batch".into(),
             },
             Command::Barrier => Response::Done,
+            Command::EnqueueMany { items } => Response::Batch {
+                responses: items
+                    .into_iter()
+                    .map(|i| {
+                        self.apply_one(Command::EnqueueOffline {
+                            to: i.to,
+                            message: i.message,
+                            max_queue: i.max_queue,
+                        })
+                    })
+                    .collect(),
+            },
             Command::CreateUser {
                 jid,
                 credentials,
@@ -769,6 +781,47 @@ mod tests {
         let fresh = reload(&mut d, &mut disk);
         assert_eq!(fresh.digest(), d.digest());
         assert_eq!(fresh.queue_depth("b@x"), 3);
+    }
+
+    #[test]
+    fn enqueue_many_keeps_its_order_with_one_result_each() {
+        let mut d = StateData::default();
+        create(&mut d, "b@x");
+        let item = |id: &str| crate::command::Enqueue {
+            to: "b@x".into(),
+            message: OfflineMessage {
+                id: id.into(),
+                stamp_ms: 1,
+                stanza: String::new(),
+            },
+            max_queue: 3,
+        };
+        enqueue(&mut d, "b@x", "m2", 3);
+        let r = d.apply(Command::EnqueueMany {
+            items: vec![item("m1"), item("m2"), item("m3"), item("m4")],
+        });
+        assert_eq!(
+            r,
+            Response::Batch {
+                responses: vec![
+                    Response::Queued {
+                        seq: 2,
+                        duplicate: false
+                    },
+                    Response::Queued {
+                        seq: 1,
+                        duplicate: true
+                    },
+                    Response::Queued {
+                        seq: 3,
+                        duplicate: false
+                    },
+                    Response::QueueFull { cap: 3 },
+                ]
+            }
+        );
+        let ids: Vec<_> = d.queue("b@x").map(|(_, m)| m.id.clone()).collect();
+        assert_eq!(ids, ["m2", "m1", "m3"]);
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Session {
     written_unflushed: Vec<String>,
     /// Where guards report the outcome of this session's messages.
     guard_tx: mpsc::UnboundedSender<GuardDone>,
+    /// Commits this session's guards in the order it sent the messages.
+    pipeline: crate::router::GuardPipeline,
     guard_rx: mpsc::UnboundedReceiver<GuardDone>,
     /// Guards started by this session and not finished.
     guards_running: usize,
@@ -237,6 +239,7 @@ impl Session {
             written_unflushed: Vec::new(),
             guard_tx,
             guard_rx,
+            pipeline: router.guard_pipeline(),
             guards_running: 0,
             ticket: None,
             more_queued: false,
@@ -318,6 +321,7 @@ impl Session {
         Notify {
             tx: self.guard_tx.clone(),
             count: self.ticket.take(),
+            pipeline: self.pipeline.clone(),
         }
     }
 

@@ -3,8 +3,9 @@
 //! written to the recipient's replicated queue *while* it is delivered live,
 //! and leaves the queue once the recipient's client has it.
 //!
-//! - [`guard`] commits the message to the queue (`EnqueueOffline`, keyed by
-//!   its XEP-0359 stanza id so a retry is idempotent) and retries an
+//! - a [`GuardPipeline`] (one per sending session) commits the message to
+//!   the queue (`EnqueueOffline`, keyed by its XEP-0359 stanza id so a retry
+//!   is idempotent; several in one `EnqueueMany`, in order) and retries an
 //!   unknown outcome until it knows; the sender's XEP-0198 `h` counts the
 //!   message only then (`c2s::sm`). So an acknowledged message is in a
 //!   majority of the nodes' logs before the sender hears "ack", whatever
@@ -20,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use starling_raft::command::{Command, OfflineMessage, Response};
+use starling_raft::command::{Command, Enqueue, OfflineMessage, Response};
 use starling_raft::ClusterHandle;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -42,53 +43,145 @@ pub enum Guarded {
 /// The first retry waits this long, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(25);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Most messages of one sender in one command, and their bytes.
+const PIPELINE_BATCH: usize = 256;
+const PIPELINE_BYTES: usize = 512 * 1024;
 
-/// Commits `message` to `to`'s replicated queue, retrying any outcome that
-/// is not definite (no leader, timeout, lost connection) with the same
+/// One message to guard, and where its outcome goes.
+pub struct GuardJob {
+    pub to: String,
+    pub message: OfflineMessage,
+    pub max_queue: u32,
+    /// Called with the outcome (in the order the jobs were submitted).
+    pub done: Box<dyn FnOnce(Guarded) + Send>,
+}
+
+/// The guards of one sending session, committed in the order it sent its
+/// messages: one command in flight at a time, carrying every message that
+/// queued up meanwhile (group commit per sender, so a fast sender is not
+/// held to one message per round trip, and its messages keep their order
+/// in every recipient's queue: RFC 6120 §10.1, in-order processing).
+#[derive(Clone, Debug)]
+pub struct GuardPipeline {
+    tx: mpsc::UnboundedSender<GuardJob>,
+}
+
+impl GuardPipeline {
+    /// Starts the pipeline task on `tracker` (a graceful stop waits for
+    /// it); it ends once every handle is dropped and its jobs are done.
+    pub fn start(
+        cluster: ClusterHandle,
+        shutdown: watch::Receiver<bool>,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> GuardPipeline {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tracker.spawn(run_pipeline(cluster, shutdown, rx));
+        GuardPipeline { tx }
+    }
+
+    pub fn submit(&self, job: GuardJob) {
+        if let Err(e) = self.tx.send(job) {
+            // The task is gone (the node is stopping): unknown outcome.
+            (e.0.done)(Guarded::Unknown);
+        }
+    }
+}
+
+async fn run_pipeline(
+    cluster: ClusterHandle,
+    shutdown: watch::Receiver<bool>,
+    mut rx: mpsc::UnboundedReceiver<GuardJob>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.message.stanza.len();
+        let mut jobs = vec![first];
+        while jobs.len() < PIPELINE_BATCH && bytes < PIPELINE_BYTES {
+            match rx.try_recv() {
+                Ok(j) => {
+                    bytes += j.message.stanza.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let cmd = if jobs.len() == 1 {
+            Command::EnqueueOffline {
+                to: jobs[0].to.clone(),
+                message: jobs[0].message.clone(),
+                max_queue: jobs[0].max_queue,
+            }
+        } else {
+            Command::EnqueueMany {
+                items: jobs
+                    .iter()
+                    .map(|j| Enqueue {
+                        to: j.to.clone(),
+                        message: j.message.clone(),
+                        max_queue: j.max_queue,
+                    })
+                    .collect(),
+            }
+        };
+        let outcomes = commit(&cluster, shutdown.clone(), cmd, jobs.len()).await;
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            (job.done)(outcome);
+        }
+    }
+}
+
+/// Commits `cmd` (an enqueue of `n` messages), retrying any outcome that is
+/// not definite (no leader, timeout, lost connection) with the same
 /// command: `EnqueueOffline` recognises a message id it already holds.
-pub async fn guard(
+async fn commit(
     cluster: &ClusterHandle,
     mut shutdown: watch::Receiver<bool>,
-    to: &str,
-    message: OfflineMessage,
-    max_queue: u32,
-) -> Guarded {
-    let cmd = Command::EnqueueOffline {
-        to: to.to_string(),
-        message,
-        max_queue,
-    };
+    cmd: Command,
+    n: usize,
+) -> Vec<Guarded> {
     let mut wait = RETRY_FIRST;
     loop {
         let outcome = tokio::select! {
             r = cluster.write(cmd.clone()) => r,
-            _ = shutdown.wait_for(|s| *s) => return Guarded::Unknown,
+            _ = shutdown.wait_for(|s| *s) => return vec![Guarded::Unknown; n],
         };
         match outcome {
             Ok(a) => {
-                return match a.response {
-                    Response::Queued { .. } => Guarded::Safe,
-                    Response::QueueFull { cap } => Guarded::Refused(StanzaError::with_text(
-                        StanzaCondition::ResourceConstraint,
-                        format!("the recipient's offline queue is full ({cap} messages)"),
-                    )),
-                    Response::NoSuchUser => {
-                        Guarded::Refused(StanzaError::new(StanzaCondition::ServiceUnavailable))
-                    }
+                let responses = match a.response {
+                    Response::Batch { responses } if responses.len() == n => responses,
+                    r if n == 1 => vec![r],
                     other => {
                         warn!(?other, "unexpected offline enqueue result");
-                        Guarded::Refused(StanzaError::new(StanzaCondition::InternalServerError))
+                        let e = StanzaError::new(StanzaCondition::InternalServerError);
+                        return vec![Guarded::Refused(e); n];
                     }
                 };
+                return responses.into_iter().map(outcome_of).collect();
             }
             Err(e) => {
                 debug!(error = %e, retry_in = ?wait, "offline enqueue not known to be committed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|s| *s) => return Guarded::Unknown,
+                    _ = shutdown.wait_for(|s| *s) => return vec![Guarded::Unknown; n],
                 }
                 wait = (wait * 2).min(RETRY_MAX);
             }
+        }
+    }
+}
+
+fn outcome_of(r: Response) -> Guarded {
+    match r {
+        Response::Queued { .. } => Guarded::Safe,
+        Response::QueueFull { cap } => Guarded::Refused(StanzaError::with_text(
+            StanzaCondition::ResourceConstraint,
+            format!("the recipient's offline queue is full ({cap} messages)"),
+        )),
+        Response::NoSuchUser => {
+            Guarded::Refused(StanzaError::new(StanzaCondition::ServiceUnavailable))
+        }
+        other => {
+            warn!(?other, "unexpected offline enqueue result");
+            Guarded::Refused(StanzaError::new(StanzaCondition::InternalServerError))
         }
     }
 }

@@ -23,7 +23,7 @@ use tracing::debug;
 pub mod inbox;
 pub mod liveness;
 
-pub use inbox::{Guarded, Remover};
+pub use inbox::{GuardPipeline, Guarded, Remover};
 
 use crate::mesh::MeshLinks;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
@@ -44,6 +44,8 @@ pub enum ToSession {
 pub struct Notify {
     pub tx: mpsc::UnboundedSender<GuardDone>,
     pub count: Option<u64>,
+    /// The sending session's guards, committed in its order.
+    pub pipeline: GuardPipeline,
 }
 
 /// A guarded message's outcome, for the session that sent it.
@@ -172,6 +174,15 @@ impl Router {
     /// The task that removes delivered messages from replicated queues.
     pub fn remover(&self) -> &Remover {
         &self.0.remover
+    }
+
+    /// A new guard pipeline, for one sending session.
+    pub fn guard_pipeline(&self) -> GuardPipeline {
+        GuardPipeline::start(
+            self.0.cluster.clone(),
+            self.0.shutdown.clone(),
+            &self.0.guards,
+        )
     }
 
     /// Waits (at most `limit`) for running guards to learn their outcome.
@@ -526,7 +537,8 @@ impl Router {
         guarded
     }
 
-    /// Starts the guard of message `el` for `bare` (see [`inbox::guard`]).
+    /// Submits the guard of message `el` for `bare` to the sender's
+    /// pipeline (see [`inbox`]).
     fn spawn_guard(&self, bare: &str, el: &Element, cap: u32, notify: Notify) {
         let id = stanza_id_of(el, bare).unwrap_or_else(random_id);
         let message = OfflineMessage {
@@ -534,17 +546,19 @@ impl Router {
             stamp_ms: now_ms(),
             stanza: el.to_standalone_xml(),
         };
-        let cluster = self.0.cluster.clone();
-        let shutdown = self.0.shutdown.clone();
-        let bare = bare.to_string();
         let el = el.clone();
-        self.0.guards.spawn(async move {
-            let outcome = inbox::guard(&cluster, shutdown, &bare, message, cap).await;
-            let _ = notify.tx.send(GuardDone {
-                count: notify.count,
-                outcome,
-                message: el,
-            });
+        let (tx, count) = (notify.tx, notify.count);
+        notify.pipeline.submit(inbox::GuardJob {
+            to: bare.to_string(),
+            message,
+            max_queue: cap,
+            done: Box::new(move |outcome| {
+                let _ = tx.send(GuardDone {
+                    count,
+                    outcome,
+                    message: el,
+                });
+            }),
         });
     }
 

@@ -505,14 +505,20 @@ async fn receiver_connect(
     node: u64,
     sm: &mut ReceiverSm,
 ) -> Result<Conn, XmppError> {
-    if let Some(previd) = sm.id.clone() {
-        let mut conn = connect_auth(ctx, node, me).await?;
-        if conn.resume(&previd, sm.inbound, STEP).await?.is_some() {
-            return Ok(conn);
+    let (mut conn, id) = match sm.id.clone() {
+        Some(previd) => {
+            let mut conn = connect_auth(ctx, node, me).await?;
+            if conn.resume(&previd, sm.inbound, STEP).await?.is_some() {
+                return Ok(conn);
+            }
+            // XEP-0198 §5: after <failed/> the stream stays open; bind a
+            // new session on it (as Gajim and xmpp.js do).
+            conn.bind("phone", STEP).await?;
+            let id = conn.enable_sm(STEP).await?;
+            (conn, id)
         }
-        sm.id = None;
-    }
-    let (mut conn, id) = login(ctx, node, me, "phone").await?;
+        None => login(ctx, node, me, "phone").await?,
+    };
     sm.id = id;
     sm.inbound = 0;
     // RFC 6121 §4.2: initial presence; offline messages follow it.
