@@ -789,7 +789,14 @@ impl Session {
     /// (RFC 6121 §4.5.2, XEP-0198 §5).
     async fn finish(mut self, ended: Ended) {
         match &ended {
-            Ended::ClosedByClient => self.conn.close().await,
+            Ended::ClosedByClient => {
+                // What the client acknowledged leaves its queue before the
+                // stream is closed: logging in again at once does not bring
+                // it a second time.
+                let remover = self.shared.router.remover().clone();
+                remover.sync(&self.bare, Duration::from_secs(2)).await;
+                self.conn.close().await
+            }
             Ended::Error(e) => {
                 debug!(error = %e, "ending session");
                 self.conn.fail(e, &self.shared.domain).await

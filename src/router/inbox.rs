@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use starling_raft::command::{Command, Enqueue, OfflineMessage, Response};
 use starling_raft::ClusterHandle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use crate::xmpp::{StanzaCondition, StanzaError};
@@ -194,10 +194,19 @@ const REMOVE_TICK: Duration = Duration::from_millis(20);
 /// Most ids in one removal command.
 const REMOVE_BATCH: usize = 256;
 
+/// What the removal task is asked.
+enum ToRemover {
+    /// The client of `.0` has message `.1`.
+    Delivered(String, String),
+    /// Tell once every removal of `.0` asked before is committed (or given
+    /// up).
+    Sync(String, oneshot::Sender<()>),
+}
+
 /// Cloneable handle on the node's removal task.
 #[derive(Clone)]
 pub struct Remover {
-    tx: mpsc::UnboundedSender<(String, String)>,
+    tx: mpsc::UnboundedSender<ToRemover>,
 }
 
 impl Remover {
@@ -210,73 +219,112 @@ impl Remover {
 
     /// The client of `bare` has message `id`: remove it from the queue.
     pub fn delivered(&self, bare: &str, id: String) {
-        let _ = self.tx.send((bare.to_string(), id));
+        let _ = self.tx.send(ToRemover::Delivered(bare.to_string(), id));
+    }
+
+    /// Waits (at most `limit`) until the removals asked for `bare` so far
+    /// are committed: a client that closes its stream and logs in again at
+    /// once does not get what it acknowledged a second time.
+    pub async fn sync(&self, bare: &str, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(ToRemover::Sync(bare.to_string(), tx)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
     }
 }
 
-async fn run_remover(cluster: ClusterHandle, mut rx: mpsc::UnboundedReceiver<(String, String)>) {
+async fn run_remover(cluster: ClusterHandle, mut rx: mpsc::UnboundedReceiver<ToRemover>) {
     // (bare, id) -> when it was handed in.
     let mut waiting: HashMap<(String, String), Instant> = HashMap::new();
+    let mut syncs: Vec<(String, Instant, oneshot::Sender<()>)> = Vec::new();
     let mut ticker = tokio::time::interval(REMOVE_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let take = |m: ToRemover,
+                waiting: &mut HashMap<(String, String), Instant>,
+                syncs: &mut Vec<(String, Instant, oneshot::Sender<()>)>| match m {
+        ToRemover::Delivered(bare, id) => {
+            waiting.entry((bare, id)).or_insert_with(Instant::now);
+        }
+        ToRemover::Sync(bare, tx) => syncs.push((bare, Instant::now(), tx)),
+    };
     loop {
         tokio::select! {
             item = rx.recv() => match item {
-                Some(k) => {
-                    waiting.entry(k).or_insert_with(Instant::now);
-                    while let Ok(k) = rx.try_recv() {
-                        waiting.entry(k).or_insert_with(Instant::now);
+                Some(m) => {
+                    take(m, &mut waiting, &mut syncs);
+                    while let Ok(m) = rx.try_recv() {
+                        take(m, &mut waiting, &mut syncs);
                     }
                 }
                 None => return,
             },
             _ = ticker.tick() => {}
         }
-        if waiting.is_empty() {
-            continue;
+        if !waiting.is_empty() {
+            remove_ready(&cluster, &mut waiting).await;
         }
-        // Ready: queued here. Gone: never committed within REMOVE_WAIT.
-        let mut ready: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        {
-            let state = cluster.state().read();
-            waiting.retain(|(bare, id), since| {
-                if state
-                    .data
-                    .offline_ids
-                    .get(&(bare.clone(), id.clone()))
-                    .is_some()
-                {
-                    ready.entry(bare.clone()).or_default().push(id.clone());
-                    return false;
-                }
-                since.elapsed() < REMOVE_WAIT
-            });
+        // A sync is answered once nothing of its account asked before it
+        // is still waiting (what was ready was committed just above).
+        let (keep, done): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut syncs)
+                .into_iter()
+                .partition(|(bare, at, _)| {
+                    waiting
+                        .iter()
+                        .any(|((b, _), since)| b == bare && since <= at)
+                });
+        syncs = keep;
+        for (_, _, tx) in done {
+            let _ = tx.send(());
         }
-        let writes = ready.into_iter().flat_map(|(to, ids)| {
-            ids.chunks(REMOVE_BATCH)
-                .map(|c| Command::RemoveOffline {
-                    to: to.clone(),
-                    ids: c.to_vec(),
-                })
-                .collect::<Vec<_>>()
-        });
-        let results = futures::future::join_all(writes.map(|cmd| {
-            let cluster = cluster.clone();
-            async move {
-                let r = cluster.write(cmd.clone()).await;
-                (cmd, r)
+    }
+}
+
+/// Proposes the removal of every waiting id whose enqueue is applied here;
+/// drops ids that waited [`REMOVE_WAIT`] (never committed).
+async fn remove_ready(cluster: &ClusterHandle, waiting: &mut HashMap<(String, String), Instant>) {
+    let mut ready: BTreeMap<String, Vec<(String, Instant)>> = BTreeMap::new();
+    {
+        let state = cluster.state().read();
+        waiting.retain(|(bare, id), since| {
+            if state
+                .data
+                .offline_ids
+                .get(&(bare.clone(), id.clone()))
+                .is_some()
+            {
+                ready
+                    .entry(bare.clone())
+                    .or_default()
+                    .push((id.clone(), *since));
+                return false;
             }
-        }))
-        .await;
-        for (cmd, r) in results {
-            if let Err(e) = r {
-                // Idempotent: try again at the next tick (if still queued).
-                debug!(error = %e, "offline removal not committed; retrying");
-                if let Command::RemoveOffline { to, ids } = cmd {
-                    for id in ids {
-                        waiting.insert((to.clone(), id), Instant::now());
-                    }
-                }
+            since.elapsed() < REMOVE_WAIT
+        });
+    }
+    let writes = ready.into_iter().flat_map(|(to, ids)| {
+        ids.chunks(REMOVE_BATCH)
+            .map(|c| (to.clone(), c.to_vec()))
+            .collect::<Vec<_>>()
+    });
+    let results = futures::future::join_all(writes.map(|(to, ids)| {
+        let cluster = cluster.clone();
+        async move {
+            let cmd = Command::RemoveOffline {
+                to: to.clone(),
+                ids: ids.iter().map(|(i, _)| i.clone()).collect(),
+            };
+            let r = cluster.write(cmd).await;
+            (to, ids, r)
+        }
+    }))
+    .await;
+    for (to, ids, r) in results {
+        if let Err(e) = r {
+            // Idempotent: try again at the next tick (if still queued).
+            debug!(error = %e, "offline removal not committed; retrying");
+            for (id, since) in ids {
+                waiting.insert((to.clone(), id), since);
             }
         }
     }
