@@ -93,8 +93,21 @@ async fn read_messages(
     ack: bool,
     within: Duration,
 ) -> Vec<(String, String)> {
-    let mut got = Vec::new();
     let mut stanzas = 0u32;
+    read_counting(c, n, by, ack, within, &mut stanzas).await
+}
+
+/// As [`read_messages`], counting the stanzas read in `stanzas` (the `h`
+/// for a final acknowledgement).
+async fn read_counting(
+    c: &mut RawClient,
+    n: usize,
+    by: &str,
+    ack: bool,
+    within: Duration,
+    stanzas: &mut u32,
+) -> Vec<(String, String)> {
+    let mut got = Vec::new();
     let deadline = Instant::now() + within;
     while got.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -115,7 +128,7 @@ async fn read_messages(
             continue;
         }
         if matches!(el.name(), "message" | "presence" | "iq") && el.ns() == ns::CLIENT {
-            stanzas += 1;
+            *stanzas += 1;
         }
         if el.name() == "message" {
             if let Some(b) = body_of(&el) {
@@ -237,17 +250,23 @@ fn a_full_offline_queue_drains_with_stream_management() {
         let mut bob = RawClient::login(addr, "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
         bob.send("<presence/>").await;
-        let got = read_messages(
+        let mut h = 0;
+        let got = read_counting(
             &mut bob,
             1000,
             "bob@localhost",
             true,
             Duration::from_secs(60),
+            &mut h,
         )
         .await;
         let got: Vec<String> = got.into_iter().map(|(b, _)| b).collect();
         assert_eq!(got, bodies, "all 1000, in order");
-        bob.send("</stream:stream>").await;
+        // Acknowledge the last burst too, and close.
+        bob.send(&format!(
+            "<a xmlns='urn:xmpp:sm:3' h='{h}'/></stream:stream>"
+        ))
+        .await;
         // Acknowledged messages left the queue.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut bob2 = RawClient::login(addr, "bob", "pw-bob", "tablet").await;
