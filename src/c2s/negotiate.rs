@@ -63,6 +63,9 @@ enum Outcome {
     Bind {
         bare: String,
         iq: Element,
+        /// Queued messages the client had (from a failed resumption's `h`
+        /// and the delivery hints): not sent again.
+        had: Vec<String>,
     },
     /// A detached (or half-open) session of this node takes the
     /// connection; its slot is reserved.
@@ -104,7 +107,7 @@ pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiate
         }
     };
     match outcome {
-        Outcome::Bind { bare, iq } => Session::bind(shared.clone(), conn, &bare, iq)
+        Outcome::Bind { bare, iq, had } => Session::bind(shared.clone(), conn, &bare, iq, had)
             .await
             .map(|s| Negotiated::Bound(Box::new(s))),
         Outcome::Resume { permit, h, previd } => {
@@ -271,6 +274,7 @@ fn decode_payload(el: &Element) -> Result<Option<Vec<u8>>, super::sasl::SaslFail
 
 async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnError> {
     let mut authed: Option<String> = None;
+    let mut had: Vec<String> = Vec::new();
     let mut sasl: Option<SaslSession> = None;
     let mut sasl_failures = 0u32;
     let ip = conn.peer.ip();
@@ -440,7 +444,11 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         continue;
                     }
                     let bare = authed.take().unwrap_or_default();
-                    return Ok(Outcome::Bind { bare, iq: el });
+                    return Ok(Outcome::Bind {
+                        bare,
+                        iq: el,
+                        had: std::mem::take(&mut had),
+                    });
                 }
                 ("resume", ns::SM) if authed.is_some() => {
                     let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
@@ -456,6 +464,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                             // a new session on this stream; everything it did
                             // not acknowledge is in its replicated queue and
                             // comes after its initial presence.
+                            had = shared.router.hints().take(&previd, &bare, h);
                             conn.send(&format!(
                                 "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
                                 ns::SM,

@@ -28,6 +28,9 @@ use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, St
 /// most; beyond it the session stops reading its client (backpressure
 /// while the cluster cannot commit).
 const MAX_UNSAFE: usize = 512;
+/// Received stanzas behind an unsafe one (kept so a resumption does not
+/// handle them twice), at most; beyond it the session stops reading.
+const MAX_TAIL: usize = 4096;
 /// How long an id of a queued message is remembered after the client
 /// acknowledged it (so a late live copy or a pull does not repeat it).
 const SEEN_FOR: Duration = Duration::from_secs(120);
@@ -97,6 +100,8 @@ pub struct Session {
     ticket: Option<u64>,
     /// The queue may hold more for this session than the last pull took.
     more_queued: bool,
+    /// The last XEP-0198 number told to peers in a delivery hint.
+    hinted: u64,
     rate_window: (Instant, u32),
 }
 
@@ -122,6 +127,7 @@ impl Session {
         mut conn: Conn,
         bare: &str,
         iq: Element,
+        had: Vec<String>,
     ) -> Option<Session> {
         let requested = iq
             .get_child("bind", ns::BIND)
@@ -219,6 +225,16 @@ impl Session {
         tracing::Span::current().record("jid", full.as_str());
         info!("session bound");
         let (guard_tx, guard_rx) = mpsc::unbounded_channel();
+        // Queued messages the client already had on a stream it could not
+        // resume: not written again, and removed from the queue.
+        let mut seen = Seen::default();
+        if !had.is_empty() {
+            debug!(count = had.len(), "skipping queued messages the client had");
+        }
+        for id in had {
+            seen.insert(&id);
+            router.remover().delivered(bare, id);
+        }
         Some(Session {
             shared,
             conn,
@@ -235,7 +251,7 @@ impl Session {
             directed: HashSet::new(),
             sm: None,
             resume_rx: None,
-            seen: Seen::default(),
+            seen,
             written_unflushed: Vec::new(),
             guard_tx,
             guard_rx,
@@ -243,6 +259,7 @@ impl Session {
             guards_running: 0,
             ticket: None,
             more_queued: false,
+            hinted: 0,
             rate_window: (Instant::now(), 0),
         })
     }
@@ -400,7 +417,8 @@ impl Session {
         loop {
             // Backpressure: while too many of this client's messages wait
             // for the cluster, do not read more of them.
-            let may_read = self.guards_running < MAX_UNSAFE;
+            let may_read = self.guards_running < MAX_UNSAFE
+                && self.sm.as_ref().is_none_or(|sm| sm.tail_len() < MAX_TAIL);
             let step = tokio::select! {
                 _ = stopped(&mut shutdown) => return Ended::Shutdown,
                 msg = self.rx.recv() => match msg {
@@ -490,6 +508,7 @@ impl Session {
                     self.conn.request_ack();
                 }
             }
+            self.share_hints();
             if self.conn.flush_within(write_limit).await.is_err() {
                 return Ended::Lost;
             }
@@ -516,6 +535,29 @@ impl Session {
         if self.available {
             crate::im::offline::pull(self, false);
         }
+    }
+
+    /// A resumable stream tells the other nodes which queued messages it
+    /// is writing, by number (see `router::hints`), before writing them.
+    fn share_hints(&mut self) {
+        let Some(sm) = self.sm.as_ref().filter(|sm| sm.resumable()) else {
+            return;
+        };
+        if sm.sent_number() <= self.hinted {
+            return;
+        }
+        let written = sm.queued_after(self.hinted);
+        self.hinted = sm.sent_number();
+        if written.is_empty() {
+            return;
+        }
+        let hint = crate::router::hints::Hint {
+            sm: sm.id().to_string(),
+            bare: self.bare.clone(),
+            written,
+            acked: sm.acked_number(),
+        };
+        self.shared.router.share_hint(&hint);
     }
 
     /// Without stream management, a queued message counts as delivered
@@ -622,6 +664,15 @@ impl Session {
                 )));
             }
         }
+        // XEP-0198 §5: after a resumption the client sends again what our
+        // `h` did not count yet (its guard was still running): it was
+        // handled, and is not routed twice.
+        if let Some(sm) = self.sm.as_mut() {
+            if sm.is_resent(el.attr("id")) {
+                debug!(id = ?el.attr("id"), "stanza sent again after resumption skipped");
+                return Ok(());
+            }
+        }
         self.pace().await;
         // RFC 6120 §8.1.2.1: the server stamps `from` with the full JID; a
         // client that claims another is refused with invalid-from.
@@ -641,7 +692,8 @@ impl Session {
         el.set_attr("from", self.full.clone());
         // Counted now, safe when its handler is done, or for a guarded
         // message, when its guard is (`guard_notify` takes the ticket).
-        self.ticket = self.sm.as_mut().map(|sm| sm.on_received(false));
+        let id = el.attr("id").map(str::to_string);
+        self.ticket = self.sm.as_mut().map(|sm| sm.on_received(false, id));
         crate::im::handle_stanza(self, el).await;
         if let Some(c) = self.ticket.take() {
             self.mark_safe(c);

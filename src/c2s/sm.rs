@@ -56,6 +56,12 @@ pub struct StreamMgmt {
     unsafe_counts: BTreeSet<u64>,
     /// An `<r/>` not yet answered: the count it asked about, and when.
     owed: Option<(u64, Instant)>,
+    /// Received stanzas after the safe prefix (count, `id` attribute): what
+    /// a resuming client will send again, since our `h` did not count it.
+    tail: VecDeque<(u64, Option<String>)>,
+    /// After a resumption: the `id`s of the stanzas the client is expected
+    /// to send again, oldest first. They were handled already.
+    resent: VecDeque<Option<String>>,
     /// Stanzas written to the client.
     sent: u64,
     /// Written and not acknowledged, oldest first: the first is number
@@ -73,6 +79,8 @@ impl StreamMgmt {
             received: 0,
             unsafe_counts: BTreeSet::new(),
             owed: None,
+            tail: VecDeque::new(),
+            resent: VecDeque::new(),
             sent: 0,
             unacked: VecDeque::new(),
             requested_at: 0,
@@ -87,19 +95,53 @@ impl StreamMgmt {
         self.resumable
     }
 
-    /// A stanza arrived from the client. Returns its count; when `safe` is
-    /// false, [`StreamMgmt::on_safe`] must be called with it later.
-    pub fn on_received(&mut self, safe: bool) -> u64 {
+    /// A stanza arrived from the client (`id`: its `id` attribute).
+    /// Returns its count; when `safe` is false, [`StreamMgmt::on_safe`]
+    /// must be called with it later.
+    pub fn on_received(&mut self, safe: bool, id: Option<String>) -> u64 {
         self.received += 1;
         if !safe {
             self.unsafe_counts.insert(self.received);
         }
+        self.tail.push_back((self.received, id));
+        self.trim_tail();
         self.received
+    }
+
+    /// Whether a stanza from the client (`id`: its `id` attribute) is one
+    /// it sends again after a resumption (XEP-0198 §5: everything our `h`
+    /// did not count), already handled here: it is neither counted nor
+    /// handled a second time. A stanza that does not match ends the
+    /// retransmission (what follows is new).
+    pub fn is_resent(&mut self, id: Option<&str>) -> bool {
+        match self.resent.front() {
+            Some(expected) if expected.as_deref() == id => {
+                self.resent.pop_front();
+                true
+            }
+            Some(_) => {
+                self.resent.clear();
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn trim_tail(&mut self) {
+        let upto = self.safe_upto();
+        while self.tail.front().is_some_and(|(c, _)| *c <= upto) {
+            self.tail.pop_front();
+        }
     }
 
     /// Received stanzas not yet safe.
     pub fn unsafe_count(&self) -> usize {
         self.unsafe_counts.len()
+    }
+
+    /// Received stanzas after the safe prefix (kept for a resumption).
+    pub fn tail_len(&self) -> usize {
+        self.tail.len()
     }
 
     /// Our `h`: received stanzas that are handled and safe, every one
@@ -123,6 +165,7 @@ impl StreamMgmt {
     /// an owed `<r/>`.
     pub fn on_safe(&mut self, count: u64) -> Option<u32> {
         self.unsafe_counts.remove(&count);
+        self.trim_tail();
         match self.owed {
             Some((asked, _)) if self.safe_upto() >= asked => {
                 self.owed = None;
@@ -173,6 +216,29 @@ impl StreamMgmt {
         self.unacked.iter()
     }
 
+    /// The number (XEP-0198, modulo 2^32) of the last stanza written.
+    pub fn sent_number(&self) -> u64 {
+        self.sent
+    }
+
+    /// The highest number the client acknowledged.
+    pub fn acked_number(&self) -> u32 {
+        (self.sent - self.unacked.len() as u64) as u32
+    }
+
+    /// Unacknowledged queued messages written after number `after`, with
+    /// their numbers.
+    pub fn queued_after(&self, after: u64) -> Vec<(u32, String)> {
+        let first = self.sent - self.unacked.len() as u64 + 1;
+        self.unacked
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (first + i as u64, o))
+            .filter(|(n, _)| *n > after)
+            .filter_map(|(n, o)| o.queued_id.clone().map(|id| (n as u32, id)))
+            .collect()
+    }
+
     /// The client acknowledged its count `h`: returns the stanzas this
     /// releases, oldest first. An `h` behind an earlier one releases
     /// nothing; one ahead of what was sent is an error (§4).
@@ -208,6 +274,9 @@ impl StreamMgmt {
         // The new connection has not been asked yet.
         self.requested_at = self.sent.wrapping_sub(1);
         self.owed = None;
+        // The client sends again what our `h` (in `<resumed/>`) did not
+        // count: those it sent us are handled already.
+        self.resent = self.tail.iter().map(|(_, id)| id.clone()).collect();
         Ok((acked, again))
     }
 
@@ -239,10 +308,10 @@ mod tests {
     fn h_counts_only_a_safe_prefix() {
         let mut sm = StreamMgmt::new("s".into(), true);
         let now = Instant::now();
-        sm.on_received(true);
-        let two = sm.on_received(false);
-        let three = sm.on_received(false);
-        sm.on_received(true);
+        sm.on_received(true, None);
+        let two = sm.on_received(false, None);
+        let three = sm.on_received(false, None);
+        sm.on_received(true, None);
         assert_eq!(sm.h(), 1);
         // The request waits: stanzas 2 and 3 are not safe.
         assert_eq!(sm.on_request(now), None);
@@ -259,9 +328,9 @@ mod tests {
     fn an_owed_ack_is_answered_when_its_stanzas_are_safe_not_later_ones() {
         let mut sm = StreamMgmt::new("s".into(), false);
         let now = Instant::now();
-        let one = sm.on_received(false);
+        let one = sm.on_received(false, None);
         assert_eq!(sm.on_request(now), None);
-        let two = sm.on_received(false);
+        let two = sm.on_received(false, None);
         // The request asked about 1 only.
         assert_eq!(sm.on_safe(one), Some(1));
         assert_eq!(sm.on_safe(two), None, "nothing owed any more");
@@ -272,13 +341,36 @@ mod tests {
     fn an_overdue_ack_reports_the_safe_prefix_and_stays_owed() {
         let mut sm = StreamMgmt::new("s".into(), false);
         let t0 = Instant::now();
-        sm.on_received(true);
-        let two = sm.on_received(false);
+        sm.on_received(true, None);
+        let two = sm.on_received(false, None);
         assert_eq!(sm.on_request(t0), None);
         assert_eq!(sm.overdue_ack(t0 + Duration::from_millis(10)), None);
         assert_eq!(sm.overdue_ack(t0 + ACK_DEFER_MAX), Some(1));
         assert_eq!(sm.overdue_ack(t0 + ACK_DEFER_MAX), None, "timer restarted");
         assert_eq!(sm.on_safe(two), Some(2));
+    }
+
+    #[test]
+    fn after_a_resumption_what_h_did_not_count_is_recognised_when_sent_again() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        sm.on_received(true, Some("a".into()));
+        let b = sm.on_received(false, Some("b".into()));
+        sm.on_received(true, Some("c".into()));
+        assert_eq!(sm.h(), 1);
+        sm.on_resume(0).unwrap();
+        // The client sends b and c again (our h said 1), then a new d.
+        assert!(sm.is_resent(Some("b")));
+        assert!(sm.is_resent(Some("c")));
+        assert!(!sm.is_resent(Some("d")));
+        sm.on_received(true, Some("d".into()));
+        sm.on_safe(b);
+        assert_eq!(sm.h(), 4, "b, c counted once; d after them");
+        // A client that does not resend: the first other stanza ends it.
+        let e = sm.on_received(false, Some("e".into()));
+        sm.on_resume(0).unwrap();
+        assert!(!sm.is_resent(Some("x")));
+        assert!(!sm.is_resent(Some("e")), "expectation cleared");
+        sm.on_safe(e);
     }
 
     #[test]
@@ -314,8 +406,28 @@ mod tests {
         assert_eq!(ids(&sm.on_ack(0).unwrap()), ["1", "2"]);
         assert_eq!(ids(&sm.on_ack(1).unwrap()), ["3"]);
         sm.received = u32::MAX as u64;
-        sm.on_received(true);
+        sm.on_received(true, None);
         assert_eq!(sm.h(), 0);
+    }
+
+    #[test]
+    fn queued_messages_are_listed_with_their_numbers() {
+        let mut sm = StreamMgmt::new("s".into(), true);
+        sm.on_sent(msg(1));
+        sm.on_sent(Outbound {
+            el: Element::new("presence", ns::CLIENT),
+            queued_id: None,
+        });
+        sm.on_sent(msg(3));
+        assert_eq!(
+            sm.queued_after(0),
+            [(1, "q1".to_string()), (3, "q3".to_string())]
+        );
+        assert_eq!(sm.queued_after(1), [(3, "q3".to_string())]);
+        sm.on_ack(1).unwrap();
+        assert_eq!(sm.acked_number(), 1);
+        assert_eq!(sm.queued_after(0), [(3, "q3".to_string())]);
+        assert_eq!(sm.sent_number(), 3);
     }
 
     #[test]

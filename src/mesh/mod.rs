@@ -46,6 +46,11 @@ enum Outgoing {
         to: String,
         session: u64,
     },
+    Hint {
+        bare: String,
+        acked: u64,
+        json: String,
+    },
 }
 
 struct Inner {
@@ -107,6 +112,20 @@ impl MeshLinks {
                 router.undeliverable(el, node).await;
             }
         }
+    }
+
+    /// Gives `node` a delivery hint; dropped if its link is busy (a hint
+    /// only saves a duplicate).
+    pub fn send_hint(&self, router: &Router, node: NodeId, hint: &crate::router::hints::Hint) {
+        let Ok(json) = serde_json::to_string(hint) else {
+            return;
+        };
+        let tx = self.link(router, node);
+        let _ = tx.try_send(Outgoing::Hint {
+            bare: hint.bare.clone(),
+            acked: u64::from(hint.acked),
+            json,
+        });
     }
 
     /// Asks `node` to end session `session` of `to` with `conflict`.
@@ -238,6 +257,15 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
             from_node,
             applied_index,
         },
+        Outgoing::Hint { bare, acked, json } => Envelope {
+            seq,
+            kind: Kind::Hint as i32,
+            to: bare.clone(),
+            session: *acked,
+            xml: json.clone(),
+            from_node,
+            applied_index,
+        },
         Outgoing::Kick { to, session } => Envelope {
             seq,
             kind: Kind::Kick as i32,
@@ -293,13 +321,19 @@ async fn receive(
                 }
             };
             up_to = Some(env.seq);
-            catch_up(&router, env.applied_index).await;
+            if env.kind != Kind::Hint as i32 {
+                catch_up(&router, env.applied_index).await;
+            }
             match Kind::try_from(env.kind) {
                 Ok(Kind::Stanza) => match crate::xmpp::parse_stanza(&env.xml) {
                     Ok(el) => router.from_mesh(&env.to, env.session, el).await,
                     Err(e) => warn!(error = %e, from = env.from_node, "unparseable stanza on mesh"),
                 },
                 Ok(Kind::Kick) => router.kick_local(&env.to, env.session).await,
+                Ok(Kind::Hint) => match serde_json::from_str(&env.xml) {
+                    Ok(h) => router.hints().record(h),
+                    Err(e) => warn!(error = %e, "unreadable delivery hint"),
+                },
                 Err(_) => warn!(kind = env.kind, "unknown mesh envelope kind"),
             }
         }

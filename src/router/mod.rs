@@ -20,6 +20,7 @@ use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+pub mod hints;
 pub mod inbox;
 pub mod liveness;
 
@@ -137,6 +138,7 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Guards still running (a graceful stop waits for them).
     guards: tokio_util::task::TaskTracker,
+    hints: hints::Hints,
 }
 
 /// Cloneable handle on the routing layer.
@@ -168,12 +170,41 @@ impl Router {
             max_offline,
             shutdown,
             guards: tokio_util::task::TaskTracker::new(),
+            // As long as a resumption could come (the default resume window).
+            hints: hints::Hints::new(std::time::Duration::from_secs(600)),
         }))
     }
 
     /// The task that removes delivered messages from replicated queues.
     pub fn remover(&self) -> &Remover {
         &self.0.remover
+    }
+
+    /// Delivery hints from peers (see [`hints`]).
+    pub fn hints(&self) -> &hints::Hints {
+        &self.0.hints
+    }
+
+    /// Sends `hint` to every other member (best effort, never waits).
+    pub fn share_hint(&self, hint: &hints::Hint) {
+        let peers: Vec<NodeId> = {
+            let m = self
+                .0
+                .cluster
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .clone();
+            m.membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.0.node)
+                .collect()
+        };
+        for node in peers {
+            self.0.mesh.send_hint(self, node, hint);
+        }
     }
 
     /// A new guard pipeline, for one sending session.
