@@ -263,6 +263,24 @@ impl ClusterHandle {
         &self.0.peers
     }
 
+    /// Whether this node is, as far as it can tell, in touch with a leader
+    /// that has a quorum: a follower that knows its leader, or a leader a
+    /// quorum acknowledged within the last 1.5 s. A node cut off from the
+    /// majority soon answers false (a follower becomes a candidate after
+    /// its election timeout).
+    pub fn in_quorum_contact(&self) -> bool {
+        let m = self.0.raft.metrics();
+        let m = m.borrow();
+        match m.state {
+            ServerState::Leader => {
+                m.membership_config.membership().voter_ids().count() <= 1
+                    || m.millis_since_quorum_ack.is_some_and(|ms| ms < 1500)
+            }
+            ServerState::Follower => m.current_leader.is_some(),
+            _ => false,
+        }
+    }
+
     /// Commits a state machine command and returns its result.
     pub async fn write(&self, cmd: Command) -> Result<Applied, ProposeError> {
         self.propose(Proposal::Command(cmd)).await

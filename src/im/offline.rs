@@ -12,6 +12,9 @@
 //!   older than [`PULL_OTHERS_AFTER`] are taken, so one that another
 //!   resource is about to acknowledge is not shown twice.
 //!
+//! A node that is cut off from the majority does not pull (its copy of
+//! the queue is stale and removals would not commit).
+//!
 //! Each pulled message gets an XEP-0203 delay stamp. It leaves the queue
 //! once acknowledged (XEP-0198) or written (without it).
 use std::time::Duration;
@@ -59,6 +62,13 @@ pub fn datetime(ms: u64) -> String {
 /// first. `all`: everything (initial presence, a drain going on); else
 /// only what no other session of the account may still deliver.
 pub fn pull(s: &mut Session, all: bool) {
+    // A node cut off from the majority has a stale queue and cannot commit
+    // the removal of what its client acknowledges: the client would get it
+    // again on its next node. It delivers from the queue once back.
+    if !s.shared.cluster.in_quorum_contact() {
+        s.set_more_queued(true);
+        return;
+    }
     let room = s.pull_room().min(BATCH);
     if room == 0 {
         s.set_more_queued(true);
