@@ -19,7 +19,7 @@ use super::sm::{Outbound, StreamMgmt};
 use super::stream::{Conn, ConnError};
 use super::Shared;
 use crate::router::{
-    now_ms, random_id, stanza_id_of, GuardDone, Guarded, LocalSession, Notify, ToSession,
+    now_ms, queued_id, random_id, GuardDone, Guarded, LocalSession, Notify, ToSession,
     SESSION_QUEUE,
 };
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
@@ -314,7 +314,7 @@ impl Session {
 
     /// Whether the next pull may take `id` (not written here already).
     pub(crate) fn may_pull(&self, id: &str) -> bool {
-        !self.seen.contains(id)
+        !self.seen.contains(id) && !self.shared.router.remover().is_pending(&self.bare, id)
     }
 
     /// Room for queued messages before the unacknowledged limit.
@@ -932,16 +932,6 @@ impl Session {
         }
         warn!("could not remove the session binding");
     }
-}
-
-/// The replicated-queue id of a message for account `bare`: its XEP-0359
-/// stanza id by `bare`, on a `chat` or `normal` message (the types a guard
-/// stores).
-pub(crate) fn queued_id(el: &Element, bare: &str) -> Option<String> {
-    if el.name() != "message" || !matches!(el.attr("type").unwrap_or("normal"), "normal" | "chat") {
-        return None;
-    }
-    stanza_id_of(el, bare)
 }
 
 /// The next resumption for a resumable session (pending forever for one

@@ -18,7 +18,8 @@
 //!
 //! Consensus stays off the live path: the recipient sees the message as
 //! soon as the mesh carries it; only the sender's ack waits for the commit.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use starling_raft::command::{Command, Enqueue, OfflineMessage, Response};
@@ -207,19 +208,36 @@ enum ToRemover {
 #[derive(Clone)]
 pub struct Remover {
     tx: mpsc::UnboundedSender<ToRemover>,
+    /// Delivered and not yet removed (bare, id): a pull on this node skips
+    /// them, so a new session of the account does not get them again while
+    /// their removal waits for its enqueue or its commit.
+    pending: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 impl Remover {
     /// Starts the removal task of this node.
     pub fn start(cluster: ClusterHandle) -> Remover {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_remover(cluster, rx));
-        Remover { tx }
+        let pending = Arc::new(Mutex::new(HashSet::new()));
+        tokio::spawn(run_remover(cluster, rx, pending.clone()));
+        Remover { tx, pending }
     }
 
     /// The client of `bare` has message `id`: remove it from the queue.
     pub fn delivered(&self, bare: &str, id: String) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((bare.to_string(), id.clone()));
         let _ = self.tx.send(ToRemover::Delivered(bare.to_string(), id));
+    }
+
+    /// Whether message `id` of `bare` was delivered and is being removed.
+    pub fn is_pending(&self, bare: &str, id: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(bare.to_string(), id.to_string()))
     }
 
     /// Waits (at most `limit`) until the removals asked for `bare` so far
@@ -233,7 +251,11 @@ impl Remover {
     }
 }
 
-async fn run_remover(cluster: ClusterHandle, mut rx: mpsc::UnboundedReceiver<ToRemover>) {
+async fn run_remover(
+    cluster: ClusterHandle,
+    mut rx: mpsc::UnboundedReceiver<ToRemover>,
+    pending: Arc<Mutex<HashSet<(String, String)>>>,
+) {
     // (bare, id) -> when it was handed in.
     let mut waiting: HashMap<(String, String), Instant> = HashMap::new();
     let mut syncs: Vec<(String, Instant, oneshot::Sender<()>)> = Vec::new();
@@ -262,6 +284,8 @@ async fn run_remover(cluster: ClusterHandle, mut rx: mpsc::UnboundedReceiver<ToR
         }
         if !waiting.is_empty() {
             remove_ready(&cluster, &mut waiting).await;
+            let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.retain(|k| waiting.contains_key(k));
         }
         // A sync is answered once nothing of its account asked before it
         // is still waiting (what was ready was committed just above).

@@ -631,12 +631,22 @@ impl Router {
     /// A stanza the mesh could not hand to `node`: route it again as if
     /// that node's sessions did not exist.
     pub async fn undeliverable(&self, el: Element, node: NodeId) {
+        if is_queued(&el) {
+            // Its guard has it in the recipient's queue: the recipient's
+            // sessions pull it. Routing it live again would make a second
+            // copy whenever the first did arrive (a link declared dead
+            // after its peer took the envelope).
+            return;
+        }
         Box::pin(self.route_avoiding(el, Some(node), None)).await;
     }
 
     /// A stanza a local session could not deliver: route it again without
     /// that session.
     pub async fn undeliverable_here(&self, el: Element) {
+        if is_queued(&el) {
+            return;
+        }
         Box::pin(self.route_avoiding(el, Some(self.0.node), None)).await;
     }
 
@@ -644,7 +654,7 @@ impl Router {
     /// route it again without this node's stale binding.
     pub async fn from_mesh(&self, full: &str, session: u64, el: Element) {
         if let Err(el) = self.deliver_local(full, session, el) {
-            Box::pin(self.route_avoiding(el, Some(self.0.node), None)).await;
+            self.undeliverable_here(el).await;
         }
     }
 }
@@ -670,6 +680,24 @@ fn add_stanza_id(el: &mut Element, by: &str) {
             .with_attr("id", random_id())
             .with_attr("by", by),
     );
+}
+
+/// Whether `el` is a message its guard keeps in its recipient's queue (a
+/// `chat` or `normal` message with the recipient's XEP-0359 stanza id).
+pub fn is_queued(el: &Element) -> bool {
+    let Some(to) = el.attr("to") else {
+        return false;
+    };
+    queued_id(el, bare_of(to)).is_some()
+}
+
+/// The queue id of a message for account `bare`: its XEP-0359 stanza id by
+/// `bare`, on a `chat` or `normal` message (the types a guard stores).
+pub fn queued_id(el: &Element, bare: &str) -> Option<String> {
+    if el.name() != "message" || !matches!(el.attr("type").unwrap_or("normal"), "normal" | "chat") {
+        return None;
+    }
+    stanza_id_of(el, bare)
 }
 
 /// The stanza id `by` assigned, if any.
