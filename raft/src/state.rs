@@ -14,6 +14,7 @@
 //! | `q`    | offline        | bare JID `\0` seq BE | [`OfflineMessage`] |
 //! | `n`    | offline_next   | bare JID             | next seq (u64)   |
 //! | `i`    | offline_ids    | bare JID `\0` msg id | seq (u64)        |
+//! | `d`    | offline_done   | bare JID `\0` msg id | log index of the removal |
 //! | `m`    | raft meta      | (written by the store, not here)        |
 //!
 //! # Digest
@@ -214,9 +215,15 @@ pub struct StateData {
     pub offline: Table<(String, u64), OfflineMessage>,
     pub offline_next: Table<String, u64>,
     pub offline_ids: Table<(String, String), u64>,
+    /// Ids removed from a queue (delivered), so that a late retry of their
+    /// enqueue (an outcome that was unknown, proposed again) does not queue
+    /// them a second time. At most [`MAX_DONE`] per account, oldest pruned.
+    pub offline_done: Table<(String, String), u64>,
     tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     entry_term: u64,
+    /// The index of the log entry being applied (not stored: an input).
+    entry_index: u64,
 }
 
 impl Clone for Tracker {
@@ -238,8 +245,10 @@ impl Default for StateData {
             offline: Table::new(b'q'),
             offline_next: Table::new(b'n'),
             offline_ids: Table::new(b'i'),
+            offline_done: Table::new(b'd'),
             tracker: Tracker::default(),
             entry_term: 0,
+            entry_index: 0,
         }
     }
 }
@@ -288,6 +297,7 @@ impl StateData {
             b'q' => self.offline.load_row(rest, value)?,
             b'n' => self.offline_next.load_row(rest, value)?,
             b'i' => self.offline_ids.load_row(rest, value)?,
+            b'd' => self.offline_done.load_row(rest, value)?,
             other => return Err(CodecError::msg(format!("unknown table prefix {other:#x}"))),
         };
         self.tracker.digest = self.tracker.digest.wrapping_add(h);
@@ -303,6 +313,7 @@ impl StateData {
         self.offline.rows(&mut out)?;
         self.offline_next.rows(&mut out)?;
         self.offline_ids.rows(&mut out)?;
+        self.offline_done.rows(&mut out)?;
         Ok(out)
     }
 
@@ -330,6 +341,12 @@ impl StateData {
     pub fn apply_in_term(&mut self, cmd: Command, term: u64) -> Response {
         self.entry_term = term;
         self.apply(cmd)
+    }
+
+    /// Applies the command of the log entry at `index`, of term `term`.
+    pub fn apply_entry(&mut self, cmd: Command, term: u64, index: u64) -> Response {
+        self.entry_index = index;
+        self.apply_in_term(cmd, term)
     }
 
     /// Applies one command. Deterministic: the result depends only on the
@@ -397,7 +414,16 @@ impl StateData {
                     self.roster.remove(k, t);
                 }
                 let queued = remove_queue(self, &jid, u64::MAX);
+                let done: Vec<(String, String)> = self
+                    .offline_done
+                    .range((jid.clone(), String::new())..)
+                    .take_while(|((o, _), _)| *o == jid)
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 let t = &mut self.tracker;
+                for k in &done {
+                    self.offline_done.remove(k, t);
+                }
                 self.offline_next.remove(&jid, t);
                 let prefix = format!("{jid}/");
                 let sessions: Vec<String> = self
@@ -533,6 +559,17 @@ impl StateData {
                 if self.users.get(&to).is_none() {
                     return Response::NoSuchUser;
                 }
+                if self
+                    .offline_done
+                    .get(&(to.clone(), message.id.clone()))
+                    .is_some()
+                {
+                    // Delivered and removed already: a late retry.
+                    return Response::Queued {
+                        seq: 0,
+                        duplicate: true,
+                    };
+                }
                 if let Some(seq) = self.offline_ids.get(&(to.clone(), message.id.clone())) {
                     return Response::Queued {
                         seq: *seq,
@@ -564,7 +601,9 @@ impl StateData {
                         self.offline.remove(&(to.clone(), seq), t);
                         removed += 1;
                     }
+                    self.offline_done.insert(key, self.entry_index, t);
                 }
+                prune_done(self, &to);
                 Response::Acked { removed }
             }
         }
@@ -621,6 +660,30 @@ fn owner_range(roster: &Table<(String, String), RosterItem>, owner: &str) -> Vec
         .take_while(|((o, _), _)| o == owner)
         .map(|(k, _)| k.clone())
         .collect()
+}
+
+/// Most removed ids remembered per account (see `StateData::offline_done`).
+pub const MAX_DONE: usize = 4096;
+
+/// Keeps at most [`MAX_DONE`] removed ids of `to`: past it, the oldest
+/// quarter goes (by the log index of their removal, so every node prunes
+/// the same rows).
+fn prune_done(data: &mut StateData, to: &str) {
+    let start = (to.to_string(), String::new());
+    let mut mine: Vec<((String, String), u64)> = data
+        .offline_done
+        .range(start..)
+        .take_while(|((o, _), _)| o == to)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if mine.len() <= MAX_DONE {
+        return;
+    }
+    mine.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    let t = &mut data.tracker;
+    for (k, _) in mine.into_iter().take(MAX_DONE / 4) {
+        data.offline_done.remove(&k, t);
+    }
 }
 
 /// Removes queue entries of `to` with seq <= `up_to`, and their id index rows.
@@ -770,17 +833,29 @@ mod tests {
         assert_eq!(d.apply(remove(&["m2"])), Response::Acked { removed: 0 });
         let ids: Vec<_> = d.queue("b@x").map(|(_, m)| m.id.clone()).collect();
         assert_eq!(ids, ["m1", "m3"]);
-        // The id index row went too: the same id may be queued again.
+        // A late retry of a removed message's enqueue (its outcome was
+        // unknown, it was proposed again) does not queue it again.
         assert_eq!(
             enqueue(&mut d, "b@x", "m2", 10),
             Response::Queued {
-                seq: 4,
-                duplicate: false
+                seq: 0,
+                duplicate: true
             }
         );
+        assert_eq!(d.queue_depth("b@x"), 2);
         let fresh = reload(&mut d, &mut disk);
         assert_eq!(fresh.digest(), d.digest());
-        assert_eq!(fresh.queue_depth("b@x"), 3);
+        assert_eq!(fresh.queue_depth("b@x"), 2);
+        assert_eq!(fresh.offline_done.len(), 2);
+        // Removed ids are bounded per account, the oldest pruned first.
+        for i in 0..MAX_DONE + 10 {
+            d.apply_entry(remove(&[&format!("x{i}")]), 1, 100 + i as u64);
+        }
+        let kept = d.offline_done.len();
+        assert!(kept <= MAX_DONE && kept > MAX_DONE / 2, "{kept}");
+        assert!(d.offline_done.get(&("b@x".into(), "x0".into())).is_none());
+        let last = format!("x{}", MAX_DONE + 9);
+        assert!(d.offline_done.get(&("b@x".into(), last)).is_some());
     }
 
     #[test]

@@ -376,6 +376,11 @@ impl StateMachineStore {
         StateReader(self.state.clone())
     }
 
+    fn read_membership(&self) -> StoredMembership {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        st.membership.clone()
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, AppliedState> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
@@ -437,15 +442,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // The state lock is taken per entry and released before the sled
+        // write: routing reads the state on every stanza, and must not wait
+        // behind a whole append's worth of applies and their disk write.
         let mut responses = Vec::new();
-        let mut st = self.write();
         let mut membership_changed = false;
+        let mut ops = Vec::new();
+        let mut last_applied = None;
         for entry in entries {
+            let mut st = self.write();
             st.last_applied = Some(entry.log_id);
             let r = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(cmd) => {
-                    st.data.apply_in_term(cmd, entry.log_id.leader_id.term)
+                    st.data
+                        .apply_entry(cmd, entry.log_id.leader_id.term, entry.log_id.index)
                 }
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -453,14 +464,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Response::Done
                 }
             };
+            ops.extend(st.data.take_writes().map_err(io_err(write_sm_err))?.ops);
+            last_applied = st.last_applied;
             responses.push(r);
         }
         if responses.is_empty() {
             return Ok(responses);
         }
-        let writes = st.data.take_writes().map_err(io_err(write_sm_err))?;
+        let membership = if membership_changed {
+            Some(self.read_membership())
+        } else {
+            None
+        };
         let mut batch = sled::Batch::default();
-        for (k, v) in writes.ops {
+        for (k, v) in ops {
             match v {
                 Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
@@ -468,12 +485,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         batch.insert(
             KEY_APPLIED,
-            codec::encode(&st.last_applied).map_err(io_err(write_sm_err))?,
+            codec::encode(&last_applied).map_err(io_err(write_sm_err))?,
         );
-        if membership_changed {
+        if let Some(m) = membership {
             batch.insert(
                 KEY_MEMBERSHIP,
-                codec::encode(&st.membership).map_err(io_err(write_sm_err))?,
+                codec::encode(&m).map_err(io_err(write_sm_err))?,
             );
         }
         self.sm.apply_batch(batch).map_err(io_err(write_sm_err))?;
