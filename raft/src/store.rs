@@ -250,8 +250,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(io_err(write_logs_err))?;
             batch.insert(&index_key(entry.get_log_id().index), bytes);
         }
-        self.log
-            .apply_batch(batch)
+        // sled may block on I/O here: on a blocking thread, not a runtime
+        // worker (every session shares those).
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.apply_batch(batch))
+            .await
+            .map_err(io_err(write_logs_err))?
             .map_err(io_err(write_logs_err))?;
         // One flush covers every entry of this call (and whatever the state
         // machine wrote before it): many commands per fsync under load.
@@ -493,7 +497,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 codec::encode(&m).map_err(io_err(write_sm_err))?,
             );
         }
-        self.sm.apply_batch(batch).map_err(io_err(write_sm_err))?;
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.apply_batch(batch))
+            .await
+            .map_err(io_err(write_sm_err))?
+            .map_err(io_err(write_sm_err))?;
         Ok(responses)
     }
 
