@@ -263,6 +263,16 @@ impl ClusterHandle {
         &self.0.peers
     }
 
+    /// The index of the last log entry this node has applied (0: none).
+    pub fn applied_index(&self) -> u64 {
+        self.0
+            .state
+            .read()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
     /// Whether this node is, as far as it can tell, in touch with a leader
     /// that has a quorum: a follower that knows its leader, or a leader a
     /// quorum acknowledged within the last 1.5 s. A node cut off from the

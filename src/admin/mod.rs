@@ -116,14 +116,7 @@ impl AdminService {
             .write(starling_raft::Command::Barrier)
             .await
             .map_err(status_of)?;
-        let here = self
-            .cluster
-            .state()
-            .read()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0);
-        if here < a.log_index {
+        if self.cluster.applied_index() < a.log_index {
             return Err(Status::unavailable(
                 "this node has not caught up with the cluster; try again",
             ));

@@ -147,11 +147,7 @@ impl StreamMgmt {
     /// Our `h`: received stanzas that are handled and safe, every one
     /// before them too.
     pub fn h(&self) -> u32 {
-        let safe = match self.unsafe_counts.first() {
-            Some(first) => first - 1,
-            None => self.received,
-        };
-        safe as u32
+        self.safe_upto() as u32
     }
 
     fn safe_upto(&self) -> u64 {

@@ -186,14 +186,7 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         let mut seq = 0u64;
         let mut push = |item: Outgoing, unacked: &mut VecDeque<(u64, Outgoing)>| {
             seq += 1;
-            let applied = mesh
-                .0
-                .cluster
-                .state()
-                .read()
-                .last_applied
-                .map(|l| l.index)
-                .unwrap_or(0);
+            let applied = mesh.0.cluster.applied_index();
             let env = envelope(seq, mesh.0.node, applied, &item);
             unacked.push_back((seq, item));
             env
@@ -247,34 +240,21 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
 }
 
 fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) -> Envelope {
-    match item {
-        Outgoing::Stanza { to, session, el } => Envelope {
-            seq,
-            kind: Kind::Stanza as i32,
-            to: to.clone(),
-            session: *session,
-            xml: el.to_standalone_xml(),
-            from_node,
-            applied_index,
-        },
-        Outgoing::Hint { bare, acked, json } => Envelope {
-            seq,
-            kind: Kind::Hint as i32,
-            to: bare.clone(),
-            session: *acked,
-            xml: json.clone(),
-            from_node,
-            applied_index,
-        },
-        Outgoing::Kick { to, session } => Envelope {
-            seq,
-            kind: Kind::Kick as i32,
-            to: to.clone(),
-            session: *session,
-            xml: String::new(),
-            from_node,
-            applied_index,
-        },
+    let (kind, to, session, xml) = match item {
+        Outgoing::Stanza { to, session, el } => {
+            (Kind::Stanza, to.clone(), *session, el.to_standalone_xml())
+        }
+        Outgoing::Hint { bare, acked, json } => (Kind::Hint, bare.clone(), *acked, json.clone()),
+        Outgoing::Kick { to, session } => (Kind::Kick, to.clone(), *session, String::new()),
+    };
+    Envelope {
+        seq,
+        kind: kind as i32,
+        to,
+        session,
+        xml,
+        from_node,
+        applied_index,
     }
 }
 
@@ -349,12 +329,7 @@ async fn receive(
 /// knew when it sent the stanza is known here before it is delivered.
 async fn catch_up(router: &Router, index: u64) {
     let cluster = router.cluster();
-    let here = cluster
-        .state()
-        .read()
-        .last_applied
-        .map(|l| l.index)
-        .unwrap_or(0);
+    let here = cluster.applied_index();
     if here >= index {
         return;
     }
