@@ -381,6 +381,13 @@ impl ClusterHandle {
         }
     }
 
+    /// The voting members, as this node's membership config says.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        let m = self.0.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
     /// The membership entry of node `id` (its addresses).
     pub fn member_node(&self, id: NodeId) -> Option<StarlingNode> {
         let m = self.0.raft.metrics().borrow().membership_config.clone();

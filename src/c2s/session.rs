@@ -231,10 +231,10 @@ impl Session {
         if !had.is_empty() {
             debug!(count = had.len(), "skipping queued messages the client had");
         }
-        for id in had {
-            seen.insert(&id);
-            router.remover().delivered(bare, id);
+        for id in &had {
+            seen.insert(id);
         }
+        router.delivered(bare, had);
         Some(Session {
             shared,
             conn,
@@ -566,10 +566,8 @@ impl Session {
         if self.written_unflushed.is_empty() {
             return;
         }
-        let remover = self.shared.router.remover().clone();
-        for id in self.written_unflushed.drain(..) {
-            remover.delivered(&self.bare, id);
-        }
+        let ids = std::mem::take(&mut self.written_unflushed);
+        self.shared.router.delivered(&self.bare, ids);
     }
 
     fn handle_routed(&mut self, m: ToSession) -> Result<(), Ended> {
@@ -750,12 +748,8 @@ impl Session {
                 e.to_string(),
             ))
         })?;
-        let remover = self.shared.router.remover();
-        for o in released {
-            if let Some(id) = o.queued_id {
-                remover.delivered(&self.bare, id);
-            }
-        }
+        let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
+        self.shared.router.delivered(&self.bare, ids);
         if self.more_queued && self.available && self.pull_room() > 0 {
             crate::im::offline::pull(self, true);
         }
@@ -817,12 +811,8 @@ impl Session {
             }
         };
         self.conn.queue(&reply);
-        let remover = self.shared.router.remover();
-        for o in released {
-            if let Some(id) = o.queued_id {
-                remover.delivered(&self.bare, id);
-            }
-        }
+        let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
+        self.shared.router.delivered(&self.bare, ids);
         // Retransmit what the client did not get (XEP-0198 §5), then ask.
         for el in &again {
             el.write_to(self.conn.out(), ns::CLIENT);
@@ -904,6 +894,9 @@ impl Session {
                 router.undeliverable_here(el).await;
             }
         }
+        // Copies in custody for the account here go to its queue now, for
+        // its next session wherever it logs in (see `router::custody`).
+        router.custody_release_account(&self.bare);
         info!(ended = ended.kind(), "session ended");
     }
 }

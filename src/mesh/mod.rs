@@ -25,6 +25,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::router::custody::Key;
 use crate::router::Router;
 use crate::xmpp::Element;
 
@@ -33,14 +34,44 @@ const LINK_QUEUE: usize = 4096;
 /// After a failed connect, stanzas for that peer go straight to the
 /// fallback for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// A link with an envelope unacknowledged this long counts as down for
+/// choosing custody keepers.
+const SLOW: Duration = Duration::from_millis(300);
+
+#[derive(Default)]
+struct Health {
+    /// The link failed; new work skips the peer until then.
+    down_until: Option<Instant>,
+    /// When the oldest unacknowledged envelope was sent.
+    oldest_unacked: Option<Instant>,
+}
+
 /// How long opening a link may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A stanza's place in custody (`router::custody`): its key and every
+/// node holding a copy.
+#[derive(Debug, Clone)]
+pub struct Tag {
+    pub key: Key,
+    pub holders: Vec<NodeId>,
+}
 
 enum Outgoing {
     Stanza {
         to: String,
         session: u64,
         el: Element,
+        tag: Option<Tag>,
+    },
+    /// Custody: keep a copy of `xml`.
+    Hold {
+        tag: Tag,
+        xml: String,
+    },
+    /// Custody: drop these copies.
+    Done {
+        json: String,
     },
     Kick {
         to: String,
@@ -58,6 +89,8 @@ struct Inner {
     peers: Peers,
     cluster: ClusterHandle,
     links: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
+    /// How each peer's link is doing.
+    health: Mutex<HashMap<NodeId, Health>>,
     /// Set once the router exists (the router holds this handle).
     router: OnceCell<Router>,
 }
@@ -73,6 +106,7 @@ impl MeshLinks {
             peers,
             cluster,
             links: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
             router: OnceCell::new(),
         }))
     }
@@ -92,7 +126,8 @@ impl MeshLinks {
         tx
     }
 
-    /// Queues a stanza for session `session` of `to` on `node`.
+    /// Queues a stanza for session `session` of `to` on `node` (in
+    /// custody when `tag` is set: the peer's ack confirms its copy).
     pub async fn send_stanza(
         &self,
         router: Router,
@@ -100,18 +135,72 @@ impl MeshLinks {
         to: &str,
         session: u64,
         el: Element,
+        tag: Option<Tag>,
     ) {
         let tx = self.link(&router, node);
         let item = Outgoing::Stanza {
             to: to.to_string(),
             session,
             el,
+            tag,
         };
         if let Err(e) = tx.send(item).await {
-            if let Outgoing::Stanza { el, .. } = e.0 {
-                router.undeliverable(el, node).await;
-            }
+            fail_all(&router, node, [e.0]).await;
         }
+    }
+
+    /// Asks `node` to keep a copy of a message in custody.
+    /// Never waits: a link too busy to take it makes the copy
+    /// unconfirmed (the message goes to its queue instead).
+    pub async fn send_hold(&self, router: Router, node: NodeId, tag: Tag, xml: String) {
+        let tx = self.link(&router, node);
+        if let Err(e) = tx.try_send(Outgoing::Hold { tag, xml }) {
+            let item = match e {
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+            };
+            fail_all(&router, node, [item]).await;
+        }
+    }
+
+    /// Tells `node` that these custody copies are done. Never waits (a
+    /// lost notice only costs the peer a commit and the client a copy).
+    pub fn send_done(&self, router: &Router, node: NodeId, keys: &[Key]) {
+        let Ok(json) = serde_json::to_string(keys) else {
+            return;
+        };
+        let tx = self.link(router, node);
+        if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(Outgoing::Done { json }) {
+            tokio::spawn(async move {
+                let _ = tx.send(item).await;
+            });
+        }
+    }
+
+    /// Whether the link to `node` failed lately, or has an envelope
+    /// unacknowledged for longer than [`SLOW`] (a paused or cut-off peer):
+    /// custody picks another keeper.
+    pub fn is_down(&self, node: NodeId) -> bool {
+        let health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        health.get(&node).is_some_and(|h| {
+            h.down_until.is_some_and(|t| now < t)
+                || h.oldest_unacked
+                    .is_some_and(|t| now.duration_since(t) > SLOW)
+        })
+    }
+
+    fn set_down(&self, node: NodeId, until: Option<Instant>) {
+        let mut health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = health.entry(node).or_default();
+        h.down_until = until;
+        if until.is_some() {
+            h.oldest_unacked = None;
+        }
+    }
+
+    fn set_oldest(&self, node: NodeId, at: Option<Instant>) {
+        let mut health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.entry(node).or_default().oldest_unacked = at;
     }
 
     /// Gives `node` a delivery hint; dropped if its link is busy (a hint
@@ -143,13 +232,33 @@ impl MeshLinks {
     }
 }
 
-/// Hands the stanzas of `items` to the fallback (the peer is unreachable).
+/// Hands the stanzas of `items` to the fallback (the peer is unreachable):
+/// a copy in custody is committed to its queue, another stanza is routed
+/// again without the peer's sessions.
 async fn fail_all(router: &Router, node: NodeId, items: impl IntoIterator<Item = Outgoing>) {
+    let mut unconfirmed = Vec::new();
     for item in items {
-        if let Outgoing::Stanza { el, .. } = item {
-            router.undeliverable(el, node).await;
+        match item {
+            Outgoing::Stanza { tag: Some(t), .. } | Outgoing::Hold { tag: t, .. } => {
+                unconfirmed.push(t.key)
+            }
+            Outgoing::Stanza { el, tag: None, .. } => router.undeliverable(el, node).await,
+            _ => {}
         }
     }
+    if !unconfirmed.is_empty() {
+        router.custody_unconfirmed(unconfirmed, node);
+    }
+}
+
+/// The custody keys among acknowledged items.
+fn confirmed_keys(items: impl Iterator<Item = Outgoing>) -> Vec<Key> {
+    items
+        .filter_map(|i| match i {
+            Outgoing::Stanza { tag: Some(t), .. } | Outgoing::Hold { tag: t, .. } => Some(t.key),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
@@ -159,6 +268,7 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         let Some(first) = rx.recv().await else {
             return;
         };
+        mesh.set_down(node, down_until);
         if down_until.is_some_and(|t| Instant::now() < t) {
             fail_all(&router, node, [first]).await;
             continue;
@@ -182,18 +292,21 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (out_tx, out_rx) = mpsc::channel::<Envelope>(1024);
-        let mut unacked: VecDeque<(u64, Outgoing)> = VecDeque::new();
+        let mut unacked: VecDeque<(u64, Instant, Outgoing)> = VecDeque::new();
         let mut seq = 0u64;
-        let mut push = |item: Outgoing, unacked: &mut VecDeque<(u64, Outgoing)>| {
+        let mut push = |item: Outgoing, unacked: &mut VecDeque<(u64, Instant, Outgoing)>| {
             seq += 1;
             let applied = mesh.0.cluster.applied_index();
             let env = envelope(seq, mesh.0.node, applied, &item);
-            unacked.push_back((seq, item));
+            if unacked.is_empty() {
+                mesh.set_oldest(node, Some(Instant::now()));
+            }
+            unacked.push_back((seq, Instant::now(), item));
             env
         };
         let env = push(first, &mut unacked);
         if out_tx.send(env).await.is_err() {
-            fail_all(&router, node, unacked.into_iter().map(|(_, i)| i)).await;
+            fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
             continue;
         }
         let opened =
@@ -203,13 +316,13 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
             Ok(Err(e)) => {
                 debug!(error = %e, "mesh link refused");
                 down_until = Some(Instant::now() + RETRY_AFTER);
-                fail_all(&router, node, unacked.into_iter().map(|(_, i)| i)).await;
+                fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
                 continue;
             }
             Err(_) => {
                 debug!("mesh link open timed out");
                 down_until = Some(Instant::now() + RETRY_AFTER);
-                fail_all(&router, node, unacked.into_iter().map(|(_, i)| i)).await;
+                fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
                 continue;
             }
         };
@@ -225,8 +338,11 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                 }
                 ack = acks.message() => match ack {
                     Ok(Some(Ack { up_to })) => {
-                        while unacked.front().is_some_and(|(s, _)| *s <= up_to) {
-                            unacked.pop_front();
+                        let n = unacked.iter().take_while(|(s, _, _)| *s <= up_to).count();
+                        let keys = confirmed_keys(unacked.drain(..n).map(|(_, _, i)| i));
+                        mesh.set_oldest(node, unacked.front().map(|u| u.1));
+                        if !keys.is_empty() {
+                            router.custody_confirmed(keys, node);
                         }
                     }
                     Ok(None) | Err(_) => break,
@@ -235,17 +351,42 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         }
         warn!(unacked = unacked.len(), "mesh link down");
         down_until = Some(Instant::now() + RETRY_AFTER);
-        fail_all(&router, node, unacked.into_iter().map(|(_, i)| i)).await;
+        mesh.set_down(node, down_until);
+        fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
+        // What the peer confirmed earlier may have died with it.
+        router.custody_peer_down(node);
     }
 }
 
 fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) -> Envelope {
-    let (kind, to, session, xml) = match item {
-        Outgoing::Stanza { to, session, el } => {
-            (Kind::Stanza, to.clone(), *session, el.to_standalone_xml())
+    let none = (Vec::new(), String::new());
+    let (kind, to, session, xml, (holders, queue_id)) = match item {
+        Outgoing::Stanza {
+            to,
+            session,
+            el,
+            tag,
+        } => (
+            Kind::Stanza,
+            to.clone(),
+            *session,
+            el.to_standalone_xml(),
+            tag.as_ref()
+                .map(|t| (t.holders.clone(), t.key.1.clone()))
+                .unwrap_or(none),
+        ),
+        Outgoing::Hold { tag, xml } => (
+            Kind::Hold,
+            tag.key.0.clone(),
+            0,
+            xml.clone(),
+            (tag.holders.clone(), tag.key.1.clone()),
+        ),
+        Outgoing::Done { json } => (Kind::Done, String::new(), 0, json.clone(), none),
+        Outgoing::Hint { bare, acked, json } => {
+            (Kind::Hint, bare.clone(), *acked, json.clone(), none)
         }
-        Outgoing::Hint { bare, acked, json } => (Kind::Hint, bare.clone(), *acked, json.clone()),
-        Outgoing::Kick { to, session } => (Kind::Kick, to.clone(), *session, String::new()),
+        Outgoing::Kick { to, session } => (Kind::Kick, to.clone(), *session, String::new(), none),
     };
     Envelope {
         seq,
@@ -255,6 +396,8 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
         xml,
         from_node,
         applied_index,
+        holders,
+        queue_id,
     }
 }
 
@@ -301,13 +444,34 @@ async fn receive(
                 }
             };
             up_to = Some(env.seq);
-            if env.kind != Kind::Hint as i32 {
+            let kind = Kind::try_from(env.kind);
+            if matches!(kind, Ok(Kind::Stanza | Kind::Kick)) {
                 catch_up(&router, env.applied_index).await;
             }
-            match Kind::try_from(env.kind) {
+            match kind {
                 Ok(Kind::Stanza) => match crate::xmpp::parse_stanza(&env.xml) {
-                    Ok(el) => router.from_mesh(&env.to, env.session, el).await,
+                    Ok(el) => {
+                        if !env.holders.is_empty() {
+                            // Held before it is acknowledged (the ack is
+                            // the sender's confirmation of this copy).
+                            router.custody_hold(
+                                crate::router::bare_of(&env.to),
+                                &env.queue_id,
+                                env.xml,
+                                &env.holders,
+                                true,
+                            );
+                        }
+                        router.from_mesh(&env.to, env.session, el).await
+                    }
                     Err(e) => warn!(error = %e, from = env.from_node, "unparseable stanza on mesh"),
+                },
+                Ok(Kind::Hold) => {
+                    router.custody_hold(&env.to, &env.queue_id, env.xml, &env.holders, false)
+                }
+                Ok(Kind::Done) => match serde_json::from_str::<Vec<Key>>(&env.xml) {
+                    Ok(keys) => router.custody_done_elsewhere(keys),
+                    Err(e) => warn!(error = %e, "unreadable custody notice"),
                 },
                 Ok(Kind::Kick) => router.kick_local(&env.to, env.session).await,
                 Ok(Kind::Hint) => match serde_json::from_str(&env.xml) {

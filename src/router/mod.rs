@@ -12,7 +12,7 @@
 //! it is delivered live ([`inbox`]): the sender's ack waits for that commit,
 //! the recipient does not. Consensus is beside the live path, never on it.
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use starling_raft::command::{OfflineMessage, SessionBinding};
@@ -20,8 +20,10 @@ use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+pub mod custody;
 pub mod hints;
 pub mod inbox;
+mod keeper;
 pub mod liveness;
 
 pub use inbox::{GuardPipeline, Guarded, Remover};
@@ -139,6 +141,11 @@ struct Inner {
     /// Guards still running (a graceful stop waits for them).
     guards: tokio_util::task::TaskTracker,
     hints: hints::Hints,
+    /// Messages in custody here (see [`custody`]).
+    custody: Mutex<keeper::CustodyBook>,
+    /// Commits of copies custody gives to the queue (one node-wide
+    /// pipeline; its task ends with the router).
+    custody_pipeline: GuardPipeline,
 }
 
 /// Cloneable handle on the routing layer.
@@ -160,7 +167,12 @@ impl Router {
         max_offline: u32,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Router(Arc::new(Inner {
+        let custody_pipeline = GuardPipeline::start(
+            cluster.clone(),
+            shutdown.clone(),
+            &tokio_util::task::TaskTracker::new(),
+        );
+        let router = Router(Arc::new(Inner {
             node: cluster.id(),
             domain: domain.to_string(),
             remover: Remover::start(cluster.clone()),
@@ -172,7 +184,14 @@ impl Router {
             guards: tokio_util::task::TaskTracker::new(),
             // As long as a resumption could come (the default resume window).
             hints: hints::Hints::new(std::time::Duration::from_secs(600)),
-        }))
+            custody: Mutex::new(custody::Book::new(
+                keeper::MAX_CUSTODY_BYTES,
+                custody::Timeouts::default(),
+            )),
+            custody_pipeline,
+        }));
+        tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
+        router
     }
 
     /// The task that removes delivered messages from replicated queues.
@@ -217,7 +236,9 @@ impl Router {
     }
 
     /// Waits (at most `limit`) for running guards to learn their outcome.
+    /// Copies in custody are committed to their queues first.
     pub async fn wait_for_guards(&self, limit: std::time::Duration) {
+        self.custody_release_all(limit).await;
         self.0.guards.close();
         let _ = tokio::time::timeout(limit, self.0.guards.wait()).await;
     }
@@ -320,6 +341,17 @@ impl Router {
     /// Hands `el` to one session. Local: its channel; remote: the mesh.
     /// Returns the stanza back when a local session cannot take it.
     pub async fn deliver(&self, target: &Target, el: Element) -> Result<(), Element> {
+        self.deliver_tagged(target, el, None).await
+    }
+
+    /// As [`Router::deliver`], for a message in custody (`tag`): the remote
+    /// node holds a copy and its ack confirms it.
+    async fn deliver_tagged(
+        &self,
+        target: &Target,
+        el: Element,
+        tag: Option<crate::mesh::Tag>,
+    ) -> Result<(), Element> {
         if target.binding.node == self.0.node {
             return self.deliver_local(&target.full, target.binding.session, el);
         }
@@ -331,6 +363,7 @@ impl Router {
                 &target.full,
                 target.binding.session,
                 el,
+                tag,
             )
             .await;
         Ok(())
@@ -524,19 +557,45 @@ impl Router {
         let carbons = carbon_eligible(&el);
         el.remove_children(|c| c.is("private", ns::CARBONS));
         // §8.5.2.2: chat and normal are stored when no resource takes them;
-        // here they are stored in any case (the guard), and removed once a
-        // client has them. Headline (and anything else) is never stored.
+        // here they are made safe in any case before the sender's ack: in
+        // custody (copies on a majority of the nodes, see [`custody`]) when
+        // the recipient is online, else in its replicated queue (the
+        // guard). Headline (and anything else) is never stored.
+        let mut custody: Option<(custody::Key, keeper::Plan, String)> = None;
         let guarded = match notify {
             Some(n) if matches!(ty.as_str(), "normal" | "chat") => {
-                // With a live target the cap is doubled: a recipient that
-                // reads keeps its queue short, and a live copy should not
-                // be refused because older ones are still unacknowledged.
-                let cap = if chosen.is_empty() {
-                    self.0.max_offline
+                let id = stanza_id_of(&el, bare).unwrap_or_else(random_id);
+                let stanza = el.to_standalone_xml();
+                let plan = if chosen.is_empty() {
+                    None
                 } else {
-                    self.0.max_offline.saturating_mul(2)
+                    self.custody_plan(&id, &chosen, stanza.len())
                 };
-                self.spawn_guard(bare, &el, cap, n);
+                match plan {
+                    Some(plan) => {
+                        let key = (bare.to_string(), id);
+                        let primary = chosen.iter().any(|t| t.binding.node == self.0.node);
+                        let waiter = keeper::Waiter {
+                            tx: n.tx,
+                            count: n.count,
+                            message: el.clone(),
+                        };
+                        self.custody_originate(key.clone(), stanza.clone(), &plan, waiter, primary);
+                        custody = Some((key, plan, stanza));
+                    }
+                    None => {
+                        // With a live target the cap is doubled: a
+                        // recipient that reads keeps its queue short, and a
+                        // live copy should not be refused because older
+                        // ones are still unacknowledged.
+                        let cap = if chosen.is_empty() {
+                            self.0.max_offline
+                        } else {
+                            self.0.max_offline.saturating_mul(2)
+                        };
+                        self.spawn_guard(bare, id, stanza, &el, cap, n);
+                    }
+                }
                 true
             }
             _ => false,
@@ -562,20 +621,39 @@ impl Router {
                 el.clone()
             };
             // A local session that is gone or cannot keep up leaves the
-            // message to its guard: the queue has it.
-            let _ = self.deliver(t, copy).await;
+            // message to its guard (the queue has it) or to custody (which
+            // commits it to the queue now).
+            let tag = custody.as_ref().map(|(key, plan, _)| crate::mesh::Tag {
+                key: key.clone(),
+                holders: plan.holders.clone(),
+            });
+            if self.deliver_tagged(t, copy, tag).await.is_err() {
+                if let Some((key, _, _)) = &custody {
+                    self.custody_release(key);
+                }
+            }
+        }
+        if let Some((key, plan, stanza)) = &custody {
+            self.custody_keepers(key, stanza, plan).await;
         }
         guarded
     }
 
     /// Submits the guard of message `el` for `bare` to the sender's
     /// pipeline (see [`inbox`]).
-    fn spawn_guard(&self, bare: &str, el: &Element, cap: u32, notify: Notify) {
-        let id = stanza_id_of(el, bare).unwrap_or_else(random_id);
+    fn spawn_guard(
+        &self,
+        bare: &str,
+        id: String,
+        stanza: String,
+        el: &Element,
+        cap: u32,
+        notify: Notify,
+    ) {
         let message = OfflineMessage {
             id,
             stamp_ms: now_ms(),
-            stanza: el.to_standalone_xml(),
+            stanza,
         };
         let el = el.clone();
         let (tx, count) = (notify.tx, notify.count);
@@ -631,7 +709,9 @@ impl Router {
     /// A stanza the mesh could not hand to `node`: route it again as if
     /// that node's sessions did not exist.
     pub async fn undeliverable(&self, el: Element, node: NodeId) {
-        if is_queued(&el) {
+        if let Some(key) = queued_key(&el) {
+            // In custody here: to the queue now.
+            self.custody_release(&key);
             // Its guard has it in the recipient's queue: the recipient's
             // sessions pull it. Routing it live again would make a second
             // copy whenever the first did arrive (a link declared dead
@@ -644,7 +724,8 @@ impl Router {
     /// A stanza a local session could not deliver: route it again without
     /// that session.
     pub async fn undeliverable_here(&self, el: Element) {
-        if is_queued(&el) {
+        if let Some(key) = queued_key(&el) {
+            self.custody_release(&key);
             return;
         }
         Box::pin(self.route_avoiding(el, Some(self.0.node), None)).await;
@@ -685,10 +766,14 @@ fn add_stanza_id(el: &mut Element, by: &str) {
 /// Whether `el` is a message its guard keeps in its recipient's queue (a
 /// `chat` or `normal` message with the recipient's XEP-0359 stanza id).
 pub fn is_queued(el: &Element) -> bool {
-    let Some(to) = el.attr("to") else {
-        return false;
-    };
-    queued_id(el, bare_of(to)).is_some()
+    queued_key(el).is_some()
+}
+
+/// The custody and queue key of such a message: (bare JID, queue id).
+pub fn queued_key(el: &Element) -> Option<custody::Key> {
+    let bare = bare_of(el.attr("to")?);
+    let id = queued_id(el, bare)?;
+    Some((bare.to_string(), id))
 }
 
 /// The queue id of a message for account `bare`: its XEP-0359 stanza id by

@@ -1,0 +1,602 @@
+//! Custody: the in-memory half of the delivery guarantee, as a pure state
+//! machine (no I/O; the router carries out the [`Effect`]s it returns).
+//!
+//! A message for a recipient that is online is safe once *a majority of the
+//! voting nodes* hold a copy in memory (one of three, two of five can then
+//! fail and a copy survives): the sender's node, the node(s) of the
+//! recipient's session(s) and, where those are too few (the recipient is on
+//! the sender's node), a *keeper* that only holds it. The sender's XEP-0198
+//! ack waits for the other holders to confirm (their mesh ack), not for
+//! consensus. A copy leaves every holder once the recipient's client has
+//! the message (XEP-0198 ack, or written to a stream without it): the node
+//! that delivered it tells the others (`Done`).
+//!
+//! A copy that is not done in time, whose holder became unreachable, or
+//! whose recipient session went away, is written to the recipient's
+//! replicated queue (`Commit`, idempotent by its XEP-0359 stanza id), which
+//! is the guarantee's durable half (`router::inbox`). So a holder that dies
+//! leaves the message with the others, and the survivors commit it: the
+//! recipient gets it from its queue wherever it logs in again.
+//!
+//! Timeouts: a holder that delivers the message to the recipient (primary)
+//! commits it after `primary_hold`; the others after the longer
+//! `keeper_hold`, so that while the primary is alive one commit happens,
+//! not three. A copy originated here that lacks confirmations after
+//! `confirm_wait` (a paused or cut-off peer) is committed instead, and the
+//! sender is acked once that commit is known.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use starling_raft::command::OfflineMessage;
+use starling_raft::NodeId;
+
+use super::Guarded;
+
+/// A copy's identity: the recipient's bare JID and the message's queue id
+/// (its XEP-0359 stanza id by that JID).
+pub type Key = (String, String);
+
+/// What the caller must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect<W> {
+    /// Tell the sender's session (`W`) what became of its message.
+    Outcome(W, Guarded),
+    /// Write the message to its recipient's queue, then call
+    /// [`Book::committed`] with the outcome.
+    Commit(Key, OfflineMessage),
+    /// Tell these holders to drop their copy.
+    Done(Vec<NodeId>, Key),
+    /// The recipient's client has it and it is (or is about to be) in the
+    /// queue: remove it from there.
+    Remove(Key),
+    /// A peer says the client has it and it is not held here: remove it
+    /// from the queue if the queue holds it.
+    RemoveIfQueued(Key),
+}
+
+enum State<W> {
+    /// Originated here; `needed` more of `awaiting` must confirm.
+    Confirming {
+        awaiting: Vec<NodeId>,
+        needed: usize,
+        waiter: W,
+        by: Instant,
+    },
+    /// Held (safe), until done.
+    Held,
+    /// Being committed; `delivered` if the client had it meanwhile.
+    Committing { waiter: Option<W>, delivered: bool },
+}
+
+struct Copy<W> {
+    message: OfflineMessage,
+    /// The other holders.
+    others: Vec<NodeId>,
+    deadline: Instant,
+    state: State<W>,
+}
+
+/// The timeouts (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub confirm_wait: Duration,
+    pub primary_hold: Duration,
+    pub keeper_hold: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            confirm_wait: Duration::from_secs(1),
+            primary_hold: Duration::from_secs(3),
+            keeper_hold: Duration::from_secs(6),
+        }
+    }
+}
+
+/// The copies this node holds.
+pub struct Book<W> {
+    copies: HashMap<Key, Copy<W>>,
+    bytes: usize,
+    max_bytes: usize,
+    timeouts: Timeouts,
+}
+
+impl<W> Book<W> {
+    pub fn new(max_bytes: usize, timeouts: Timeouts) -> Self {
+        Book {
+            copies: HashMap::new(),
+            bytes: 0,
+            max_bytes,
+            timeouts,
+        }
+    }
+
+    /// Whether a copy of `bytes` more fits (else the message takes the
+    /// queue path: memory held for others is bounded).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.bytes + bytes <= self.max_bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.copies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
+
+    pub fn holds(&self, key: &Key) -> bool {
+        self.copies.contains_key(key)
+    }
+
+    fn hold_for(&self, primary: bool) -> Duration {
+        if primary {
+            self.timeouts.primary_hold
+        } else {
+            self.timeouts.keeper_hold
+        }
+    }
+
+    fn insert(&mut self, key: Key, copy: Copy<W>) {
+        self.bytes += copy.message.stanza.len();
+        if let Some(old) = self.copies.insert(key, copy) {
+            self.bytes -= old.message.stanza.len();
+        }
+    }
+
+    fn take(&mut self, key: &Key) -> Option<Copy<W>> {
+        let c = self.copies.remove(key)?;
+        self.bytes -= c.message.stanza.len();
+        Some(c)
+    }
+
+    /// A message this node received from its sender: `needed` of `awaiting`
+    /// (the other holders) must confirm before it is safe.
+    #[allow(clippy::too_many_arguments)]
+    pub fn originate(
+        &mut self,
+        key: Key,
+        message: OfflineMessage,
+        awaiting: Vec<NodeId>,
+        needed: usize,
+        waiter: W,
+        primary: bool,
+        now: Instant,
+    ) -> Vec<Effect<W>> {
+        let deadline = now + self.hold_for(primary);
+        let others = awaiting.clone();
+        if needed == 0 {
+            self.insert(
+                key,
+                Copy {
+                    message,
+                    others,
+                    deadline,
+                    state: State::Held,
+                },
+            );
+            return vec![Effect::Outcome(waiter, Guarded::Safe)];
+        }
+        let by = now + self.timeouts.confirm_wait;
+        self.insert(
+            key,
+            Copy {
+                message,
+                others,
+                deadline,
+                state: State::Confirming {
+                    awaiting,
+                    needed,
+                    waiter,
+                    by,
+                },
+            },
+        );
+        Vec::new()
+    }
+
+    /// A copy another node originated; `others` are the other holders.
+    pub fn hold(
+        &mut self,
+        key: Key,
+        message: OfflineMessage,
+        others: Vec<NodeId>,
+        primary: bool,
+        now: Instant,
+    ) {
+        if self.copies.contains_key(&key) {
+            return;
+        }
+        let deadline = now + self.hold_for(primary);
+        self.insert(
+            key,
+            Copy {
+                message,
+                others,
+                deadline,
+                state: State::Held,
+            },
+        );
+    }
+
+    /// Holder `node` confirmed its copy.
+    pub fn confirmed(&mut self, key: &Key, node: NodeId) -> Vec<Effect<W>> {
+        let Some(c) = self.copies.get_mut(key) else {
+            return Vec::new();
+        };
+        let State::Confirming {
+            awaiting, needed, ..
+        } = &mut c.state
+        else {
+            return Vec::new();
+        };
+        let Some(i) = awaiting.iter().position(|n| *n == node) else {
+            return Vec::new();
+        };
+        awaiting.swap_remove(i);
+        *needed -= 1;
+        if *needed > 0 {
+            return Vec::new();
+        }
+        match std::mem::replace(&mut c.state, State::Held) {
+            State::Confirming { waiter, .. } => vec![Effect::Outcome(waiter, Guarded::Safe)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Holder `node` could not take its copy (its link failed).
+    pub fn unconfirmed(&mut self, key: &Key, node: NodeId) -> Vec<Effect<W>> {
+        let Some(c) = self.copies.get_mut(key) else {
+            return Vec::new();
+        };
+        c.others.retain(|n| *n != node);
+        match &mut c.state {
+            State::Confirming {
+                awaiting, needed, ..
+            } => {
+                awaiting.retain(|n| *n != node);
+                if awaiting.len() >= *needed {
+                    return Vec::new();
+                }
+            }
+            // Confirmed already (a later link failure): the copy is safe,
+            // but one holder fewer: commit it rather than wait.
+            State::Held => {}
+            State::Committing { .. } => return Vec::new(),
+        }
+        self.commit(key).into_iter().collect()
+    }
+
+    /// Starts the commit of a held or confirming copy.
+    fn commit(&mut self, key: &Key) -> Option<Effect<W>> {
+        let c = self.copies.get_mut(key)?;
+        let waiter = match std::mem::replace(
+            &mut c.state,
+            State::Committing {
+                waiter: None,
+                delivered: false,
+            },
+        ) {
+            State::Confirming { waiter, .. } => Some(waiter),
+            State::Held => None,
+            s @ State::Committing { .. } => {
+                c.state = s;
+                return None;
+            }
+        };
+        c.state = State::Committing {
+            waiter,
+            delivered: false,
+        };
+        Some(Effect::Commit(key.clone(), c.message.clone()))
+    }
+
+    /// The recipient's client (on this node) has the message.
+    pub fn delivered(&mut self, key: &Key) -> Vec<Effect<W>> {
+        self.finished(key, true)
+    }
+
+    /// Another holder says the recipient's client has the message.
+    pub fn done_elsewhere(&mut self, key: &Key) -> Vec<Effect<W>> {
+        self.finished(key, false)
+    }
+
+    fn finished(&mut self, key: &Key, here: bool) -> Vec<Effect<W>> {
+        if let Some(Copy {
+            state: State::Committing { delivered, .. },
+            ..
+        }) = self.copies.get_mut(key)
+        {
+            *delivered = true;
+            return Vec::new();
+        }
+        let Some(c) = self.take(key) else {
+            return if here {
+                vec![Effect::Remove(key.clone())]
+            } else {
+                vec![Effect::RemoveIfQueued(key.clone())]
+            };
+        };
+        let mut out = Vec::new();
+        if let State::Confirming { waiter, .. } = c.state {
+            // Not yet confirmed, but the recipient has it: that is what
+            // the guarantee promises.
+            out.push(Effect::Outcome(waiter, Guarded::Safe));
+        }
+        if here && !c.others.is_empty() {
+            out.push(Effect::Done(c.others, key.clone()));
+        }
+        out
+    }
+
+    /// The recipient's session here is gone or could not take it: commit
+    /// it now so another session gets it from the queue.
+    pub fn release(&mut self, key: &Key) -> Vec<Effect<W>> {
+        self.commit(key).into_iter().collect()
+    }
+
+    /// Commits every copy for account `bare` (its session here ended).
+    pub fn release_account(&mut self, bare: &str) -> Vec<Effect<W>> {
+        let keys: Vec<Key> = self
+            .copies
+            .iter()
+            .filter(|(k, c)| k.0 == bare && !matches!(c.state, State::Committing { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter_map(|k| self.commit(k)).collect()
+    }
+
+    /// Commits every copy (the node is stopping).
+    pub fn release_all(&mut self) -> Vec<Effect<W>> {
+        let keys: Vec<Key> = self.copies.keys().cloned().collect();
+        keys.iter().filter_map(|k| self.commit(k)).collect()
+    }
+
+    /// `node` is unreachable: what it held or was to confirm is committed.
+    pub fn peer_down(&mut self, node: NodeId) -> Vec<Effect<W>> {
+        let keys: Vec<Key> = self
+            .copies
+            .iter()
+            .filter(|(_, c)| c.others.contains(&node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter()
+            .flat_map(|k| self.unconfirmed(k, node))
+            .collect()
+    }
+
+    /// Commits what waited too long for confirmation or for its client.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect<W>> {
+        let keys: Vec<Key> = self
+            .copies
+            .iter()
+            .filter(|(_, c)| match &c.state {
+                State::Confirming { by, .. } => *by <= now || c.deadline <= now,
+                State::Held => c.deadline <= now,
+                State::Committing { .. } => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter_map(|k| self.commit(k)).collect()
+    }
+
+    /// The outcome of a [`Effect::Commit`].
+    pub fn committed(&mut self, key: &Key, outcome: Guarded) -> Vec<Effect<W>> {
+        let Some(c) = self.take(key) else {
+            return Vec::new();
+        };
+        let State::Committing { waiter, delivered } = c.state else {
+            // Not possible: only a committing copy is committed. Keep it.
+            self.insert(key.clone(), c);
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let safe = outcome == Guarded::Safe;
+        if let Some(w) = waiter {
+            out.push(Effect::Outcome(w, outcome));
+        }
+        if safe {
+            // In the queue now: the other holders need not keep it.
+            if !c.others.is_empty() {
+                out.push(Effect::Done(c.others, key.clone()));
+            }
+            if delivered {
+                out.push(Effect::Remove(key.clone()));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> Key {
+        ("bob@x".into(), format!("m{i}"))
+    }
+
+    fn msg(i: u32) -> OfflineMessage {
+        OfflineMessage {
+            id: format!("m{i}"),
+            stamp_ms: 0,
+            stanza: "<message/>".into(),
+        }
+    }
+
+    fn book() -> Book<u32> {
+        Book::new(1 << 20, Timeouts::default())
+    }
+
+    #[test]
+    fn safe_once_enough_holders_confirm() {
+        let mut b = book();
+        let t = Instant::now();
+        assert!(b
+            .originate(key(1), msg(1), vec![2, 3], 2, 7, true, t)
+            .is_empty());
+        assert!(b.confirmed(&key(1), 2).is_empty());
+        // A confirmation from a node not asked counts for nothing.
+        assert!(b.confirmed(&key(1), 9).is_empty());
+        assert_eq!(
+            b.confirmed(&key(1), 3),
+            vec![Effect::Outcome(7, Guarded::Safe)]
+        );
+        // Delivered here: the others drop their copies.
+        assert_eq!(b.delivered(&key(1)), vec![Effect::Done(vec![2, 3], key(1))]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn delivered_before_confirmation_is_safe() {
+        let mut b = book();
+        b.originate(key(1), msg(1), vec![2], 1, 7, true, Instant::now());
+        assert_eq!(
+            b.delivered(&key(1)),
+            vec![
+                Effect::Outcome(7, Guarded::Safe),
+                Effect::Done(vec![2], key(1))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_holder_falls_back_to_the_queue_and_acks_after_commit() {
+        let mut b = book();
+        b.originate(key(1), msg(1), vec![2], 1, 7, false, Instant::now());
+        assert_eq!(
+            b.unconfirmed(&key(1), 2),
+            vec![Effect::Commit(key(1), msg(1))]
+        );
+        // Not acked before the commit is known.
+        assert!(b.tick(Instant::now() + Duration::from_secs(60)).is_empty());
+        assert_eq!(
+            b.committed(&key(1), Guarded::Safe),
+            vec![Effect::Outcome(7, Guarded::Safe)]
+        );
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn one_holder_of_two_failing_does_not_commit_when_enough_remain() {
+        let mut b = book();
+        b.originate(key(1), msg(1), vec![2, 3], 1, 7, true, Instant::now());
+        assert!(b.unconfirmed(&key(1), 2).is_empty());
+        assert_eq!(
+            b.confirmed(&key(1), 3),
+            vec![Effect::Outcome(7, Guarded::Safe)]
+        );
+        // The failed holder is not told anything later.
+        assert_eq!(b.delivered(&key(1)), vec![Effect::Done(vec![3], key(1))]);
+    }
+
+    #[test]
+    fn unconfirmed_in_time_is_committed() {
+        let mut b = book();
+        let t = Instant::now();
+        b.originate(key(1), msg(1), vec![2], 1, 7, true, t);
+        assert!(b.tick(t + Duration::from_millis(500)).is_empty());
+        assert_eq!(
+            b.tick(t + Duration::from_millis(1000)),
+            vec![Effect::Commit(key(1), msg(1))]
+        );
+        // A late confirmation changes nothing; the commit's outcome acks.
+        assert!(b.confirmed(&key(1), 2).is_empty());
+        assert_eq!(
+            b.committed(&key(1), Guarded::Safe),
+            vec![
+                Effect::Outcome(7, Guarded::Safe),
+                Effect::Done(vec![2], key(1))
+            ]
+        );
+    }
+
+    #[test]
+    fn primary_commits_before_keepers() {
+        let mut b = book();
+        let t = Instant::now();
+        b.hold(key(1), msg(1), vec![1], true, t);
+        b.hold(key(2), msg(2), vec![1], false, t);
+        let at = |s| t + Duration::from_secs(s);
+        assert!(b.tick(at(2)).is_empty());
+        assert_eq!(b.tick(at(3)), vec![Effect::Commit(key(1), msg(1))]);
+        assert_eq!(b.tick(at(6)), vec![Effect::Commit(key(2), msg(2))]);
+        // Nothing is committed twice.
+        assert!(b.tick(at(60)).is_empty());
+    }
+
+    #[test]
+    fn delivered_while_committing_is_removed_after_the_commit() {
+        let mut b = book();
+        let t = Instant::now();
+        b.hold(key(1), msg(1), vec![1], true, t);
+        assert_eq!(b.release(&key(1)), vec![Effect::Commit(key(1), msg(1))]);
+        assert!(b.delivered(&key(1)).is_empty());
+        assert_eq!(
+            b.committed(&key(1), Guarded::Safe),
+            vec![Effect::Done(vec![1], key(1)), Effect::Remove(key(1))]
+        );
+    }
+
+    #[test]
+    fn done_from_a_peer_drops_without_telling_anyone() {
+        let mut b = book();
+        b.hold(key(1), msg(1), vec![1, 3], false, Instant::now());
+        assert!(b.done_elsewhere(&key(1)).is_empty());
+        assert!(b.is_empty());
+        // Unknown here: maybe a commit of ours made it queued.
+        assert_eq!(
+            b.done_elsewhere(&key(1)),
+            vec![Effect::RemoveIfQueued(key(1))]
+        );
+        assert_eq!(b.delivered(&key(2)), vec![Effect::Remove(key(2))]);
+    }
+
+    #[test]
+    fn peer_down_commits_what_it_shared() {
+        let mut b = book();
+        let t = Instant::now();
+        b.hold(key(1), msg(1), vec![2], true, t);
+        b.hold(key(2), msg(2), vec![3], true, t);
+        b.originate(key(3), msg(3), vec![2], 1, 9, true, t);
+        let mut e = b.peer_down(2);
+        e.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(
+            e,
+            vec![
+                Effect::Commit(key(1), msg(1)),
+                Effect::Commit(key(3), msg(3))
+            ]
+        );
+        assert!(b.holds(&key(2)));
+    }
+
+    #[test]
+    fn release_account_and_refused_commit() {
+        let mut b = book();
+        let t = Instant::now();
+        b.hold(key(1), msg(1), vec![2], true, t);
+        b.hold(("eve@x".into(), "m9".into()), msg(9), vec![2], true, t);
+        assert_eq!(
+            b.release_account("bob@x"),
+            vec![Effect::Commit(key(1), msg(1))]
+        );
+        let refused = Guarded::Refused(crate::xmpp::StanzaError::new(
+            crate::xmpp::StanzaCondition::ResourceConstraint,
+        ));
+        // Refused: the others keep theirs (nothing to tell).
+        assert!(b.committed(&key(1), refused).is_empty());
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut b: Book<u32> = Book::new(15, Timeouts::default());
+        assert!(b.has_room(10));
+        b.hold(key(1), msg(1), vec![2], true, Instant::now());
+        assert!(!b.has_room(10));
+        b.done_elsewhere(&key(1));
+        assert!(b.has_room(15));
+    }
+}

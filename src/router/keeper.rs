@@ -1,0 +1,346 @@
+//! Carries out custody (`custody.rs`) for the router: which nodes hold a
+//! message, the mesh notices between holders, the commits to the queue,
+//! the timer, and the outcome for the sender's session.
+use std::collections::BTreeMap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use starling_raft::command::OfflineMessage;
+use starling_raft::NodeId;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::custody::{Book, Effect, Key};
+use super::{inbox, now_ms, GuardDone, Guarded, Inner, Router, Target};
+use crate::mesh::Tag;
+use crate::xmpp::Element;
+
+/// Most bytes of messages this node keeps in custody (beyond, messages
+/// take the queue path: commit first, then ack).
+pub const MAX_CUSTODY_BYTES: usize = 64 * 1024 * 1024;
+/// How often copies are checked for their timeouts.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Who learns the outcome of a message in custody: the sender's session.
+#[derive(Debug)]
+pub struct Waiter {
+    pub tx: mpsc::UnboundedSender<GuardDone>,
+    pub count: Option<u64>,
+    pub message: Element,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.tx.same_channel(&other.tx)
+    }
+}
+
+impl Eq for Waiter {}
+
+pub type CustodyBook = Book<Waiter>;
+
+/// The holders a message of `bare` needs besides this node, when custody
+/// can take it: the nodes of `chosen` and, if those are too few for a
+/// majority of the voters, keepers.
+pub(super) struct Plan {
+    /// Every holder, this node first.
+    pub holders: Vec<NodeId>,
+    /// Holders that only keep a copy (no recipient session there).
+    pub keepers: Vec<NodeId>,
+    /// How many of the other holders must confirm.
+    pub needed: usize,
+}
+
+impl Router {
+    /// Plans custody for a message `id` to `chosen`; none when custody
+    /// cannot take it (no room; too few reachable voters; this node not a
+    /// voter). In a one-node cluster this node alone is the majority: no
+    /// node can fail without taking the whole service, so the message is
+    /// acked at once and committed only if its client does not take it
+    /// (and at a graceful stop); a crash of that node loses what was in
+    /// flight, as with any single server.
+    pub(super) fn custody_plan(&self, id: &str, chosen: &[&Target], bytes: usize) -> Option<Plan> {
+        let voters = self.0.cluster.voter_ids();
+        if !voters.contains(&self.0.node) {
+            return None;
+        }
+        if !self.book().has_room(bytes) {
+            return None;
+        }
+        let majority = voters.len() / 2 + 1;
+        let mut holders = vec![self.0.node];
+        for t in chosen {
+            if !holders.contains(&t.binding.node) {
+                holders.push(t.binding.node);
+            }
+        }
+        let voting = |h: &[NodeId]| h.iter().filter(|n| voters.contains(n)).count();
+        let mut keepers = Vec::new();
+        if voting(&holders) < majority {
+            let mut candidates: Vec<NodeId> = voters
+                .iter()
+                .copied()
+                .filter(|n| !holders.contains(n) && !self.0.mesh.is_down(*n))
+                .collect();
+            // Spread the keeping over the candidates.
+            let spin = id
+                .bytes()
+                .fold(0usize, |a, b| a.wrapping_mul(31) + b as usize);
+            if !candidates.is_empty() {
+                let len = candidates.len();
+                candidates.rotate_left(spin % len);
+            }
+            for n in candidates {
+                if voting(&holders) >= majority {
+                    break;
+                }
+                holders.push(n);
+                keepers.push(n);
+            }
+            if voting(&holders) < majority {
+                return None;
+            }
+        }
+        // Enough other voters to confirm, this node counting for one.
+        let needed = majority - 1;
+        Some(Plan {
+            holders,
+            keepers,
+            needed,
+        })
+    }
+
+    pub(super) fn book(&self) -> std::sync::MutexGuard<'_, CustodyBook> {
+        self.0.custody.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a message this node received from its sender into custody
+    /// (before any copy is sent: confirmations may come at once).
+    pub(super) fn custody_originate(
+        &self,
+        key: Key,
+        stanza: String,
+        plan: &Plan,
+        waiter: Waiter,
+        primary: bool,
+    ) {
+        let message = OfflineMessage {
+            id: key.1.clone(),
+            stamp_ms: now_ms(),
+            stanza,
+        };
+        let awaiting: Vec<NodeId> = plan.holders[1..].to_vec();
+        let e = self.book().originate(
+            key,
+            message,
+            awaiting,
+            plan.needed,
+            waiter,
+            primary,
+            Instant::now(),
+        );
+        self.run(e);
+    }
+
+    /// Sends the keepers of `plan` their copies.
+    pub(super) async fn custody_keepers(&self, key: &Key, stanza: &str, plan: &Plan) {
+        for n in &plan.keepers {
+            let tag = Tag {
+                key: key.clone(),
+                holders: plan.holders.clone(),
+            };
+            self.0
+                .mesh
+                .send_hold(self.clone(), *n, tag, stanza.to_string())
+                .await;
+        }
+    }
+
+    /// A copy another node originated (`holders` includes this node).
+    pub fn custody_hold(
+        &self,
+        bare: &str,
+        id: &str,
+        stanza: String,
+        holders: &[u64],
+        primary: bool,
+    ) {
+        if id.is_empty() {
+            return;
+        }
+        let others: Vec<NodeId> = holders
+            .iter()
+            .copied()
+            .filter(|n| *n != self.0.node)
+            .collect();
+        let message = OfflineMessage {
+            id: id.to_string(),
+            stamp_ms: now_ms(),
+            stanza,
+        };
+        self.book().hold(
+            (bare.to_string(), id.to_string()),
+            message,
+            others,
+            primary,
+            Instant::now(),
+        );
+    }
+
+    pub fn custody_confirmed(&self, keys: Vec<Key>, node: NodeId) {
+        let e: Vec<_> = {
+            let mut b = self.book();
+            keys.iter().flat_map(|k| b.confirmed(k, node)).collect()
+        };
+        self.run(e);
+    }
+
+    pub fn custody_unconfirmed(&self, keys: Vec<Key>, node: NodeId) {
+        let e: Vec<_> = {
+            let mut b = self.book();
+            keys.iter().flat_map(|k| b.unconfirmed(k, node)).collect()
+        };
+        self.run(e);
+    }
+
+    pub fn custody_peer_down(&self, node: NodeId) {
+        let e = self.book().peer_down(node);
+        if !e.is_empty() {
+            debug!(peer = node, commits = e.len(), "custody: peer down");
+        }
+        self.run(e);
+    }
+
+    pub fn custody_done_elsewhere(&self, keys: Vec<Key>) {
+        let e: Vec<_> = {
+            let mut b = self.book();
+            keys.iter().flat_map(|k| b.done_elsewhere(k)).collect()
+        };
+        self.run(e);
+    }
+
+    /// The client of `bare` on this node has these messages (XEP-0198 ack,
+    /// or written without stream management): they leave custody, or the
+    /// queue.
+    pub fn delivered(&self, bare: &str, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let e: Vec<_> = {
+            let mut b = self.book();
+            ids.into_iter()
+                .flat_map(|id| b.delivered(&(bare.to_string(), id)))
+                .collect()
+        };
+        self.run(e);
+    }
+
+    /// Whether a copy of `key` is in custody here.
+    pub fn custody_holds(&self, key: &Key) -> bool {
+        self.book().holds(key)
+    }
+
+    /// The recipient's session here could not take `key`: commit it.
+    pub fn custody_release(&self, key: &Key) {
+        let e = self.book().release(key);
+        self.run(e);
+    }
+
+    /// A session of `bare` here ended: what is still in custody for the
+    /// account goes to its queue now, for its next session wherever.
+    pub fn custody_release_account(&self, bare: &str) {
+        let e = self.book().release_account(bare);
+        self.run(e);
+    }
+
+    /// Stopping: every copy goes to the queue; waits (at most `limit`).
+    pub(super) async fn custody_release_all(&self, limit: Duration) {
+        let e = self.book().release_all();
+        self.run(e);
+        let until = Instant::now() + limit;
+        while !self.book().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn custody_committed(&self, key: Key, outcome: Guarded) {
+        let e = self.book().committed(&key, outcome);
+        self.run(e);
+    }
+
+    /// Carries out custody effects (never waits).
+    fn run(&self, effects: Vec<Effect<Waiter>>) {
+        if effects.is_empty() {
+            return;
+        }
+        let mut done: BTreeMap<NodeId, Vec<Key>> = BTreeMap::new();
+        for e in effects {
+            match e {
+                Effect::Outcome(w, outcome) => {
+                    let _ = w.tx.send(GuardDone {
+                        count: w.count,
+                        outcome,
+                        message: w.message,
+                    });
+                }
+                Effect::Commit(key, message) => {
+                    let router = self.clone();
+                    let to = key.0.clone();
+                    self.0.custody_pipeline.submit(inbox::GuardJob {
+                        to,
+                        message,
+                        // As for a live message (see `route_message`).
+                        max_queue: self.0.max_offline.saturating_mul(2),
+                        done: Box::new(move |outcome| {
+                            if let Guarded::Refused(e) = &outcome {
+                                warn!(to = %key.0, error = %e.condition, "custody: queue refused a message");
+                            }
+                            router.custody_committed(key, outcome)
+                        }),
+                    });
+                }
+                Effect::Done(nodes, key) => {
+                    for n in nodes {
+                        done.entry(n).or_default().push(key.clone());
+                    }
+                }
+                Effect::Remove(key) => self.0.remover.delivered(&key.0, key.1),
+                Effect::RemoveIfQueued(key) => {
+                    let queued = self
+                        .0
+                        .cluster
+                        .state()
+                        .read()
+                        .data
+                        .offline_ids
+                        .get(&key)
+                        .is_some();
+                    if queued {
+                        self.0.remover.delivered(&key.0, key.1);
+                    }
+                }
+            }
+        }
+        for (node, keys) in done {
+            self.0.mesh.send_done(self, node, &keys);
+        }
+    }
+}
+
+/// Commits what waited too long; ends with the router.
+pub(super) async fn run_ticker(router: Weak<Inner>) {
+    let mut t = tokio::time::interval(TICK);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        t.tick().await;
+        let Some(inner) = router.upgrade() else {
+            return;
+        };
+        let r = Router(inner);
+        let e = r.book().tick(Instant::now());
+        if !e.is_empty() {
+            debug!(commits = e.len(), "custody: timed out copies to the queue");
+        }
+        r.run(e);
+    }
+}
