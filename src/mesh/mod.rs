@@ -5,9 +5,10 @@
 //! (so it is authenticated by the cluster secret). A bounded queue in front
 //! of each link and HTTP/2 flow control behind it give backpressure. The
 //! receiver acknowledges envelopes once handed to a session (or to the
-//! fallback); envelopes not acknowledged when a link breaks are routed
-//! again as if the peer's sessions did not exist — messages end in the
-//! offline queue instead of being lost.
+//! fallback). For a message in custody (`router::custody`) that ack is the
+//! peer's confirmation that it holds a copy; when a link breaks, such
+//! messages are committed to their queue, and other envelopes not
+//! acknowledged are routed again as if the peer's sessions did not exist.
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -72,6 +72,8 @@ struct Copy<W> {
     message: OfflineMessage,
     /// The other holders.
     others: Vec<NodeId>,
+    /// This node delivers it to a session of the recipient.
+    primary: bool,
     deadline: Instant,
     state: State<W>,
 }
@@ -172,6 +174,7 @@ impl<W> Book<W> {
                 Copy {
                     message,
                     others,
+                    primary,
                     deadline,
                     state: State::Held,
                 },
@@ -184,6 +187,7 @@ impl<W> Book<W> {
             Copy {
                 message,
                 others,
+                primary,
                 deadline,
                 state: State::Confirming {
                     awaiting,
@@ -214,6 +218,7 @@ impl<W> Book<W> {
             Copy {
                 message,
                 others,
+                primary,
                 deadline,
                 state: State::Held,
             },
@@ -336,12 +341,16 @@ impl<W> Book<W> {
         self.commit(key).into_iter().collect()
     }
 
-    /// Commits every copy for account `bare` (its session here ended).
+    /// Commits every copy for account `bare` that this node was to
+    /// deliver (its session here ended); copies kept for sessions
+    /// elsewhere stay.
     pub fn release_account(&mut self, bare: &str) -> Vec<Effect<W>> {
         let keys: Vec<Key> = self
             .copies
             .iter()
-            .filter(|(k, c)| k.0 == bare && !matches!(c.state, State::Committing { .. }))
+            .filter(|(k, c)| {
+                k.0 == bare && c.primary && !matches!(c.state, State::Committing { .. })
+            })
             .map(|(k, _)| k.clone())
             .collect();
         keys.iter().filter_map(|k| self.commit(k)).collect()
@@ -577,6 +586,7 @@ mod tests {
         let mut b = book();
         let t = Instant::now();
         b.hold(key(1), msg(1), vec![2], true, t);
+        b.hold(key(2), msg(2), vec![2], false, t);
         b.hold(("eve@x".into(), "m9".into()), msg(9), vec![2], true, t);
         assert_eq!(
             b.release_account("bob@x"),
@@ -587,7 +597,7 @@ mod tests {
         ));
         // Refused: the others keep theirs (nothing to tell).
         assert!(b.committed(&key(1), refused).is_empty());
-        assert_eq!(b.len(), 1);
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

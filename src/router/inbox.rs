@@ -1,9 +1,12 @@
-//! The delivery guarantee's replicated half: every message routed to an
-//! account (type `chat` or `normal`, RFC 6121 §8.5.2.1.1 and §8.5.3) is
-//! written to the recipient's replicated queue *while* it is delivered live,
-//! and leaves the queue once the recipient's client has it.
+//! The delivery guarantee's replicated half: a message for an account
+//! (type `chat` or `normal`, RFC 6121 §8.5.2.1.1 and §8.5.3) that custody
+//! cannot hold (no session online, custody full) is written to the
+//! recipient's replicated queue *while* it is delivered live, and so is a
+//! copy custody gives up on (`router::custody`); it leaves the queue once
+//! the recipient's client has it.
 //!
-//! - a [`GuardPipeline`] (one per sending session) commits the message to
+//! - a [`GuardPipeline`] (one per sending session, and one for custody's
+//!   commits) commits the message to
 //!   the queue (`EnqueueOffline`, keyed by its XEP-0359 stanza id so a retry
 //!   is idempotent; several in one `EnqueueMany`, in order) and retries an
 //!   unknown outcome until it knows; the sender's XEP-0198 `h` counts the

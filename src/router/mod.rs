@@ -8,9 +8,11 @@
 //! can take it — to the replicated offline queue or back to its sender as
 //! an error.
 //!
-//! A message for an account is also written to its replicated queue while
-//! it is delivered live ([`inbox`]): the sender's ack waits for that commit,
-//! the recipient does not. Consensus is beside the live path, never on it.
+//! A message for an account is made safe while it is delivered live: held
+//! in memory by a majority of the nodes ([`custody`]) when the recipient is
+//! online, else written to its replicated queue ([`inbox`]); the sender's
+//! ack waits for that, the recipient does not. Consensus is beside the live
+//! path, and for a recipient who reads, not used at all.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
