@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::router::custody::Key;
+use crate::router::Notice;
 use crate::router::Router;
 use crate::xmpp::Element;
 
@@ -165,8 +166,8 @@ impl MeshLinks {
 
     /// Tells `node` that these custody copies are done. Never waits (a
     /// lost notice only costs the peer a commit and the client a copy).
-    pub fn send_done(&self, router: &Router, node: NodeId, keys: &[Key]) {
-        let Ok(json) = serde_json::to_string(keys) else {
+    pub fn send_done(&self, router: &Router, node: NodeId, notice: &Notice) {
+        let Ok(json) = serde_json::to_string(notice) else {
             return;
         };
         let tx = self.link(router, node);
@@ -470,8 +471,8 @@ async fn receive(
                 Ok(Kind::Hold) => {
                     router.custody_hold(&env.to, &env.queue_id, env.xml, &env.holders, false)
                 }
-                Ok(Kind::Done) => match serde_json::from_str::<Vec<Key>>(&env.xml) {
-                    Ok(keys) => router.custody_done_elsewhere(keys),
+                Ok(Kind::Done) => match serde_json::from_str::<Notice>(&env.xml) {
+                    Ok(notice) => router.custody_notice(notice),
                     Err(e) => warn!(error = %e, "unreadable custody notice"),
                 },
                 Ok(Kind::Kick) => router.kick_local(&env.to, env.session).await,

@@ -44,8 +44,12 @@ pub enum Effect<W> {
     /// Write the message to its recipient's queue, then call
     /// [`Book::committed`] with the outcome.
     Commit(Key, OfflineMessage),
-    /// Tell these holders to drop their copy.
+    /// Tell these holders the recipient's client has it (drop the copy;
+    /// remove it from the queue if it got there).
     Done(Vec<NodeId>, Key),
+    /// Tell these holders it is in the queue now (drop the copy; it stays
+    /// queued until a client has it).
+    Stored(Vec<NodeId>, Key),
     /// The recipient's client has it and it is (or is about to be) in the
     /// queue: remove it from there.
     Remove(Key),
@@ -307,6 +311,21 @@ impl<W> Book<W> {
         self.finished(key, false)
     }
 
+    /// Another holder committed the message to the queue: this copy is not
+    /// needed. (Not "delivered": a commit of ours in flight stays, and the
+    /// queued message stays until a client has it.)
+    pub fn stored_elsewhere(&mut self, key: &Key) -> Vec<Effect<W>> {
+        match self.copies.get(key).map(|c| &c.state) {
+            None | Some(State::Committing { .. }) => Vec::new(),
+            Some(_) => match self.take(key).map(|c| c.state) {
+                Some(State::Confirming { waiter, .. }) => {
+                    vec![Effect::Outcome(waiter, Guarded::Safe)]
+                }
+                _ => Vec::new(),
+            },
+        }
+    }
+
     fn finished(&mut self, key: &Key, here: bool) -> Vec<Effect<W>> {
         if let Some(Copy {
             state: State::Committing { delivered, .. },
@@ -408,7 +427,7 @@ impl<W> Book<W> {
         if safe {
             // In the queue now: the other holders need not keep it.
             if !c.others.is_empty() {
-                out.push(Effect::Done(c.others, key.clone()));
+                out.push(Effect::Stored(c.others, key.clone()));
             }
             if delivered {
                 out.push(Effect::Remove(key.clone()));
@@ -516,7 +535,7 @@ mod tests {
             b.committed(&key(1), Guarded::Safe),
             vec![
                 Effect::Outcome(7, Guarded::Safe),
-                Effect::Done(vec![2], key(1))
+                Effect::Stored(vec![2], key(1))
             ]
         );
     }
@@ -544,8 +563,36 @@ mod tests {
         assert!(b.delivered(&key(1)).is_empty());
         assert_eq!(
             b.committed(&key(1), Guarded::Safe),
-            vec![Effect::Done(vec![1], key(1)), Effect::Remove(key(1))]
+            vec![Effect::Stored(vec![1], key(1)), Effect::Remove(key(1))]
         );
+    }
+
+    #[test]
+    fn stored_elsewhere_is_not_delivered() {
+        // The bug this guards against: a holder that committed told the
+        // others "done", and one whose own commit was in flight (or done)
+        // then removed the message from the queue undelivered.
+        let mut b = book();
+        let t = Instant::now();
+        b.hold(key(1), msg(1), vec![2], false, t);
+        assert_eq!(b.release(&key(1)), vec![Effect::Commit(key(1), msg(1))]);
+        assert!(b.stored_elsewhere(&key(1)).is_empty());
+        assert_eq!(
+            b.committed(&key(1), Guarded::Safe),
+            vec![Effect::Stored(vec![2], key(1))]
+        );
+        // Unknown here: nothing to remove.
+        assert!(b.stored_elsewhere(&key(1)).is_empty());
+        // A held copy is dropped; a confirming one is safe (it is queued).
+        b.hold(key(2), msg(2), vec![2], false, t);
+        assert!(b.stored_elsewhere(&key(2)).is_empty());
+        assert!(!b.holds(&key(2)));
+        b.originate(key(3), msg(3), vec![2], 1, 5, true, t);
+        assert_eq!(
+            b.stored_elsewhere(&key(3)),
+            vec![Effect::Outcome(5, Guarded::Safe)]
+        );
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -39,6 +39,17 @@ impl Eq for Waiter {}
 
 pub type CustodyBook = Book<Waiter>;
 
+/// What one holder tells another (a `DONE` mesh envelope, as JSON).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Notice {
+    /// The recipient's client has these.
+    #[serde(default)]
+    pub delivered: Vec<Key>,
+    /// These are in the recipient's queue now.
+    #[serde(default)]
+    pub stored: Vec<Key>,
+}
+
 /// The holders a message of `bare` needs besides this node, when custody
 /// can take it: the nodes of `chosen` and, if those are too few for a
 /// majority of the voters, keepers.
@@ -211,10 +222,18 @@ impl Router {
         self.run(e);
     }
 
-    pub fn custody_done_elsewhere(&self, keys: Vec<Key>) {
+    /// A holder's notice: `delivered` (its client has them) and `stored`
+    /// (it committed them to the queue).
+    pub fn custody_notice(&self, notice: Notice) {
         let e: Vec<_> = {
             let mut b = self.book();
-            keys.iter().flat_map(|k| b.done_elsewhere(k)).collect()
+            let mut e: Vec<_> = notice
+                .delivered
+                .iter()
+                .flat_map(|k| b.done_elsewhere(k))
+                .collect();
+            e.extend(notice.stored.iter().flat_map(|k| b.stored_elsewhere(k)));
+            e
         };
         self.run(e);
     }
@@ -273,7 +292,7 @@ impl Router {
         if effects.is_empty() {
             return;
         }
-        let mut done: BTreeMap<NodeId, Vec<Key>> = BTreeMap::new();
+        let mut notices: BTreeMap<NodeId, Notice> = BTreeMap::new();
         for e in effects {
             match e {
                 Effect::Outcome(w, outcome) => {
@@ -301,7 +320,12 @@ impl Router {
                 }
                 Effect::Done(nodes, key) => {
                     for n in nodes {
-                        done.entry(n).or_default().push(key.clone());
+                        notices.entry(n).or_default().delivered.push(key.clone());
+                    }
+                }
+                Effect::Stored(nodes, key) => {
+                    for n in nodes {
+                        notices.entry(n).or_default().stored.push(key.clone());
                     }
                 }
                 Effect::Remove(key) => self.0.remover.delivered(&key.0, key.1),
@@ -321,8 +345,8 @@ impl Router {
                 }
             }
         }
-        for (node, keys) in done {
-            self.0.mesh.send_done(self, node, &keys);
+        for (node, notice) in notices {
+            self.0.mesh.send_done(self, node, &notice);
         }
     }
 }

@@ -29,6 +29,7 @@ mod keeper;
 pub mod liveness;
 
 pub use inbox::{GuardPipeline, Guarded, Remover};
+pub use keeper::Notice;
 
 use crate::mesh::MeshLinks;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
