@@ -200,6 +200,94 @@ fn unacknowledged_messages_survive_the_recipients_node_crash() {
     });
 }
 
+/// Custody, same node: alice and bob are on one node, so a third node
+/// keeps a copy of each message (the two holders a majority needs). bob
+/// reads the 20 messages without acknowledging them and the node dies: the
+/// keeper commits its copies, and bob gets all 20 at his next login on
+/// another node, same stanza ids. (A custody holding copies only on the
+/// sender's and recipient's nodes, one node here, loses them.)
+#[test]
+fn messages_between_users_of_one_node_survive_its_death() {
+    rt().block_on(async {
+        let mut c = three_nodes().await;
+        let (_, node, _) = roles(&c).await;
+        let mut bob = RawClient::login(client_addr(&c, node), "bob", "pw-bob", "phone").await;
+        enable_sm(&mut bob, false).await;
+        bob.send("<presence/>").await;
+        bob.sync().await;
+        let mut alice = RawClient::login(client_addr(&c, node), "alice", "pw-alice", "desk").await;
+        enable_sm(&mut alice, false).await;
+        let bodies: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
+        let live = read_messages(&mut bob, 20, "bob@localhost", false, WAIT).await;
+
+        c.kill(node);
+        let other = [1, 2, 3].into_iter().find(|n| *n != node).unwrap();
+        let mut bob2 = RawClient::login(client_addr(&c, other), "bob", "pw-bob", "tablet").await;
+        enable_sm(&mut bob2, false).await;
+        bob2.send("<presence/>").await;
+        let again = read_messages(
+            &mut bob2,
+            20,
+            "bob@localhost",
+            true,
+            Duration::from_secs(30),
+        )
+        .await;
+        let live: BTreeSet<_> = live.into_iter().collect();
+        let again: BTreeSet<_> = again.into_iter().collect();
+        assert_eq!(
+            live, again,
+            "the same 20 messages, with the same stanza ids"
+        );
+    });
+}
+
+/// Custody never acknowledges what a majority does not hold: with both
+/// other nodes paused, alice's message reaches bob (same node) live, but
+/// her `h` does not count it, as no second node holds a copy and nothing
+/// can commit. Once they resume it is acknowledged.
+#[test]
+fn no_ack_while_a_majority_cannot_hold_the_message() {
+    rt().block_on(async {
+        let c = three_nodes().await;
+        let (_, node, _) = roles(&c).await;
+        let mut bob = RawClient::login(client_addr(&c, node), "bob", "pw-bob", "phone").await;
+        bob.send("<presence/>").await;
+        bob.sync().await;
+        let mut alice = RawClient::login(client_addr(&c, node), "alice", "pw-alice", "desk").await;
+        enable_sm(&mut alice, false).await;
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != node).collect();
+        for n in &others {
+            signal(&c, *n, nix::sys::signal::Signal::SIGSTOP);
+        }
+        alice
+            .send(&format!(
+                "{}<r xmlns='urn:xmpp:sm:3'/>",
+                chat("bob@localhost", "held")
+            ))
+            .await;
+        let got = read_messages(&mut bob, 1, "bob@localhost", false, WAIT).await;
+        assert_eq!(got[0].0, "held", "delivered live meanwhile");
+        // The server answers a deferred <r/> after 2 s with what is safe.
+        let until = Instant::now() + Duration::from_secs(4);
+        while let Ok(el) = tokio::time::timeout(
+            until.saturating_duration_since(Instant::now()),
+            alice.next(),
+        )
+        .await
+        {
+            if el.is("a", ns::SM) {
+                assert_eq!(el.attr("h"), Some("0"), "acked while unsafe: {el}");
+            }
+        }
+        for n in &others {
+            signal(&c, *n, nix::sys::signal::Signal::SIGCONT);
+        }
+        send_acked(&mut alice, "bob@localhost", &[], 1).await;
+    });
+}
+
 /// Issue item 1: bob's node is paused (the live copy cannot leave alice's
 /// node), alice gets her ack, then alice's node is killed before the link
 /// delivered anything. bob's node resumes: bob gets the message anyway.

@@ -100,9 +100,18 @@ impl Default for Timeouts {
     }
 }
 
+/// Most notices about copies not (yet) held here that are remembered.
+const MAX_EARLY: usize = 65_536;
+
 /// The copies this node holds.
 pub struct Book<W> {
     copies: HashMap<Key, Copy<W>>,
+    /// Notices ("done", "stored") that came before the copy they are about:
+    /// a holder's notice and the origin's `HOLD` travel on different links,
+    /// so a keeper can hear that a message was delivered before it gets the
+    /// copy. Such a copy is not kept (it would be committed after its
+    /// timeout and delivered again). Forgotten after `keeper_hold` * 2.
+    early: HashMap<Key, Instant>,
     bytes: usize,
     max_bytes: usize,
     timeouts: Timeouts,
@@ -112,6 +121,7 @@ impl<W> Book<W> {
     pub fn new(max_bytes: usize, timeouts: Timeouts) -> Self {
         Book {
             copies: HashMap::new(),
+            early: HashMap::new(),
             bytes: 0,
             max_bytes,
             timeouts,
@@ -213,7 +223,7 @@ impl<W> Book<W> {
         primary: bool,
         now: Instant,
     ) {
-        if self.copies.contains_key(&key) {
+        if self.copies.contains_key(&key) || self.early.remove(&key).is_some() {
             return;
         }
         let deadline = now + self.hold_for(primary);
@@ -316,7 +326,11 @@ impl<W> Book<W> {
     /// queued message stays until a client has it.)
     pub fn stored_elsewhere(&mut self, key: &Key) -> Vec<Effect<W>> {
         match self.copies.get(key).map(|c| &c.state) {
-            None | Some(State::Committing { .. }) => Vec::new(),
+            None => {
+                self.remember_early(key);
+                Vec::new()
+            }
+            Some(State::Committing { .. }) => Vec::new(),
             Some(_) => match self.take(key).map(|c| c.state) {
                 Some(State::Confirming { waiter, .. }) => {
                     vec![Effect::Outcome(waiter, Guarded::Safe)]
@@ -339,6 +353,7 @@ impl<W> Book<W> {
             return if here {
                 vec![Effect::Remove(key.clone())]
             } else {
+                self.remember_early(key);
                 vec![Effect::RemoveIfQueued(key.clone())]
             };
         };
@@ -394,8 +409,17 @@ impl<W> Book<W> {
             .collect()
     }
 
+    fn remember_early(&mut self, key: &Key) {
+        if self.early.len() < MAX_EARLY {
+            self.early.insert(key.clone(), Instant::now());
+        }
+    }
+
     /// Commits what waited too long for confirmation or for its client.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect<W>> {
+        let keep = self.timeouts.keeper_hold * 2;
+        self.early
+            .retain(|_, at| now.saturating_duration_since(*at) < keep);
         let keys: Vec<Key> = self
             .copies
             .iter()
@@ -607,6 +631,25 @@ mod tests {
             vec![Effect::RemoveIfQueued(key(1))]
         );
         assert_eq!(b.delivered(&key(2)), vec![Effect::Remove(key(2))]);
+    }
+
+    #[test]
+    fn a_notice_before_its_copy_means_the_copy_is_not_kept() {
+        // The keeper hears "delivered" from the recipient's node before the
+        // sender's HOLD arrives (two links): the copy must not be kept, or
+        // its timeout commits it and the client gets it twice.
+        let mut b = book();
+        let t = Instant::now();
+        assert_eq!(
+            b.done_elsewhere(&key(1)),
+            vec![Effect::RemoveIfQueued(key(1))]
+        );
+        b.hold(key(1), msg(1), vec![1, 2], false, t);
+        assert!(!b.holds(&key(1)));
+        assert!(b.stored_elsewhere(&key(2)).is_empty());
+        b.hold(key(2), msg(2), vec![1, 2], false, t);
+        assert!(!b.holds(&key(2)));
+        assert!(b.tick(t + Duration::from_secs(60)).is_empty());
     }
 
     #[test]

@@ -616,6 +616,11 @@ impl Router {
                     .await;
             }
         }
+        if let Some((key, plan, stanza)) = &custody {
+            // Keepers first: the recipient's node may ack and tell them
+            // "done" before their copy arrives otherwise (see `custody`).
+            self.custody_keepers(key, stanza, plan).await;
+        }
         let last = chosen.len() - 1;
         for (i, t) in chosen.iter().enumerate() {
             let copy = if i == last {
@@ -635,9 +640,6 @@ impl Router {
                     self.custody_release(key);
                 }
             }
-        }
-        if let Some((key, plan, stanza)) = &custody {
-            self.custody_keepers(key, stanza, plan).await;
         }
         guarded
     }
