@@ -74,6 +74,8 @@ enum Outgoing {
     /// Custody: drop these copies.
     Done {
         json: String,
+        /// When it was first given to the link (for [`DEFERRED_AGE`]).
+        since: Instant,
     },
     Kick {
         to: String,
@@ -171,7 +173,10 @@ impl MeshLinks {
             return;
         };
         let tx = self.link(router, node);
-        if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(Outgoing::Done { json }) {
+        if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(Outgoing::Done {
+            json,
+            since: Instant::now(),
+        }) {
             tokio::spawn(async move {
                 let _ = tx.send(item).await;
             });
@@ -263,21 +268,74 @@ fn confirmed_keys(items: impl Iterator<Item = Outgoing>) -> Vec<Key> {
         .collect()
 }
 
+/// Custody notices (`DONE`) a peer could not be sent, kept for when it is
+/// back: a lost "delivered" makes the peer commit its copy after its
+/// timeout and the client get the message twice. Bounded in count and age.
+#[derive(Default)]
+struct Deferred(VecDeque<Outgoing>);
+
+/// Most deferred notices per peer, and how long one is kept.
+const DEFERRED_MAX: usize = 1024;
+const DEFERRED_AGE: Duration = Duration::from_secs(60);
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn pop(&mut self) -> Option<Outgoing> {
+        self.0.pop_front()
+    }
+
+    /// As [`fail_all`], keeping the notices.
+    async fn fail(
+        &mut self,
+        router: &Router,
+        node: NodeId,
+        items: impl IntoIterator<Item = Outgoing>,
+    ) {
+        let mut rest = Vec::new();
+        for item in items {
+            match item {
+                Outgoing::Done { since, .. } if since.elapsed() < DEFERRED_AGE => {
+                    if self.0.len() >= DEFERRED_MAX {
+                        self.0.pop_front();
+                    }
+                    self.0.push_back(item);
+                }
+                other => rest.push(other),
+            }
+        }
+        fail_all(router, node, rest).await;
+    }
+}
+
 async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::Receiver<Outgoing>) {
     let mut down_until: Option<Instant> = None;
+    // Custody notices the peer could not take yet: sent when it is back.
+    let mut deferred = Deferred::default();
     loop {
-        // Wait for work before (re)connecting.
-        let Some(first) = rx.recv().await else {
+        // Wait for work before (re)connecting; retry deferred notices.
+        let first = if deferred.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(RETRY_AFTER, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => deferred.pop(),
+            }
+        };
+        let Some(first) = first else {
             return;
         };
         mesh.set_down(node, down_until);
         if down_until.is_some_and(|t| Instant::now() < t) {
-            fail_all(&router, node, [first]).await;
+            deferred.fail(&router, node, [first]).await;
             continue;
         }
         let addr = match mesh.0.cluster.member_node(node) {
             Some(n) => n.raft_addr,
             None => {
+                // Not a member (any more): nothing to keep for it.
                 fail_all(&router, node, [first]).await;
                 continue;
             }
@@ -308,7 +366,9 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         };
         let env = push(first, &mut unacked);
         if out_tx.send(env).await.is_err() {
-            fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
+            deferred
+                .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                .await;
             continue;
         }
         let opened =
@@ -318,17 +378,36 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
             Ok(Err(e)) => {
                 debug!(error = %e, "mesh link refused");
                 down_until = Some(Instant::now() + RETRY_AFTER);
-                fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
+                deferred
+                    .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                    .await;
                 continue;
             }
             Err(_) => {
                 debug!("mesh link open timed out");
                 down_until = Some(Instant::now() + RETRY_AFTER);
-                fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
+                deferred
+                    .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                    .await;
                 continue;
             }
         };
         info!("mesh link up");
+        let mut flushed = true;
+        while let Some(item) = deferred.pop() {
+            let env = push(item, &mut unacked);
+            if out_tx.send(env).await.is_err() {
+                flushed = false;
+                break;
+            }
+        }
+        if !flushed {
+            down_until = Some(Instant::now() + RETRY_AFTER);
+            deferred
+                .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                .await;
+            continue;
+        }
         loop {
             tokio::select! {
                 item = rx.recv() => {
@@ -354,7 +433,9 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         warn!(unacked = unacked.len(), "mesh link down");
         down_until = Some(Instant::now() + RETRY_AFTER);
         mesh.set_down(node, down_until);
-        fail_all(&router, node, unacked.into_iter().map(|(_, _, i)| i)).await;
+        deferred
+            .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+            .await;
         // What the peer confirmed earlier may have died with it.
         router.custody_peer_down(node);
     }
@@ -384,7 +465,7 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
             xml.clone(),
             (tag.holders.clone(), tag.key.1.clone()),
         ),
-        Outgoing::Done { json } => (Kind::Done, String::new(), 0, json.clone(), none),
+        Outgoing::Done { json, .. } => (Kind::Done, String::new(), 0, json.clone(), none),
         Outgoing::Hint { bare, acked, json } => {
             (Kind::Hint, bare.clone(), *acked, json.clone(), none)
         }

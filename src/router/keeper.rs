@@ -20,6 +20,10 @@ use crate::xmpp::Element;
 pub const MAX_CUSTODY_BYTES: usize = 64 * 1024 * 1024;
 /// How often copies are checked for their timeouts.
 const TICK: Duration = Duration::from_millis(100);
+/// A tick later than this means the process was stalled ...
+const STALL: Duration = Duration::from_secs(1);
+/// ... and commits wait this long for the notices sent meanwhile.
+const STALL_GRACE: Duration = Duration::from_millis(750);
 
 /// Who learns the outcome of a message in custody: the sender's session.
 #[derive(Debug)]
@@ -355,13 +359,30 @@ impl Router {
 pub(super) async fn run_ticker(router: Weak<Inner>) {
     let mut t = tokio::time::interval(TICK);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    let mut grace_until: Option<Instant> = None;
     loop {
         t.tick().await;
+        let now = Instant::now();
+        // A tick far too late means this process was stopped (SIGSTOP, a
+        // VM pause, swapping): the copies' deadlines passed while the
+        // notices that would have settled them ("done" from the recipient's
+        // node) sat unread in the sockets. Let those be read first; a copy
+        // kept a little longer is still safe, one committed needlessly
+        // comes to the client twice.
+        if now.duration_since(last) > TICK + STALL {
+            debug!(late = ?now.duration_since(last), "custody: timer stalled, reading notices first");
+            grace_until = Some(now + STALL_GRACE);
+        }
+        last = now;
+        if grace_until.is_some_and(|g| now < g) {
+            continue;
+        }
         let Some(inner) = router.upgrade() else {
             return;
         };
         let r = Router(inner);
-        let e = r.book().tick(Instant::now());
+        let e = r.book().tick(now);
         if !e.is_empty() {
             debug!(commits = e.len(), "custody: timed out copies to the queue");
         }
