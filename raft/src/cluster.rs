@@ -275,16 +275,20 @@ impl ClusterHandle {
 
     /// Whether this node is, as far as it can tell, in touch with a leader
     /// that has a quorum: a follower that knows its leader, or a leader a
-    /// quorum acknowledged within the last 1.5 s. A node cut off from the
-    /// majority soon answers false (a follower becomes a candidate after
-    /// its election timeout).
+    /// quorum acknowledged within the last ten heartbeats (at least 300 ms;
+    /// it was 1.5 s, and a leader cut off from the majority delivered from
+    /// its stale queue copy for that long, so the client got those messages
+    /// again on its next node). A node cut off from the majority soon
+    /// answers false (a follower becomes a candidate after its election
+    /// timeout).
     pub fn in_quorum_contact(&self) -> bool {
+        let fresh_ms = (self.0.raft.config().heartbeat_interval * 10).max(300);
         let m = self.0.raft.metrics();
         let m = m.borrow();
         match m.state {
             ServerState::Leader => {
                 m.membership_config.membership().voter_ids().count() <= 1
-                    || m.millis_since_quorum_ack.is_some_and(|ms| ms < 1500)
+                    || m.millis_since_quorum_ack.is_some_and(|ms| ms < fresh_ms)
             }
             ServerState::Follower => m.current_leader.is_some(),
             _ => false,
