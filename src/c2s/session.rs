@@ -6,7 +6,7 @@
 //! the replicated queue (messages it holds are delivered once, removed when
 //! the client has them, pulled when no live copy came), and the clean end
 //! of a session for any reason (unavailable presence, binding removed).
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,20 @@ const SEEN_FOR: Duration = Duration::from_secs(120);
 
 /// Ids of replicated-queue messages written to this session: each is
 /// delivered once, whether its live copy or its queued copy comes first.
+/// Bounded in count as well as in age ([`MAX_SEEN`]): at 600 messages/s
+/// to one session, 120 s of ids was 72,000 entries per session, hundreds
+/// of MB for a busy node. The unacknowledged window (`sm_max_unacked`) is
+/// far smaller, so what is evicted was acknowledged long ago.
 #[derive(Default)]
 pub(crate) struct Seen {
     ids: HashMap<String, Instant>,
+    /// Insertion order, for eviction past [`MAX_SEEN`] (may hold ids
+    /// pruned already).
+    order: VecDeque<String>,
 }
+
+/// Most ids a session remembers.
+const MAX_SEEN: usize = 8192;
 
 impl Seen {
     /// Records `id`; false when it was already written to this session.
@@ -49,6 +59,15 @@ impl Seen {
             return false;
         }
         self.ids.insert(id.to_string(), Instant::now());
+        self.order.push_back(id.to_string());
+        while self.ids.len() > MAX_SEEN || self.order.len() > 2 * MAX_SEEN {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.ids.remove(&old);
+                }
+                None => break,
+            }
+        }
         true
     }
 
@@ -60,6 +79,8 @@ impl Seen {
     fn prune(&mut self, keep: &HashSet<&str>) {
         self.ids
             .retain(|id, t| t.elapsed() < SEEN_FOR || keep.contains(id.as_str()));
+        let ids = &self.ids;
+        self.order.retain(|id| ids.contains_key(id));
     }
 }
 
@@ -950,5 +971,25 @@ impl Ended {
             Ended::Shutdown => "shutdown",
             Ended::Takeover(_) => "taken over",
         }
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_are_bounded_in_count_oldest_first() {
+        let mut s = Seen::default();
+        assert!(s.insert("a"));
+        assert!(!s.insert("a"));
+        for i in 0..MAX_SEEN {
+            assert!(s.insert(&format!("m{i}")));
+        }
+        assert!(!s.contains("a"), "the oldest is evicted");
+        assert!(s.contains("m0") && s.contains(&format!("m{}", MAX_SEEN - 1)));
+        assert_eq!(s.ids.len(), MAX_SEEN);
+        s.prune(&HashSet::new());
+        assert_eq!(s.order.len(), s.ids.len());
     }
 }
