@@ -33,14 +33,6 @@ pub struct Waiter {
     pub message: Element,
 }
 
-impl PartialEq for Waiter {
-    fn eq(&self, other: &Self) -> bool {
-        self.count == other.count && self.tx.same_channel(&other.tx)
-    }
-}
-
-impl Eq for Waiter {}
-
 pub type CustodyBook = Book<Waiter>;
 
 /// What one holder tells another (a `DONE` mesh envelope, as JSON).
@@ -62,6 +54,9 @@ pub(super) struct Plan {
     pub holders: Vec<NodeId>,
     /// Holders that only keep a copy (no recipient session there).
     pub keepers: Vec<NodeId>,
+    /// The other holders whose confirmation counts: voters only (a
+    /// learner holding a copy does not make a majority).
+    pub awaiting: Vec<NodeId>,
     /// How many of the other holders must confirm.
     pub needed: usize,
 }
@@ -118,9 +113,15 @@ impl Router {
         }
         // Enough other voters to confirm, this node counting for one.
         let needed = majority - 1;
+        let awaiting = holders[1..]
+            .iter()
+            .copied()
+            .filter(|n| voters.contains(n))
+            .collect();
         Some(Plan {
             holders,
             keepers,
+            awaiting,
             needed,
         })
     }
@@ -144,11 +145,10 @@ impl Router {
             stamp_ms: now_ms(),
             stanza,
         };
-        let awaiting: Vec<NodeId> = plan.holders[1..].to_vec();
         let e = self.book().originate(
             key,
             message,
-            awaiting,
+            plan.awaiting.clone(),
             plan.needed,
             waiter,
             primary,
@@ -256,11 +256,6 @@ impl Router {
                 .collect()
         };
         self.run(e);
-    }
-
-    /// Whether a copy of `key` is in custody here.
-    pub fn custody_holds(&self, key: &Key) -> bool {
-        self.book().holds(key)
     }
 
     /// The recipient's session here could not take `key`: commit it.

@@ -768,13 +768,9 @@ fn add_stanza_id(el: &mut Element, by: &str) {
     );
 }
 
-/// Whether `el` is a message its guard keeps in its recipient's queue (a
-/// `chat` or `normal` message with the recipient's XEP-0359 stanza id).
-pub fn is_queued(el: &Element) -> bool {
-    queued_key(el).is_some()
-}
-
-/// The custody and queue key of such a message: (bare JID, queue id).
+/// The custody and queue key of a message its guard or custody keeps for
+/// its recipient (a `chat` or `normal` message with the recipient's
+/// XEP-0359 stanza id): (bare JID, queue id).
 pub fn queued_key(el: &Element) -> Option<custody::Key> {
     let bare = bare_of(el.attr("to")?);
     let id = queued_id(el, bare)?;
