@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: a stanza's way through the
+/// server allocates many small strings and nodes (parse, route, write),
+/// and glibc's malloc/free were a quarter of the CPU at saturation
+/// (BENCHMARKS.md). The declaration is safe code.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "starling", version, about = "A clustered XMPP server")]
 struct Cli {
