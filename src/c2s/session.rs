@@ -43,10 +43,11 @@ const SEEN_FOR: Duration = Duration::from_secs(120);
 /// far smaller, so what is evicted was acknowledged long ago.
 #[derive(Default)]
 pub(crate) struct Seen {
-    ids: HashMap<String, Instant>,
+    /// One allocation per id, shared by the map and the order.
+    ids: HashMap<Arc<str>, Instant>,
     /// Insertion order, for eviction past [`MAX_SEEN`] (may hold ids
     /// pruned already).
-    order: VecDeque<String>,
+    order: VecDeque<Arc<str>>,
 }
 
 /// Most ids a session remembers.
@@ -58,8 +59,9 @@ impl Seen {
         if self.ids.contains_key(id) {
             return false;
         }
-        self.ids.insert(id.to_string(), Instant::now());
-        self.order.push_back(id.to_string());
+        let id: Arc<str> = Arc::from(id);
+        self.ids.insert(id.clone(), Instant::now());
+        self.order.push_back(id);
         while self.ids.len() > MAX_SEEN || self.order.len() > 2 * MAX_SEEN {
             match self.order.pop_front() {
                 Some(old) => {
@@ -78,9 +80,9 @@ impl Seen {
     /// Forgets old ids, except those still unacknowledged.
     fn prune(&mut self, keep: &HashSet<&str>) {
         self.ids
-            .retain(|id, t| t.elapsed() < SEEN_FOR || keep.contains(id.as_str()));
+            .retain(|id, t| t.elapsed() < SEEN_FOR || keep.contains(&**id));
         let ids = &self.ids;
-        self.order.retain(|id| ids.contains_key(id));
+        self.order.retain(|id| ids.contains_key(&**id));
     }
 }
 
@@ -385,7 +387,7 @@ impl Session {
             Guarded::Refused(err) => {
                 // The sender hears of the failure before the ack that
                 // counts the message (RFC 6120 §8.3: an error reply).
-                if let Some(mut reply) = err.reply_to(&done.message) {
+                if let Some(mut reply) = done.message.as_ref().and_then(|m| err.reply_to(m)) {
                     reply.set_attr("to", self.full.clone());
                     self.write_stanza(reply);
                 }

@@ -64,7 +64,15 @@ enum Outgoing {
         to: String,
         session: u64,
         el: Element,
-        tag: Option<Tag>,
+    },
+    /// A message in custody for session `session` of `to`, serialized
+    /// once by the router (the same xml is its custody copy): the peer's
+    /// ack confirms its copy.
+    Custody {
+        to: String,
+        session: u64,
+        tag: Tag,
+        xml: String,
     },
     /// Custody: keep a copy of `xml`.
     Hold {
@@ -130,8 +138,7 @@ impl MeshLinks {
         tx
     }
 
-    /// Queues a stanza for session `session` of `to` on `node` (in
-    /// custody when `tag` is set: the peer's ack confirms its copy).
+    /// Queues a stanza for session `session` of `to` on `node`.
     pub async fn send_stanza(
         &self,
         router: Router,
@@ -139,15 +146,37 @@ impl MeshLinks {
         to: &str,
         session: u64,
         el: Element,
-        tag: Option<Tag>,
     ) {
-        let tx = self.link(&router, node);
         let item = Outgoing::Stanza {
             to: to.to_string(),
             session,
             el,
-            tag,
         };
+        self.queue(router, node, item).await;
+    }
+
+    /// Queues a message in custody (`xml`, its standalone serialization)
+    /// for session `session` of `to` on `node`.
+    pub async fn send_custody(
+        &self,
+        router: Router,
+        node: NodeId,
+        to: &str,
+        session: u64,
+        tag: Tag,
+        xml: String,
+    ) {
+        let item = Outgoing::Custody {
+            to: to.to_string(),
+            session,
+            tag,
+            xml,
+        };
+        self.queue(router, node, item).await;
+    }
+
+    async fn queue(&self, router: Router, node: NodeId, item: Outgoing) {
+        let tx = self.link(&router, node);
         if let Err(e) = tx.send(item).await {
             fail_all(&router, node, [e.0]).await;
         }
@@ -246,10 +275,10 @@ async fn fail_all(router: &Router, node: NodeId, items: impl IntoIterator<Item =
     let mut unconfirmed = Vec::new();
     for item in items {
         match item {
-            Outgoing::Stanza { tag: Some(t), .. } | Outgoing::Hold { tag: t, .. } => {
+            Outgoing::Custody { tag: t, .. } | Outgoing::Hold { tag: t, .. } => {
                 unconfirmed.push(t.key)
             }
-            Outgoing::Stanza { el, tag: None, .. } => router.undeliverable(el, node).await,
+            Outgoing::Stanza { el, .. } => router.undeliverable(el, node).await,
             _ => {}
         }
     }
@@ -262,7 +291,7 @@ async fn fail_all(router: &Router, node: NodeId, items: impl IntoIterator<Item =
 fn confirmed_keys(items: impl Iterator<Item = Outgoing>) -> Vec<Key> {
     items
         .filter_map(|i| match i {
-            Outgoing::Stanza { tag: Some(t), .. } | Outgoing::Hold { tag: t, .. } => Some(t.key),
+            Outgoing::Custody { tag: t, .. } | Outgoing::Hold { tag: t, .. } => Some(t.key),
             _ => None,
         })
         .collect()
@@ -444,19 +473,24 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
 fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) -> Envelope {
     let none = (Vec::new(), String::new());
     let (kind, to, session, xml, (holders, queue_id)) = match item {
-        Outgoing::Stanza {
-            to,
-            session,
-            el,
-            tag,
-        } => (
+        Outgoing::Stanza { to, session, el } => (
             Kind::Stanza,
             to.clone(),
             *session,
             el.to_standalone_xml(),
-            tag.as_ref()
-                .map(|t| (t.holders.clone(), t.key.1.clone()))
-                .unwrap_or(none),
+            none,
+        ),
+        Outgoing::Custody {
+            to,
+            session,
+            tag,
+            xml,
+        } => (
+            Kind::Stanza,
+            to.clone(),
+            *session,
+            xml.clone(),
+            (tag.holders.clone(), tag.key.1.clone()),
         ),
         Outgoing::Hold { tag, xml } => (
             Kind::Hold,

@@ -13,7 +13,6 @@ use tracing::{debug, warn};
 use super::custody::{Book, Effect, Key};
 use super::{inbox, now_ms, GuardDone, Guarded, Inner, Router, Target};
 use crate::mesh::Tag;
-use crate::xmpp::Element;
 
 /// Most bytes of messages this node keeps in custody (beyond, messages
 /// take the queue path: commit first, then ack).
@@ -26,11 +25,12 @@ const STALL: Duration = Duration::from_secs(1);
 const STALL_GRACE: Duration = Duration::from_millis(750);
 
 /// Who learns the outcome of a message in custody: the sender's session.
+/// (No copy of the message: the rare refusal rebuilds it from the
+/// custody copy's xml for the error reply.)
 #[derive(Debug)]
 pub struct Waiter {
     pub tx: mpsc::UnboundedSender<GuardDone>,
     pub count: Option<u64>,
-    pub message: Element,
 }
 
 pub type CustodyBook = Book<Waiter>;
@@ -281,8 +281,22 @@ impl Router {
         }
     }
 
-    fn custody_committed(&self, key: Key, outcome: Guarded) {
+    /// `stanza`: the committed message, for an error reply to its sender
+    /// if the queue refused it.
+    fn custody_committed(&self, key: Key, outcome: Guarded, stanza: String) {
         let e = self.book().committed(&key, outcome);
+        let (refused, e): (Vec<_>, Vec<_>) = e
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Outcome(_, Guarded::Refused(_))));
+        for effect in refused {
+            if let Effect::Outcome(w, outcome) = effect {
+                let _ = w.tx.send(GuardDone {
+                    count: w.count,
+                    outcome,
+                    message: crate::xmpp::parse_stanza(&stanza).ok(),
+                });
+            }
+        }
         self.run(e);
     }
 
@@ -298,12 +312,13 @@ impl Router {
                     let _ = w.tx.send(GuardDone {
                         count: w.count,
                         outcome,
-                        message: w.message,
+                        message: None,
                     });
                 }
                 Effect::Commit(key, message) => {
                     let router = self.clone();
                     let to = key.0.clone();
+                    let stanza = message.stanza.clone();
                     self.0.custody_pipeline.submit(inbox::GuardJob {
                         to,
                         message,
@@ -313,7 +328,7 @@ impl Router {
                             if let Guarded::Refused(e) = &outcome {
                                 warn!(to = %key.0, error = %e.condition, "custody: queue refused a message");
                             }
-                            router.custody_committed(key, outcome)
+                            router.custody_committed(key, outcome, stanza)
                         }),
                     });
                 }

@@ -60,7 +60,7 @@ pub struct GuardDone {
     pub count: Option<u64>,
     pub outcome: Guarded,
     /// The message as routed (for the error reply when refused).
-    pub message: Element,
+    pub message: Option<Element>,
 }
 
 /// A session of this node, as the router sees it.
@@ -344,17 +344,6 @@ impl Router {
     /// Hands `el` to one session. Local: its channel; remote: the mesh.
     /// Returns the stanza back when a local session cannot take it.
     pub async fn deliver(&self, target: &Target, el: Element) -> Result<(), Element> {
-        self.deliver_tagged(target, el, None).await
-    }
-
-    /// As [`Router::deliver`], for a message in custody (`tag`): the remote
-    /// node holds a copy and its ack confirms it.
-    async fn deliver_tagged(
-        &self,
-        target: &Target,
-        el: Element,
-        tag: Option<crate::mesh::Tag>,
-    ) -> Result<(), Element> {
         if target.binding.node == self.0.node {
             return self.deliver_local(&target.full, target.binding.session, el);
         }
@@ -366,7 +355,6 @@ impl Router {
                 &target.full,
                 target.binding.session,
                 el,
-                tag,
             )
             .await;
         Ok(())
@@ -581,7 +569,6 @@ impl Router {
                         let waiter = keeper::Waiter {
                             tx: n.tx,
                             count: n.count,
-                            message: el.clone(),
                         };
                         self.custody_originate(key.clone(), stanza.clone(), &plan, waiter, primary);
                         custody = Some((key, plan, stanza));
@@ -623,6 +610,29 @@ impl Router {
         }
         let last = chosen.len() - 1;
         for (i, t) in chosen.iter().enumerate() {
+            if let Some((key, plan, stanza)) = &custody {
+                if t.binding.node != self.0.node {
+                    // The custody copy's xml is what the peer delivers and
+                    // keeps: serialized once, and the peer's ack confirms
+                    // its copy.
+                    let tag = crate::mesh::Tag {
+                        key: key.clone(),
+                        holders: plan.holders.clone(),
+                    };
+                    self.0
+                        .mesh
+                        .send_custody(
+                            self.clone(),
+                            t.binding.node,
+                            &t.full,
+                            t.binding.session,
+                            tag,
+                            stanza.clone(),
+                        )
+                        .await;
+                    continue;
+                }
+            }
             let copy = if i == last {
                 std::mem::replace(&mut el, Element::new("message", ns::CLIENT))
             } else {
@@ -631,11 +641,7 @@ impl Router {
             // A local session that is gone or cannot keep up leaves the
             // message to its guard (the queue has it) or to custody (which
             // commits it to the queue now).
-            let tag = custody.as_ref().map(|(key, plan, _)| crate::mesh::Tag {
-                key: key.clone(),
-                holders: plan.holders.clone(),
-            });
-            if self.deliver_tagged(t, copy, tag).await.is_err() {
+            if self.deliver(t, copy).await.is_err() {
                 if let Some((key, _, _)) = &custody {
                     self.custody_release(key);
                 }
@@ -670,7 +676,7 @@ impl Router {
                 let _ = tx.send(GuardDone {
                     count,
                     outcome,
-                    message: el,
+                    message: Some(el),
                 });
             }),
         });
