@@ -77,12 +77,22 @@ impl Seen {
         self.ids.contains_key(id)
     }
 
-    /// Forgets old ids, except those still unacknowledged.
-    fn prune(&mut self, keep: &HashSet<&str>) {
-        self.ids
-            .retain(|id, t| t.elapsed() < SEEN_FOR || keep.contains(&**id));
-        let ids = &self.ids;
-        self.order.retain(|id| ids.contains_key(&**id));
+    /// Forgets ids older than [`SEEN_FOR`], oldest first, stopping at the
+    /// first one still unacknowledged (`keep`) or young enough. Costs what
+    /// it removes: a scan of every id on every session's tick took tens of
+    /// milliseconds of a worker each time the sessions' tickers fired
+    /// together.
+    fn prune(&mut self, keep: &HashSet<&str>, now: Instant) {
+        while let Some(front) = self.order.front() {
+            match self.ids.get(front) {
+                Some(t) if now.duration_since(*t) < SEEN_FOR || keep.contains(&**front) => break,
+                Some(_) => {
+                    self.ids.remove(front);
+                }
+                None => {}
+            }
+            self.order.pop_front();
+        }
     }
 }
 
@@ -554,7 +564,7 @@ impl Session {
             .flat_map(|sm| sm.unacked())
             .filter_map(|o| o.queued_id.as_deref())
             .collect();
-        self.seen.prune(&keep);
+        self.seen.prune(&keep, Instant::now());
         if self.available {
             crate::im::offline::pull(self, false);
         }
@@ -991,7 +1001,26 @@ mod seen_tests {
         assert!(!s.contains("a"), "the oldest is evicted");
         assert!(s.contains("m0") && s.contains(&format!("m{}", MAX_SEEN - 1)));
         assert_eq!(s.ids.len(), MAX_SEEN);
-        s.prune(&HashSet::new());
+        s.prune(&HashSet::new(), Instant::now());
         assert_eq!(s.order.len(), s.ids.len());
+        assert_eq!(s.ids.len(), MAX_SEEN, "young ids stay");
+    }
+
+    #[test]
+    fn pruning_drops_old_ids_up_to_the_first_unacknowledged() {
+        let mut s = Seen::default();
+        for id in ["a", "b", "c", "d"] {
+            assert!(s.insert(id));
+        }
+        let later = Instant::now() + SEEN_FOR + Duration::from_secs(1);
+        s.prune(&HashSet::from(["c"]), later);
+        assert!(!s.contains("a") && !s.contains("b"));
+        assert!(
+            s.contains("c") && s.contains("d"),
+            "kept from the first unacked on"
+        );
+        s.prune(&HashSet::new(), later);
+        assert_eq!((s.ids.len(), s.order.len()), (0, 0));
+        assert!(s.insert("a"), "forgotten ids may come again");
     }
 }
