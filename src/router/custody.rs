@@ -142,6 +142,11 @@ impl<W> Book<W> {
         self.copies.is_empty()
     }
 
+    /// The message of copy `key`, while the book has it.
+    pub fn message(&self, key: &Key) -> Option<&OfflineMessage> {
+        self.copies.get(key).map(|c| &c.message)
+    }
+
     pub fn holds(&self, key: &Key) -> bool {
         self.copies.contains_key(key)
     }

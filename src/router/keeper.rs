@@ -281,10 +281,17 @@ impl Router {
         }
     }
 
-    /// `stanza`: the committed message, for an error reply to its sender
-    /// if the queue refused it.
-    fn custody_committed(&self, key: Key, outcome: Guarded, stanza: String) {
-        let e = self.book().committed(&key, outcome);
+    fn custody_committed(&self, key: Key, outcome: Guarded) {
+        // A refusal is answered with an error reply, rebuilt from the
+        // copy's xml (the book keeps it until now).
+        let (stanza, e) = {
+            let mut b = self.book();
+            let stanza = match outcome {
+                Guarded::Refused(_) => b.message(&key).map(|m| m.stanza.clone()),
+                _ => None,
+            };
+            (stanza, b.committed(&key, outcome))
+        };
         let (refused, e): (Vec<_>, Vec<_>) = e
             .into_iter()
             .partition(|e| matches!(e, Effect::Outcome(_, Guarded::Refused(_))));
@@ -293,7 +300,9 @@ impl Router {
                 let _ = w.tx.send(GuardDone {
                     count: w.count,
                     outcome,
-                    message: crate::xmpp::parse_stanza(&stanza).ok(),
+                    message: stanza
+                        .as_deref()
+                        .and_then(|s| crate::xmpp::parse_stanza(s).ok()),
                 });
             }
         }
@@ -318,7 +327,6 @@ impl Router {
                 Effect::Commit(key, message) => {
                     let router = self.clone();
                     let to = key.0.clone();
-                    let stanza = message.stanza.clone();
                     self.0.custody_pipeline.submit(inbox::GuardJob {
                         to,
                         message,
@@ -328,7 +336,7 @@ impl Router {
                             if let Guarded::Refused(e) = &outcome {
                                 warn!(to = %key.0, error = %e.condition, "custody: queue refused a message");
                             }
-                            router.custody_committed(key, outcome, stanza)
+                            router.custody_committed(key, outcome)
                         }),
                     });
                 }
