@@ -61,6 +61,16 @@ pub(super) struct Plan {
     pub needed: usize,
 }
 
+impl Plan {
+    /// The mesh tag of a copy of `key` under this plan.
+    pub(super) fn tag(&self, key: &Key) -> Tag {
+        Tag {
+            key: key.clone(),
+            holders: self.holders.clone(),
+        }
+    }
+}
+
 impl Router {
     /// Plans custody for a message `id` to `chosen`; none when custody
     /// cannot take it (no room; too few reachable voters; this node not a
@@ -160,10 +170,7 @@ impl Router {
     /// Sends the keepers of `plan` their copies.
     pub(super) async fn custody_keepers(&self, key: &Key, stanza: &str, plan: &Plan) {
         for n in &plan.keepers {
-            let tag = Tag {
-                key: key.clone(),
-                holders: plan.holders.clone(),
-            };
+            let tag = plan.tag(key);
             self.0
                 .mesh
                 .send_hold(self.clone(), *n, tag, stanza.to_string())

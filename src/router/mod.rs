@@ -615,10 +615,6 @@ impl Router {
                     // The custody copy's xml is what the peer delivers and
                     // keeps: serialized once, and the peer's ack confirms
                     // its copy.
-                    let tag = crate::mesh::Tag {
-                        key: key.clone(),
-                        holders: plan.holders.clone(),
-                    };
                     self.0
                         .mesh
                         .send_custody(
@@ -626,7 +622,7 @@ impl Router {
                             t.binding.node,
                             &t.full,
                             t.binding.session,
-                            tag,
+                            plan.tag(key),
                             stanza.clone(),
                         )
                         .await;
