@@ -10,6 +10,7 @@
 //! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
 pub mod negotiate;
 pub mod sasl;
+mod seen;
 pub mod session;
 pub mod sm;
 pub mod stream;

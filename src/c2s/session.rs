@@ -6,7 +6,7 @@
 //! the replicated queue (messages it holds are delivered once, removed when
 //! the client has them, pulled when no live copy came), and the clean end
 //! of a session for any reason (unavailable presence, binding removed).
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::negotiate::Resumption;
+use super::seen::Seen;
 use super::sm::{Outbound, StreamMgmt};
 use super::stream::{Conn, ConnError};
 use super::Shared;
@@ -31,70 +32,6 @@ const MAX_UNSAFE: usize = 512;
 /// Received stanzas behind an unsafe one (kept so a resumption does not
 /// handle them twice), at most; beyond it the session stops reading.
 const MAX_TAIL: usize = 4096;
-/// How long an id of a queued message is remembered after the client
-/// acknowledged it (so a late live copy or a pull does not repeat it).
-const SEEN_FOR: Duration = Duration::from_secs(120);
-
-/// Ids of replicated-queue messages written to this session: each is
-/// delivered once, whether its live copy or its queued copy comes first.
-/// Bounded in count as well as in age ([`MAX_SEEN`]): at 600 messages/s
-/// to one session, 120 s of ids was 72,000 entries per session, hundreds
-/// of MB for a busy node. The unacknowledged window (`sm_max_unacked`) is
-/// far smaller, so what is evicted was acknowledged long ago.
-#[derive(Default)]
-pub(crate) struct Seen {
-    /// One allocation per id, shared by the map and the order.
-    ids: HashMap<Arc<str>, Instant>,
-    /// Insertion order, for eviction past [`MAX_SEEN`] (may hold ids
-    /// pruned already).
-    order: VecDeque<Arc<str>>,
-}
-
-/// Most ids a session remembers.
-const MAX_SEEN: usize = 8192;
-
-impl Seen {
-    /// Records `id`; false when it was already written to this session.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.ids.contains_key(id) {
-            return false;
-        }
-        let id: Arc<str> = Arc::from(id);
-        self.ids.insert(id.clone(), Instant::now());
-        self.order.push_back(id);
-        while self.ids.len() > MAX_SEEN || self.order.len() > 2 * MAX_SEEN {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.ids.remove(&old);
-                }
-                None => break,
-            }
-        }
-        true
-    }
-
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.ids.contains_key(id)
-    }
-
-    /// Forgets ids older than [`SEEN_FOR`], oldest first, stopping at the
-    /// first one still unacknowledged (`keep`) or young enough. Costs what
-    /// it removes (it was a scan of all of a session's ids on each of its
-    /// ticks; no latency change was measurable, BENCHMARKS.md).
-    fn prune(&mut self, keep: &HashSet<&str>, now: Instant) {
-        while let Some(front) = self.order.front() {
-            match self.ids.get(front) {
-                Some(t) if now.duration_since(*t) < SEEN_FOR || keep.contains(&**front) => break,
-                Some(_) => {
-                    self.ids.remove(front);
-                }
-                None => {}
-            }
-            self.order.pop_front();
-        }
-    }
-}
-
 pub struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) conn: Conn,
@@ -557,13 +494,12 @@ impl Session {
                 self.conn.ack(h);
             }
         }
-        let keep: HashSet<&str> = self
+        let unacked = self
             .sm
             .iter()
             .flat_map(|sm| sm.unacked())
-            .filter_map(|o| o.queued_id.as_deref())
-            .collect();
-        self.seen.prune(&keep, Instant::now());
+            .filter_map(|o| o.queued_id.as_deref());
+        self.seen.prune(unacked, now);
         if self.available {
             crate::im::offline::pull(self, false);
         }
@@ -982,44 +918,5 @@ impl Ended {
             Ended::Shutdown => "shutdown",
             Ended::Takeover(_) => "taken over",
         }
-    }
-}
-
-#[cfg(test)]
-mod seen_tests {
-    use super::*;
-
-    #[test]
-    fn seen_ids_are_bounded_in_count_oldest_first() {
-        let mut s = Seen::default();
-        assert!(s.insert("a"));
-        assert!(!s.insert("a"));
-        for i in 0..MAX_SEEN {
-            assert!(s.insert(&format!("m{i}")));
-        }
-        assert!(!s.contains("a"), "the oldest is evicted");
-        assert!(s.contains("m0") && s.contains(&format!("m{}", MAX_SEEN - 1)));
-        assert_eq!(s.ids.len(), MAX_SEEN);
-        s.prune(&HashSet::new(), Instant::now());
-        assert_eq!(s.order.len(), s.ids.len());
-        assert_eq!(s.ids.len(), MAX_SEEN, "young ids stay");
-    }
-
-    #[test]
-    fn pruning_drops_old_ids_up_to_the_first_unacknowledged() {
-        let mut s = Seen::default();
-        for id in ["a", "b", "c", "d"] {
-            assert!(s.insert(id));
-        }
-        let later = Instant::now() + SEEN_FOR + Duration::from_secs(1);
-        s.prune(&HashSet::from(["c"]), later);
-        assert!(!s.contains("a") && !s.contains("b"));
-        assert!(
-            s.contains("c") && s.contains("d"),
-            "kept from the first unacked on"
-        );
-        s.prune(&HashSet::new(), later);
-        assert_eq!((s.ids.len(), s.order.len()), (0, 0));
-        assert!(s.insert("a"), "forgotten ids may come again");
     }
 }
