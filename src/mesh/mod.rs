@@ -50,6 +50,13 @@ struct Health {
 
 /// How long opening a link may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Custody notices (`DONE`) wait this long for others to the same peer and
+/// go as one envelope: a recipient that reads acknowledges message by
+/// message, and a notice per message doubled the envelopes on the mesh.
+/// Nothing waits for a notice but the other holders' memory.
+const DONE_BATCH: Duration = Duration::from_millis(5);
+/// ... unless this many keys are waiting.
+const DONE_BATCH_KEYS: usize = 2048;
 
 /// A stanza's place in custody (`router::custody`): its key and every
 /// node holding a copy.
@@ -79,9 +86,10 @@ enum Outgoing {
         tag: Tag,
         xml: String,
     },
-    /// Custody: drop these copies.
+    /// Custody: drop these copies. Notices given to a link within
+    /// [`DONE_BATCH`] of each other travel as one envelope.
     Done {
-        json: String,
+        notice: Notice,
         /// When it was first given to the link (for [`DEFERRED_AGE`]).
         since: Instant,
     },
@@ -197,13 +205,10 @@ impl MeshLinks {
 
     /// Tells `node` that these custody copies are done. Never waits (a
     /// lost notice only costs the peer a commit and the client a copy).
-    pub fn send_done(&self, router: &Router, node: NodeId, notice: &Notice) {
-        let Ok(json) = serde_json::to_string(notice) else {
-            return;
-        };
+    pub fn send_done(&self, router: &Router, node: NodeId, notice: Notice) {
         let tx = self.link(router, node);
         if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(Outgoing::Done {
-            json,
+            notice,
             since: Instant::now(),
         }) {
             tokio::spawn(async move {
@@ -437,11 +442,37 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                 .await;
             continue;
         }
+        // Notices waiting for [`DONE_BATCH`] to pass.
+        let mut batch: Option<(Notice, Instant)> = None;
+        let flush_at = tokio::time::sleep(DONE_BATCH);
+        tokio::pin!(flush_at);
         loop {
             tokio::select! {
                 item = rx.recv() => {
                     let Some(item) = item else { return };
+                    let item = match item {
+                        Outgoing::Done { notice, since } => {
+                            let (b, _) = batch.get_or_insert_with(|| {
+                                flush_at.as_mut().reset((Instant::now() + DONE_BATCH).into());
+                                (Notice::default(), since)
+                            });
+                            b.merge(notice);
+                            if b.len() < DONE_BATCH_KEYS {
+                                continue;
+                            }
+                            let Some((notice, since)) = batch.take() else { continue };
+                            Outgoing::Done { notice, since }
+                        }
+                        other => other,
+                    };
                     let env = push(item, &mut unacked);
+                    if out_tx.send(env).await.is_err() {
+                        break;
+                    }
+                }
+                _ = &mut flush_at, if batch.is_some() => {
+                    let Some((notice, since)) = batch.take() else { continue };
+                    let env = push(Outgoing::Done { notice, since }, &mut unacked);
                     if out_tx.send(env).await.is_err() {
                         break;
                     }
@@ -462,8 +493,13 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         warn!(unacked = unacked.len(), "mesh link down");
         down_until = Some(Instant::now() + RETRY_AFTER);
         mesh.set_down(node, down_until);
+        let batched = batch.map(|(notice, since)| Outgoing::Done { notice, since });
         deferred
-            .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+            .fail(
+                &router,
+                node,
+                unacked.into_iter().map(|(_, _, i)| i).chain(batched),
+            )
             .await;
         // What the peer confirmed earlier may have died with it.
         router.custody_peer_down(node);
@@ -499,7 +535,13 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
             xml.clone(),
             (tag.holders.clone(), tag.key.1.clone()),
         ),
-        Outgoing::Done { json, .. } => (Kind::Done, String::new(), 0, json.clone(), none),
+        Outgoing::Done { notice, .. } => (
+            Kind::Done,
+            String::new(),
+            0,
+            serde_json::to_string(notice).unwrap_or_default(),
+            none,
+        ),
         Outgoing::Hint { bare, acked, json } => {
             (Kind::Hint, bare.clone(), *acked, json.clone(), none)
         }

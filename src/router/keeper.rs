@@ -46,6 +46,23 @@ pub struct Notice {
     pub stored: Vec<Key>,
 }
 
+impl Notice {
+    /// Adds `other`'s keys to this notice.
+    pub fn merge(&mut self, other: Notice) {
+        self.delivered.extend(other.delivered);
+        self.stored.extend(other.stored);
+    }
+
+    /// How many keys it carries.
+    pub fn len(&self) -> usize {
+        self.delivered.len() + self.stored.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The holders a message of `bare` needs besides this node, when custody
 /// can take it: the nodes of `chosen` and, if those are too few for a
 /// majority of the voters, keepers.
@@ -375,7 +392,7 @@ impl Router {
             }
         }
         for (node, notice) in notices {
-            self.0.mesh.send_done(self, node, &notice);
+            self.0.mesh.send_done(self, node, notice);
         }
     }
 }
