@@ -556,12 +556,6 @@ impl Session {
                 Ok(())
             }
             ToSession::Kick(e) => Err(Ended::Error(e)),
-            ToSession::Pull => {
-                if self.available {
-                    crate::im::offline::pull(self, false);
-                }
-                Ok(())
-            }
         }
     }
 
@@ -747,8 +741,6 @@ impl Session {
                 }
                 m = self.rx.recv() => match m {
                     Some(ToSession::Stanza(el)) => self.write_stanza(*el),
-                    // Detached: the pull after resumption brings them.
-                    Some(ToSession::Pull) => {}
                     Some(ToSession::Kick(_)) | None => return false,
                 },
                 d = self.guard_rx.recv() => {

@@ -613,24 +613,13 @@ async fn receive(
                         if !env.holders.is_empty() {
                             // Held before it is acknowledged (the ack is
                             // the sender's confirmation of this copy).
-                            let bare = crate::router::bare_of(&env.to);
-                            router.custody_hold(bare, &env.queue_id, env.xml, &env.holders, true);
-                            if router.mesh().is_down(env.from_node) {
-                                // What this node sends to the origin does
-                                // not arrive (a one-way cut, or its
-                                // process is stalled): neither this ack
-                                // nor the "delivered" notice would reach
-                                // it, so it will commit the message to the
-                                // queue, and a copy written live here would
-                                // come again from the queue at the
-                                // client's next session elsewhere. The
-                                // message goes to the queue from here too
-                                // (idempotent), and this node's sessions
-                                // pull it once (never twice: `Seen`).
-                                debug!(from = env.from_node, "origin unreachable from here: custody message to the queue, not live");
-                                router.custody_release(&(bare.to_string(), env.queue_id.clone()));
-                                continue;
-                            }
+                            router.custody_hold(
+                                crate::router::bare_of(&env.to),
+                                &env.queue_id,
+                                env.xml,
+                                &env.holders,
+                                true,
+                            );
                         }
                         router.from_mesh(&env.to, env.session, el).await
                     }

@@ -308,7 +308,6 @@ impl Router {
     fn custody_committed(&self, key: Key, outcome: Guarded) {
         // A refusal is answered with an error reply, rebuilt from the
         // copy's xml (the book keeps it until now).
-        let queued = outcome == Guarded::Safe;
         let (stanza, e) = {
             let mut b = self.book();
             let stanza = match outcome {
@@ -317,11 +316,6 @@ impl Router {
             };
             (stanza, b.committed(&key, outcome))
         };
-        if queued {
-            // In the queue now: a session of the account here takes it at
-            // once instead of at its next tick.
-            self.poke_pull(&key.0);
-        }
         let (refused, e): (Vec<_>, Vec<_>) = e
             .into_iter()
             .partition(|e| matches!(e, Effect::Outcome(_, Guarded::Refused(_))));

@@ -42,9 +42,6 @@ pub enum ToSession {
     Stanza(Box<Element>),
     /// End the session with this stream error.
     Kick(StreamError),
-    /// Messages for the account reached its replicated queue (custody
-    /// committed them): pull now rather than at the next tick.
-    Pull,
 }
 
 /// Where the outcome of a guarded message goes: the sending session, with
@@ -284,19 +281,6 @@ impl Router {
         local.get(full).cloned()
     }
 
-    /// Tells the local sessions of `bare` that its queue has new messages
-    /// (never waits: a session with a full channel pulls at its tick).
-    pub fn poke_pull(&self, bare: &str) {
-        for t in self.sessions_of(bare, None) {
-            if t.binding.node != self.0.node {
-                continue;
-            }
-            if let Some(s) = self.local_session(&t.full) {
-                let _ = s.tx.try_send(ToSession::Pull);
-            }
-        }
-    }
-
     /// Every local session (full JID, id).
     pub fn local_sessions(&self) -> Vec<(String, u64)> {
         let local = self.0.local.read().unwrap_or_else(|p| p.into_inner());
@@ -388,7 +372,7 @@ impl Router {
             Ok(()) => Ok(()),
             Err(e) => match e.into_inner() {
                 ToSession::Stanza(el) => Err(*el),
-                ToSession::Kick(_) | ToSession::Pull => Ok(()),
+                ToSession::Kick(_) => Ok(()),
             },
         }
     }
