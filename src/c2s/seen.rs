@@ -14,8 +14,8 @@
 //! same table size within a millisecond of each other and rehashed
 //! thousands of strings each, stalling the node for tens of milliseconds
 //! (the p99.9 at 20,000 msg/s in BENCHMARKS.md). Two different ids share a
-//! fingerprint with probability 2^-128 per pair (the keys are random per
-//! process), far below the odds of a memory error.
+//! fingerprint with probability about 2^-128 per pair (two SipHash keys
+//! drawn when the table is made), far below the odds of a memory error.
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::time::{Duration, Instant};
