@@ -86,8 +86,10 @@ enum Outgoing {
         tag: Tag,
         xml: String,
     },
-    /// Custody: drop these copies. Notices given to a link within
-    /// [`DONE_BATCH`] of each other travel as one envelope.
+    /// Custody: drop these copies (or write them: `safe`). Notices given
+    /// to a link within [`DONE_BATCH`] of each other travel as one
+    /// envelope; an urgent one (`safe`: a recipient waits) goes at once,
+    /// with whatever waited in the batch.
     Done {
         notice: Notice,
         /// When it was first given to the link (for [`DEFERRED_AGE`]).
@@ -452,12 +454,13 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                     let Some(item) = item else { return };
                     let item = match item {
                         Outgoing::Done { notice, since } => {
+                            let urgent = notice.is_urgent();
                             let (b, _) = batch.get_or_insert_with(|| {
                                 flush_at.as_mut().reset((Instant::now() + DONE_BATCH).into());
                                 (Notice::default(), since)
                             });
                             b.merge(notice);
-                            if b.len() < DONE_BATCH_KEYS {
+                            if !urgent && b.len() < DONE_BATCH_KEYS {
                                 continue;
                             }
                             let Some((notice, since)) = batch.take() else { continue };
@@ -610,18 +613,22 @@ async fn receive(
             match kind {
                 Ok(Kind::Stanza) => match crate::xmpp::parse_stanza(&env.xml) {
                     Ok(el) => {
-                        if !env.holders.is_empty() {
+                        if env.holders.is_empty() {
+                            router.from_mesh(&env.to, env.session, el).await
+                        } else {
                             // Held before it is acknowledged (the ack is
-                            // the sender's confirmation of this copy).
-                            router.custody_hold(
-                                crate::router::bare_of(&env.to),
+                            // the sender's confirmation of this copy), and
+                            // written once the sender's node says it is
+                            // safe (`router::custody`).
+                            router.custody_arrived(
+                                &env.to,
+                                env.session,
+                                el,
                                 &env.queue_id,
                                 env.xml,
                                 &env.holders,
-                                true,
                             );
                         }
-                        router.from_mesh(&env.to, env.session, el).await
                     }
                     Err(e) => warn!(error = %e, from = env.from_node, "unparseable stanza on mesh"),
                 },

@@ -18,6 +18,16 @@
 //! leaves the message with the others, and the survivors commit it: the
 //! recipient gets it from its queue wherever it logs in again.
 //!
+//! A copy is written to the recipient's session only once it is safe
+//! (*released*): on the sender's node once the other holders confirmed,
+//! on the recipient's node once the sender's node says so (`Safe`), or
+//! once it is in the queue or another holder's client has it. A node that
+//! wrote a message it could not confirm (its link to the sender's node cut
+//! one way, or a keeper's confirmation lost) made the sender's node commit
+//! it in doubt, and the client got it a second time from the queue at its
+//! next session elsewhere; released copies are never committed in doubt.
+//! This costs the recipient one mesh round trip.
+//!
 //! Timeouts: a holder that delivers the message to the recipient (primary)
 //! commits it after `primary_hold`; the others after the longer
 //! `keeper_hold`, so that while the primary is alive one commit happens,
@@ -56,6 +66,14 @@ pub enum Effect<W> {
     /// A peer says the client has it and it is not held here: remove it
     /// from the queue if the queue holds it.
     RemoveIfQueued(Key),
+    /// Tell these holders (the recipient's nodes) the copy is safe: they
+    /// may write it to the recipient's session now.
+    Safe(Vec<NodeId>, Key),
+    /// Write the copy kept back for the recipient's session(s) here.
+    Release(Key),
+    /// Forget the copy kept back for the session(s) here (the sender was
+    /// told it failed).
+    Discard(Key),
 }
 
 enum State<W> {
@@ -76,8 +94,12 @@ struct Copy<W> {
     message: OfflineMessage,
     /// The other holders.
     others: Vec<NodeId>,
+    /// Originated here: the other holders that deliver it (told `Safe`).
+    primaries: Vec<NodeId>,
     /// This node delivers it to a session of the recipient.
     primary: bool,
+    /// This node delivers it and has not released it yet.
+    waiting: bool,
     deadline: Instant,
     state: State<W>,
 }
@@ -112,6 +134,10 @@ pub struct Book<W> {
     /// copy. Such a copy is not kept (it would be committed after its
     /// timeout and delivered again). Forgotten after `keeper_hold` * 2.
     early: HashMap<Key, Instant>,
+    /// `Safe` notices that came before their copy (the sender's node sends
+    /// a copy to each of the recipient's nodes in turn, and may hear the
+    /// first one's confirmation before it sent the second its copy).
+    early_safe: HashMap<Key, Instant>,
     bytes: usize,
     max_bytes: usize,
     timeouts: Timeouts,
@@ -122,6 +148,7 @@ impl<W> Book<W> {
         Book {
             copies: HashMap::new(),
             early: HashMap::new(),
+            early_safe: HashMap::new(),
             bytes: 0,
             max_bytes,
             timeouts,
@@ -173,7 +200,9 @@ impl<W> Book<W> {
     }
 
     /// A message this node received from its sender: `needed` of `awaiting`
-    /// (the other holders) must confirm before it is safe.
+    /// (the other holders) must confirm before it is safe. `primaries` are
+    /// the other holders with a session of the recipient (told `Safe` then);
+    /// `primary`: a session of the recipient here gets it (released then).
     #[allow(clippy::too_many_arguments)]
     pub fn originate(
         &mut self,
@@ -181,6 +210,7 @@ impl<W> Book<W> {
         message: OfflineMessage,
         awaiting: Vec<NodeId>,
         needed: usize,
+        primaries: Vec<NodeId>,
         waiter: W,
         primary: bool,
         now: Instant,
@@ -188,17 +218,26 @@ impl<W> Book<W> {
         let deadline = now + self.hold_for(primary);
         let others = awaiting.clone();
         if needed == 0 {
+            let mut out = vec![Effect::Outcome(waiter, Guarded::Safe)];
+            if !primaries.is_empty() {
+                out.push(Effect::Safe(primaries.clone(), key.clone()));
+            }
+            if primary {
+                out.push(Effect::Release(key.clone()));
+            }
             self.insert(
                 key,
                 Copy {
                     message,
                     others,
+                    primaries,
                     primary,
+                    waiting: false,
                     deadline,
                     state: State::Held,
                 },
             );
-            return vec![Effect::Outcome(waiter, Guarded::Safe)];
+            return out;
         }
         let by = now + self.timeouts.confirm_wait;
         self.insert(
@@ -206,7 +245,9 @@ impl<W> Book<W> {
             Copy {
                 message,
                 others,
+                primaries,
                 primary,
+                waiting: primary,
                 deadline,
                 state: State::Confirming {
                     awaiting,
@@ -220,6 +261,7 @@ impl<W> Book<W> {
     }
 
     /// A copy another node originated; `others` are the other holders.
+    /// `primary`: a session of the recipient here gets it once released.
     pub fn hold(
         &mut self,
         key: Key,
@@ -227,21 +269,65 @@ impl<W> Book<W> {
         others: Vec<NodeId>,
         primary: bool,
         now: Instant,
-    ) {
-        if self.copies.contains_key(&key) || self.early.remove(&key).is_some() {
-            return;
+    ) -> Vec<Effect<W>> {
+        if self.copies.contains_key(&key) {
+            return Vec::new();
         }
+        if self.early.remove(&key).is_some() {
+            // Delivered elsewhere or queued already: not kept, but this
+            // resource gets it too.
+            return if primary {
+                vec![Effect::Release(key)]
+            } else {
+                Vec::new()
+            };
+        }
+        let safe_already = self.early_safe.remove(&key).is_some();
         let deadline = now + self.hold_for(primary);
+        let release = primary && safe_already;
         self.insert(
-            key,
+            key.clone(),
             Copy {
                 message,
                 others,
+                primaries: Vec::new(),
                 primary,
+                waiting: primary && !safe_already,
                 deadline,
                 state: State::Held,
             },
         );
+        if release {
+            vec![Effect::Release(key)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The sender's node says copy `key` is safe: write it here.
+    pub fn safe(&mut self, key: &Key, now: Instant) -> Vec<Effect<W>> {
+        if !self.copies.contains_key(key) {
+            if self.early_safe.len() < MAX_EARLY {
+                self.early_safe.insert(key.clone(), now);
+            }
+            return Vec::new();
+        }
+        self.release_here(key, now).into_iter().collect()
+    }
+
+    /// Releases copy `key` if it waits here; its client now has
+    /// `primary_hold` to acknowledge it.
+    fn release_here(&mut self, key: &Key, now: Instant) -> Option<Effect<W>> {
+        let hold = self.timeouts.primary_hold;
+        let c = self.copies.get_mut(key)?;
+        if !c.waiting {
+            return None;
+        }
+        c.waiting = false;
+        if !matches!(c.state, State::Committing { .. }) {
+            c.deadline = c.deadline.max(now + hold);
+        }
+        Some(Effect::Release(key.clone()))
     }
 
     /// Holder `node` confirmed its copy.
@@ -263,10 +349,15 @@ impl<W> Book<W> {
         if *needed > 0 {
             return Vec::new();
         }
-        match std::mem::replace(&mut c.state, State::Held) {
-            State::Confirming { waiter, .. } => vec![Effect::Outcome(waiter, Guarded::Safe)],
-            _ => Vec::new(),
+        let mut out = Vec::new();
+        if let State::Confirming { waiter, .. } = std::mem::replace(&mut c.state, State::Held) {
+            out.push(Effect::Outcome(waiter, Guarded::Safe));
         }
+        if !c.primaries.is_empty() {
+            out.push(Effect::Safe(c.primaries.clone(), key.clone()));
+        }
+        out.extend(self.release_here(key, Instant::now()));
+        out
     }
 
     /// Holder `node` could not take its copy (its link failed).
@@ -275,6 +366,7 @@ impl<W> Book<W> {
             return Vec::new();
         };
         c.others.retain(|n| *n != node);
+        c.primaries.retain(|n| *n != node);
         match &mut c.state {
             State::Confirming {
                 awaiting, needed, ..
@@ -336,12 +428,20 @@ impl<W> Book<W> {
                 Vec::new()
             }
             Some(State::Committing { .. }) => Vec::new(),
-            Some(_) => match self.take(key).map(|c| c.state) {
-                Some(State::Confirming { waiter, .. }) => {
-                    vec![Effect::Outcome(waiter, Guarded::Safe)]
+            Some(_) => {
+                let Some(c) = self.take(key) else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                if let State::Confirming { waiter, .. } = c.state {
+                    out.push(Effect::Outcome(waiter, Guarded::Safe));
                 }
-                _ => Vec::new(),
-            },
+                // Queued: safe to write here (the client's ack removes it).
+                if c.waiting {
+                    out.push(Effect::Release(key.clone()));
+                }
+                out
+            }
         }
     }
 
@@ -367,6 +467,15 @@ impl<W> Book<W> {
             // Not yet confirmed, but the recipient has it: that is what
             // the guarantee promises.
             out.push(Effect::Outcome(waiter, Guarded::Safe));
+        }
+        if c.waiting {
+            // Another resource's client has it: this one gets it too. (The
+            // client here had it from the queue: nothing to write.)
+            out.push(if here {
+                Effect::Discard(key.clone())
+            } else {
+                Effect::Release(key.clone())
+            });
         }
         if here && !c.others.is_empty() {
             out.push(Effect::Done(c.others, key.clone()));
@@ -425,6 +534,8 @@ impl<W> Book<W> {
         let keep = self.timeouts.keeper_hold * 2;
         self.early
             .retain(|_, at| now.saturating_duration_since(*at) < keep);
+        self.early_safe
+            .retain(|_, at| now.saturating_duration_since(*at) < keep);
         let keys: Vec<Key> = self
             .copies
             .iter()
@@ -450,6 +561,7 @@ impl<W> Book<W> {
         };
         let mut out = Vec::new();
         let safe = outcome == Guarded::Safe;
+        let told_failed = waiter.is_some() && !safe;
         if let Some(w) = waiter {
             out.push(Effect::Outcome(w, outcome));
         }
@@ -461,6 +573,17 @@ impl<W> Book<W> {
             if delivered {
                 out.push(Effect::Remove(key.clone()));
             }
+        }
+        if c.waiting {
+            // Queued: written here now. Refused: the sender was told it
+            // failed (so it is not written), or, kept for another node's
+            // sender, it is written rather than dropped. The client here
+            // had it already (from the queue): nothing to write.
+            out.push(if told_failed || delivered {
+                Effect::Discard(key.clone())
+            } else {
+                Effect::Release(key.clone())
+            });
         }
         out
     }
@@ -491,14 +614,15 @@ mod tests {
         let mut b = book();
         let t = Instant::now();
         assert!(b
-            .originate(key(1), msg(1), vec![2, 3], 2, 7, true, t)
+            .originate(key(1), msg(1), vec![2, 3], 2, vec![], 7, true, t)
             .is_empty());
         assert!(b.confirmed(&key(1), 2).is_empty());
         // A confirmation from a node not asked counts for nothing.
         assert!(b.confirmed(&key(1), 9).is_empty());
+        // Safe: acked, and written to the session here only now.
         assert_eq!(
             b.confirmed(&key(1), 3),
-            vec![Effect::Outcome(7, Guarded::Safe)]
+            vec![Effect::Outcome(7, Guarded::Safe), Effect::Release(key(1))]
         );
         // Delivered here: the others drop their copies.
         assert_eq!(b.delivered(&key(1)), vec![Effect::Done(vec![2, 3], key(1))]);
@@ -508,11 +632,13 @@ mod tests {
     #[test]
     fn delivered_before_confirmation_is_safe() {
         let mut b = book();
-        b.originate(key(1), msg(1), vec![2], 1, 7, true, Instant::now());
+        b.originate(key(1), msg(1), vec![2], 1, vec![], 7, true, Instant::now());
+        // (The client had it from the queue: the parked copy is dropped.)
         assert_eq!(
             b.delivered(&key(1)),
             vec![
                 Effect::Outcome(7, Guarded::Safe),
+                Effect::Discard(key(1)),
                 Effect::Done(vec![2], key(1))
             ]
         );
@@ -521,7 +647,16 @@ mod tests {
     #[test]
     fn a_failed_holder_falls_back_to_the_queue_and_acks_after_commit() {
         let mut b = book();
-        b.originate(key(1), msg(1), vec![2], 1, 7, false, Instant::now());
+        b.originate(
+            key(1),
+            msg(1),
+            vec![2],
+            1,
+            vec![2],
+            7,
+            false,
+            Instant::now(),
+        );
         assert_eq!(
             b.unconfirmed(&key(1), 2),
             vec![Effect::Commit(key(1), msg(1))]
@@ -538,11 +673,20 @@ mod tests {
     #[test]
     fn one_holder_of_two_failing_does_not_commit_when_enough_remain() {
         let mut b = book();
-        b.originate(key(1), msg(1), vec![2, 3], 1, 7, true, Instant::now());
+        b.originate(
+            key(1),
+            msg(1),
+            vec![2, 3],
+            1,
+            vec![],
+            7,
+            true,
+            Instant::now(),
+        );
         assert!(b.unconfirmed(&key(1), 2).is_empty());
         assert_eq!(
             b.confirmed(&key(1), 3),
-            vec![Effect::Outcome(7, Guarded::Safe)]
+            vec![Effect::Outcome(7, Guarded::Safe), Effect::Release(key(1))]
         );
         // The failed holder is not told anything later.
         assert_eq!(b.delivered(&key(1)), vec![Effect::Done(vec![3], key(1))]);
@@ -552,19 +696,21 @@ mod tests {
     fn unconfirmed_in_time_is_committed() {
         let mut b = book();
         let t = Instant::now();
-        b.originate(key(1), msg(1), vec![2], 1, 7, true, t);
+        b.originate(key(1), msg(1), vec![2], 1, vec![], 7, true, t);
         assert!(b.tick(t + Duration::from_millis(500)).is_empty());
         assert_eq!(
             b.tick(t + Duration::from_millis(1000)),
             vec![Effect::Commit(key(1), msg(1))]
         );
-        // A late confirmation changes nothing; the commit's outcome acks.
+        // A late confirmation changes nothing; the commit's outcome acks,
+        // and the session here gets it (queued, so removed once acked).
         assert!(b.confirmed(&key(1), 2).is_empty());
         assert_eq!(
             b.committed(&key(1), Guarded::Safe),
             vec![
                 Effect::Outcome(7, Guarded::Safe),
-                Effect::Stored(vec![2], key(1))
+                Effect::Stored(vec![2], key(1)),
+                Effect::Release(key(1))
             ]
         );
     }
@@ -592,7 +738,11 @@ mod tests {
         assert!(b.delivered(&key(1)).is_empty());
         assert_eq!(
             b.committed(&key(1), Guarded::Safe),
-            vec![Effect::Stored(vec![1], key(1)), Effect::Remove(key(1))]
+            vec![
+                Effect::Stored(vec![1], key(1)),
+                Effect::Remove(key(1)),
+                Effect::Discard(key(1))
+            ]
         );
     }
 
@@ -616,10 +766,10 @@ mod tests {
         b.hold(key(2), msg(2), vec![2], false, t);
         assert!(b.stored_elsewhere(&key(2)).is_empty());
         assert!(!b.holds(&key(2)));
-        b.originate(key(3), msg(3), vec![2], 1, 5, true, t);
+        b.originate(key(3), msg(3), vec![2], 1, vec![], 5, true, t);
         assert_eq!(
             b.stored_elsewhere(&key(3)),
-            vec![Effect::Outcome(5, Guarded::Safe)]
+            vec![Effect::Outcome(5, Guarded::Safe), Effect::Release(key(3))]
         );
         assert!(b.is_empty());
     }
@@ -663,7 +813,7 @@ mod tests {
         let t = Instant::now();
         b.hold(key(1), msg(1), vec![2], true, t);
         b.hold(key(2), msg(2), vec![3], true, t);
-        b.originate(key(3), msg(3), vec![2], 1, 9, true, t);
+        b.originate(key(3), msg(3), vec![2], 1, vec![], 9, true, t);
         let mut e = b.peer_down(2);
         e.sort_by_key(|e| format!("{e:?}"));
         assert_eq!(
@@ -690,9 +840,106 @@ mod tests {
         let refused = Guarded::Refused(crate::xmpp::StanzaError::new(
             crate::xmpp::StanzaCondition::ResourceConstraint,
         ));
-        // Refused: the others keep theirs (nothing to tell).
-        assert!(b.committed(&key(1), refused).is_empty());
+        // Refused: the others keep theirs (nothing to tell); the session
+        // here gets it rather than nobody.
+        assert_eq!(
+            b.committed(&key(1), refused.clone()),
+            vec![Effect::Release(key(1))]
+        );
         assert_eq!(b.len(), 2);
+        // Refused where the sender waits: it is told, and nothing written.
+        b.originate(key(5), msg(5), vec![2], 1, vec![], 7, true, t);
+        assert_eq!(
+            b.unconfirmed(&key(5), 2),
+            vec![Effect::Commit(key(5), msg(5))]
+        );
+        assert_eq!(
+            b.committed(&key(5), refused.clone()),
+            vec![Effect::Outcome(7, refused), Effect::Discard(key(5))]
+        );
+    }
+
+    #[test]
+    fn the_recipients_node_writes_only_what_the_senders_node_made_safe() {
+        // The duplicates this guards against: the recipient's node wrote
+        // a copy whose confirmation never reached the sender's node (a
+        // one-way cut); that node committed it in doubt, and the client
+        // got it again from the queue at its next session elsewhere.
+        let mut b = book();
+        let t = Instant::now();
+        assert!(b.hold(key(1), msg(1), vec![1], true, t).is_empty());
+        assert!(b.tick(t + Duration::from_secs(2)).is_empty());
+        assert_eq!(b.safe(&key(1), t), vec![Effect::Release(key(1))]);
+        // Once only.
+        assert!(b.safe(&key(1), t).is_empty());
+        assert_eq!(b.delivered(&key(1)), vec![Effect::Done(vec![1], key(1))]);
+        // Never made safe: committed by its timeout, written after that.
+        assert!(b.hold(key(2), msg(2), vec![1], true, t).is_empty());
+        assert_eq!(
+            b.tick(t + Duration::from_secs(3)),
+            vec![Effect::Commit(key(2), msg(2))]
+        );
+        assert_eq!(
+            b.committed(&key(2), Guarded::Safe),
+            vec![Effect::Stored(vec![1], key(2)), Effect::Release(key(2))]
+        );
+        // Queued by another holder, or delivered to another resource:
+        // written here too.
+        b.hold(key(3), msg(3), vec![1], true, t);
+        assert_eq!(b.stored_elsewhere(&key(3)), vec![Effect::Release(key(3))]);
+        b.hold(key(4), msg(4), vec![1, 3], true, t);
+        assert_eq!(b.done_elsewhere(&key(4)), vec![Effect::Release(key(4))]);
+        // A keeper has nothing to write.
+        b.hold(key(5), msg(5), vec![1], false, t);
+        assert!(b.safe(&key(5), t).is_empty());
+        assert!(b.done_elsewhere(&key(5)).is_empty());
+    }
+
+    #[test]
+    fn the_senders_node_tells_the_recipients_nodes_once_safe() {
+        let mut b = book();
+        let t = Instant::now();
+        b.originate(key(1), msg(1), vec![2, 3], 1, vec![2, 3], 7, false, t);
+        assert_eq!(
+            b.confirmed(&key(1), 2),
+            vec![
+                Effect::Outcome(7, Guarded::Safe),
+                Effect::Safe(vec![2, 3], key(1))
+            ]
+        );
+        assert!(b.confirmed(&key(1), 3).is_empty());
+        // A one-node cluster: safe at once.
+        assert_eq!(
+            b.originate(key(2), msg(2), vec![], 0, vec![], 8, true, t),
+            vec![Effect::Outcome(8, Guarded::Safe), Effect::Release(key(2))]
+        );
+    }
+
+    #[test]
+    fn a_safe_notice_before_its_copy_is_kept() {
+        let mut b = book();
+        let t = Instant::now();
+        assert!(b.safe(&key(1), t).is_empty());
+        assert_eq!(
+            b.hold(key(1), msg(1), vec![1], true, t),
+            vec![Effect::Release(key(1))]
+        );
+        b.delivered(&key(1));
+        // Forgotten after a while.
+        assert!(b.safe(&key(2), t).is_empty());
+        assert!(b.tick(t + Duration::from_secs(13)).is_empty());
+        assert!(b.hold(key(2), msg(2), vec![1], true, t).is_empty());
+    }
+
+    #[test]
+    fn a_released_copy_gets_its_full_time_to_be_acknowledged() {
+        let mut b = book();
+        let t = Instant::now();
+        b.hold(key(1), msg(1), vec![1], true, t);
+        let at = |ms| t + Duration::from_millis(ms);
+        assert_eq!(b.safe(&key(1), at(2500)), vec![Effect::Release(key(1))]);
+        assert!(b.tick(at(3000)).is_empty());
+        assert_eq!(b.tick(at(5500)), vec![Effect::Commit(key(1), msg(1))]);
     }
 
     #[test]

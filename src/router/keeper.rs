@@ -1,7 +1,8 @@
 //! Carries out custody (`custody.rs`) for the router: which nodes hold a
 //! message, the mesh notices between holders, the commits to the queue,
-//! the timer, and the outcome for the sender's session.
-use std::collections::BTreeMap;
+//! the timer, the outcome for the sender's session, and the copies kept
+//! back from the recipient's sessions here until custody releases them.
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use tracing::{debug, warn};
 use super::custody::{Book, Effect, Key};
 use super::{inbox, now_ms, GuardDone, Guarded, Inner, Router, Target};
 use crate::mesh::Tag;
+use crate::xmpp::Element;
 
 /// Most bytes of messages this node keeps in custody (beyond, messages
 /// take the queue path: commit first, then ack).
@@ -23,6 +25,22 @@ const TICK: Duration = Duration::from_millis(100);
 const STALL: Duration = Duration::from_secs(1);
 /// ... and commits wait this long for the notices sent meanwhile.
 const STALL_GRACE: Duration = Duration::from_millis(750);
+/// A copy kept back from a session longer than this is written anyway
+/// (custody forgot it: a bug, not a design case; logged).
+const PARKED_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// A message in custody for a session here, kept back until custody
+/// releases it (see `custody`: only a safe copy is written).
+pub struct Parked {
+    full: String,
+    session: u64,
+    el: Element,
+    since: Instant,
+}
+
+/// The copies kept back, by custody key (one per session of the account
+/// here that is to get it).
+pub type ParkedCopies = HashMap<Key, Vec<Parked>>;
 
 /// Who learns the outcome of a message in custody: the sender's session.
 /// (No copy of the message: the rare refusal rebuilds it from the
@@ -44,6 +62,9 @@ pub struct Notice {
     /// These are in the recipient's queue now.
     #[serde(default)]
     pub stored: Vec<Key>,
+    /// These are safe: write them to the recipient's sessions.
+    #[serde(default)]
+    pub safe: Vec<Key>,
 }
 
 impl Notice {
@@ -51,11 +72,18 @@ impl Notice {
     pub fn merge(&mut self, other: Notice) {
         self.delivered.extend(other.delivered);
         self.stored.extend(other.stored);
+        self.safe.extend(other.safe);
     }
 
     /// How many keys it carries.
     pub fn len(&self) -> usize {
-        self.delivered.len() + self.stored.len()
+        self.delivered.len() + self.stored.len() + self.safe.len()
+    }
+
+    /// Whether the peer should have it at once (someone waits for `safe`),
+    /// not after the batching delay.
+    pub fn is_urgent(&self) -> bool {
+        !self.safe.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,6 +102,9 @@ pub(super) struct Plan {
     /// The other holders whose confirmation counts: voters only (a
     /// learner holding a copy does not make a majority).
     pub awaiting: Vec<NodeId>,
+    /// The other holders with a session of the recipient (told once the
+    /// copy is safe, to write it).
+    pub primaries: Vec<NodeId>,
     /// How many of the other holders must confirm.
     pub needed: usize,
 }
@@ -145,10 +176,16 @@ impl Router {
             .copied()
             .filter(|n| voters.contains(n))
             .collect();
+        let primaries = holders[1..]
+            .iter()
+            .copied()
+            .filter(|n| !keepers.contains(n))
+            .collect();
         Some(Plan {
             holders,
             keepers,
             awaiting,
+            primaries,
             needed,
         })
     }
@@ -157,8 +194,59 @@ impl Router {
         self.0.custody.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn parked(&self) -> std::sync::MutexGuard<'_, ParkedCopies> {
+        self.0.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `el` (in custody as `key`) back from session `session` of
+    /// `full` here until custody releases it. Before the copy enters the
+    /// book: a release may come at once.
+    pub(super) fn park(&self, key: Key, full: &str, session: u64, el: Element) {
+        self.parked().entry(key).or_default().push(Parked {
+            full: full.to_string(),
+            session,
+            el,
+            since: Instant::now(),
+        });
+    }
+
+    /// Writes what was kept back for `key` to its sessions; a session
+    /// that is gone or full leaves it to the queue.
+    fn release_parked(&self, key: &Key) {
+        let Some(parked) = self.parked().remove(key) else {
+            return;
+        };
+        let mut failed = false;
+        for p in parked {
+            if self.deliver_local(&p.full, p.session, p.el).is_err() {
+                failed = true;
+            }
+        }
+        if failed {
+            self.custody_release(key);
+        }
+    }
+
+    /// Writes what custody kept back too long (it should not happen).
+    fn sweep_parked(&self, now: Instant) {
+        let old: Vec<Key> = self
+            .parked()
+            .iter()
+            .filter(|(_, v)| {
+                v.iter()
+                    .any(|p| now.saturating_duration_since(p.since) > PARKED_MAX_AGE)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in old {
+            warn!(to = %key.0, "custody: a copy kept back too long is written");
+            self.release_parked(&key);
+        }
+    }
+
     /// Takes a message this node received from its sender into custody
-    /// (before any copy is sent: confirmations may come at once).
+    /// (before any copy is sent: confirmations may come at once). A copy
+    /// for a session here must be parked first.
     pub(super) fn custody_originate(
         &self,
         key: Key,
@@ -177,6 +265,7 @@ impl Router {
             message,
             plan.awaiting.clone(),
             plan.needed,
+            plan.primaries.clone(),
             waiter,
             primary,
             Instant::now(),
@@ -217,13 +306,38 @@ impl Router {
             stamp_ms: now_ms(),
             stanza,
         };
-        self.book().hold(
+        let e = self.book().hold(
             (bare.to_string(), id.to_string()),
             message,
             others,
             primary,
             Instant::now(),
         );
+        self.run(e);
+    }
+
+    /// A copy another node originated for session `session` of `full`
+    /// here: held, and written once custody releases it.
+    pub fn custody_arrived(
+        &self,
+        full: &str,
+        session: u64,
+        el: Element,
+        id: &str,
+        stanza: String,
+        holders: &[u64],
+    ) {
+        let bare = super::bare_of(full);
+        if id.is_empty() {
+            // Not a custody copy after all: deliver as any stanza.
+            if let Err(el) = self.deliver_local(full, session, el) {
+                let r = self.clone();
+                tokio::spawn(async move { r.undeliverable_here(el).await });
+            }
+            return;
+        }
+        self.park((bare.to_string(), id.to_string()), full, session, el);
+        self.custody_hold(bare, id, stanza, holders, true);
     }
 
     pub fn custody_confirmed(&self, keys: Vec<Key>, node: NodeId) {
@@ -250,16 +364,15 @@ impl Router {
         self.run(e);
     }
 
-    /// A holder's notice: `delivered` (its client has them) and `stored`
-    /// (it committed them to the queue).
+    /// A holder's notice: `delivered` (its client has them), `stored`
+    /// (it committed them to the queue) and, from the sender's node,
+    /// `safe` (write them here).
     pub fn custody_notice(&self, notice: Notice) {
+        let now = Instant::now();
         let e: Vec<_> = {
             let mut b = self.book();
-            let mut e: Vec<_> = notice
-                .delivered
-                .iter()
-                .flat_map(|k| b.done_elsewhere(k))
-                .collect();
+            let mut e: Vec<_> = notice.safe.iter().flat_map(|k| b.safe(k, now)).collect();
+            e.extend(notice.delivered.iter().flat_map(|k| b.done_elsewhere(k)));
             e.extend(notice.stored.iter().flat_map(|k| b.stored_elsewhere(k)));
             e
         };
@@ -374,6 +487,15 @@ impl Router {
                         notices.entry(n).or_default().stored.push(key.clone());
                     }
                 }
+                Effect::Safe(nodes, key) => {
+                    for n in nodes {
+                        notices.entry(n).or_default().safe.push(key.clone());
+                    }
+                }
+                Effect::Release(key) => self.release_parked(&key),
+                Effect::Discard(key) => {
+                    self.parked().remove(&key);
+                }
                 Effect::Remove(key) => self.0.remover.delivered(&key.0, key.1),
                 Effect::RemoveIfQueued(key) => {
                     let queued = self
@@ -429,5 +551,6 @@ pub(super) async fn run_ticker(router: Weak<Inner>) {
             debug!(commits = e.len(), "custody: timed out copies to the queue");
         }
         r.run(e);
+        r.sweep_parked(now);
     }
 }

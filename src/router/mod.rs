@@ -146,6 +146,8 @@ struct Inner {
     hints: hints::Hints,
     /// Messages in custody here (see [`custody`]).
     custody: Mutex<keeper::CustodyBook>,
+    /// Copies in custody kept back from sessions here until released.
+    parked: Mutex<keeper::ParkedCopies>,
     /// Commits of copies custody gives to the queue (one node-wide
     /// pipeline; its task ends with the router).
     custody_pipeline: GuardPipeline,
@@ -191,6 +193,7 @@ impl Router {
                 keeper::MAX_CUSTODY_BYTES,
                 custody::Timeouts::default(),
             )),
+            parked: Mutex::new(Default::default()),
             custody_pipeline,
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
@@ -553,6 +556,8 @@ impl Router {
         // the recipient is online, else in its replicated queue (the
         // guard). Headline (and anything else) is never stored.
         let mut custody: Option<(custody::Key, keeper::Plan, String)> = None;
+        // Live copies left to the guard (written once it is safe).
+        let mut deferred = false;
         let guarded = match notify {
             Some(n) if matches!(ty.as_str(), "normal" | "chat") => {
                 let id = stanza_id_of(&el, bare).unwrap_or_else(random_id);
@@ -565,7 +570,14 @@ impl Router {
                 match plan {
                     Some(plan) => {
                         let key = (bare.to_string(), id);
-                        let primary = chosen.iter().any(|t| t.binding.node == self.0.node);
+                        let mut primary = false;
+                        // The copies for sessions here wait until the
+                        // message is safe (see `custody`); parked before
+                        // custody has it, as a release may come at once.
+                        for t in chosen.iter().filter(|t| t.binding.node == self.0.node) {
+                            primary = true;
+                            self.park(key.clone(), &t.full, t.binding.session, el.clone());
+                        }
                         let waiter = keeper::Waiter {
                             tx: n.tx,
                             count: n.count,
@@ -583,7 +595,16 @@ impl Router {
                         } else {
                             self.0.max_offline.saturating_mul(2)
                         };
-                        self.spawn_guard(bare, id, stanza, &el, cap, n);
+                        // The live copies go once the queue has it: a copy
+                        // written before could be acknowledged on a node
+                        // that cannot commit the removal, and come again
+                        // from the queue at the client's next session.
+                        // (Custody could not take it: no room, too few
+                        // voters in reach; the message waits for raft.)
+                        let live: Vec<(Target, Element)> =
+                            chosen.iter().map(|t| ((*t).clone(), el.clone())).collect();
+                        self.spawn_guard(bare, id, stanza, &el, cap, n, live);
+                        deferred = true;
                     }
                 }
                 true
@@ -608,13 +629,16 @@ impl Router {
             // "done" before their copy arrives otherwise (see `custody`).
             self.custody_keepers(key, stanza, plan).await;
         }
+        if deferred {
+            return guarded;
+        }
         let last = chosen.len() - 1;
         for (i, t) in chosen.iter().enumerate() {
             if let Some((key, plan, stanza)) = &custody {
+                // A session here has its copy parked (above). The custody
+                // copy's xml is what a peer delivers and keeps: serialized
+                // once, and the peer's ack confirms its copy.
                 if t.binding.node != self.0.node {
-                    // The custody copy's xml is what the peer delivers and
-                    // keeps: serialized once, and the peer's ack confirms
-                    // its copy.
                     self.0
                         .mesh
                         .send_custody(
@@ -626,28 +650,23 @@ impl Router {
                             stanza.clone(),
                         )
                         .await;
-                    continue;
                 }
+                continue;
             }
             let copy = if i == last {
                 std::mem::replace(&mut el, Element::new("message", ns::CLIENT))
             } else {
                 el.clone()
             };
-            // A local session that is gone or cannot keep up leaves the
-            // message to its guard (the queue has it) or to custody (which
-            // commits it to the queue now).
-            if self.deliver(t, copy).await.is_err() {
-                if let Some((key, _, _)) = &custody {
-                    self.custody_release(key);
-                }
-            }
+            let _ = self.deliver(t, copy).await;
         }
         guarded
     }
 
     /// Submits the guard of message `el` for `bare` to the sender's
     /// pipeline (see [`inbox`]).
+    /// `live`: the copies to write once the queue has it.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_guard(
         &self,
         bare: &str,
@@ -656,6 +675,7 @@ impl Router {
         el: &Element,
         cap: u32,
         notify: Notify,
+        live: Vec<(Target, Element)>,
     ) {
         let message = OfflineMessage {
             id,
@@ -664,11 +684,21 @@ impl Router {
         };
         let el = el.clone();
         let (tx, count) = (notify.tx, notify.count);
+        let router = self.clone();
         notify.pipeline.submit(inbox::GuardJob {
             to: bare.to_string(),
             message,
             max_queue: cap,
             done: Box::new(move |outcome| {
+                if outcome == Guarded::Safe && !live.is_empty() {
+                    // A session that is gone or full gets it from the
+                    // queue (it is there now).
+                    tokio::spawn(async move {
+                        for (t, copy) in live {
+                            let _ = router.deliver(&t, copy).await;
+                        }
+                    });
+                }
                 let _ = tx.send(GuardDone {
                     count,
                     outcome,
