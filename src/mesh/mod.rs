@@ -6,8 +6,11 @@
 //! of each link and HTTP/2 flow control behind it give backpressure. The
 //! receiver acknowledges envelopes once handed to a session (or to the
 //! fallback). For a message in custody (`router::custody`) that ack is the
-//! peer's confirmation that it holds a copy; when a link breaks, such
-//! messages are committed to their queue, and other envelopes not
+//! peer's confirmation that it holds a copy; the peer writes the copy to
+//! its session only once it knows the confirmation arrived: every envelope
+//! carries the acks its sender has acted on (`acks_seen`, or a `SEEN`
+//! envelope alone when nothing else goes). When a link breaks, copies in
+//! custody are committed to their queue, and other envelopes not
 //! acknowledged are routed again as if the peer's sessions did not exist.
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -64,6 +67,10 @@ const DONE_BATCH_KEYS: usize = 2048;
 pub struct Tag {
     pub key: Key,
     pub holders: Vec<NodeId>,
+    /// The receiver's confirmation alone makes the copy safe: it writes
+    /// the copy once this node has its ack (`acks_seen`), no `safe`
+    /// notice needed.
+    pub safe_on_ack: bool,
 }
 
 enum Outgoing {
@@ -104,6 +111,8 @@ enum Outgoing {
         acked: u64,
         json: String,
     },
+    /// Only `acks_seen`: the peer waits for it to write copies.
+    Seen,
 }
 
 struct Inner {
@@ -323,7 +332,16 @@ impl Deferred {
         self.0.pop_front()
     }
 
-    /// As [`fail_all`], keeping the notices.
+    /// Puts back a notice just taken out (the peer is still down), unless
+    /// it is too old to matter.
+    fn keep(&mut self, item: Outgoing) {
+        if matches!(&item, Outgoing::Done { since, .. } if since.elapsed() < DEFERRED_AGE) {
+            self.0.push_front(item);
+        }
+    }
+
+    /// As [`fail_all`], keeping the notices (what they say was delivered
+    /// is removed through raft now: see `custody_undelivered_notice`).
     async fn fail(
         &mut self,
         router: &Router,
@@ -332,6 +350,9 @@ impl Deferred {
     ) {
         let mut rest = Vec::new();
         for item in items {
+            if let Outgoing::Done { notice, .. } = &item {
+                router.custody_undelivered_notice(notice);
+            }
             match item {
                 Outgoing::Done { since, .. } if since.elapsed() < DEFERRED_AGE => {
                     if self.0.len() >= DEFERRED_MAX {
@@ -352,12 +373,16 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
     let mut deferred = Deferred::default();
     loop {
         // Wait for work before (re)connecting; retry deferred notices.
+        let mut retry = false;
         let first = if deferred.is_empty() {
             rx.recv().await
         } else {
             match tokio::time::timeout(RETRY_AFTER, rx.recv()).await {
                 Ok(item) => item,
-                Err(_) => deferred.pop(),
+                Err(_) => {
+                    retry = true;
+                    deferred.pop()
+                }
             }
         };
         let Some(first) = first else {
@@ -365,7 +390,11 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         };
         mesh.set_down(node, down_until);
         if down_until.is_some_and(|t| Instant::now() < t) {
-            deferred.fail(&router, node, [first]).await;
+            if retry {
+                deferred.keep(first);
+            } else {
+                deferred.fail(&router, node, [first]).await;
+            }
             continue;
         }
         let addr = match mesh.0.cluster.member_node(node) {
@@ -390,17 +419,21 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         let (out_tx, out_rx) = mpsc::channel::<Envelope>(1024);
         let mut unacked: VecDeque<(u64, Instant, Outgoing)> = VecDeque::new();
         let mut seq = 0u64;
-        let mut push = |item: Outgoing, unacked: &mut VecDeque<(u64, Instant, Outgoing)>| {
-            seq += 1;
-            let applied = mesh.0.cluster.applied_index();
-            let env = envelope(seq, mesh.0.node, applied, &item);
-            if unacked.is_empty() {
-                mesh.set_oldest(node, Some(Instant::now()));
-            }
-            unacked.push_back((seq, Instant::now(), item));
-            env
-        };
-        let env = push(first, &mut unacked);
+        // The peer's acks received and acted on (every envelope says so).
+        let mut acks_seen = 0u64;
+        let mut push =
+            |item: Outgoing, unacked: &mut VecDeque<(u64, Instant, Outgoing)>, acks_seen: u64| {
+                seq += 1;
+                let applied = mesh.0.cluster.applied_index();
+                let mut env = envelope(seq, mesh.0.node, applied, &item);
+                env.acks_seen = acks_seen;
+                if unacked.is_empty() {
+                    mesh.set_oldest(node, Some(Instant::now()));
+                }
+                unacked.push_back((seq, Instant::now(), item));
+                env
+            };
+        let env = push(first, &mut unacked, acks_seen);
         if out_tx.send(env).await.is_err() {
             deferred
                 .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
@@ -431,7 +464,7 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         info!("mesh link up");
         let mut flushed = true;
         while let Some(item) = deferred.pop() {
-            let env = push(item, &mut unacked);
+            let env = push(item, &mut unacked, acks_seen);
             if out_tx.send(env).await.is_err() {
                 flushed = false;
                 break;
@@ -468,14 +501,14 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                         }
                         other => other,
                     };
-                    let env = push(item, &mut unacked);
+                    let env = push(item, &mut unacked, acks_seen);
                     if out_tx.send(env).await.is_err() {
                         break;
                     }
                 }
                 _ = &mut flush_at, if batch.is_some() => {
                     let Some((notice, since)) = batch.take() else { continue };
-                    let env = push(Outgoing::Done { notice, since }, &mut unacked);
+                    let env = push(Outgoing::Done { notice, since }, &mut unacked, acks_seen);
                     if out_tx.send(env).await.is_err() {
                         break;
                     }
@@ -483,10 +516,37 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                 ack = acks.message() => match ack {
                     Ok(Some(Ack { up_to })) => {
                         let n = unacked.iter().take_while(|(s, _, _)| *s <= up_to).count();
-                        let keys = confirmed_keys(unacked.drain(..n).map(|(_, _, i)| i));
+                        let acked: Vec<Outgoing> = unacked.drain(..n).map(|(_, _, i)| i).collect();
+                        let waits = acked.iter().any(|i| {
+                            matches!(i, Outgoing::Custody { tag, .. } if tag.safe_on_ack)
+                        });
+                        let keys = confirmed_keys(acked.into_iter());
                         mesh.set_oldest(node, unacked.front().map(|u| u.1));
-                        if !keys.is_empty() {
-                            router.custody_confirmed(keys, node);
+                        let late = if keys.is_empty() {
+                            Vec::new()
+                        } else {
+                            router.custody_confirmed(keys, node)
+                        };
+                        if !late.is_empty() {
+                            // Before `acks_seen` says they arrived: the
+                            // peer must not write these on it.
+                            let notice = Notice { late, ..Notice::default() };
+                            let item = Outgoing::Done { notice, since: Instant::now() };
+                            let env = push(item, &mut unacked, acks_seen);
+                            if out_tx.send(env).await.is_err() {
+                                break;
+                            }
+                        }
+                        // Acted on: every later envelope says so, and one
+                        // that says only that goes now when the peer waits
+                        // for it to write copies (the next item may be a
+                        // notice that waits for its batch).
+                        acks_seen = acks_seen.max(up_to);
+                        if waits {
+                            let env = push(Outgoing::Seen, &mut unacked, acks_seen);
+                            if out_tx.send(env).await.is_err() {
+                                break;
+                            }
                         }
                     }
                     Ok(None) | Err(_) => break,
@@ -549,7 +609,9 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
             (Kind::Hint, bare.clone(), *acked, json.clone(), none)
         }
         Outgoing::Kick { to, session } => (Kind::Kick, to.clone(), *session, String::new(), none),
+        Outgoing::Seen => (Kind::Seen, String::new(), 0, String::new(), none),
     };
+    let safe_on_ack = matches!(item, Outgoing::Custody { tag, .. } if tag.safe_on_ack);
     Envelope {
         seq,
         kind: kind as i32,
@@ -560,6 +622,8 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
         applied_index,
         holders,
         queue_id,
+        acks_seen: 0,
+        safe_on_ack,
     }
 }
 
@@ -595,6 +659,8 @@ async fn receive(
     // Envelopes that are already here are handled as one batch and
     // acknowledged once.
     let mut batches = inbound.ready_chunks(256);
+    // Copies kept back until the sender has our ack of them (`safe_on_ack`).
+    let mut waiting: VecDeque<(u64, Key)> = VecDeque::new();
     while let Some(batch) = batches.next().await {
         let mut up_to = None;
         for env in batch {
@@ -606,6 +672,17 @@ async fn receive(
                 }
             };
             up_to = Some(env.seq);
+            if waiting.front().is_some_and(|(s, _)| *s <= env.acks_seen) {
+                let n = waiting
+                    .iter()
+                    .take_while(|(s, _)| *s <= env.acks_seen)
+                    .count();
+                let safe = waiting.drain(..n).map(|(_, k)| k).collect();
+                router.custody_notice(Notice {
+                    safe,
+                    ..Notice::default()
+                });
+            }
             let kind = Kind::try_from(env.kind);
             if matches!(kind, Ok(Kind::Stanza | Kind::Kick)) {
                 catch_up(&router, env.applied_index).await;
@@ -620,6 +697,10 @@ async fn receive(
                             // the sender's confirmation of this copy), and
                             // written once the sender's node says it is
                             // safe (`router::custody`).
+                            if env.safe_on_ack && !env.queue_id.is_empty() {
+                                let bare = crate::router::bare_of(&env.to).to_string();
+                                waiting.push_back((env.seq, (bare, env.queue_id.clone())));
+                            }
                             router.custody_arrived(
                                 &env.to,
                                 env.session,
@@ -636,7 +717,12 @@ async fn receive(
                     router.custody_hold(&env.to, &env.queue_id, env.xml, &env.holders, false)
                 }
                 Ok(Kind::Done) => match serde_json::from_str::<Notice>(&env.xml) {
-                    Ok(notice) => router.custody_notice(notice),
+                    Ok(notice) => {
+                        if !notice.late.is_empty() {
+                            waiting.retain(|(_, k)| !notice.late.contains(k));
+                        }
+                        router.custody_notice(notice)
+                    }
                     Err(e) => warn!(error = %e, "unreadable custody notice"),
                 },
                 Ok(Kind::Kick) => router.kick_local(&env.to, env.session).await,
@@ -644,6 +730,7 @@ async fn receive(
                     Ok(h) => router.hints().record(h),
                     Err(e) => warn!(error = %e, "unreadable delivery hint"),
                 },
+                Ok(Kind::Seen) => {}
                 Err(_) => warn!(kind = env.kind, "unknown mesh envelope kind"),
             }
         }

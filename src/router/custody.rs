@@ -74,6 +74,9 @@ pub enum Effect<W> {
     /// Forget the copy kept back for the session(s) here (the sender was
     /// told it failed).
     Discard(Key),
+    /// Tell these holders the sender was told it failed: drop the copy
+    /// and write it nowhere.
+    Failed(Vec<NodeId>, Key),
 }
 
 enum State<W> {
@@ -86,8 +89,13 @@ enum State<W> {
     },
     /// Held (safe), until done.
     Held,
-    /// Being committed; `delivered` if the client had it meanwhile.
-    Committing { waiter: Option<W>, delivered: bool },
+    /// Being committed; `delivered` if a client of the recipient had it
+    /// meanwhile (`here`: the one on this node).
+    Committing {
+        waiter: Option<W>,
+        delivered: bool,
+        here: bool,
+    },
 }
 
 struct Copy<W> {
@@ -176,6 +184,11 @@ impl<W> Book<W> {
 
     pub fn holds(&self, key: &Key) -> bool {
         self.copies.contains_key(key)
+    }
+
+    /// Whether copy `key` is held here and still to be released.
+    pub fn is_waiting(&self, key: &Key) -> bool {
+        self.copies.get(key).is_some_and(|c| c.waiting)
     }
 
     fn hold_for(&self, primary: bool) -> Duration {
@@ -270,8 +283,14 @@ impl<W> Book<W> {
         primary: bool,
         now: Instant,
     ) -> Vec<Effect<W>> {
-        if self.copies.contains_key(&key) {
-            return Vec::new();
+        if let Some(c) = self.copies.get(&key) {
+            // A second session of the recipient here: released with the
+            // first if that is still to come, else now.
+            return if primary && !c.waiting {
+                vec![Effect::Release(key)]
+            } else {
+                Vec::new()
+            };
         }
         if self.early.remove(&key).is_some() {
             // Delivered elsewhere or queued already: not kept, but this
@@ -328,6 +347,29 @@ impl<W> Book<W> {
             c.deadline = c.deadline.max(now + hold);
         }
         Some(Effect::Release(key.clone()))
+    }
+
+    /// Whether a confirmation of `key` now comes too late to make it safe:
+    /// the copy is being committed (its confirmation did not come in time),
+    /// so a holder waiting for the confirmation to be seen must wait for
+    /// the commit instead (it may yet be refused).
+    pub fn is_committing(&self, key: &Key) -> bool {
+        self.copies
+            .get(key)
+            .is_some_and(|c| matches!(c.state, State::Committing { .. }))
+    }
+
+    /// The sender's node says the sender was told the message failed.
+    pub fn failed_elsewhere(&mut self, key: &Key) -> Vec<Effect<W>> {
+        match self.copies.get(key).map(|c| &c.state) {
+            None => Vec::new(),
+            // A commit of ours goes on: whatever it says decides.
+            Some(State::Committing { .. }) => Vec::new(),
+            Some(_) => match self.take(key) {
+                Some(c) if c.waiting => vec![Effect::Discard(key.clone())],
+                _ => Vec::new(),
+            },
+        }
     }
 
     /// Holder `node` confirmed its copy.
@@ -392,6 +434,7 @@ impl<W> Book<W> {
             State::Committing {
                 waiter: None,
                 delivered: false,
+                here: false,
             },
         ) {
             State::Confirming { waiter, .. } => Some(waiter),
@@ -404,6 +447,7 @@ impl<W> Book<W> {
         c.state = State::Committing {
             waiter,
             delivered: false,
+            here: false,
         };
         Some(Effect::Commit(key.clone(), c.message.clone()))
     }
@@ -447,11 +491,17 @@ impl<W> Book<W> {
 
     fn finished(&mut self, key: &Key, here: bool) -> Vec<Effect<W>> {
         if let Some(Copy {
-            state: State::Committing { delivered, .. },
+            state:
+                State::Committing {
+                    delivered,
+                    here: by_here,
+                    ..
+                },
             ..
         }) = self.copies.get_mut(key)
         {
             *delivered = true;
+            *by_here |= here;
             return Vec::new();
         }
         let Some(c) = self.take(key) else {
@@ -554,7 +604,12 @@ impl<W> Book<W> {
         let Some(c) = self.take(key) else {
             return Vec::new();
         };
-        let State::Committing { waiter, delivered } = c.state else {
+        let State::Committing {
+            waiter,
+            delivered,
+            here,
+        } = c.state
+        else {
             // Not possible: only a committing copy is committed. Keep it.
             self.insert(key.clone(), c);
             return Vec::new();
@@ -564,6 +619,9 @@ impl<W> Book<W> {
         let told_failed = waiter.is_some() && !safe;
         if let Some(w) = waiter {
             out.push(Effect::Outcome(w, outcome));
+        }
+        if told_failed && !c.others.is_empty() {
+            out.push(Effect::Failed(c.others.clone(), key.clone()));
         }
         if safe {
             // In the queue now: the other holders need not keep it.
@@ -579,7 +637,7 @@ impl<W> Book<W> {
             // failed (so it is not written), or, kept for another node's
             // sender, it is written rather than dropped. The client here
             // had it already (from the queue): nothing to write.
-            out.push(if told_failed || delivered {
+            out.push(if told_failed || here {
                 Effect::Discard(key.clone())
             } else {
                 Effect::Release(key.clone())
@@ -847,16 +905,27 @@ mod tests {
             vec![Effect::Release(key(1))]
         );
         assert_eq!(b.len(), 2);
-        // Refused where the sender waits: it is told, and nothing written.
-        b.originate(key(5), msg(5), vec![2], 1, vec![], 7, true, t);
+        // Refused where the sender waits: it is told, and nothing written
+        // here or by the other holders.
+        b.originate(key(5), msg(5), vec![2, 3], 2, vec![], 7, true, t);
+        assert!(b.confirmed(&key(5), 2).is_empty());
         assert_eq!(
-            b.unconfirmed(&key(5), 2),
+            b.tick(t + Duration::from_secs(1)),
             vec![Effect::Commit(key(5), msg(5))]
         );
+        assert!(b.is_committing(&key(5)));
         assert_eq!(
             b.committed(&key(5), refused.clone()),
-            vec![Effect::Outcome(7, refused), Effect::Discard(key(5))]
+            vec![
+                Effect::Outcome(7, refused),
+                Effect::Failed(vec![2, 3], key(5)),
+                Effect::Discard(key(5))
+            ]
         );
+        let mut k = book();
+        k.hold(key(5), msg(5), vec![1], true, t);
+        assert_eq!(k.failed_elsewhere(&key(5)), vec![Effect::Discard(key(5))]);
+        assert!(k.is_empty());
     }
 
     #[test]

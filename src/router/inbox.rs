@@ -202,6 +202,10 @@ const REMOVE_BATCH: usize = 256;
 enum ToRemover {
     /// The client of `.0` has message `.1`.
     Delivered(String, String),
+    /// As `Delivered`, and the removal is committed even if the message is
+    /// not queued (yet): a holder that did not hear it was delivered may
+    /// still commit it, and the queue then drops it (`offline_done`).
+    Tombstone(String, String),
     /// Tell once every removal of `.0` asked before is committed (or given
     /// up).
     Sync(String, oneshot::Sender<()>),
@@ -235,6 +239,13 @@ impl Remover {
         let _ = self.tx.send(ToRemover::Delivered(bare.to_string(), id));
     }
 
+    /// The client of `bare` has message `id`, and another holder of its
+    /// custody copy may not hear it (its link is down): the removal is
+    /// committed now, so that holder's later commit of it is dropped.
+    pub fn tombstone(&self, bare: &str, id: String) {
+        let _ = self.tx.send(ToRemover::Tombstone(bare.to_string(), id));
+    }
+
     /// Whether message `id` of `bare` was delivered and is being removed.
     pub fn is_pending(&self, bare: &str, id: &str) -> bool {
         self.pending
@@ -254,21 +265,32 @@ impl Remover {
     }
 }
 
+/// A removal waiting: when it was handed in, and whether it is a
+/// tombstone (committed even if the message is not queued).
+type Waiting = (Instant, bool);
+
 async fn run_remover(
     cluster: ClusterHandle,
     mut rx: mpsc::UnboundedReceiver<ToRemover>,
     pending: Arc<Mutex<HashSet<(String, String)>>>,
 ) {
-    // (bare, id) -> when it was handed in.
-    let mut waiting: HashMap<(String, String), Instant> = HashMap::new();
+    let mut waiting: HashMap<(String, String), Waiting> = HashMap::new();
     let mut syncs: Vec<(String, Instant, oneshot::Sender<()>)> = Vec::new();
     let mut ticker = tokio::time::interval(REMOVE_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let take = |m: ToRemover,
-                waiting: &mut HashMap<(String, String), Instant>,
+                waiting: &mut HashMap<(String, String), Waiting>,
                 syncs: &mut Vec<(String, Instant, oneshot::Sender<()>)>| match m {
         ToRemover::Delivered(bare, id) => {
-            waiting.entry((bare, id)).or_insert_with(Instant::now);
+            waiting
+                .entry((bare, id))
+                .or_insert_with(|| (Instant::now(), false));
+        }
+        ToRemover::Tombstone(bare, id) => {
+            waiting
+                .entry((bare, id))
+                .or_insert_with(|| (Instant::now(), true))
+                .1 = true;
         }
         ToRemover::Sync(bare, tx) => syncs.push((bare, Instant::now(), tx)),
     };
@@ -298,7 +320,7 @@ async fn run_remover(
                 .partition(|(bare, at, _)| {
                     waiting
                         .iter()
-                        .any(|((b, _), since)| b == bare && since <= at)
+                        .any(|((b, _), (since, _))| b == bare && since <= at)
                 });
         syncs = keep;
         for (_, _, tx) in done {
@@ -307,23 +329,25 @@ async fn run_remover(
     }
 }
 
-/// Proposes the removal of every waiting id whose enqueue is applied here;
-/// drops ids that waited [`REMOVE_WAIT`] (never committed).
-async fn remove_ready(cluster: &ClusterHandle, waiting: &mut HashMap<(String, String), Instant>) {
-    let mut ready: BTreeMap<String, Vec<(String, Instant)>> = BTreeMap::new();
+/// Proposes the removal of every waiting id whose enqueue is applied here,
+/// and of every tombstone; drops ids that waited [`REMOVE_WAIT`] (never
+/// committed).
+async fn remove_ready(cluster: &ClusterHandle, waiting: &mut HashMap<(String, String), Waiting>) {
+    let mut ready: BTreeMap<String, Vec<(String, Waiting)>> = BTreeMap::new();
     {
         let state = cluster.state().read();
-        waiting.retain(|(bare, id), since| {
-            if state
-                .data
-                .offline_ids
-                .get(&(bare.clone(), id.clone()))
-                .is_some()
+        waiting.retain(|(bare, id), (since, tomb)| {
+            if *tomb
+                || state
+                    .data
+                    .offline_ids
+                    .get(&(bare.clone(), id.clone()))
+                    .is_some()
             {
                 ready
                     .entry(bare.clone())
                     .or_default()
-                    .push((id.clone(), *since));
+                    .push((id.clone(), (*since, *tomb)));
                 return false;
             }
             since.elapsed() < REMOVE_WAIT
@@ -350,8 +374,10 @@ async fn remove_ready(cluster: &ClusterHandle, waiting: &mut HashMap<(String, St
         if let Err(e) = r {
             // Idempotent: try again at the next tick (if still queued).
             debug!(error = %e, "offline removal not committed; retrying");
-            for (id, since) in ids {
-                waiting.insert((to.clone(), id), since);
+            for (id, (since, tomb)) in ids {
+                if since.elapsed() < REMOVE_WAIT {
+                    waiting.insert((to.clone(), id), (since, tomb));
+                }
             }
         }
     }

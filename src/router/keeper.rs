@@ -2,7 +2,7 @@
 //! message, the mesh notices between holders, the commits to the queue,
 //! the timer, the outcome for the sender's session, and the copies kept
 //! back from the recipient's sessions here until custody releases them.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::custody::{Book, Effect, Key};
+use super::parked::{Parked, Write};
 use super::{inbox, now_ms, GuardDone, Guarded, Inner, Router, Target};
 use crate::mesh::Tag;
 use crate::xmpp::Element;
@@ -25,22 +26,6 @@ const TICK: Duration = Duration::from_millis(100);
 const STALL: Duration = Duration::from_secs(1);
 /// ... and commits wait this long for the notices sent meanwhile.
 const STALL_GRACE: Duration = Duration::from_millis(750);
-/// A copy kept back from a session longer than this is written anyway
-/// (custody forgot it: a bug, not a design case; logged).
-const PARKED_MAX_AGE: Duration = Duration::from_secs(30);
-
-/// A message in custody for a session here, kept back until custody
-/// releases it (see `custody`: only a safe copy is written).
-pub struct Parked {
-    full: String,
-    session: u64,
-    el: Element,
-    since: Instant,
-}
-
-/// The copies kept back, by custody key (one per session of the account
-/// here that is to get it).
-pub type ParkedCopies = HashMap<Key, Vec<Parked>>;
 
 /// Who learns the outcome of a message in custody: the sender's session.
 /// (No copy of the message: the rare refusal rebuilds it from the
@@ -65,6 +50,13 @@ pub struct Notice {
     /// These are safe: write them to the recipient's sessions.
     #[serde(default)]
     pub safe: Vec<Key>,
+    /// The sender was told these failed: drop them, write them nowhere.
+    #[serde(default)]
+    pub failed: Vec<Key>,
+    /// Your confirmations of these came after their commit began: wait
+    /// for its outcome (`stored` or `failed`), not for `acks_seen`.
+    #[serde(default)]
+    pub late: Vec<Key>,
 }
 
 impl Notice {
@@ -73,17 +65,23 @@ impl Notice {
         self.delivered.extend(other.delivered);
         self.stored.extend(other.stored);
         self.safe.extend(other.safe);
+        self.failed.extend(other.failed);
+        self.late.extend(other.late);
     }
 
     /// How many keys it carries.
     pub fn len(&self) -> usize {
-        self.delivered.len() + self.stored.len() + self.safe.len()
+        self.delivered.len()
+            + self.stored.len()
+            + self.safe.len()
+            + self.failed.len()
+            + self.late.len()
     }
 
     /// Whether the peer should have it at once (someone waits for `safe`),
     /// not after the batching delay.
     pub fn is_urgent(&self) -> bool {
-        !self.safe.is_empty()
+        !self.safe.is_empty() || !self.failed.is_empty() || !self.late.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -102,20 +100,29 @@ pub(super) struct Plan {
     /// The other holders whose confirmation counts: voters only (a
     /// learner holding a copy does not make a majority).
     pub awaiting: Vec<NodeId>,
-    /// The other holders with a session of the recipient (told once the
-    /// copy is safe, to write it).
+    /// The other holders with a session of the recipient that must be
+    /// told (a `safe` notice) once the copy is safe, to write it; those
+    /// whose own confirmation makes it safe learn it from the mesh acks
+    /// (see [`Plan::safe_on_ack`]).
     pub primaries: Vec<NodeId>,
     /// How many of the other holders must confirm.
     pub needed: usize,
 }
 
 impl Plan {
-    /// The mesh tag of a copy of `key` under this plan.
-    pub(super) fn tag(&self, key: &Key) -> Tag {
+    /// The mesh tag of a copy of `key` under this plan, for `node`.
+    pub(super) fn tag(&self, key: &Key, node: NodeId) -> Tag {
         Tag {
             key: key.clone(),
             holders: self.holders.clone(),
+            safe_on_ack: self.safe_on_ack(node),
         }
+    }
+
+    /// Whether `node`'s confirmation alone makes the copy safe (one more
+    /// voter needed, and it is one).
+    pub(super) fn safe_on_ack(&self, node: NodeId) -> bool {
+        self.needed == 1 && self.awaiting.contains(&node)
     }
 }
 
@@ -176,25 +183,26 @@ impl Router {
             .copied()
             .filter(|n| voters.contains(n))
             .collect();
-        let primaries = holders[1..]
-            .iter()
-            .copied()
-            .filter(|n| !keepers.contains(n))
-            .collect();
-        Some(Plan {
+        let mut plan = Plan {
             holders,
             keepers,
             awaiting,
-            primaries,
+            primaries: Vec::new(),
             needed,
-        })
+        };
+        plan.primaries = plan.holders[1..]
+            .iter()
+            .copied()
+            .filter(|n| !plan.keepers.contains(n) && !plan.safe_on_ack(*n))
+            .collect();
+        Some(plan)
     }
 
     pub(super) fn book(&self) -> std::sync::MutexGuard<'_, CustodyBook> {
         self.0.custody.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn parked(&self) -> std::sync::MutexGuard<'_, ParkedCopies> {
+    fn parked(&self) -> std::sync::MutexGuard<'_, Parked> {
         self.0.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -202,46 +210,29 @@ impl Router {
     /// `full` here until custody releases it. Before the copy enters the
     /// book: a release may come at once.
     pub(super) fn park(&self, key: Key, full: &str, session: u64, el: Element) {
-        self.parked().entry(key).or_default().push(Parked {
-            full: full.to_string(),
-            session,
-            el,
-            since: Instant::now(),
-        });
+        self.parked().park(key, full, session, el, Instant::now());
     }
 
-    /// Writes what was kept back for `key` to its sessions; a session
-    /// that is gone or full leaves it to the queue.
-    fn release_parked(&self, key: &Key) {
-        let Some(parked) = self.parked().remove(key) else {
-            return;
-        };
-        let mut failed = false;
-        for p in parked {
-            if self.deliver_local(&p.full, p.session, p.el).is_err() {
-                failed = true;
+    /// Writes copies to their sessions; one a session cannot take (gone,
+    /// full) is committed to the queue for the account's next pull.
+    fn write_parked(&self, writes: Vec<Write>) {
+        for w in writes {
+            if self.deliver_local(&w.full, w.session, w.el).is_err() {
+                self.custody_release(&w.key);
             }
         }
-        if failed {
-            self.custody_release(key);
-        }
     }
 
-    /// Writes what custody kept back too long (it should not happen).
+    /// Writes what waited too long (see `parked`).
     fn sweep_parked(&self, now: Instant) {
-        let old: Vec<Key> = self
-            .parked()
-            .iter()
-            .filter(|(_, v)| {
-                v.iter()
-                    .any(|p| now.saturating_duration_since(p.since) > PARKED_MAX_AGE)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in old {
-            warn!(to = %key.0, "custody: a copy kept back too long is written");
-            self.release_parked(&key);
+        let writes = {
+            let book = self.book();
+            self.parked().sweep(now, |k| book.is_waiting(k))
+        };
+        if writes.iter().any(|w| !self.book().holds(&w.key)) {
+            debug!(count = writes.len(), "custody: kept copies written late");
         }
+        self.write_parked(writes);
     }
 
     /// Takes a message this node received from its sender into custody
@@ -276,7 +267,7 @@ impl Router {
     /// Sends the keepers of `plan` their copies.
     pub(super) async fn custody_keepers(&self, key: &Key, stanza: &str, plan: &Plan) {
         for n in &plan.keepers {
-            let tag = plan.tag(key);
+            let tag = plan.tag(key, *n);
             self.0
                 .mesh
                 .send_hold(self.clone(), *n, tag, stanza.to_string())
@@ -340,12 +331,25 @@ impl Router {
         self.custody_hold(bare, id, stanza, holders, true);
     }
 
-    pub fn custody_confirmed(&self, keys: Vec<Key>, node: NodeId) {
+    /// Holder `node` confirmed these copies. Returns those whose
+    /// confirmation came after their commit began (see [`Notice::late`]).
+    pub fn custody_confirmed(&self, keys: Vec<Key>, node: NodeId) -> Vec<Key> {
+        let mut late = Vec::new();
         let e: Vec<_> = {
             let mut b = self.book();
-            keys.iter().flat_map(|k| b.confirmed(k, node)).collect()
+            keys.into_iter()
+                .flat_map(|k| {
+                    if b.is_committing(&k) {
+                        late.push(k);
+                        Vec::new()
+                    } else {
+                        b.confirmed(&k, node)
+                    }
+                })
+                .collect()
         };
         self.run(e);
+        late
     }
 
     pub fn custody_unconfirmed(&self, keys: Vec<Key>, node: NodeId) {
@@ -374,6 +378,7 @@ impl Router {
             let mut e: Vec<_> = notice.safe.iter().flat_map(|k| b.safe(k, now)).collect();
             e.extend(notice.delivered.iter().flat_map(|k| b.done_elsewhere(k)));
             e.extend(notice.stored.iter().flat_map(|k| b.stored_elsewhere(k)));
+            e.extend(notice.failed.iter().flat_map(|k| b.failed_elsewhere(k)));
             e
         };
         self.run(e);
@@ -393,6 +398,15 @@ impl Router {
                 .collect()
         };
         self.run(e);
+    }
+
+    /// Notices for `node` that could not be sent (its link is down; they
+    /// are kept for when it is back): what they say was delivered is
+    /// removed through raft now, as that holder may commit its copy first.
+    pub fn custody_undelivered_notice(&self, notice: &Notice) {
+        for (bare, id) in &notice.delivered {
+            self.0.remover.tombstone(bare, id.clone());
+        }
     }
 
     /// The recipient's session here could not take `key`: commit it.
@@ -478,6 +492,13 @@ impl Router {
                     });
                 }
                 Effect::Done(nodes, key) => {
+                    // A holder out of reach may commit its copy before it
+                    // hears this: the removal goes to raft now, so the
+                    // queue drops that commit (else the client got the
+                    // message again at its next session).
+                    if nodes.iter().any(|n| self.0.mesh.is_down(*n)) {
+                        self.0.remover.tombstone(&key.0, key.1.clone());
+                    }
                     for n in nodes {
                         notices.entry(n).or_default().delivered.push(key.clone());
                     }
@@ -492,9 +513,18 @@ impl Router {
                         notices.entry(n).or_default().safe.push(key.clone());
                     }
                 }
-                Effect::Release(key) => self.release_parked(&key),
+                Effect::Failed(nodes, key) => {
+                    for n in nodes {
+                        notices.entry(n).or_default().failed.push(key.clone());
+                    }
+                }
+                Effect::Release(key) => {
+                    let w = self.parked().release(&key, Instant::now());
+                    self.write_parked(w);
+                }
                 Effect::Discard(key) => {
-                    self.parked().remove(&key);
+                    let w = self.parked().discard(&key, Instant::now());
+                    self.write_parked(w);
                 }
                 Effect::Remove(key) => self.0.remover.delivered(&key.0, key.1),
                 Effect::RemoveIfQueued(key) => {

@@ -27,6 +27,7 @@ pub mod hints;
 pub mod inbox;
 mod keeper;
 pub mod liveness;
+mod parked;
 
 pub use inbox::{GuardPipeline, Guarded, Remover};
 pub use keeper::Notice;
@@ -147,7 +148,7 @@ struct Inner {
     /// Messages in custody here (see [`custody`]).
     custody: Mutex<keeper::CustodyBook>,
     /// Copies in custody kept back from sessions here until released.
-    parked: Mutex<keeper::ParkedCopies>,
+    parked: Mutex<parked::Parked>,
     /// Commits of copies custody gives to the queue (one node-wide
     /// pipeline; its task ends with the router).
     custody_pipeline: GuardPipeline,
@@ -646,7 +647,7 @@ impl Router {
                             t.binding.node,
                             &t.full,
                             t.binding.session,
-                            plan.tag(key),
+                            plan.tag(key, t.binding.node),
                             stanza.clone(),
                         )
                         .await;
@@ -691,13 +692,23 @@ impl Router {
             max_queue: cap,
             done: Box::new(move |outcome| {
                 if outcome == Guarded::Safe && !live.is_empty() {
+                    // In the sender's order (outcomes come in order): a
+                    // session here at once, the others through the mesh.
                     // A session that is gone or full gets it from the
                     // queue (it is there now).
-                    tokio::spawn(async move {
-                        for (t, copy) in live {
-                            let _ = router.deliver(&t, copy).await;
-                        }
-                    });
+                    let (here, remote): (Vec<_>, Vec<_>) = live
+                        .into_iter()
+                        .partition(|(t, _)| t.binding.node == router.node());
+                    for (t, copy) in here {
+                        let _ = router.deliver_local(&t.full, t.binding.session, copy);
+                    }
+                    if !remote.is_empty() {
+                        tokio::spawn(async move {
+                            for (t, copy) in remote {
+                                let _ = router.deliver(&t, copy).await;
+                            }
+                        });
+                    }
                 }
                 let _ = tx.send(GuardDone {
                     count,
