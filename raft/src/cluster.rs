@@ -111,6 +111,9 @@ struct Inner {
     peers: Peers,
     propose_timeout: Duration,
     batch_tx: mpsc::Sender<Pending>,
+    /// When an append from a leader was last taken (see
+    /// [`ClusterHandle::in_quorum_contact`]).
+    leader_contact: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Most commands in one batched log entry.
@@ -244,7 +247,17 @@ impl ClusterHandle {
             peers,
             propose_timeout,
             batch_tx,
+            leader_contact: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// A leader's append was just taken (the raft server calls this).
+    pub(crate) fn leader_contact(&self) {
+        *self
+            .0
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     pub fn id(&self) -> NodeId {
@@ -274,13 +287,15 @@ impl ClusterHandle {
     }
 
     /// Whether this node is, as far as it can tell, in touch with a leader
-    /// that has a quorum: a follower that knows its leader, or a leader a
-    /// quorum acknowledged within the last ten heartbeats (at least 300 ms;
-    /// it was 1.5 s, and a leader cut off from the majority delivered from
-    /// its stale queue copy for that long, so the client got those messages
-    /// again on its next node). A node cut off from the majority soon
-    /// answers false (a follower becomes a candidate after its election
-    /// timeout).
+    /// that has a quorum: a leader a quorum acknowledged within the last ten
+    /// heartbeats (at least 300 ms; it was 1.5 s, and a leader cut off from
+    /// the majority delivered from its stale queue copy for that long, so
+    /// the client got those messages again on its next node), or a
+    /// follower (or learner) that knows its leader and took an append from
+    /// it within as long. (It was enough to know a leader: a follower cut
+    /// off from it by a bridge partition kept its leader, as the nodes it
+    /// still reached refused it their votes, and delivered from its stale
+    /// queue; jepsen-lite 5n-partition-bridge-s3, 10 copies.)
     pub fn in_quorum_contact(&self) -> bool {
         let fresh_ms = (self.0.raft.config().heartbeat_interval * 10).max(300);
         let m = self.0.raft.metrics();
@@ -290,7 +305,15 @@ impl ClusterHandle {
                 m.membership_config.membership().voter_ids().count() <= 1
                     || m.millis_since_quorum_ack.is_some_and(|ms| ms < fresh_ms)
             }
-            ServerState::Follower => m.current_leader.is_some(),
+            ServerState::Follower | ServerState::Learner => {
+                m.current_leader.is_some()
+                    && self
+                        .0
+                        .leader_contact
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some_and(|t| t.elapsed() < Duration::from_millis(fresh_ms))
+            }
             _ => false,
         }
     }

@@ -343,7 +343,17 @@ impl RaftService for RaftRpc {
         req: Request<Payload>,
     ) -> Result<tonic::Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req)?;
-        encode_reply(&self.cluster.raft().append_entries(rpc).await)
+        let reply = self.cluster.raft().append_entries(rpc).await;
+        if matches!(
+            reply,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            // Taken from the leader of our term: we are in touch with it.
+            self.cluster.leader_contact();
+        }
+        encode_reply(&reply)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<tonic::Response<Payload>, Status> {

@@ -571,13 +571,15 @@ impl Router {
                 match plan {
                     Some(plan) => {
                         let key = (bare.to_string(), id);
-                        let mut primary = false;
+                        let primary = chosen.iter().any(|t| t.binding.node == self.0.node);
                         // The copies for sessions here wait until the
                         // message is safe (see `custody`); parked before
                         // custody has it, as a release may come at once.
-                        for t in chosen.iter().filter(|t| t.binding.node == self.0.node) {
-                            primary = true;
-                            self.park(key.clone(), &t.full, t.binding.session, el.clone());
+                        // (Safe at once, one node alone: written below.)
+                        if plan.needed > 0 {
+                            for t in chosen.iter().filter(|t| t.binding.node == self.0.node) {
+                                self.park(key.clone(), &t.full, t.binding.session, el.clone());
+                            }
                         }
                         let waiter = keeper::Waiter {
                             tx: n.tx,
@@ -636,10 +638,19 @@ impl Router {
         let last = chosen.len() - 1;
         for (i, t) in chosen.iter().enumerate() {
             if let Some((key, plan, stanza)) = &custody {
-                // A session here has its copy parked (above). The custody
-                // copy's xml is what a peer delivers and keeps: serialized
-                // once, and the peer's ack confirms its copy.
-                if t.binding.node != self.0.node {
+                // A session here has its copy parked (above), unless safe
+                // at once. The custody copy's xml is what a peer delivers
+                // and keeps: serialized once, and its ack confirms its copy.
+                if t.binding.node == self.0.node && plan.needed == 0 {
+                    let copy = if i == last {
+                        std::mem::replace(&mut el, Element::new("message", ns::CLIENT))
+                    } else {
+                        el.clone()
+                    };
+                    if self.deliver(t, copy).await.is_err() {
+                        self.custody_release(key);
+                    }
+                } else if t.binding.node != self.0.node {
                     self.0
                         .mesh
                         .send_custody(

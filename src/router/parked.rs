@@ -140,25 +140,30 @@ impl Parked {
         let Some(q) = self.slots.get_mut(slot) else {
             return Vec::new();
         };
-        let mut blocked: HashSet<String> = HashSet::new();
-        let mut kept = VecDeque::with_capacity(q.len());
         let mut out = Vec::new();
-        for e in q.drain(..) {
-            if !e.ready {
-                if now.saturating_duration_since(e.since) <= ORDER_WAIT {
-                    blocked.insert(e.from.clone());
-                }
-                kept.push_back(e);
-            } else if blocked.contains(&e.from) {
-                kept.push_back(e);
-            } else {
-                out.push(e);
-            }
+        // The usual case: copies released in the order they came.
+        while q.front().is_some_and(|e| e.ready) {
+            out.extend(q.pop_front());
         }
-        if kept.is_empty() {
-            self.slots.remove(slot);
-        } else {
+        if !q.is_empty() {
+            let mut blocked: HashSet<String> = HashSet::new();
+            let mut kept = VecDeque::with_capacity(q.len());
+            for e in q.drain(..) {
+                if !e.ready {
+                    if now.saturating_duration_since(e.since) <= ORDER_WAIT {
+                        blocked.insert(e.from.clone());
+                    }
+                    kept.push_back(e);
+                } else if blocked.contains(&e.from) {
+                    kept.push_back(e);
+                } else {
+                    out.push(e);
+                }
+            }
             *q = kept;
+        }
+        if q.is_empty() {
+            self.slots.remove(slot);
         }
         let mut writes = Vec::with_capacity(out.len());
         for e in out {
