@@ -60,6 +60,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 const DONE_BATCH: Duration = Duration::from_millis(5);
 /// ... unless this many keys are waiting.
 const DONE_BATCH_KEYS: usize = 2048;
+/// A `DONE` notice the peer has not acknowledged this long (a cut link
+/// says nothing for seconds) has what it says was delivered removed
+/// through raft (see `Router::custody_undelivered_notice`).
+const DONE_UNACKED: Duration = Duration::from_millis(200);
 
 /// A stanza's place in custody (`router::custody`): its key and every
 /// node holding a copy.
@@ -479,6 +483,12 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
         }
         // Notices waiting for [`DONE_BATCH`] to pass.
         let mut batch: Option<(Notice, Instant)> = None;
+        // The peer waits for `acks_seen` and the next envelope is to carry it.
+        let mut seen_owed = false;
+        // Unacknowledged notices up to this seq were handed to raft.
+        let mut tombstoned_up_to = 0u64;
+        let mut check = tokio::time::interval(DONE_UNACKED / 2);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let flush_at = tokio::time::sleep(DONE_BATCH);
         tokio::pin!(flush_at);
         loop {
@@ -494,6 +504,13 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                             });
                             b.merge(notice);
                             if !urgent && b.len() < DONE_BATCH_KEYS {
+                                if seen_owed {
+                                    seen_owed = false;
+                                    let env = push(Outgoing::Seen, &mut unacked, acks_seen);
+                                    if out_tx.send(env).await.is_err() {
+                                        break;
+                                    }
+                                }
                                 continue;
                             }
                             let Some((notice, since)) = batch.take() else { continue };
@@ -501,13 +518,28 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                         }
                         other => other,
                     };
+                    seen_owed = false;
                     let env = push(item, &mut unacked, acks_seen);
                     if out_tx.send(env).await.is_err() {
                         break;
                     }
                 }
+                _ = check.tick(), if !unacked.is_empty() => {
+                    for (s, at, item) in unacked.iter() {
+                        if at.elapsed() < DONE_UNACKED {
+                            break;
+                        }
+                        if *s > tombstoned_up_to {
+                            tombstoned_up_to = *s;
+                            if let Outgoing::Done { notice, .. } = item {
+                                router.custody_undelivered_notice(notice);
+                            }
+                        }
+                    }
+                }
                 _ = &mut flush_at, if batch.is_some() => {
                     let Some((notice, since)) = batch.take() else { continue };
+                    seen_owed = false;
                     let env = push(Outgoing::Done { notice, since }, &mut unacked, acks_seen);
                     if out_tx.send(env).await.is_err() {
                         break;
@@ -537,12 +569,16 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                                 break;
                             }
                         }
-                        // Acted on: every later envelope says so, and one
-                        // that says only that goes now when the peer waits
-                        // for it to write copies (the next item may be a
-                        // notice that waits for its batch).
+                        // Acted on: every later envelope says so. When the
+                        // peer waits for it to write copies, the next item
+                        // carries it, or one that says only that goes now
+                        // (nothing queued, or a notice that waits for its
+                        // batch).
                         acks_seen = acks_seen.max(up_to);
-                        if waits {
+                        if waits && !rx.is_empty() {
+                            seen_owed = true;
+                        } else if waits {
+                            seen_owed = false;
                             let env = push(Outgoing::Seen, &mut unacked, acks_seen);
                             if out_tx.send(env).await.is_err() {
                                 break;
