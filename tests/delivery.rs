@@ -271,15 +271,7 @@ fn no_ack_and_no_write_while_a_majority_cannot_hold_the_message() {
                 chat("bob@localhost", "held")
             ))
             .await;
-        let until = Instant::now() + Duration::from_secs(3);
-        while let Ok(el) =
-            tokio::time::timeout(until.saturating_duration_since(Instant::now()), bob.next()).await
-        {
-            assert!(
-                !(el.is("message", ns::CLIENT) && el.has_child("body", ns::CLIENT)),
-                "written while no second node holds it: {el}"
-            );
-        }
+        no_message_within(&mut bob, Duration::from_secs(3), "written while unsafe").await;
         // The server answers a deferred <r/> after 2 s with what is safe.
         let until = Instant::now() + Duration::from_millis(1500);
         while let Ok(el) = tokio::time::timeout(
@@ -298,17 +290,21 @@ fn no_ack_and_no_write_while_a_majority_cannot_hold_the_message() {
         let got = read_messages(&mut bob, 1, "bob@localhost", false, WAIT).await;
         assert_eq!(got[0].0, "held", "delivered once the others are back");
         send_acked(&mut alice, "bob@localhost", &[], 1).await;
-        // Once.
-        let until = Instant::now() + Duration::from_secs(2);
-        while let Ok(el) =
-            tokio::time::timeout(until.saturating_duration_since(Instant::now()), bob.next()).await
-        {
-            assert!(
-                !(el.is("message", ns::CLIENT) && el.has_child("body", ns::CLIENT)),
-                "a second copy: {el}"
-            );
-        }
+        no_message_within(&mut bob, Duration::from_secs(2), "a second copy").await;
     });
+}
+
+/// Reads `c` for `within`; fails on any message with a body (`what`).
+async fn no_message_within(c: &mut RawClient, within: Duration, what: &str) {
+    let until = Instant::now() + within;
+    while let Ok(el) =
+        tokio::time::timeout(until.saturating_duration_since(Instant::now()), c.next()).await
+    {
+        assert!(
+            !(el.is("message", ns::CLIENT) && el.has_child("body", ns::CLIENT)),
+            "{what}: {el}"
+        );
+    }
 }
 
 /// Issue item 1: bob's node is paused (the live copy cannot leave alice's
