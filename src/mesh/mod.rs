@@ -726,14 +726,14 @@ async fn receive(
             match kind {
                 Ok(Kind::Stanza) => match crate::xmpp::parse_stanza(&env.xml) {
                     Ok(el) => {
-                        if env.holders.is_empty() {
+                        if env.holders.is_empty() || env.queue_id.is_empty() {
                             router.from_mesh(&env.to, env.session, el).await
                         } else {
                             // Held before it is acknowledged (the ack is
                             // the sender's confirmation of this copy), and
                             // written once the sender's node says it is
                             // safe (`router::custody`).
-                            if env.safe_on_ack && !env.queue_id.is_empty() {
+                            if env.safe_on_ack {
                                 let bare = crate::router::bare_of(&env.to).to_string();
                                 waiting.push_back((env.seq, (bare, env.queue_id.clone())));
                             }

@@ -229,7 +229,7 @@ impl Router {
             let book = self.book();
             self.parked().sweep(now, |k| book.is_waiting(k))
         };
-        if writes.iter().any(|w| !self.book().holds(&w.key)) {
+        if !writes.is_empty() {
             debug!(count = writes.len(), "custody: kept copies written late");
         }
         self.write_parked(writes);
@@ -307,8 +307,9 @@ impl Router {
         self.run(e);
     }
 
-    /// A copy another node originated for session `session` of `full`
-    /// here: held, and written once custody releases it.
+    /// A copy another node originated (queue id `id`, not empty) for
+    /// session `session` of `full` here: held, and written once custody
+    /// releases it.
     pub fn custody_arrived(
         &self,
         full: &str,
@@ -319,14 +320,6 @@ impl Router {
         holders: &[u64],
     ) {
         let bare = super::bare_of(full);
-        if id.is_empty() {
-            // Not a custody copy after all: deliver as any stanza.
-            if let Err(el) = self.deliver_local(full, session, el) {
-                let r = self.clone();
-                tokio::spawn(async move { r.undeliverable_here(el).await });
-            }
-            return;
-        }
         self.park((bare.to_string(), id.to_string()), full, session, el);
         self.custody_hold(bare, id, stanza, holders, true);
     }
