@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use starling_proto::raft::Empty;
@@ -35,6 +35,11 @@ pub enum Proposal {
     AddNode { id: NodeId, node: StarlingNode },
     /// Remove a node from the voters and learners.
     RemoveNode { id: NodeId },
+    /// Nothing to commit: the leader confirms with a quorum that it still
+    /// leads and answers its commit index (raft's read index, §6.4 of
+    /// Ongaro's thesis); `propose` returns once this node applied that
+    /// far. See [`ClusterHandle::confirm_contact`].
+    ReadIndex,
 }
 
 /// A proposal sent to the leader by a node that is not the leader.
@@ -318,6 +323,23 @@ impl ClusterHandle {
         }
     }
 
+    /// Whether this node is in touch with a leader that has a quorum *now*:
+    /// the leader confirms its leadership with a round of heartbeats and
+    /// this node applies up to the leader's commit index (a read index),
+    /// within `limit`. Unlike [`in_quorum_contact`](Self::in_quorum_contact)
+    /// (a window of ten heartbeats), it has no blind spot after a cut:
+    /// a follower cut off 40 ms before it wrote its stale queued messages
+    /// still looked in contact (jepsen-lite 3n-partition-one-s1, 33 copies).
+    pub async fn confirm_contact(&self, limit: Duration) -> bool {
+        if !self.in_quorum_contact() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(limit, self.propose(Proposal::ReadIndex)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Commits a state machine command and returns its result.
     pub async fn write(&self, cmd: Command) -> Result<Applied, ProposeError> {
         self.propose(Proposal::Command(cmd)).await
@@ -453,6 +475,23 @@ impl ClusterHandle {
                 rx.await.map_err(|_| {
                     ProposeError::Unknown("proposal batcher dropped the command".into())
                 })?
+            }
+            Proposal::ReadIndex => {
+                let m = raft.metrics().borrow().clone();
+                if m.state != ServerState::Leader {
+                    return Err(ProposeError::NotLeader {
+                        leader: m.current_leader,
+                    });
+                }
+                let (read, _) = raft.get_read_log_id().await.map_err(|e| match e {
+                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+                        ProposeError::NotLeader {
+                            leader: f.leader_id,
+                        }
+                    }
+                    other => ProposeError::Unknown(other.to_string()),
+                })?;
+                Ok(applied_membership(read.map(|l| l.index).unwrap_or(0), None))
             }
             Proposal::AddNode { id, node } => {
                 if let Some(existing) = self.member_node(id) {

@@ -69,6 +69,15 @@ pub struct Session {
     ticket: Option<u64>,
     /// The queue may hold more for this session than the last pull took.
     more_queued: bool,
+    /// A pull found queued messages to write and waits for the node to
+    /// confirm quorum contact (`router::contact`): since when, and whether
+    /// it was a pull of everything.
+    awaiting_contact: Option<(Instant, bool)>,
+    /// The delivery hint of the last burst, until a peer acknowledged it.
+    pending_hint: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A pull wrote queued messages since the last hint.
+    pulled: bool,
+    contact_rx: tokio::sync::watch::Receiver<u64>,
     /// The last XEP-0198 number told to peers in a delivery hint.
     hinted: u64,
     rate_window: (Instant, u32),
@@ -228,6 +237,10 @@ impl Session {
             guards_running: 0,
             ticket: None,
             more_queued: false,
+            awaiting_contact: None,
+            pending_hint: None,
+            pulled: false,
+            contact_rx: router.contact().subscribe(),
             hinted: 0,
             rate_window: (Instant::now(), 0),
         })
@@ -299,6 +312,22 @@ impl Session {
     /// The last pull stopped at its limit: pull again when there is room.
     pub(crate) fn set_more_queued(&mut self, more: bool) {
         self.more_queued = more;
+    }
+
+    /// Whether the node confirmed quorum contact since this session's pull
+    /// first found something to write; if not, the pull waits for it (and
+    /// is run again, as a pull of everything if `all`, once it comes).
+    pub(crate) fn contact_confirmed(&mut self, all: bool) -> bool {
+        let (since, all) = match self.awaiting_contact {
+            Some((since, was_all)) => (since, was_all || all),
+            None => (Instant::now(), all),
+        };
+        if self.shared.router.contact().confirmed_since(since) {
+            self.awaiting_contact = None;
+            return true;
+        }
+        self.awaiting_contact = Some((since, all));
+        false
     }
 
     /// A guard took the current stanza's XEP-0198 count.
@@ -400,6 +429,16 @@ impl Session {
                     }
                     Ok(())
                 }
+                _ = self.contact_rx.changed(), if self.awaiting_contact.is_some() => {
+                    if let Some((_, all)) = self.awaiting_contact {
+                        if self.available {
+                            crate::im::offline::pull(self, all);
+                        } else {
+                            self.awaiting_contact = None;
+                        }
+                    }
+                    Ok(())
+                }
                 r = recv_resumption(&mut self.resume_rx) => match r {
                     Some(r) => Err(Ended::Takeover(Box::new(r))),
                     None => {
@@ -478,6 +517,7 @@ impl Session {
                 }
             }
             self.share_hints();
+            self.await_hint().await;
             if self.conn.flush_within(write_limit).await.is_err() {
                 return Ended::Lost;
             }
@@ -508,6 +548,7 @@ impl Session {
     /// A resumable stream tells the other nodes which queued messages it
     /// is writing, by number (see `router::hints`), before writing them.
     fn share_hints(&mut self) {
+        let pulled = std::mem::take(&mut self.pulled);
         let Some(sm) = self.sm.as_ref().filter(|sm| sm.resumable()) else {
             return;
         };
@@ -525,7 +566,29 @@ impl Session {
             written,
             acked: sm.acked_number(),
         };
-        self.shared.router.share_hint(&hint);
+        let ack = self.shared.router.share_hint(&hint);
+        if pulled {
+            self.pending_hint = Some(ack);
+        }
+    }
+
+    /// A pull wrote queued messages in this burst (see `await_hint`).
+    pub(crate) fn note_pulled(&mut self) {
+        self.pulled = true;
+    }
+
+    /// Before queued messages go to the client, a peer must have the hint
+    /// naming them: were this node killed right after the write, the
+    /// client's resumption elsewhere would otherwise not know it had them,
+    /// and they would come again from the queue (jepsen-lite
+    /// 3n-pause-kill-s1: 2 copies, written within milliseconds of a kill).
+    /// Bounded by `router::HINT_WAIT`; only pulls of queued messages wait
+    /// (a live copy is not held up: its node's death is what its other
+    /// holders' commit covers, and a copy then is rare and allowed).
+    async fn await_hint(&mut self) {
+        if let Some(rx) = self.pending_hint.take() {
+            let _ = tokio::time::timeout(crate::router::HINT_WAIT, rx).await;
+        }
     }
 
     /// Without stream management, a queued message counts as delivered

@@ -94,7 +94,19 @@ pub fn pull(s: &mut Session, all: bool) {
         let more = it.next().is_some();
         (taken, more)
     };
+    if queued.is_empty() {
+        s.set_more_queued(more);
+        return;
+    }
+    // The cheap check above is blind for up to ten heartbeats after a cut:
+    // confirm contact now (a raft read index, shared by the node) before
+    // writing anything from this copy of the queue.
+    if !s.contact_confirmed(all) {
+        s.set_more_queued(true);
+        return;
+    }
     s.set_more_queued(more);
+    s.note_pulled();
     for (seq, stamp_ms, xml) in queued {
         let mut el = match crate::xmpp::parse_stanza(&xml) {
             Ok(el) => el,

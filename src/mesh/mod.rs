@@ -114,6 +114,8 @@ enum Outgoing {
         bare: String,
         acked: u64,
         json: String,
+        /// Told when the peer acknowledged it (dropped if it never does).
+        ack: Option<tokio::sync::oneshot::Sender<()>>,
     },
     /// Only `acks_seen`: the peer waits for it to write copies.
     Seen,
@@ -261,7 +263,15 @@ impl MeshLinks {
 
     /// Gives `node` a delivery hint; dropped if its link is busy (a hint
     /// only saves a duplicate).
-    pub fn send_hint(&self, router: &Router, node: NodeId, hint: &crate::router::hints::Hint) {
+    /// Queues a delivery hint for `node`; `ack` is told when the peer
+    /// acknowledged it (dropped if it never does).
+    pub fn send_hint(
+        &self,
+        router: &Router,
+        node: NodeId,
+        hint: &crate::router::hints::Hint,
+        ack: tokio::sync::oneshot::Sender<()>,
+    ) {
         let Ok(json) = serde_json::to_string(hint) else {
             return;
         };
@@ -270,6 +280,7 @@ impl MeshLinks {
             bare: hint.bare.clone(),
             acked: u64::from(hint.acked),
             json,
+            ack: Some(ack),
         });
     }
 
@@ -552,7 +563,13 @@ async fn run_link(mesh: MeshLinks, router: Router, node: NodeId, mut rx: mpsc::R
                         let waits = acked.iter().any(|i| {
                             matches!(i, Outgoing::Custody { tag, .. } if tag.safe_on_ack)
                         });
-                        let keys = confirmed_keys(acked.into_iter());
+                        let keys = confirmed_keys(acked.into_iter().filter_map(|i| match i {
+                            Outgoing::Hint { ack: Some(tx), .. } => {
+                                let _ = tx.send(());
+                                None
+                            }
+                            other => Some(other),
+                        }));
                         mesh.set_oldest(node, unacked.front().map(|u| u.1));
                         let late = if keys.is_empty() {
                             Vec::new()
@@ -641,9 +658,9 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
             serde_json::to_string(notice).unwrap_or_default(),
             none,
         ),
-        Outgoing::Hint { bare, acked, json } => {
-            (Kind::Hint, bare.clone(), *acked, json.clone(), none)
-        }
+        Outgoing::Hint {
+            bare, acked, json, ..
+        } => (Kind::Hint, bare.clone(), *acked, json.clone(), none),
         Outgoing::Kick { to, session } => (Kind::Kick, to.clone(), *session, String::new(), none),
         Outgoing::Seen => (Kind::Seen, String::new(), 0, String::new(), none),
     };

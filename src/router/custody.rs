@@ -501,8 +501,19 @@ impl<W> Book<W> {
         }) = self.copies.get_mut(key)
         {
             *delivered = true;
+            // The client here has it while its commit is in flight: the
+            // removal is asked for now, not after the commit. The remover
+            // waits for the enqueue to apply, and meanwhile a pull on this
+            // node skips it: after a quorum comes back the enqueue applies
+            // first, and a pull that ran before the removal was even asked
+            // wrote it again (jepsen-lite 3n-pause-kill-s2, 5 copies).
+            let first = here && !*by_here;
             *by_here |= here;
-            return Vec::new();
+            return if first {
+                vec![Effect::Remove(key.clone())]
+            } else {
+                Vec::new()
+            };
         }
         let Some(c) = self.take(key) else {
             return if here {
@@ -628,7 +639,8 @@ impl<W> Book<W> {
             if !c.others.is_empty() {
                 out.push(Effect::Stored(c.others, key.clone()));
             }
-            if delivered {
+            // (Removed already if the client here had it.)
+            if delivered && !here {
                 out.push(Effect::Remove(key.clone()));
             }
         }
@@ -788,18 +800,29 @@ mod tests {
     }
 
     #[test]
-    fn delivered_while_committing_is_removed_after_the_commit() {
+    fn delivered_while_committing_is_removed_at_once() {
         let mut b = book();
         let t = Instant::now();
         b.hold(key(1), msg(1), vec![1], true, t);
         assert_eq!(b.release(&key(1)), vec![Effect::Commit(key(1), msg(1))]);
+        assert_eq!(b.delivered(&key(1)), vec![Effect::Remove(key(1))]);
+        // Asked once only.
         assert!(b.delivered(&key(1)).is_empty());
         assert_eq!(
             b.committed(&key(1), Guarded::Safe),
+            vec![Effect::Stored(vec![1], key(1)), Effect::Discard(key(1))]
+        );
+        // Delivered by another node's client while committing: removed
+        // after the commit (that node's remover has nothing to wait for).
+        b.hold(key(2), msg(2), vec![1], true, t);
+        assert_eq!(b.release(&key(2)), vec![Effect::Commit(key(2), msg(2))]);
+        assert!(b.done_elsewhere(&key(2)).is_empty());
+        assert_eq!(
+            b.committed(&key(2), Guarded::Safe),
             vec![
-                Effect::Stored(vec![1], key(1)),
-                Effect::Remove(key(1)),
-                Effect::Discard(key(1))
+                Effect::Stored(vec![1], key(2)),
+                Effect::Remove(key(2)),
+                Effect::Release(key(2))
             ]
         );
     }

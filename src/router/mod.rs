@@ -22,6 +22,7 @@ use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+pub mod contact;
 pub mod custody;
 pub mod hints;
 pub mod inbox;
@@ -95,6 +96,14 @@ impl LocalSession {
 /// fills it; then its messages go to the offline queue instead.
 pub const SESSION_QUEUE: usize = 1024;
 
+/// A resumable session writes the queued messages of a pull only once a
+/// peer has the delivery hint naming them (see [`hints`]): at most this
+/// long after the hint left...
+pub const HINT_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+/// ... and at most this long after the first peer acknowledged it, for the
+/// others (a paused peer must not hold the pull up).
+pub const HINT_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -145,6 +154,8 @@ struct Inner {
     /// Guards still running (a graceful stop waits for them).
     guards: tokio_util::task::TaskTracker,
     hints: hints::Hints,
+    /// Confirms quorum contact before queued messages are written.
+    contact: contact::ContactGate,
     /// Messages in custody here (see [`custody`]).
     custody: Mutex<keeper::CustodyBook>,
     /// Copies in custody kept back from sessions here until released.
@@ -182,6 +193,7 @@ impl Router {
             node: cluster.id(),
             domain: domain.to_string(),
             remover: Remover::start(cluster.clone()),
+            contact: contact::ContactGate::new(cluster.clone()),
             cluster,
             local: RwLock::new(HashMap::new()),
             mesh,
@@ -211,8 +223,17 @@ impl Router {
         &self.0.hints
     }
 
-    /// Sends `hint` to every other member (best effort, never waits).
-    pub fn share_hint(&self, hint: &hints::Hint) {
+    /// The gate a pull passes before writing queued messages (see
+    /// [`contact`]).
+    pub fn contact(&self) -> &contact::ContactGate {
+        &self.0.contact
+    }
+
+    /// Sends `hint` to every other member. The returned receiver is told
+    /// once every peer acknowledged it, or [`HINT_GRACE`] after the first
+    /// did, or [`HINT_WAIT`] after it was sent, whichever comes first (it
+    /// is dropped if no peer can take it).
+    pub fn share_hint(&self, hint: &hints::Hint) -> tokio::sync::oneshot::Receiver<()> {
         let peers: Vec<NodeId> = {
             let m = self
                 .0
@@ -228,9 +249,41 @@ impl Router {
                 .filter(|id| *id != self.0.node)
                 .collect()
         };
+        let mut acks = futures::stream::FuturesUnordered::new();
         for node in peers {
-            self.0.mesh.send_hint(self, node, hint);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.0.mesh.send_hint(self, node, hint, tx);
+            acks.push(rx);
         }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let wait = tokio::time::sleep(HINT_WAIT);
+            tokio::pin!(wait);
+            let mut any = false;
+            loop {
+                tokio::select! {
+                    r = acks.next() => match r {
+                        Some(Ok(())) => {
+                            if !any {
+                                any = true;
+                                let grace = tokio::time::Instant::now() + HINT_GRACE;
+                                if grace < wait.deadline() {
+                                    wait.as_mut().reset(grace);
+                                }
+                            }
+                        }
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
+                    _ = &mut wait => break,
+                }
+            }
+            if any {
+                let _ = done_tx.send(());
+            }
+        });
+        done_rx
     }
 
     /// A new guard pipeline, for one sending session.
