@@ -15,15 +15,41 @@ pub mod xmpp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
-/// Loopback ports that were free a moment ago.
+/// Loopback ports that were free a moment ago, all distinct.
+///
+/// They are taken below the kernel's ephemeral range (32768-60999 by
+/// default): a port `bind(0)` handed out and released can be reused at once
+/// as the local port of some other test's outgoing connection before the node
+/// under test binds it, and the node then fails to start. Each test process
+/// starts at its own offset and walks a shared counter, so tests running in
+/// parallel threads do not pick the same port either.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut out = Vec::with_capacity(n);
+    let mut tries = 0;
+    while out.len() < n {
+        tries += 1;
+        assert!(
+            tries < 10 * SPAN,
+            "no free loopback port in {LOW}..{}",
+            LOW + SPAN
+        );
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        // Free as a listener now; nothing else in this process holds it.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && !out.contains(&port) {
+            out.push(port);
+        }
+    }
+    out
 }
 
 pub fn addr(port: u16) -> SocketAddr {
@@ -208,6 +234,19 @@ impl TestCluster {
         self.nodes[self.index(id)].config.raft_addr.to_string()
     }
 
+    /// Every node's log, each under a header: a node that failed to start
+    /// is usually why another waits.
+    pub fn all_logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let id = n.config.node_id;
+                format!("===== node {id} =====\n{}", self.log_of(id))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(&self.nodes[self.index(id)].log).unwrap_or_default()
     }
@@ -253,7 +292,7 @@ impl TestCluster {
             assert!(
                 Instant::now() < deadline,
                 "no leader after {timeout:?}: {s:?}\n{}",
-                self.log_of(via)
+                self.all_logs()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
