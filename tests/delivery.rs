@@ -440,25 +440,30 @@ async fn authenticate(addr: std::net::SocketAddr, user: &str, pw: &str) -> RawCl
     c
 }
 
-/// Issue item 8: resuming on a node that does not hold the session gets
-/// `<failed/>` and the stream stays open: the client binds on it, and gets
-/// what it had not acknowledged from its queue. (Before: the stream was
-/// closed after `<failed/>`; the client had to log in again from scratch.)
+/// Issue item 8: resuming on another node after the session's node died
+/// gets `<failed/>` and the stream stays open: the client binds on it, and
+/// gets what it had not acknowledged from its queue. (Before: the stream
+/// was closed after `<failed/>`; the client had to log in again from
+/// scratch.)
 #[test]
 fn a_failed_resumption_lets_the_client_bind_on_the_same_stream() {
     rt().block_on(async {
-        let c = three_nodes().await;
-        let mut bob = RawClient::login(client_addr(&c, 1), "bob", "pw-bob", "phone").await;
+        let mut c = three_nodes().await;
+        let (_, bob_node, alice_node) = roles(&c).await;
+        let mut bob = RawClient::login(client_addr(&c, bob_node), "bob", "pw-bob", "phone").await;
         let previd = enable_sm(&mut bob, true).await;
         bob.send("<presence/>").await;
         bob.sync().await;
-        let mut alice = RawClient::login(client_addr(&c, 3), "alice", "pw-alice", "desk").await;
+        let mut alice =
+            RawClient::login(client_addr(&c, alice_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         send_acked(&mut alice, "bob@localhost", &["unread".to_string()], 0).await;
         let first = read_messages(&mut bob, 1, "bob@localhost", false, WAIT).await;
-        drop(bob); // gone without acknowledging
+        // Gone without acknowledging, and so is the node that had it.
+        drop(bob);
+        c.kill(bob_node);
 
-        let mut bob = authenticate(client_addr(&c, 2), "bob", "pw-bob").await;
+        let mut bob = authenticate(client_addr(&c, alice_node), "bob", "pw-bob").await;
         bob.send(&format!(
             "<resume xmlns='urn:xmpp:sm:3' h='0' previd='{previd}'/>"
         ))
@@ -469,8 +474,78 @@ fn a_failed_resumption_lets_the_client_bind_on_the_same_stream() {
         assert_eq!(b.attr("type"), Some("result"), "bind after failed: {b}");
         enable_sm(&mut bob, true).await;
         bob.send("<presence/>").await;
-        let again = read_messages(&mut bob, 1, "bob@localhost", true, WAIT).await;
+        let again =
+            read_messages(&mut bob, 1, "bob@localhost", true, Duration::from_secs(20)).await;
         assert_eq!(again, first, "the unacknowledged message, same stanza id");
+    });
+}
+
+/// Issue item 8: a phone resumes its session on another node while the old
+/// node is alive (its server list sent it elsewhere): the old node hands
+/// the session over, and the client gets `<resumed/>` with the server's
+/// count of its stanzas, then exactly what it had not acknowledged, with
+/// the same stanza ids, and nothing twice; its full JID now lives on the
+/// new node. (Before: `<failed/>`, a new session, and contacts saw it go
+/// offline and come back.)
+#[test]
+fn a_session_resumes_on_another_node_while_its_node_is_alive() {
+    rt().block_on(async {
+        let c = three_nodes().await;
+        let (_, old_node, new_node) = roles(&c).await;
+        let mut bob = RawClient::login(client_addr(&c, old_node), "bob", "pw-bob", "phone").await;
+        let previd = enable_sm(&mut bob, true).await;
+        bob.send("<presence/>").await;
+        // Stanzas bob received so far: whatever came before the ping's
+        // answer, and the answer.
+        let before = bob.sync().await;
+        let mut n = 1 + before
+            .iter()
+            .filter(|e| matches!(e.name(), "message" | "presence" | "iq") && e.ns() == ns::CLIENT)
+            .count() as u32;
+        let mut alice =
+            RawClient::login(client_addr(&c, new_node), "alice", "pw-alice", "desk").await;
+        enable_sm(&mut alice, false).await;
+        let bodies: Vec<String> = (1..=3).map(|i| format!("m{i}")).collect();
+        send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
+        let got = read_counting(&mut bob, 3, "bob@localhost", false, WAIT, &mut n).await;
+        // The connection dies; bob's phone only saw the first message.
+        drop(bob);
+
+        let mut bob = authenticate(client_addr(&c, new_node), "bob", "pw-bob").await;
+        let h = n - 2;
+        bob.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' h='{h}' previd='{previd}'/>"
+        ))
+        .await;
+        let r = bob
+            .expect("resumed", |e| {
+                e.is("resumed", ns::SM) || e.is("failed", ns::SM)
+            })
+            .await;
+        assert!(r.is("resumed", ns::SM), "expected <resumed/>: {r}");
+        assert_eq!(r.attr("previd"), Some(previd.as_str()));
+        // bob sent two stanzas: his presence and the ping.
+        assert_eq!(r.attr("h"), Some("2"), "{r}");
+        let mut m = h;
+        let again = read_counting(&mut bob, 2, "bob@localhost", true, WAIT, &mut m).await;
+        assert_eq!(
+            again,
+            got[1..].to_vec(),
+            "what bob had not acknowledged, same ids"
+        );
+        bob.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{m}'/>"))
+            .await;
+        // Nothing comes a second time (the queue's copies are known here).
+        no_message_within(&mut bob, Duration::from_millis(1500), "a second copy").await;
+        // The session is bound here now: a new message comes live.
+        send_acked(&mut alice, "bob@localhost", &["m4".to_string()], 3).await;
+        let live = read_messages(&mut bob, 1, "bob@localhost", true, WAIT).await;
+        assert_eq!(live[0].0, "m4");
+        let old_log = c.log_of(old_node);
+        assert!(
+            old_log.contains("session handed over to another node"),
+            "the old node handed the session over:\n{old_log}"
+        );
     });
 }
 

@@ -7,7 +7,10 @@
 //! - [`session`]: the bound session's loop: client stanzas in, routed
 //!   stanzas out, stream management, keepalives.
 //! - [`sm`]: XEP-0198 stream management state, without I/O.
+//! - [`handoff`]: a resumable session moving to the node its client
+//!   resumed it on.
 //! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
+pub mod handoff;
 pub mod negotiate;
 pub mod sasl;
 mod seen;

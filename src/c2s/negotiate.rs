@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use starling_raft::credentials::Credentials;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use super::handoff::{belongs_to, SessionHandoff};
 use super::sasl::{CredentialStore, Mechanism, SaslSession, Step};
 use super::session::Session;
 use super::stream::{stream_header, Conn, ConnError};
@@ -67,6 +68,11 @@ enum Outcome {
         /// and the delivery hints): not sent again.
         had: Vec<String>,
     },
+    /// A session another node handed over (the client resumed it here).
+    Adopt {
+        bare: String,
+        state: Box<SessionHandoff>,
+    },
     /// A detached (or half-open) session of this node takes the
     /// connection; its slot is reserved.
     Resume {
@@ -108,6 +114,9 @@ pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiate
     };
     match outcome {
         Outcome::Bind { bare, iq, had } => Session::bind(shared.clone(), conn, &bare, iq, had)
+            .await
+            .map(|s| Negotiated::Bound(Box::new(s))),
+        Outcome::Adopt { bare, state } => Session::adopt(shared.clone(), conn, &bare, *state)
             .await
             .map(|s| Negotiated::Bound(Box::new(s))),
         Outcome::Resume { permit, h, previd } => {
@@ -459,11 +468,28 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                             if let Some(permit) = reserve_resumption(shared, &bare, &previd) {
                                 return Ok(Outcome::Resume { permit, h, previd });
                             }
-                            // XEP-0198 §5: the session is not here (it ended,
-                            // or lives on another node). The client may bind
-                            // a new session on this stream; everything it did
-                            // not acknowledge is in its replicated queue and
-                            // comes after its initial presence.
+                            // Not here: the node that has it hands it over
+                            // (see `router::takeover`).
+                            let moved = shared
+                                .router
+                                .take_over_remote(&bare, &previd, h)
+                                .await
+                                .and_then(|json| SessionHandoff::from_json(&json));
+                            if let Some(state) = moved {
+                                if belongs_to(&state, &bare, &previd) {
+                                    return Ok(Outcome::Adopt {
+                                        bare,
+                                        state: Box::new(state),
+                                    });
+                                }
+                                warn!("a peer handed over a session that is not the one asked for");
+                            }
+                            // XEP-0198 §5: the session is gone (it ended, or
+                            // its node is unreachable or could not hand it
+                            // over). The client may bind a new session on
+                            // this stream; everything it did not acknowledge
+                            // is in its replicated queue and comes after its
+                            // initial presence.
                             had = shared.router.hints().take(&previd, &bare, h);
                             conn.send(&format!(
                                 "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",

@@ -19,6 +19,7 @@ use super::seen::Seen;
 use super::sm::{Outbound, StreamMgmt};
 use super::stream::{Conn, ConnError};
 use super::Shared;
+use crate::router::takeover::Takeover;
 use crate::router::{
     now_ms, queued_id, random_id, GuardDone, Guarded, LocalSession, Notify, ToSession,
     SESSION_QUEUE,
@@ -51,19 +52,22 @@ pub struct Session {
     /// JIDs this session sent directed presence to (RFC 6121 §4.6).
     pub(crate) directed: HashSet<String>,
     pub(crate) sm: Option<StreamMgmt>,
-    resume_rx: Option<mpsc::Receiver<Resumption>>,
+    pub(super) resume_rx: Option<mpsc::Receiver<Resumption>>,
+    /// A peer asks this resumable session to move there (the client
+    /// resumes it on that node; see `router::takeover`).
+    pub(super) takeover_rx: Option<mpsc::Receiver<Takeover>>,
     /// Queued messages written to this session (see [`Seen`]).
     pub(crate) seen: Seen,
     /// Queued messages written without stream management: removed from the
     /// queue once the write is flushed.
-    written_unflushed: Vec<String>,
+    pub(super) written_unflushed: Vec<String>,
     /// Where guards report the outcome of this session's messages.
     guard_tx: mpsc::UnboundedSender<GuardDone>,
     /// Commits this session's guards in the order it sent the messages.
     pipeline: crate::router::GuardPipeline,
-    guard_rx: mpsc::UnboundedReceiver<GuardDone>,
+    pub(super) guard_rx: mpsc::UnboundedReceiver<GuardDone>,
     /// Guards started by this session and not finished.
-    guards_running: usize,
+    pub(super) guards_running: usize,
     /// The XEP-0198 count of the stanza being handled, until a guard takes
     /// it (then the stanza is safe only when the guard says so).
     ticket: Option<u64>,
@@ -79,11 +83,11 @@ pub struct Session {
     pulled: bool,
     contact_rx: tokio::sync::watch::Receiver<u64>,
     /// The last XEP-0198 number told to peers in a delivery hint.
-    hinted: u64,
+    pub(super) hinted: u64,
     rate_window: (Instant, u32),
 }
 
-enum Ended {
+pub(super) enum Ended {
     /// The client closed the stream: close ours.
     ClosedByClient,
     /// The connection dropped (may be resumed with XEP-0198).
@@ -95,6 +99,11 @@ enum Ended {
     /// A new connection resumes this session while the old one is still
     /// open here (half-open: the client saw it die, this node did not).
     Takeover(Box<Resumption>),
+    /// The client resumes this session on another node, which asks for it.
+    Move(Takeover),
+    /// The session moved to another node (see `handoff`): it ends here
+    /// without telling contacts, who still see it there.
+    Moved,
 }
 
 impl Session {
@@ -148,37 +157,18 @@ impl Session {
             presence: None,
             bound_ms: now_ms(),
         };
-        let res = shared
-            .cluster
-            .write(Command::BindSession {
-                full_jid: full.clone(),
-                binding,
-            })
-            .await;
-        match res {
-            Ok(a) => {
-                if let Response::Bound {
-                    replaced: Some(old),
-                } = a.response
-                {
-                    if old.session != id {
-                        router.kick(&full, &old).await;
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot commit the session binding");
-                router.unregister(&full, id);
-                let reply = StanzaError::with_text(
-                    StanzaCondition::InternalServerError,
-                    "the cluster cannot bind sessions right now",
-                )
-                .reply_to(&iq)
-                .unwrap_or(iq);
-                let _ = conn.send(&reply.to_xml(ns::CLIENT)).await;
-                conn.close().await;
-                return None;
-            }
+        if let Err(e) = commit_binding(&shared, &full, binding).await {
+            warn!(error = %e, "cannot commit the session binding");
+            router.unregister(&full, id);
+            let reply = StanzaError::with_text(
+                StanzaCondition::InternalServerError,
+                "the cluster cannot bind sessions right now",
+            )
+            .reply_to(&iq)
+            .unwrap_or(iq);
+            let _ = conn.send(&reply.to_xml(ns::CLIENT)).await;
+            conn.close().await;
+            return None;
         }
         let reply = Element::new("iq", ns::CLIENT)
             .with_attr("type", "result")
@@ -202,7 +192,6 @@ impl Session {
         }
         tracing::Span::current().record("jid", full.as_str());
         info!("session bound");
-        let (guard_tx, guard_rx) = mpsc::unbounded_channel();
         // Queued messages the client already had on a stream it could not
         // resume: not written again, and removed from the queue.
         let mut seen = Seen::default();
@@ -213,7 +202,22 @@ impl Session {
             seen.insert(id);
         }
         router.delivered(bare, had);
-        Some(Session {
+        Some(Session::new(shared, conn, full, bare, id, rx, seen))
+    }
+
+    /// A bound session, not yet available, without stream management.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        conn: Conn,
+        full: String,
+        bare: &str,
+        id: u64,
+        rx: mpsc::Receiver<ToSession>,
+        seen: Seen,
+    ) -> Session {
+        let (guard_tx, guard_rx) = mpsc::unbounded_channel();
+        let router = shared.router.clone();
+        Session {
             shared,
             conn,
             bare: bare.to_string(),
@@ -229,6 +233,7 @@ impl Session {
             directed: HashSet::new(),
             sm: None,
             resume_rx: None,
+            takeover_rx: None,
             seen,
             written_unflushed: Vec::new(),
             guard_tx,
@@ -243,7 +248,7 @@ impl Session {
             contact_rx: router.contact().subscribe(),
             hinted: 0,
             rate_window: (Instant::now(), 0),
-        })
+        }
     }
 
     /// The session's binding as it should be in the shared table now.
@@ -355,7 +360,7 @@ impl Session {
         }
     }
 
-    fn guard_done(&mut self, done: GuardDone) {
+    pub(super) fn guard_done(&mut self, done: GuardDone) {
         self.guards_running = self.guards_running.saturating_sub(1);
         match done.outcome {
             Guarded::Safe => {}
@@ -393,12 +398,22 @@ impl Session {
                     }
                     return Ended::Lost;
                 }
-                Ended::Lost if self.resume_rx.is_some() => {
-                    if self.wait_for_resumption().await {
-                        continue;
+                Ended::Move(t) => {
+                    // The client is on the other node: this connection is
+                    // half-open.
+                    self.conn.shutdown().await;
+                    if self.move_out(t).await {
+                        return Ended::Moved;
                     }
-                    return Ended::Lost;
+                    match self.wait_for_resumption().await {
+                        None => continue,
+                        Some(e) => return e,
+                    }
                 }
+                Ended::Lost if self.resume_rx.is_some() => match self.wait_for_resumption().await {
+                    None => continue,
+                    Some(e) => return e,
+                },
                 other => return other,
             }
         }
@@ -443,6 +458,13 @@ impl Session {
                     Some(r) => Err(Ended::Takeover(Box::new(r))),
                     None => {
                         self.resume_rx = None;
+                        Ok(())
+                    }
+                },
+                t = recv_takeover(&mut self.takeover_rx) => match t {
+                    Some(t) => Err(Ended::Move(t)),
+                    None => {
+                        self.takeover_rx = None;
                         Ok(())
                     }
                 },
@@ -547,7 +569,7 @@ impl Session {
 
     /// A resumable stream tells the other nodes which queued messages it
     /// is writing, by number (see `router::hints`), before writing them.
-    fn share_hints(&mut self) {
+    pub(super) fn share_hints(&mut self) {
         let pulled = std::mem::take(&mut self.pulled);
         let Some(sm) = self.sm.as_ref().filter(|sm| sm.resumable()) else {
             return;
@@ -585,7 +607,7 @@ impl Session {
     /// Bounded by `router::HINT_WAIT`; only pulls of queued messages wait
     /// (a live copy is not held up: its node's death is what its other
     /// holders' commit covers, and a copy then is rare and allowed).
-    async fn await_hint(&mut self) {
+    pub(super) async fn await_hint(&mut self) {
         if let Some(rx) = self.pending_hint.take() {
             let _ = tokio::time::timeout(crate::router::HINT_WAIT, rx).await;
         }
@@ -601,7 +623,7 @@ impl Session {
         self.shared.router.delivered(&self.bare, ids);
     }
 
-    fn handle_routed(&mut self, m: ToSession) -> Result<(), Ended> {
+    pub(super) fn handle_routed(&mut self, m: ToSession) -> Result<(), Ended> {
         match m {
             ToSession::Stanza(el) => {
                 let el = *el;
@@ -750,6 +772,9 @@ impl Session {
                 .unwrap_or_else(|p| p.into_inner());
             map.insert(id.clone(), (self.bare.clone(), tx));
             self.resume_rx = Some(resume_rx);
+            let (tx, takeover_rx) = mpsc::channel(1);
+            self.shared.router.takeovers().register(&id, &self.bare, tx);
+            self.takeover_rx = Some(takeover_rx);
         }
         let max = self.shared.config.sm_resume_timeout_secs;
         let reply = if resume {
@@ -788,23 +813,34 @@ impl Session {
     }
 
     /// Detached (XEP-0198 §5): keep the session for `sm_resume_timeout_secs`
-    /// while stanzas keep arriving; true when a new connection resumed it.
-    async fn wait_for_resumption(&mut self) -> bool {
+    /// while stanzas keep arriving. `None` when a new connection resumed it
+    /// here; else how it ended (not resumed in time, or moved to the node
+    /// the client resumed it on).
+    async fn wait_for_resumption(&mut self) -> Option<Ended> {
         let timeout = Duration::from_secs(self.shared.config.sm_resume_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
         debug!("session detached, waiting for resumption");
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return false,
-                _ = stopped(&mut shutdown) => return false,
+                _ = tokio::time::sleep_until(deadline) => return Some(Ended::Lost),
+                _ = stopped(&mut shutdown) => return Some(Ended::Lost),
                 r = recv_resumption(&mut self.resume_rx) => {
-                    let Some(r) = r else { return false };
-                    return self.resume(r).await;
+                    let Some(r) = r else { return Some(Ended::Lost) };
+                    return if self.resume(r).await { None } else { Some(Ended::Lost) };
+                }
+                t = recv_takeover(&mut self.takeover_rx) => {
+                    let Some(t) = t else {
+                        self.takeover_rx = None;
+                        continue;
+                    };
+                    if self.move_out(t).await {
+                        return Some(Ended::Moved);
+                    }
                 }
                 m = self.rx.recv() => match m {
                     Some(ToSession::Stanza(el)) => self.write_stanza(*el),
-                    Some(ToSession::Kick(_)) | None => return false,
+                    Some(ToSession::Kick(_)) | None => return Some(Ended::Lost),
                 },
                 d = self.guard_rx.recv() => {
                     if let Some(d) = d {
@@ -882,19 +918,18 @@ impl Session {
                     )
                     .await
             }
-            Ended::Lost | Ended::Takeover(_) => self.conn.shutdown().await,
+            Ended::Lost | Ended::Takeover(_) | Ended::Move(_) | Ended::Moved => {
+                self.conn.shutdown().await
+            }
         }
         let router = self.shared.router.clone();
         if let Some(sm) = &self.sm {
-            let mut map = self
-                .shared
-                .resumable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            map.remove(sm.id());
+            self.unregister_resumable(sm.id().to_string());
         }
         router.unregister(&self.full, self.id);
-        if self.available {
+        // A moved session's contacts see it on its new node: no
+        // unavailable presence (RFC 6121 §4.5 is for a session that ends).
+        if self.available && !matches!(ended, Ended::Moved) {
             crate::im::presence::broadcast_unavailable(&mut self).await;
         }
         self.unbind().await;
@@ -960,7 +995,43 @@ impl Session {
 
 /// The next resumption for a resumable session (pending forever for one
 /// that is not resumable).
+/// Commits `binding` for `full` and kicks the session it replaced, if that
+/// is another session: RFC 6120 §7.7.2.2, the older session of the same
+/// full JID ends (on whatever node it lives).
+pub(super) async fn commit_binding(
+    shared: &Shared,
+    full: &str,
+    binding: SessionBinding,
+) -> Result<(), starling_raft::ProposeError> {
+    let id = binding.session;
+    let applied = shared
+        .cluster
+        .write(Command::BindSession {
+            full_jid: full.to_string(),
+            binding,
+        })
+        .await?;
+    if let Response::Bound {
+        replaced: Some(old),
+    } = applied.response
+    {
+        if old.session != id {
+            shared.router.kick(full, &old).await;
+        }
+    }
+    Ok(())
+}
+
 async fn recv_resumption(rx: &mut Option<mpsc::Receiver<Resumption>>) -> Option<Resumption> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next takeover request from a peer (pending forever for a session
+/// that is not resumable).
+async fn recv_takeover(rx: &mut Option<mpsc::Receiver<Takeover>>) -> Option<Takeover> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -980,6 +1051,7 @@ impl Ended {
             Ended::Error(_) => "error",
             Ended::Shutdown => "shutdown",
             Ended::Takeover(_) => "taken over",
+            Ended::Move(_) | Ended::Moved => "moved to another node",
         }
     }
 }

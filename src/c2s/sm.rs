@@ -239,17 +239,29 @@ impl StreamMgmt {
     /// releases, oldest first. An `h` behind an earlier one releases
     /// nothing; one ahead of what was sent is an error (§4).
     pub fn on_ack(&mut self, h: u32) -> Result<Vec<Outbound>, SmError> {
+        let n = self.ack_span(h)?;
+        Ok(self.unacked.drain(..n).collect())
+    }
+
+    /// Whether [`on_ack`](Self::on_ack) accepts `h` (it does not count
+    /// more than was written).
+    pub fn ack_valid(&self, h: u32) -> bool {
+        self.ack_span(h).is_ok()
+    }
+
+    /// How many unacknowledged stanzas `h` releases.
+    fn ack_span(&self, h: u32) -> Result<usize, SmError> {
         let unacked = self.unacked.len() as u32;
         let first = (self.sent - self.unacked.len() as u64) as u32;
         let n = h.wrapping_sub(first);
         if n > unacked {
             if n > u32::MAX / 2 {
                 // Behind: an older count (a resumption's h can be).
-                return Ok(Vec::new());
+                return Ok(0);
             }
             return Err(SmError::HandledCountTooHigh { acked: n, unacked });
         }
-        Ok(self.unacked.drain(..n as usize).collect())
+        Ok(n as usize)
     }
 
     /// After a burst of writes: whether to ask the client for an ack now
@@ -280,12 +292,131 @@ impl StreamMgmt {
     pub fn into_unacked(self) -> VecDeque<Outbound> {
         self.unacked
     }
+
+    /// Whether everything received is handled and safe: our `h` counts it
+    /// all, so a client resuming elsewhere sends nothing again.
+    pub fn all_safe(&self) -> bool {
+        self.unsafe_counts.is_empty() && self.tail.is_empty()
+    }
+
+    /// The client resumes this stream on another node with its `h`
+    /// (`router::takeover`): returns the stanzas `h` releases and the state
+    /// to hand over. Only when [`all_safe`](Self::all_safe): the other node
+    /// cannot learn the outcome of stanzas still being made safe here.
+    pub fn hand_off(&mut self, h: u32) -> Result<(Vec<Outbound>, SmHandoff), SmError> {
+        let acked = self.on_ack(h)?;
+        let handoff = SmHandoff {
+            id: self.id.clone(),
+            received: self.received,
+            sent: self.sent,
+            unacked: self
+                .unacked
+                .iter()
+                .map(|o| (o.el.to_standalone_xml(), o.queued_id.clone()))
+                .collect(),
+        };
+        Ok((acked, handoff))
+    }
+
+    /// The stream management of a session taken over from another node:
+    /// resumable, counting on from where it was; `unacked` is the handed
+    /// over list, parsed (the caller sends it again after `<resumed/>`).
+    pub fn adopt(id: String, received: u64, sent: u64, unacked: Vec<Outbound>) -> Self {
+        let unacked: VecDeque<Outbound> = unacked.into();
+        // A list longer than what was sent cannot come from a real
+        // session; keep the numbering consistent anyway.
+        let sent = sent.max(unacked.len() as u64);
+        StreamMgmt {
+            id,
+            resumable: true,
+            received,
+            unsafe_counts: BTreeSet::new(),
+            owed: None,
+            tail: VecDeque::new(),
+            resent: VecDeque::new(),
+            sent,
+            unacked,
+            // The new connection has not been asked yet.
+            requested_at: sent.wrapping_sub(1),
+        }
+    }
+}
+
+/// The XEP-0198 state one node hands another when the client resumes there
+/// (see [`StreamMgmt::hand_off`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SmHandoff {
+    pub id: String,
+    /// Stanzas received from the client (all safe).
+    pub received: u64,
+    /// Stanzas written to the client.
+    pub sent: u64,
+    /// Written and not acknowledged, oldest first: each stanza's XML and
+    /// the queue entry that holds it, if any.
+    pub unacked: Vec<(String, Option<String>)>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::xmpp::ns;
+
+    #[test]
+    fn a_stream_handed_to_another_node_counts_on_there() {
+        let mut a = StreamMgmt::new("sm1".into(), true);
+        a.on_received(true, Some("c1".into()));
+        let c2 = a.on_received(false, Some("c2".into()));
+        for i in 1..=4 {
+            a.on_sent(msg(i));
+        }
+        // A stanza still being made safe: not handed over.
+        assert!(!a.all_safe());
+        a.on_safe(c2);
+        assert!(a.all_safe());
+        // The client had two of the four.
+        let (released, h) = a.hand_off(2).unwrap();
+        assert_eq!(ids(&released), ["1", "2"]);
+        assert_eq!(h.received, 2);
+        assert_eq!(h.sent, 4);
+        assert_eq!(
+            h.unacked.iter().map(|(_, q)| q.clone()).collect::<Vec<_>>(),
+            [Some("q3".to_string()), Some("q4".to_string())]
+        );
+        let again: Vec<Outbound> = h
+            .unacked
+            .iter()
+            .map(|(xml, q)| Outbound {
+                el: crate::xmpp::parse_stanza(xml).unwrap(),
+                queued_id: q.clone(),
+            })
+            .collect();
+        let mut b = StreamMgmt::adopt(h.id.clone(), h.received, h.sent, again);
+        assert_eq!(b.id(), "sm1");
+        assert!(b.resumable());
+        // `<resumed h>` on the new node is the old node's count.
+        assert_eq!(b.h(), 2);
+        assert_eq!(b.acked_number(), 2);
+        assert_eq!(
+            b.queued_after(2),
+            [(3, "q3".to_string()), (4, "q4".to_string())]
+        );
+        // Sent again, not yet asked: the next burst asks.
+        assert!(b.wants_request());
+        // Numbering goes on: number 5 is the next stanza written.
+        b.on_sent(msg(5));
+        assert_eq!(b.sent_number(), 5);
+        assert_eq!(ids(&b.on_ack(4).unwrap()), ["3", "4"]);
+        assert!(b.on_ack(6).is_err());
+        assert_eq!(ids(&b.on_ack(5).unwrap()), ["5"]);
+        // Received stanzas count on too.
+        assert_eq!(b.on_received(true, None), 3);
+        assert_eq!(b.h(), 3);
+        // An `h` the old node never sent is refused there.
+        let mut c = StreamMgmt::new("sm2".into(), true);
+        c.on_sent(msg(1));
+        assert!(c.ack_valid(1) && !c.ack_valid(2));
+        assert!(c.hand_off(2).is_err());
+    }
 
     fn msg(i: u32) -> Outbound {
         Outbound {

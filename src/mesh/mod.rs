@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use starling_proto::mesh::mesh_client::MeshClient;
 use starling_proto::mesh::mesh_server::{Mesh, MeshServer};
-use starling_proto::mesh::{Ack, Envelope, Kind};
+use starling_proto::mesh::{Ack, Envelope, Kind, TakeoverReply, TakeoverRequest};
 use starling_raft::network::{CheckSecret, Peers, MAX_MESSAGE_BYTES};
 use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, OnceCell};
@@ -282,6 +282,43 @@ impl MeshLinks {
             json,
             ack: Some(ack),
         });
+    }
+
+    /// Asks `node` to hand over its resumable session `previd` of `bare`
+    /// (see `router::takeover`): its state as JSON, or `None` (not there,
+    /// could not, or the peer did not answer in time).
+    pub async fn request_takeover(
+        &self,
+        node: NodeId,
+        bare: &str,
+        previd: &str,
+        h: u32,
+    ) -> Option<String> {
+        let addr = self.0.cluster.member_node(node)?.raft_addr;
+        let channel = self.0.peers.channel(&addr).ok()?;
+        let mut client = MeshClient::with_interceptor(channel, self.0.peers.add_secret())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let req = TakeoverRequest {
+            bare: bare.to_string(),
+            previd: previd.to_string(),
+            h,
+        };
+        let limit = crate::router::takeover::HANDOFF_LIMIT + Duration::from_millis(500);
+        match tokio::time::timeout(limit, client.takeover(req)).await {
+            Ok(Ok(reply)) => {
+                let r = reply.into_inner();
+                r.found.then_some(r.session)
+            }
+            Ok(Err(e)) => {
+                debug!(peer = node, error = %e, "takeover request failed");
+                None
+            }
+            Err(_) => {
+                debug!(peer = node, "takeover request timed out");
+                None
+            }
+        }
     }
 
     /// Asks `node` to end session `session` of `to` with `conflict`.
@@ -701,6 +738,18 @@ impl Mesh for MeshService {
         let span = tracing::info_span!("mesh_in", node_id = router.node());
         tokio::spawn(receive(router, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn takeover(
+        &self,
+        request: Request<TakeoverRequest>,
+    ) -> Result<Response<TakeoverReply>, Status> {
+        let r = request.into_inner();
+        let state = self.router.takeovers().take(&r.bare, &r.previd, r.h).await;
+        Ok(Response::new(TakeoverReply {
+            found: state.is_some(),
+            session: state.unwrap_or_default(),
+        }))
     }
 }
 

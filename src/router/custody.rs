@@ -565,6 +565,12 @@ impl<W> Book<W> {
         keys.iter().filter_map(|k| self.commit(k)).collect()
     }
 
+    /// Whether a copy for account `bare` that this node was to deliver is
+    /// still here (being committed included).
+    pub fn holds_account(&self, bare: &str) -> bool {
+        self.copies.iter().any(|(k, c)| k.0 == bare && c.primary)
+    }
+
     /// Commits every copy (the node is stopping).
     pub fn release_all(&mut self) -> Vec<Effect<W>> {
         let keys: Vec<Key> = self.copies.keys().cloned().collect();

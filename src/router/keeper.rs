@@ -415,6 +415,18 @@ impl Router {
         self.run(e);
     }
 
+    /// The session of `bare` here moves to another node: what custody
+    /// held for it is committed to its queue, and this waits (at most
+    /// `limit`) for those commits, so that the acks the client sends there
+    /// remove what they count from the queue rather than race the commits.
+    pub async fn custody_settle_account(&self, bare: &str, limit: Duration) {
+        self.custody_release_account(bare);
+        let until = Instant::now() + limit;
+        while self.book().holds_account(bare) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stopping: every copy goes to the queue; waits (at most `limit`).
     pub(super) async fn custody_release_all(&self, limit: Duration) {
         let e = self.book().release_all();

@@ -29,6 +29,7 @@ pub mod inbox;
 mod keeper;
 pub mod liveness;
 mod parked;
+pub mod takeover;
 
 pub use inbox::{GuardPipeline, Guarded, Remover};
 pub use keeper::Notice;
@@ -156,6 +157,8 @@ struct Inner {
     hints: hints::Hints,
     /// Confirms quorum contact before queued messages are written.
     contact: contact::ContactGate,
+    /// Resumable sessions here that a peer may take over.
+    takeovers: takeover::Registry,
     /// Messages in custody here (see [`custody`]).
     custody: Mutex<keeper::CustodyBook>,
     /// Copies in custody kept back from sessions here until released.
@@ -194,6 +197,7 @@ impl Router {
             domain: domain.to_string(),
             remover: Remover::start(cluster.clone()),
             contact: contact::ContactGate::new(cluster.clone()),
+            takeovers: takeover::Registry::default(),
             cluster,
             local: RwLock::new(HashMap::new()),
             mesh,
@@ -223,6 +227,51 @@ impl Router {
         &self.0.hints
     }
 
+    /// This node's resumable sessions, for peers that take one over.
+    pub fn takeovers(&self) -> &takeover::Registry {
+        &self.0.takeovers
+    }
+
+    /// The other members of the current membership config (voters and
+    /// learners), as this node's raft sees it.
+    fn peers(&self) -> Vec<NodeId> {
+        let m = self
+            .0
+            .cluster
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
+        m.membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.0.node)
+            .collect()
+    }
+
+    /// A client resumes here session `previd`, which is not here: asks
+    /// every reachable peer to hand it over (see [`takeover`]). The state
+    /// as JSON, or `None` if no peer has it (or could hand it over).
+    pub async fn take_over_remote(&self, bare: &str, previd: &str, h: u32) -> Option<String> {
+        let peers: Vec<NodeId> = self
+            .peers()
+            .into_iter()
+            .filter(|id| !self.0.mesh.is_down(*id))
+            .collect();
+        let mut asks: futures::stream::FuturesUnordered<_> = peers
+            .into_iter()
+            .map(|n| self.0.mesh.request_takeover(n, bare, previd, h))
+            .collect();
+        use futures::StreamExt;
+        while let Some(r) = asks.next().await {
+            if r.is_some() {
+                return r;
+            }
+        }
+        None
+    }
+
     /// The gate a pull passes before writing queued messages (see
     /// [`contact`]).
     pub fn contact(&self) -> &contact::ContactGate {
@@ -234,21 +283,7 @@ impl Router {
     /// did, or [`HINT_WAIT`] after it was sent, whichever comes first (it
     /// is dropped if no peer can take it).
     pub fn share_hint(&self, hint: &hints::Hint) -> tokio::sync::oneshot::Receiver<()> {
-        let peers: Vec<NodeId> = {
-            let m = self
-                .0
-                .cluster
-                .raft()
-                .metrics()
-                .borrow()
-                .membership_config
-                .clone();
-            m.membership()
-                .nodes()
-                .map(|(id, _)| *id)
-                .filter(|id| *id != self.0.node)
-                .collect()
-        };
+        let peers = self.peers();
         let mut acks = futures::stream::FuturesUnordered::new();
         for node in peers {
             let (tx, rx) = tokio::sync::oneshot::channel();
