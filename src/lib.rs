@@ -7,7 +7,8 @@
 //! - [`admin`]: the admin gRPC service (with health and reflection) and the
 //!   client that `ctl` and `dev` use.
 //! - [`xmpp`]: the XMPP wire protocol without I/O: element tree, framer,
-//!   namespaces, RFC 6120 error conditions.
+//!   namespaces, typed JIDs, ids, RFC 6120 error conditions.
+//! - [`clock`]: Unix milliseconds and XEP-0082 date-times.
 //! - [`c2s`]: client connections: listeners, TLS, SASL, binding, sessions.
 //! - [`im`]: roster, presence, subscriptions, offline messages, disco,
 //!   registration (RFC 6121 and the XEPs), one module each.
@@ -29,6 +30,7 @@
 pub mod admin;
 pub mod bench;
 pub mod c2s;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod dev;

@@ -6,7 +6,7 @@
 //! [`ProposeError`]s map to gRPC status codes in [`status_of`].
 pub mod client;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use starling_proto::admin::admin_server::{Admin, AdminServer};
 use starling_proto::admin::*;
@@ -20,6 +20,7 @@ use tonic::service::Interceptor;
 use tonic::transport::server::Router;
 use tonic::{Request, Status};
 
+use crate::clock::now_ms;
 use crate::config::Config;
 
 /// Longest password accepted, bytes.
@@ -97,13 +98,6 @@ pub fn status_of(e: ProposeError) -> Status {
         ProposeError::Fatal(_) => Status::internal(e.to_string()),
         ProposeError::Unknown(_) => Status::deadline_exceeded(e.to_string()),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl AdminService {

@@ -27,8 +27,10 @@ use super::session::Session;
 use super::sm::{Outbound, SmHandoff, StreamMgmt};
 use super::stream::Conn;
 use super::Shared;
+use crate::clock::now_ms;
 use crate::router::takeover::Takeover;
-use crate::router::{bare_of, now_ms, LocalSession, SESSION_QUEUE};
+use crate::router::{LocalSession, SESSION_QUEUE};
+use crate::xmpp::jid::bare_of;
 use crate::xmpp::{ns, parse_stanza, Element};
 
 /// How long the old node waits for the session's guards (messages from

@@ -307,7 +307,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
             .find(|(k, _)| k == "from")
             .map(|(_, v)| v.clone())
             .filter(|f| jid::Jid::new(f).is_ok());
-        let id = crate::router::random_id();
+        let id = crate::xmpp::id::random_id();
         let header = stream_header(&shared.domain, from.as_deref(), &id);
         conn.queue(&header);
         conn.header_sent = true;

@@ -19,11 +19,12 @@ use super::seen::Seen;
 use super::sm::{Outbound, StreamMgmt};
 use super::stream::{Conn, ConnError};
 use super::Shared;
+use crate::clock::now_ms;
 use crate::router::takeover::Takeover;
 use crate::router::{
-    now_ms, queued_id, random_id, GuardDone, Guarded, LocalSession, Notify, ToSession,
-    SESSION_QUEUE,
+    queued_id, GuardDone, Guarded, LocalSession, Notify, ToSession, SESSION_QUEUE,
 };
+use crate::xmpp::id::random_id;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 /// Guarded messages of one session whose outcome is not known yet, at

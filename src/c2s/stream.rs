@@ -233,7 +233,7 @@ impl Conn {
     /// 6120 §4.9.1.2) and close the stream.
     pub async fn fail(&mut self, err: &StreamError, domain: &str) {
         if !self.header_sent {
-            let header = stream_header(domain, None, &crate::router::random_id());
+            let header = stream_header(domain, None, &crate::xmpp::id::random_id());
             self.queue(&header);
         }
         let xml = err.to_xml();

@@ -114,7 +114,7 @@ async fn handle_message(s: &mut Session, mut el: Element) {
     };
     el.set_attr("to", to.clone());
     // XEP-0359 §5: a client must not set the recipient's stanza id.
-    strip_stanza_ids(&mut el, crate::router::bare_of(&to));
+    strip_stanza_ids(&mut el, crate::xmpp::jid::bare_of(&to));
     let router = s.shared.router.clone();
     router.sent_carbons(&s.full, &el).await;
     // A message for an account is safe (and acknowledged) once its guard

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::c2s::session::Session;
-use crate::router::now_ms;
+use crate::clock::{datetime, now_ms};
 use crate::xmpp::{ns, Element};
 
 /// Most queued messages handed to a session in one pull; never more than
@@ -32,31 +32,6 @@ const BATCH: usize = 100;
 /// Age before a queued message may be pulled while other sessions of the
 /// account could still acknowledge it.
 pub const PULL_OTHERS_AFTER: Duration = Duration::from_secs(10);
-
-/// XEP-0082 date-time in UTC (`1970-01-01T00:00:00.000Z`) from Unix ms.
-pub fn datetime(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for any date
-    // after 1970.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
 
 /// Sends the queued messages this session has not written yet, oldest
 /// first. `all`: everything (initial presence, a drain going on); else
@@ -134,16 +109,4 @@ fn others_exist(s: &Session) -> bool {
     let state = s.shared.cluster.state().read();
     let n = state.data.sessions_of(&s.bare).count();
     n > 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::datetime;
-
-    #[test]
-    fn xep_0082_datetimes() {
-        assert_eq!(datetime(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(datetime(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(datetime(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
-    }
 }

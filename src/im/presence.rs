@@ -45,7 +45,7 @@ pub async fn handle(s: &mut Session, mut el: Element) {
                 "unsubscribe" => SubAction::Unsubscribe,
                 _ => SubAction::Unsubscribed,
             };
-            let contact = crate::router::bare_of(&to).to_string();
+            let contact = crate::xmpp::jid::bare_of(&to).to_string();
             if jid::BareJid::new(&contact)
                 .map(|j| j.domain().as_str() != s.shared.domain)
                 .unwrap_or(true)
@@ -64,7 +64,7 @@ pub async fn handle(s: &mut Session, mut el: Element) {
         }
         Some("probe") => {
             // §4.3: probes are the server's business; answer if subscribed.
-            let contact = crate::router::bare_of(&to).to_string();
+            let contact = crate::xmpp::jid::bare_of(&to).to_string();
             let subscribed = {
                 let state = s.shared.cluster.state().read();
                 state
@@ -358,7 +358,7 @@ async fn unavailable_from(router: &Router, from_bare: &str, to_bare: &str) {
 /// Unavailable presence for a session that ended without its node's help
 /// (the node died): to the user's watchers and other resources (§4.5.2).
 pub async fn unavailable_for_lost_session(router: &Router, full: &str) {
-    let bare = crate::router::bare_of(full).to_string();
+    let bare = crate::xmpp::jid::bare_of(full).to_string();
     let el = Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
         .with_attr("from", full);

@@ -11,7 +11,8 @@ use super::{iq_result, reply_error};
 use crate::c2s::negotiate::account_jid;
 use crate::c2s::session::Session;
 use crate::c2s::Shared;
-use crate::router::{now_ms, ToSession};
+use crate::clock::now_ms;
+use crate::router::ToSession;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 fn field(q: &Element, name: &str) -> Option<String> {

@@ -4,7 +4,8 @@ use starling_raft::command::{Command, RosterItem, SubAction, Subscription};
 
 use super::{iq_result, reply_error};
 use crate::c2s::session::Session;
-use crate::router::{random_id, Router};
+use crate::router::Router;
+use crate::xmpp::id::random_id;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
 /// The `<item/>` of a roster item (RFC 6121 §2.1.2).

@@ -800,7 +800,7 @@ async fn receive(
                             // written once the sender's node says it is
                             // safe (`router::custody`).
                             if env.safe_on_ack {
-                                let bare = crate::router::bare_of(&env.to).to_string();
+                                let bare = crate::xmpp::jid::bare_of(&env.to).to_string();
                                 waiting.push_back((env.seq, (bare, env.queue_id.clone())));
                             }
                             router.custody_arrived(

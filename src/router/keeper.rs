@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 
 use super::custody::{Book, Effect, Key};
 use super::parked::{Parked, Write};
-use super::{inbox, now_ms, GuardDone, Guarded, Inner, Router, Target};
+use super::{inbox, GuardDone, Guarded, Inner, Router, Target};
+use crate::clock::now_ms;
 use crate::mesh::Tag;
 use crate::xmpp::Element;
 
@@ -319,7 +320,7 @@ impl Router {
         stanza: String,
         holders: &[u64],
     ) {
-        let bare = super::bare_of(full);
+        let bare = crate::xmpp::jid::bare_of(full);
         self.park((bare.to_string(), id.to_string()), full, session, el);
         self.custody_hold(bare, id, stanza, holders, true);
     }

@@ -15,7 +15,6 @@
 //! path, and for a recipient who reads, not used at all.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use starling_raft::command::{OfflineMessage, SessionBinding};
 use starling_raft::{ClusterHandle, NodeId};
@@ -34,7 +33,10 @@ pub mod takeover;
 pub use inbox::{GuardPipeline, Guarded, Remover};
 pub use keeper::Notice;
 
+use crate::clock::now_ms;
 use crate::mesh::MeshLinks;
+use crate::xmpp::id::random_id;
+use crate::xmpp::jid::bare_of;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 /// What a session task receives.
@@ -104,27 +106,6 @@ pub const HINT_WAIT: std::time::Duration = std::time::Duration::from_millis(300)
 /// ... and at most this long after the first peer acknowledged it, for the
 /// others (a paused peer must not hold the pull up).
 pub const HINT_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A random identifier (128 bits, URL-safe base64), for stanza ids
-/// (XEP-0359), SM ids and server-made resources.
-pub fn random_id() -> String {
-    use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The bare part of a JID string (`a@b/c` -> `a@b`).
-pub fn bare_of(jid: &str) -> &str {
-    jid.split_once('/').map(|(b, _)| b).unwrap_or(jid)
-}
 
 /// Stanza kinds and types that decide routing.
 fn stanza_type(el: &Element) -> &str {
@@ -993,11 +974,5 @@ mod tests {
             .and_then(|r| r.get_child("forwarded", ns::FORWARD))
             .and_then(|f| f.get_child("message", ns::CLIENT));
         assert!(fwd.is_some());
-    }
-
-    #[test]
-    fn bare_of_strips_resource() {
-        assert_eq!(bare_of("a@x/r/s"), "a@x");
-        assert_eq!(bare_of("a@x"), "a@x");
     }
 }

@@ -1,9 +1,12 @@
 //! XMPP wire protocol without I/O: namespaces, the element tree, the
-//! incremental framer (bytes -> stream events), and RFC 6120 error conditions.
+//! incremental framer (bytes -> stream events), typed JIDs, server-made ids,
+//! and RFC 6120 error conditions.
 
 pub mod element;
 pub mod error;
 pub mod framer;
+pub mod id;
+pub mod jid;
 pub mod ns;
 
 pub use element::{Element, Node};
