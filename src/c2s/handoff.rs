@@ -30,7 +30,7 @@ use super::Shared;
 use crate::clock::now_ms;
 use crate::router::takeover::Takeover;
 use crate::router::{LocalSession, SESSION_QUEUE};
-use crate::xmpp::jid::bare_of;
+use crate::xmpp::jid::{bare_of, FullJid};
 use crate::xmpp::{ns, parse_stanza, Element};
 
 /// How long the old node waits for the session's guards (messages from
@@ -115,12 +115,14 @@ impl Session {
         self.sm = None;
         self.unregister_resumable(sm_state.id.clone());
         let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
-        router.delivered(&self.bare, ids);
-        router.custody_settle_account(&self.bare, SETTLE_WAIT).await;
-        router.remover().sync(&self.bare, SETTLE_WAIT).await;
+        router.delivered(self.bare.as_str(), ids);
+        router
+            .custody_settle_account(self.bare.as_str(), SETTLE_WAIT)
+            .await;
+        router.remover().sync(self.bare.as_str(), SETTLE_WAIT).await;
         self.conn.out().clear();
         let state = SessionHandoff {
-            full: self.full.clone(),
+            full: self.full.to_string(),
             sm: sm_state,
             available: self.available,
             priority: self.priority,
@@ -164,7 +166,20 @@ impl Session {
         bare: &str,
         state: SessionHandoff,
     ) -> Option<Session> {
-        let full = state.full.clone();
+        // `belongs_to` checked it names the account; a JID that does not
+        // parse was not sent by a Starling node.
+        let Ok(full) = FullJid::new(&state.full) else {
+            warn!(full = %state.full, "a handed-over session with a malformed JID");
+            let _ = conn
+                .send(&format!(
+                    "<failed xmlns='{}'><internal-server-error xmlns='{}'/></failed>",
+                    ns::SM,
+                    ns::STANZA_ERRORS
+                ))
+                .await;
+            conn.close().await;
+            return None;
+        };
         let id: u64 = rand::random::<u64>() | 1;
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let router = shared.router.clone();
@@ -202,7 +217,7 @@ impl Session {
             conn.close().await;
             return None;
         }
-        tracing::Span::current().record("jid", full.as_str());
+        tracing::Span::current().record("jid", full.to_string());
         let mut seen = Seen::default();
         let unacked: Vec<Outbound> = state
             .sm
@@ -228,7 +243,7 @@ impl Session {
             sm.h(),
             sm_id
         );
-        let mut s = Session::new(shared.clone(), conn, full, bare, id, rx, seen);
+        let mut s = Session::new(shared.clone(), conn, full, id, rx, seen);
         s.available = state.available;
         s.priority = state.priority;
         s.presence = state.presence.as_deref().and_then(|p| parse_stanza(p).ok());

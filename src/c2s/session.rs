@@ -25,6 +25,7 @@ use crate::router::{
     queued_id, GuardDone, Guarded, LocalSession, Notify, ToSession, SESSION_QUEUE,
 };
 use crate::xmpp::id::random_id;
+use crate::xmpp::jid::{BareJid, FullJid};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 /// Guarded messages of one session whose outcome is not known yet, at
@@ -37,8 +38,8 @@ const MAX_TAIL: usize = 4096;
 pub struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) conn: Conn,
-    pub(crate) full: String,
-    pub(crate) bare: String,
+    pub(crate) full: FullJid,
+    pub(crate) bare: BareJid,
     pub(crate) id: u64,
     pub(crate) rx: mpsc::Receiver<ToSession>,
     /// Sent initial presence and not unavailable since (RFC 6121 §4.2).
@@ -124,8 +125,8 @@ impl Session {
             .filter(|r| !r.trim().is_empty());
         let resource = requested.unwrap_or_else(random_id);
         // §7.7.2.1: a resource that fails resourceprep is bad-request.
-        let full = match jid::FullJid::new(&format!("{bare}/{resource}")) {
-            Ok(j) => j.to_string(),
+        let full = match FullJid::new(&format!("{bare}/{resource}")) {
+            Ok(j) => j,
             Err(e) => {
                 let reply = StanzaError::with_text(StanzaCondition::BadRequest, e.to_string())
                     .reply_to(&iq)
@@ -176,7 +177,7 @@ impl Session {
             .with_opt_attr("id", iq.attr("id"))
             .with_child(
                 Element::new("bind", ns::BIND)
-                    .with_child(Element::new("jid", ns::BIND).with_text(full.clone())),
+                    .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
             );
         conn.queue(&reply.to_xml(ns::CLIENT));
         if conn.flush().await.is_err() {
@@ -184,14 +185,14 @@ impl Session {
             let _ = shared
                 .cluster
                 .write(Command::UnbindSession {
-                    full_jid: full,
+                    full_jid: full.to_string(),
                     node: router.node(),
                     session: id,
                 })
                 .await;
             return None;
         }
-        tracing::Span::current().record("jid", full.as_str());
+        tracing::Span::current().record("jid", full.to_string());
         info!("session bound");
         // Queued messages the client already had on a stream it could not
         // resume: not written again, and removed from the queue.
@@ -203,15 +204,14 @@ impl Session {
             seen.insert(id);
         }
         router.delivered(bare, had);
-        Some(Session::new(shared, conn, full, bare, id, rx, seen))
+        Some(Session::new(shared, conn, full, id, rx, seen))
     }
 
     /// A bound session, not yet available, without stream management.
     pub(super) fn new(
         shared: Arc<Shared>,
         conn: Conn,
-        full: String,
-        bare: &str,
+        full: FullJid,
         id: u64,
         rx: mpsc::Receiver<ToSession>,
         seen: Seen,
@@ -221,7 +221,7 @@ impl Session {
         Session {
             shared,
             conn,
-            bare: bare.to_string(),
+            bare: full.to_bare(),
             full,
             id,
             rx,
@@ -270,7 +270,7 @@ impl Session {
         // Only this session's own binding: if it was replaced meanwhile,
         // the newer session's binding stays (RFC 6120 §7.7.2.2).
         let cmd = Command::UpdateSession {
-            full_jid: self.full.clone(),
+            full_jid: self.full.to_string(),
             binding: self.binding(),
         };
         match self.shared.cluster.write(cmd).await {
@@ -286,7 +286,7 @@ impl Session {
     /// replicated queue holds for this account is written once: a second
     /// copy (live after queued, or queued after live) is dropped.
     pub(crate) fn write_stanza(&mut self, el: Element) {
-        let queued_id = queued_id(&el, &self.bare);
+        let queued_id = queued_id(&el, self.bare.as_str());
         if let Some(id) = &queued_id {
             if !self.seen.insert(id) {
                 debug!(id = %id, "second copy of a queued message not written");
@@ -302,7 +302,12 @@ impl Session {
 
     /// Whether the next pull may take `id` (not written here already).
     pub(crate) fn may_pull(&self, id: &str) -> bool {
-        !self.seen.contains(id) && !self.shared.router.remover().is_pending(&self.bare, id)
+        !self.seen.contains(id)
+            && !self
+                .shared
+                .router
+                .remover()
+                .is_pending(self.bare.as_str(), id)
     }
 
     /// Room for queued messages before the unacknowledged limit.
@@ -369,7 +374,7 @@ impl Session {
                 // The sender hears of the failure before the ack that
                 // counts the message (RFC 6120 §8.3: an error reply).
                 if let Some(mut reply) = done.message.as_ref().and_then(|m| err.reply_to(m)) {
-                    reply.set_attr("to", self.full.clone());
+                    reply.set_attr("to", self.full.to_string());
                     self.write_stanza(reply);
                 }
             }
@@ -585,7 +590,7 @@ impl Session {
         }
         let hint = crate::router::hints::Hint {
             sm: sm.id().to_string(),
-            bare: self.bare.clone(),
+            bare: self.bare.to_string(),
             written,
             acked: sm.acked_number(),
         };
@@ -621,7 +626,7 @@ impl Session {
             return;
         }
         let ids = std::mem::take(&mut self.written_unflushed);
-        self.shared.router.delivered(&self.bare, ids);
+        self.shared.router.delivered(self.bare.as_str(), ids);
     }
 
     pub(super) fn handle_routed(&mut self, m: ToSession) -> Result<(), Ended> {
@@ -729,9 +734,9 @@ impl Session {
         // RFC 6120 §8.1.2.1: the server stamps `from` with the full JID; a
         // client that claims another is refused with invalid-from.
         if let Some(from) = el.attr("from") {
-            if from != self.full && from != self.bare {
+            if from != self.full.as_str() && from != self.bare.as_str() {
                 let ok = jid::Jid::new(from)
-                    .map(|j| j.as_str() == self.full || j.as_str() == self.bare)
+                    .map(|j| j == self.full || j == self.bare)
                     .unwrap_or(false);
                 if !ok {
                     return Err(Ended::Error(StreamError::with_text(
@@ -741,7 +746,7 @@ impl Session {
                 }
             }
         }
-        el.set_attr("from", self.full.clone());
+        el.set_attr("from", self.full.to_string());
         // Counted now, safe when its handler is done, or for a guarded
         // message, when its guard is (`guard_notify` takes the ticket).
         let id = el.attr("id").map(str::to_string);
@@ -771,10 +776,13 @@ impl Session {
                 .resumable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            map.insert(id.clone(), (self.bare.clone(), tx));
+            map.insert(id.clone(), (self.bare.to_string(), tx));
             self.resume_rx = Some(resume_rx);
             let (tx, takeover_rx) = mpsc::channel(1);
-            self.shared.router.takeovers().register(&id, &self.bare, tx);
+            self.shared
+                .router
+                .takeovers()
+                .register(&id, self.bare.as_str(), tx);
             self.takeover_rx = Some(takeover_rx);
         }
         let max = self.shared.config.sm_resume_timeout_secs;
@@ -806,7 +814,7 @@ impl Session {
             ))
         })?;
         let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
-        self.shared.router.delivered(&self.bare, ids);
+        self.shared.router.delivered(self.bare.as_str(), ids);
         if self.more_queued && self.available && self.pull_room() > 0 {
             crate::im::offline::pull(self, true);
         }
@@ -880,7 +888,7 @@ impl Session {
         };
         self.conn.queue(&reply);
         let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
-        self.shared.router.delivered(&self.bare, ids);
+        self.shared.router.delivered(self.bare.as_str(), ids);
         // Retransmit what the client did not get (XEP-0198 §5), then ask.
         for el in &again {
             el.write_to(self.conn.out(), ns::CLIENT);
@@ -904,7 +912,9 @@ impl Session {
                 // stream is closed: logging in again at once does not bring
                 // it a second time.
                 let remover = self.shared.router.remover().clone();
-                remover.sync(&self.bare, Duration::from_secs(2)).await;
+                remover
+                    .sync(self.bare.as_str(), Duration::from_secs(2))
+                    .await;
                 self.conn.close().await
             }
             Ended::Error(e) => {
@@ -950,7 +960,7 @@ impl Session {
         self.rx.close();
         while let Ok(m) = self.rx.try_recv() {
             if let ToSession::Stanza(el) = m {
-                if queued_id(&el, &self.bare).is_none() {
+                if queued_id(&el, self.bare.as_str()).is_none() {
                     leftovers.push(*el);
                 }
             }
@@ -963,7 +973,7 @@ impl Session {
         }
         // Copies in custody for the account here go to its queue now, for
         // its next session wherever it logs in (see `router::custody`).
-        router.custody_release_account(&self.bare);
+        router.custody_release_account(self.bare.as_str());
         info!(ended = ended.kind(), "session ended");
     }
 }
@@ -975,7 +985,7 @@ impl Session {
     /// node's reconciliation at its next start removes it.
     async fn unbind(&self) {
         let cmd = Command::UnbindSession {
-            full_jid: self.full.clone(),
+            full_jid: self.full.to_string(),
             node: self.shared.router.node(),
             session: self.id,
         };
@@ -1001,7 +1011,7 @@ impl Session {
 /// full JID ends (on whatever node it lives).
 pub(super) async fn commit_binding(
     shared: &Shared,
-    full: &str,
+    full: &FullJid,
     binding: SessionBinding,
 ) -> Result<(), starling_raft::ProposeError> {
     let id = binding.session;
@@ -1017,7 +1027,7 @@ pub(super) async fn commit_binding(
     } = applied.response
     {
         if old.session != id {
-            shared.router.kick(full, &old).await;
+            shared.router.kick(full.as_str(), &old).await;
         }
     }
     Ok(())

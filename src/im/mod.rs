@@ -46,7 +46,7 @@ pub(crate) fn addressee(s: &Session, el: &Element) -> Result<Addressee, StanzaEr
         (None, Some(_)) => Ok(Addressee::Other(jid.to_string())),
         (Some(_), None) => {
             let bare = jid.to_string();
-            if bare == s.bare {
+            if bare == s.bare.as_str() {
                 Ok(Addressee::OwnAccount)
             } else {
                 Ok(Addressee::Account(bare))
@@ -63,7 +63,7 @@ pub(crate) fn reply_error(s: &mut Session, el: &Element, err: StanzaError) {
         if reply.attr("from").is_none() {
             reply.set_attr("from", s.shared.domain.clone());
         }
-        reply.set_attr("to", s.full.clone());
+        reply.set_attr("to", s.full.to_string());
         s.write_stanza(reply);
     }
 }
@@ -74,7 +74,7 @@ pub(crate) fn iq_result(s: &Session, iq: &Element) -> Element {
         .with_attr("type", "result")
         .with_opt_attr("id", iq.attr("id"))
         .with_opt_attr("from", iq.attr("to"))
-        .with_attr("to", s.full.clone())
+        .with_attr("to", s.full.to_string())
 }
 
 pub async fn handle_stanza(s: &mut Session, el: Element) {
@@ -94,8 +94,8 @@ async fn handle_message(s: &mut Session, mut el: Element) {
     let to = match target {
         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
         Addressee::OwnAccount | Addressee::Server if el.attr("to").is_none() => {
-            el.set_attr("to", s.bare.clone());
-            s.bare.clone()
+            el.set_attr("to", s.bare.to_string());
+            s.bare.to_string()
         }
         Addressee::Server => {
             // Messages to the server itself: nothing here takes them.
@@ -108,7 +108,7 @@ async fn handle_message(s: &mut Session, mut el: Element) {
             }
             return;
         }
-        Addressee::OwnAccount => s.bare.clone(),
+        Addressee::OwnAccount => s.bare.to_string(),
         Addressee::Account(b) => b,
         Addressee::Other(j) => j,
     };
@@ -116,7 +116,7 @@ async fn handle_message(s: &mut Session, mut el: Element) {
     // XEP-0359 §5: a client must not set the recipient's stanza id.
     strip_stanza_ids(&mut el, crate::xmpp::jid::bare_of(&to));
     let router = s.shared.router.clone();
-    router.sent_carbons(&s.full, &el).await;
+    router.sent_carbons(s.full.as_str(), &el).await;
     // A message for an account is safe (and acknowledged) once its guard
     // has it in the replicated queue; anything else once routed.
     let notify = s.guard_notify();

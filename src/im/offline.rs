@@ -59,7 +59,7 @@ pub fn pull(s: &mut Session, all: bool) {
         let state = s.shared.cluster.state().read();
         let mut it = state
             .data
-            .queue(&s.bare)
+            .queue(s.bare.as_str())
             .filter(|(_, m)| now.saturating_sub(m.stamp_ms) >= min_age_ms && s.may_pull(&m.id));
         let taken: Vec<_> = it
             .by_ref()
@@ -107,6 +107,6 @@ pub fn pull(s: &mut Session, all: bool) {
 /// Whether another session of the account is bound (anywhere).
 fn others_exist(s: &Session) -> bool {
     let state = s.shared.cluster.state().read();
-    let n = state.data.sessions_of(&s.bare).count();
+    let n = state.data.sessions_of(s.bare.as_str()).count();
     n > 1
 }

@@ -33,7 +33,7 @@ pub async fn handle(s: &mut Session, mut el: Element) {
     };
     let to = match &target {
         Addressee::Server => return,
-        Addressee::OwnAccount => s.bare.clone(),
+        Addressee::OwnAccount => s.bare.to_string(),
         Addressee::Account(b) => b.clone(),
         Addressee::Other(j) => j.clone(),
     };
@@ -56,7 +56,7 @@ pub async fn handle(s: &mut Session, mut el: Element) {
                     StanzaError::new(StanzaCondition::RemoteServerNotFound),
                 );
             }
-            if contact == s.bare || !s.shared.router.user_exists(&contact) {
+            if contact == s.bare.as_str() || !s.shared.router.user_exists(&contact) {
                 // §3.1.3: no such contact: silently ignored.
                 return;
             }
@@ -70,12 +70,12 @@ pub async fn handle(s: &mut Session, mut el: Element) {
                 state
                     .data
                     .roster
-                    .get(&(s.bare.clone(), contact.clone()))
+                    .get(&(s.bare.to_string(), contact.clone()))
                     .is_some_and(|i| i.has_to())
             };
             if subscribed {
                 let router = s.shared.router.clone();
-                for p in presences_of(&router, &contact, &s.full) {
+                for p in presences_of(&router, &contact, s.full.as_str()) {
                     s.write_stanza(p);
                 }
             }
@@ -143,7 +143,7 @@ fn watchers(router: &Router, bare: &str) -> Vec<String> {
 /// Contacts whose presence the user receives (subscription to/both).
 fn watched(s: &Session) -> Vec<RosterItem> {
     let state = s.shared.cluster.state().read();
-    state.data.roster_of(&s.bare).cloned().collect()
+    state.data.roster_of(s.bare.as_str()).cloned().collect()
 }
 
 /// Sends `p` (from this session) to every available session of `bare`.
@@ -178,14 +178,14 @@ async fn available(s: &mut Session, mut el: Element) {
     let router = s.shared.router.clone();
     // §4.2.2 / §4.4.2: to every contact with a from/both subscription and
     // to the user's other available resources.
-    for contact in watchers(&router, &s.bare) {
+    for contact in watchers(&router, s.bare.as_str()) {
         to_available_sessions(&router, &contact, &el, None).await;
     }
-    to_available_sessions(&router, &s.bare.clone(), &el, Some(&s.full.clone())).await;
+    to_available_sessions(&router, s.bare.as_str(), &el, Some(s.full.as_str())).await;
     // Reflect the presence back to the client (§4.2.2: the user's own
     // resource receives it too).
     let mut own = el.clone();
-    own.set_attr("to", s.full.clone());
+    own.set_attr("to", s.full.to_string());
     s.write_stanza(own);
     if !initial {
         return;
@@ -197,12 +197,12 @@ async fn available(s: &mut Session, mut el: Element) {
     let items = watched(s);
     for item in &items {
         if item.has_to() {
-            for p in presences_of(&router, &item.jid, &s.full) {
+            for p in presences_of(&router, &item.jid, s.full.as_str()) {
                 s.write_stanza(p);
             }
         }
     }
-    for p in presences_of(&router, &s.bare.clone(), &s.full.clone()) {
+    for p in presences_of(&router, s.bare.as_str(), s.full.as_str()) {
         if p.attr("from") != Some(s.full.as_str()) {
             s.write_stanza(p);
         }
@@ -211,7 +211,7 @@ async fn available(s: &mut Session, mut el: Element) {
         let req = Element::new("presence", ns::CLIENT)
             .with_attr("type", "subscribe")
             .with_attr("from", item.jid.clone())
-            .with_attr("to", s.bare.clone());
+            .with_attr("to", s.bare.to_string());
         s.write_stanza(req);
     }
     if priority >= 0 {
@@ -235,16 +235,16 @@ pub async fn broadcast_unavailable(s: &mut Session) {
     s.available = false;
     let el = Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
-        .with_attr("from", s.full.clone());
+        .with_attr("from", s.full.to_string());
     send_unavailable(s, el).await;
 }
 
 async fn send_unavailable(s: &mut Session, el: Element) {
     let router = s.shared.router.clone();
-    for contact in watchers(&router, &s.bare) {
+    for contact in watchers(&router, s.bare.as_str()) {
         to_available_sessions(&router, &contact, &el, None).await;
     }
-    let (bare, full) = (s.bare.clone(), s.full.clone());
+    let (bare, full) = (s.bare.to_string(), s.full.to_string());
     to_available_sessions(&router, &bare, &el, Some(&full)).await;
     // §4.6.3: and to every entity that got directed presence.
     for to in std::mem::take(&mut s.directed) {
@@ -260,7 +260,7 @@ async fn send_unavailable(s: &mut Session, el: Element) {
 pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
     let router = s.shared.router.clone();
     let cmd = Command::Subscription {
-        user: s.bare.clone(),
+        user: s.bare.to_string(),
         contact: contact.to_string(),
         action,
     };
@@ -282,7 +282,7 @@ pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
     else {
         return;
     };
-    let user = s.bare.clone();
+    let user = s.bare.to_string();
     if user_changed {
         super::roster::push(&router, &user, user_item.as_ref(), contact).await;
     }

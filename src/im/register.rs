@@ -104,7 +104,7 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
     let Some(q) = iq.get_child("query", ns::REGISTER) else {
         return;
     };
-    let username = s.bare.split('@').next().unwrap_or_default().to_string();
+    let username = s.bare.node().map(|n| n.to_string()).unwrap_or_default();
     match iq.attr("type") {
         Some("get") => {
             let reply = iq_result(s, &iq).with_child(
@@ -117,7 +117,7 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
         }
         Some("set") if q.has_child("remove", ns::REGISTER) => {
             let cmd = Command::DeleteUser {
-                jid: s.bare.clone(),
+                jid: s.bare.to_string(),
             };
             match s.shared.cluster.write(cmd).await {
                 Ok(_) => {
@@ -125,7 +125,7 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
                     let reply = iq_result(s, &iq);
                     s.write_stanza(reply);
                     // §3.2: the account is gone; so is the session.
-                    if let Some(me) = s.shared.router.local_session(&s.full) {
+                    if let Some(me) = s.shared.router.local_session(s.full.as_str()) {
                         let _ = me.tx.try_send(ToSession::Kick(StreamError::with_text(
                             StreamCondition::NotAuthorized,
                             "account removed",
@@ -156,7 +156,7 @@ pub async fn handle_authenticated(s: &mut Session, iq: Element) {
                 );
             };
             let cmd = Command::SetPassword {
-                jid: s.bare.clone(),
+                jid: s.bare.to_string(),
                 credentials,
             };
             match s.shared.cluster.write(cmd).await {

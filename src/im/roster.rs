@@ -64,7 +64,7 @@ fn get(s: &mut Session, el: &Element) {
         let state = s.shared.cluster.state().read();
         state
             .data
-            .roster_of(&s.bare)
+            .roster_of(s.bare.as_str())
             .filter(|i| !i.stub)
             .map(item_element)
             .collect()
@@ -117,7 +117,7 @@ async fn set(s: &mut Session, el: &Element) {
         state
             .data
             .roster
-            .get(&(s.bare.clone(), contact.clone()))
+            .get(&(s.bare.to_string(), contact.clone()))
             .cloned()
     };
     // §2.1.2.5: a client cannot set subscription state; it is kept.
@@ -132,14 +132,14 @@ async fn set(s: &mut Session, el: &Element) {
         .map(str::to_string);
     new.groups = groups;
     let cmd = Command::SetRosterItem {
-        owner: s.bare.clone(),
+        owner: s.bare.to_string(),
         item: new.clone(),
     };
     match s.shared.cluster.write(cmd).await {
         Ok(_) => {
             let reply = iq_result(s, el);
             s.write_stanza(reply);
-            push(&router, &s.bare, Some(&new), &contact).await;
+            push(&router, s.bare.as_str(), Some(&new), &contact).await;
         }
         Err(_) => reply_error(
             s,
@@ -157,7 +157,7 @@ async fn remove(s: &mut Session, el: &Element, contact: &str) {
         state
             .data
             .roster
-            .get(&(s.bare.clone(), contact.to_string()))
+            .get(&(s.bare.to_string(), contact.to_string()))
             .cloned()
     };
     let Some(existing) = existed.filter(|i| !i.stub) else {
@@ -173,14 +173,14 @@ async fn remove(s: &mut Session, el: &Element, contact: &str) {
         }
     }
     let cmd = Command::RemoveRosterItem {
-        owner: s.bare.clone(),
+        owner: s.bare.to_string(),
         contact: contact.to_string(),
     };
     match s.shared.cluster.write(cmd).await {
         Ok(_) => {
             let reply = iq_result(s, el);
             s.write_stanza(reply);
-            push(&router, &s.bare, None, contact).await;
+            push(&router, s.bare.as_str(), None, contact).await;
         }
         Err(_) => reply_error(
             s,

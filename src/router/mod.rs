@@ -36,7 +36,7 @@ pub use keeper::Notice;
 use crate::clock::now_ms;
 use crate::mesh::MeshLinks;
 use crate::xmpp::id::random_id;
-use crate::xmpp::jid::bare_of;
+use crate::xmpp::jid::{bare_of, FullJid};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 /// What a session task receives.
@@ -336,13 +336,14 @@ impl Router {
     }
 
     /// Registers a local session; returns the one it replaces on this node.
-    pub fn register(&self, full: &str, session: LocalSession) -> Option<LocalSession> {
+    pub fn register(&self, full: &FullJid, session: LocalSession) -> Option<LocalSession> {
         let mut local = self.0.local.write().unwrap_or_else(|p| p.into_inner());
         local.insert(full.to_string(), session)
     }
 
     /// Forgets a local session (only if it is still session `id`).
-    pub fn unregister(&self, full: &str, id: u64) {
+    pub fn unregister(&self, full: &FullJid, id: u64) {
+        let full = full.as_str();
         let mut local = self.0.local.write().unwrap_or_else(|p| p.into_inner());
         if local.get(full).is_some_and(|s| s.id == id) {
             local.remove(full);
