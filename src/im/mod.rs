@@ -18,6 +18,7 @@ pub mod roster;
 
 use crate::c2s::session::Session;
 use crate::router::strip_stanza_ids;
+use crate::xmpp::jid::{BareJid, Jid};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
 /// Where a stanza's `to` points, from the sender's point of view.
@@ -27,32 +28,30 @@ pub(crate) enum Addressee {
     Server,
     OwnAccount,
     /// Another bare JID of this domain.
-    Account(String),
+    Account(BareJid),
     /// A full JID, or another domain: routed.
-    Other(String),
+    Other(Jid),
 }
 
 pub(crate) fn addressee(s: &Session, el: &Element) -> Result<Addressee, StanzaError> {
     let Some(to) = el.attr("to") else {
         return Ok(Addressee::Server);
     };
-    let jid = jid::Jid::new(to).map_err(|_| StanzaError::new(StanzaCondition::JidMalformed))?;
-    let domain = jid.domain().as_str();
-    if domain != s.shared.domain {
-        return Ok(Addressee::Other(jid.to_string()));
+    let jid = Jid::new(to).map_err(|_| StanzaError::new(StanzaCondition::JidMalformed))?;
+    if jid.domain().as_str() != s.shared.domain {
+        return Ok(Addressee::Other(jid));
     }
     match (jid.node(), jid.resource()) {
         (None, None) => Ok(Addressee::Server),
-        (None, Some(_)) => Ok(Addressee::Other(jid.to_string())),
+        (None, Some(_)) | (Some(_), Some(_)) => Ok(Addressee::Other(jid)),
         (Some(_), None) => {
-            let bare = jid.to_string();
-            if bare == s.bare.as_str() {
+            let bare = jid.into_bare();
+            if bare == s.bare {
                 Ok(Addressee::OwnAccount)
             } else {
                 Ok(Addressee::Account(bare))
             }
         }
-        (Some(_), Some(_)) => Ok(Addressee::Other(jid.to_string())),
     }
 }
 
@@ -109,8 +108,8 @@ async fn handle_message(s: &mut Session, mut el: Element) {
             return;
         }
         Addressee::OwnAccount => s.bare.to_string(),
-        Addressee::Account(b) => b,
-        Addressee::Other(j) => j,
+        Addressee::Account(b) => b.to_string(),
+        Addressee::Other(j) => j.to_string(),
     };
     el.set_attr("to", to.clone());
     // XEP-0359 §5: a client must not set the recipient's stanza id.
@@ -185,7 +184,7 @@ async fn handle_iq(s: &mut Session, el: Element) {
         }
         Addressee::Other(to) => {
             let mut el = el;
-            el.set_attr("to", to);
+            el.set_attr("to", to.to_string());
             s.shared.router.clone().route(el).await
         }
     }

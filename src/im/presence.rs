@@ -11,6 +11,7 @@ use tracing::warn;
 use super::{addressee, reply_error, Addressee};
 use crate::c2s::session::Session;
 use crate::router::{Router, Target};
+use crate::xmpp::jid::Jid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
 /// Most distinct JIDs one session may send directed presence to (RFC 6121
@@ -31,11 +32,11 @@ pub async fn handle(s: &mut Session, mut el: Element) {
         Ok(t) => t,
         Err(e) => return reply_error(s, &el, e),
     };
-    let to = match &target {
+    let to: Jid = match target {
         Addressee::Server => return,
-        Addressee::OwnAccount => s.bare.to_string(),
-        Addressee::Account(b) => b.clone(),
-        Addressee::Other(j) => j.clone(),
+        Addressee::OwnAccount => Jid::from(s.bare.clone()),
+        Addressee::Account(b) => Jid::from(b),
+        Addressee::Other(j) => j,
     };
     match ty.as_deref() {
         Some(kind @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
@@ -45,26 +46,23 @@ pub async fn handle(s: &mut Session, mut el: Element) {
                 "unsubscribe" => SubAction::Unsubscribe,
                 _ => SubAction::Unsubscribed,
             };
-            let contact = crate::xmpp::jid::bare_of(&to).to_string();
-            if jid::BareJid::new(&contact)
-                .map(|j| j.domain().as_str() != s.shared.domain)
-                .unwrap_or(true)
-            {
+            let contact = to.to_bare();
+            if contact.domain().as_str() != s.shared.domain {
                 return reply_error(
                     s,
                     &el,
                     StanzaError::new(StanzaCondition::RemoteServerNotFound),
                 );
             }
-            if contact == s.bare.as_str() || !s.shared.router.user_exists(&contact) {
+            if contact == s.bare || !s.shared.router.user_exists(&contact) {
                 // §3.1.3: no such contact: silently ignored.
                 return;
             }
-            subscription(s, &contact, action).await;
+            subscription(s, contact.as_str(), action).await;
         }
         Some("probe") => {
             // §4.3: probes are the server's business; answer if subscribed.
-            let contact = crate::xmpp::jid::bare_of(&to).to_string();
+            let contact = to.to_bare().to_string();
             let subscribed = {
                 let state = s.shared.cluster.state().read();
                 state
@@ -82,6 +80,7 @@ pub async fn handle(s: &mut Session, mut el: Element) {
         }
         _ => {
             // Directed presence (§4.6), available or unavailable, or error.
+            let to = to.to_string();
             el.set_attr("to", to.clone());
             if ty.is_none() {
                 // Bounded: each target is owed an unavailable presence at

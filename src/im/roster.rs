@@ -6,6 +6,7 @@ use super::{iq_result, reply_error};
 use crate::c2s::session::Session;
 use crate::router::Router;
 use crate::xmpp::id::random_id;
+use crate::xmpp::jid::BareJid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
 /// The `<item/>` of a roster item (RFC 6121 §2.1.2).
@@ -89,17 +90,14 @@ async fn set(s: &mut Session, el: &Element) {
     let [item] = items.as_slice() else {
         return reply_error(s, el, StanzaError::new(StanzaCondition::BadRequest));
     };
-    let Some(contact) = item
-        .attr("jid")
-        .and_then(|j| jid::BareJid::new(j).ok())
-        .map(|j| j.to_string())
-    else {
+    let Some(contact) = item.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
         return reply_error(s, el, StanzaError::new(StanzaCondition::JidMalformed));
     };
     let router = s.shared.router.clone();
     if item.attr("subscription") == Some("remove") {
         return remove(s, el, &contact).await;
     }
+    let contact = contact.to_string();
     let mut groups: Vec<String> = Vec::new();
     for g in item.children().filter(|c| c.is("group", ns::ROSTER)) {
         let name = g.text();
@@ -150,7 +148,8 @@ async fn set(s: &mut Session, el: &Element) {
 }
 
 /// §2.5: removing an item cancels both subscriptions first.
-async fn remove(s: &mut Session, el: &Element, contact: &str) {
+async fn remove(s: &mut Session, el: &Element, contact_jid: &BareJid) {
+    let contact = contact_jid.as_str();
     let router = s.shared.router.clone();
     let existed = {
         let state = s.shared.cluster.state().read();
@@ -164,7 +163,7 @@ async fn remove(s: &mut Session, el: &Element, contact: &str) {
         // §2.5.3: removing an item that is not there.
         return reply_error(s, el, StanzaError::new(StanzaCondition::ItemNotFound));
     };
-    if router.user_exists(contact) {
+    if router.user_exists(contact_jid) {
         if existing.has_to() || existing.ask {
             super::presence::subscription(s, contact, SubAction::Unsubscribe).await;
         }

@@ -36,7 +36,7 @@ pub use keeper::Notice;
 pub use stanza::{queued_id, queued_key, stanza_id_of, strip_stanza_ids};
 
 use crate::mesh::MeshLinks;
-use crate::xmpp::jid::{bare_of, FullJid};
+use crate::xmpp::jid::{bare_of, BareJid, FullJid};
 use crate::xmpp::{Element, StreamCondition, StreamError};
 
 /// What a session task receives.
@@ -353,7 +353,7 @@ impl Router {
             .collect()
     }
 
-    pub fn user_exists(&self, bare: &str) -> bool {
+    pub fn user_exists(&self, bare: &BareJid) -> bool {
         self.0
             .cluster
             .state()

@@ -60,13 +60,14 @@ impl Router {
             .await;
             return false;
         }
-        let bare = jid.to_bare().to_string();
+        let bare_jid = jid.to_bare();
+        let bare = bare_jid.to_string();
         if jid.node().is_none() {
             // Addressed to the domain itself: handled by the session layer,
             // never routed.
             return false;
         }
-        if !self.user_exists(&bare) {
+        if !self.user_exists(&bare_jid) {
             // RFC 6121 §8.5.1: no such account.
             match el.name() {
                 "message" | "iq" => {
