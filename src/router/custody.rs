@@ -34,6 +34,10 @@
 //! not three. A copy originated here that lacks confirmations after
 //! `confirm_wait` (a paused or cut-off peer) is committed instead, and the
 //! sender is acked once that commit is known.
+//!
+//! Size: over 600 lines because it is one state machine (one `Book`, one
+//! `State` per copy) whose transitions must be read and reviewed together;
+//! split by event, each file would hold half of every invariant.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

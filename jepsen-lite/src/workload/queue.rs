@@ -14,6 +14,9 @@
 //! until the end. In the drain stage every receiver comes back (resuming if
 //! it can), reads until quiet, closes, and logs in once more to collect what
 //! went to offline storage meanwhile.
+//!
+//! Size: over 600 lines because the sender and the receiver loops share
+//! their bookkeeping of in-flight ids; what is generic lives in `workload`.
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
