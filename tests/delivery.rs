@@ -549,6 +549,101 @@ fn a_session_resumes_on_another_node_while_its_node_is_alive() {
     });
 }
 
+/// A session that moves keeps its presence (RFC 6121 §4.5 is for a session
+/// that ends, and XEP-0198 §5 resumption is the same session): alice, who
+/// is subscribed to bob, sees no unavailable presence from bob/phone while
+/// his session moves from one node to another; his next presence comes to
+/// her from the new node, and his unavailable presence when he logs out.
+#[test]
+fn contacts_see_no_presence_change_when_a_session_moves() {
+    rt().block_on(async {
+        let c = three_nodes().await;
+        let (_, old_node, new_node) = roles(&c).await;
+        let mut alice =
+            RawClient::login(client_addr(&c, new_node), "alice", "pw-alice", "desk").await;
+        alice.send("<presence/>").await;
+        // alice subscribes to bob's presence (RFC 6121 §3.1); bob, online,
+        // approves; then he logs out.
+        let mut bob = RawClient::login(client_addr(&c, old_node), "bob", "pw-bob", "phone").await;
+        bob.send("<presence/>").await;
+        alice
+            .send("<presence to='bob@localhost' type='subscribe'/>")
+            .await;
+        bob.expect("alice's subscription request", |e| {
+            e.is("presence", ns::CLIENT) && e.attr("type") == Some("subscribe")
+        })
+        .await;
+        bob.send("<presence to='alice@localhost' type='subscribed'/>")
+            .await;
+        bob.sync().await;
+        bob.send("</stream:stream>").await;
+        drop(bob);
+        let from_bob = |e: &Element| {
+            e.is("presence", ns::CLIENT) && e.attr("from") == Some("bob@localhost/phone")
+        };
+        alice
+            .expect("bob's unavailable presence at his logout", |e| {
+                from_bob(e) && e.attr("type") == Some("unavailable")
+            })
+            .await;
+
+        // bob comes back, resumable, and sends presence: alice sees it.
+        let mut bob = RawClient::login(client_addr(&c, old_node), "bob", "pw-bob", "phone").await;
+        let previd = enable_sm(&mut bob, true).await;
+        bob.send("<presence/>").await;
+        let p = alice.expect("bob's available presence", from_bob).await;
+        assert_eq!(p.attr("type"), None, "available: {p}");
+        let before = bob.sync().await;
+        let n = 1 + before
+            .iter()
+            .filter(|e| matches!(e.name(), "message" | "presence" | "iq") && e.ns() == ns::CLIENT)
+            .count() as u32;
+
+        // bob's connection dies; he resumes on the other node.
+        drop(bob);
+        let mut bob = authenticate(client_addr(&c, new_node), "bob", "pw-bob").await;
+        bob.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' h='{n}' previd='{previd}'/>"
+        ))
+        .await;
+        let r = bob
+            .expect("resumed", |e| {
+                e.is("resumed", ns::SM) || e.is("failed", ns::SM)
+            })
+            .await;
+        assert!(r.is("resumed", ns::SM), "expected <resumed/>: {r}");
+
+        // alice sees nothing of the move.
+        let until = Instant::now() + Duration::from_millis(2000);
+        while let Ok(el) = tokio::time::timeout(
+            until.saturating_duration_since(Instant::now()),
+            alice.next(),
+        )
+        .await
+        {
+            assert!(
+                !from_bob(&el),
+                "a presence from bob while his session moved: {el}"
+            );
+        }
+        // Presence from the moved session reaches her.
+        bob.send("<presence><show>away</show></presence>").await;
+        let p = alice
+            .expect("bob's presence after the move", from_bob)
+            .await;
+        assert_eq!(p.attr("type"), None, "{p}");
+        assert_eq!(
+            p.get_child("show", ns::CLIENT).map(|s| s.text()),
+            Some("away".to_string()),
+            "{p}"
+        );
+        // And his logout, once.
+        bob.send("</stream:stream>").await;
+        let p = alice.expect("bob's unavailable presence", from_bob).await;
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+    });
+}
+
 /// Issue item 11: the old connection is half-open (the client moved on,
 /// the server still reads it): a resumption on a new connection takes the
 /// session over at once. (Before: it waited in a channel read only while
