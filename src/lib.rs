@@ -17,18 +17,15 @@
 //! - [`mesh`]: the gRPC stanza mesh between nodes.
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
 //! - [`dev`]: `starling dev`, a local N-node cluster as child processes.
-//! - [`bench`]: `starling bench`, the XMPP load generator, and the raw relay
-//!   baseline.
 //! - [`raft_bench`]: `starling raft-bench`, replicated write latency,
 //!   throughput and failover time, printed as figures.
 //!
 //! The replicated state itself (commands, state machine, sled storage, raft
 //! network) lives in the `starling-raft` crate; the .proto files in
-//! `starling-proto`.
+//! `starling-proto`; the XMPP load generator in `starling-bench` (`bench/`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod bench;
 pub mod c2s;
 pub mod clock;
 pub mod config;

@@ -40,32 +40,6 @@ enum Cmd {
     /// Measure replicated write latency, throughput and failover time on a
     /// fresh local cluster.
     RaftBench(starling::raft_bench::RaftBenchArgs),
-    /// Load-test an XMPP server (Starling, Prosody, ejabberd) or the raw
-    /// relay: latency percentiles, throughput, logins/s, memory.
-    Bench(starling::bench::BenchArgs),
-    /// Write the comparison table and plot from `bench --out` results.
-    BenchReport {
-        /// JSON lines from `starling bench --out`.
-        #[arg(long)]
-        input: PathBuf,
-        /// Markdown file to update (between the bench markers).
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        markdown: PathBuf,
-        /// Where to write the SVG plot.
-        #[arg(long, default_value = "bench/latency.svg")]
-        svg: PathBuf,
-        /// The offered rate of the fixed-rate columns.
-        #[arg(long, default_value_t = 5000)]
-        rate: u64,
-        /// A line above the table (machine, date, command).
-        #[arg(long, default_value = "")]
-        header: String,
-    },
-    /// The raw baseline for `bench --target raw`: a length-prefixed TCP relay.
-    BenchRelay {
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        listen: std::net::SocketAddr,
-    },
 }
 
 fn init_tracing() {
@@ -149,17 +123,6 @@ fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
         }
         Cmd::Ctl(args) => rt.block_on(starling::ctl::run(args)),
         Cmd::RaftBench(args) => report(rt.block_on(starling::raft_bench::run(args))),
-        Cmd::Bench(args) => report(rt.block_on(starling::bench::run(args))),
-        Cmd::BenchReport {
-            input,
-            markdown,
-            svg,
-            rate,
-            header,
-        } => report(starling::bench::report::write(
-            &input, &markdown, &svg, rate, &header,
-        )),
-        Cmd::BenchRelay { listen } => report(rt.block_on(starling::bench::raw::serve(listen))),
     }
 }
 

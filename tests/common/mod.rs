@@ -11,6 +11,7 @@ use starling::admin::client::AdminConn;
 use starling::config::{Config, Member, RaftSection, XmppSection};
 use starling_proto::admin::*;
 
+pub mod tls;
 pub mod xmpp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_starling");

@@ -23,7 +23,7 @@ pub struct RawClient {
 }
 
 fn tls_config() -> Arc<rustls::ClientConfig> {
-    starling::bench::client::insecure_tls_config().unwrap()
+    super::tls::insecure_tls_config().unwrap()
 }
 
 /// A stream error's condition, if `el` is one.

@@ -13,6 +13,8 @@
 //! the highest whose p99 stays under `--p99-bound-ms` with nothing lost),
 //! `login` (a login storm), `offline` (messages queued for offline users,
 //! then delivered at login), `idle` (resident memory per idle session).
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod raw;
 pub mod report;
@@ -516,13 +518,13 @@ async fn receive(
             };
             let Some(el) = next? else { break };
             if el.name() == "message" {
-                if let Some(b) = el.get_child("body", crate::xmpp::ns::CLIENT) {
+                if let Some(b) = el.get_child("body", starling::xmpp::ns::CLIENT) {
                     record(&b.text(), &mut h);
                 }
             } else if el.name() == "iq" && el.attr("type") == Some("get") {
                 // Answer server pings so no server drops an idle recipient.
                 if let Tx::Xmpp(w) = &mut tx {
-                    let id = crate::xmpp::element::escape(el.attr("id").unwrap_or_default());
+                    let id = starling::xmpp::element::escape(el.attr("id").unwrap_or_default());
                     let _ = w
                         .write_all(format!("<iq type='result' id='{id}'/>").as_bytes())
                         .await;
@@ -638,7 +640,7 @@ async fn offline_drain(args: &BenchArgs) -> anyhow::Result<RunResult> {
             while got < per_user {
                 let el = tokio::time::timeout(Duration::from_secs(30), r.next()).await??;
                 let Some(el) = el else { break };
-                if el.name() == "message" && el.has_child("body", crate::xmpp::ns::CLIENT) {
+                if el.name() == "message" && el.has_child("body", starling::xmpp::ns::CLIENT) {
                     got += 1;
                     received.fetch_add(1, Ordering::Relaxed);
                 }
@@ -756,7 +758,7 @@ fn print_table(results: &[RunResult]) {
         .collect();
     print!(
         "{}",
-        crate::ctl::table(
+        starling::ctl::table(
             &[
                 "SERVER",
                 "SCENARIO",

@@ -12,10 +12,10 @@ use starling_raft::credentials::{h, hmac, salted_password, ScramHash};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::xmpp::framer::{Event, Framer, Limits};
-use crate::xmpp::{ns, Element};
+use starling::xmpp::framer::{Event, Framer, Limits};
+use starling::xmpp::{ns, Element};
 
-pub use crate::c2s::stream::BoxIo;
+pub use starling::c2s::stream::BoxIo;
 
 /// SASL mechanism the client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

@@ -236,7 +236,7 @@ pub fn svg(rs: &[RunResult], labels: &[String]) -> String {
             w - r + 34.0,
             w - r + 40.0,
             y + 4.0,
-            crate::xmpp::element::escape(label)
+            starling::xmpp::element::escape(label)
         );
     }
     s.push_str("</svg>\n");
