@@ -1,4 +1,4 @@
-//! `starling bench`: an XMPP load generator for any server (Starling,
+//! `starling-bench run`: an XMPP load generator for any server (Starling,
 //! Prosody, ejabberd), and the raw relay baseline.
 //!
 //! Traffic is open loop, as in wrk2: each sender has a schedule (message k
@@ -48,7 +48,7 @@ pub enum Scenario {
 pub enum Target {
     /// An XMPP server.
     Xmpp,
-    /// The raw relay (`starling bench-relay`).
+    /// The raw relay (`starling-bench relay`).
     Raw,
 }
 

@@ -1,7 +1,7 @@
 //! The raw baseline: a minimal TCP relay with length-prefixed frames, no
 //! XML, no authentication. The same traffic through it tells how much XMPP
-//! itself costs (`starling bench --target raw` against `starling
-//! bench-relay`).
+//! itself costs (`starling-bench run --target raw` against
+//! `starling-bench relay`).
 //!
 //! Frames: `u32` big-endian length, then the bytes. A client's first frame
 //! is its name; every later frame is `u8` name length, the recipient's

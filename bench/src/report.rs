@@ -1,5 +1,5 @@
-//! `starling bench-report`: turns the JSON lines written by `starling bench
-//! --out` into the comparison table of BENCHMARKS.md and an SVG plot of
+//! `starling-bench report`: turns the JSON lines written by `starling-bench
+//! run --out` into the comparison table of BENCHMARKS.md and an SVG plot of
 //! latency percentiles against offered rate, one line per server.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
