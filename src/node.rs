@@ -167,8 +167,8 @@ async fn run_inner(
         router: router.clone(),
         cluster: cluster.clone(),
         tls,
-        limiter: std::sync::Mutex::new(crate::c2s::sasl::AuthLimiter::new(
-            crate::c2s::sasl::AuthLimitConfig {
+        limiter: std::sync::Mutex::new(crate::c2s::auth_limit::AuthLimiter::new(
+            crate::c2s::auth_limit::AuthLimitConfig {
                 account_max_failures: config.xmpp.auth_failures_per_account as usize,
                 account_window: Duration::from_secs(config.xmpp.auth_window_secs),
                 ip_max_failures: config.xmpp.auth_failures_per_address as usize,

@@ -10,6 +10,9 @@
 //! - [`handoff`]: a resumable session moving to the node its client
 //!   resumed it on.
 //! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
+//! - [`auth_limit`]: failed-authentication limits per account and address,
+//!   without I/O.
+pub mod auth_limit;
 pub mod handoff;
 pub mod negotiate;
 pub mod sasl;
@@ -44,7 +47,7 @@ pub struct Shared {
     pub router: Router,
     pub cluster: ClusterHandle,
     pub tls: tls::TlsConfigs,
-    pub limiter: Mutex<sasl::AuthLimiter>,
+    pub limiter: Mutex<auth_limit::AuthLimiter>,
     /// XEP-0198 resumable sessions on this node: SM id -> (bare JID, handle).
     pub resumable: Mutex<HashMap<String, (String, ResumeSender)>>,
     pub shutdown: watch::Receiver<bool>,
