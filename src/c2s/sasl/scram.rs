@@ -1,0 +1,439 @@
+//! SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256 (RFC 7677), server side,
+//! without channel binding: server-first from the stored keys (or fake ones
+//! for an unknown user), then the proof checked against the StoredKey in
+//! constant time and the server signature from the ServerKey. The client
+//! messages are parsed in [`super::message`].
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rand::RngCore;
+use starling_raft::credentials::{h, hmac, ScramHash, ScramKeys};
+use subtle::ConstantTimeEq;
+
+use super::exchange::{authzid_matches, CredentialStore, SaslFailure, Step};
+use super::fake::fake_keys;
+use super::message::{parse_client_final, parse_client_first};
+use super::{SaslSession, State};
+
+/// Length of the server part of the SCRAM nonce, in random bytes (encoded
+/// as base64, so 24 characters).
+const SERVER_NONCE_BYTES: usize = 18;
+
+pub(super) struct ScramPending {
+    hash: ScramHash,
+    username: String,
+    /// The gs2-header exactly as the client sent it, e.g. `n,,`.
+    gs2_header: String,
+    client_first_bare: String,
+    server_first: String,
+    /// Client nonce followed by server nonce.
+    nonce: String,
+    keys: ScramKeys,
+    /// False when `keys` are fake (unknown user): the exchange runs to the
+    /// end and then fails with not-authorized.
+    known: bool,
+}
+
+impl SaslSession {
+    pub(super) fn scram_first(
+        &mut self,
+        hash: ScramHash,
+        data: &[u8],
+        store: &dyn CredentialStore,
+    ) -> Step {
+        let first = match parse_client_first(data) {
+            Ok(first) => first,
+            Err(failure) => return Step::Failure(failure),
+        };
+        self.authcid = Some(first.username.clone());
+        if let Some(authzid) = &first.authzid {
+            if !authzid_matches(authzid, &first.username, &self.domain) {
+                return Step::Failure(SaslFailure::InvalidAuthzid);
+            }
+        }
+        let (keys, known) = match store.credentials(&first.username) {
+            Some(credentials) => (credentials.keys(hash).clone(), true),
+            None => (fake_keys(hash, &first.username), false),
+        };
+        let server_nonce = self.server_nonce.take().unwrap_or_else(random_nonce);
+        // RFC 5802 §5.1: "r: ... the server MUST verify that the nonce sent
+        // by the client in the second message is the same as the one sent by
+        // the server in its first message", which is the client nonce with
+        // the server's appended ("server-first-message = [reserved-mext ","]
+        // nonce "," salt "," iteration-count ["," extensions]").
+        let nonce = format!("{}{}", first.client_nonce, server_nonce);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&keys.salt),
+            keys.iterations
+        );
+        let challenge = server_first.clone().into_bytes();
+        self.state = State::ScramFinal(Box::new(ScramPending {
+            hash,
+            username: first.username,
+            gs2_header: first.gs2_header,
+            client_first_bare: first.bare,
+            server_first,
+            nonce,
+            keys,
+            known,
+        }));
+        Step::Challenge(challenge)
+    }
+}
+
+pub(super) fn finish_scram(pending: &ScramPending, data: &[u8]) -> Step {
+    let last = match parse_client_final(data) {
+        Ok(last) => last,
+        Err(failure) => return Step::Failure(failure),
+    };
+    // RFC 5802 §5.1, "c": "This REQUIRED attribute specifies the base64-
+    // encoded GS2 header and channel binding data." Without channel binding
+    // that is the gs2-header alone, so it must equal the client-first's.
+    if last.channel_binding != pending.gs2_header.as_bytes() {
+        return Step::Failure(SaslFailure::NotAuthorized);
+    }
+    if last.nonce != pending.nonce {
+        return Step::Failure(SaslFailure::NotAuthorized);
+    }
+    let hash = pending.hash;
+    if last.proof.len() != pending.keys.stored_key.len() {
+        return Step::Failure(SaslFailure::MalformedRequest);
+    }
+    // RFC 5802 §3:
+    //   AuthMessage     := client-first-message-bare + "," +
+    //                      server-first-message + "," +
+    //                      client-final-message-without-proof
+    //   ClientSignature := HMAC(StoredKey, AuthMessage)
+    //   ClientProof     := ClientKey XOR ClientSignature
+    // "The server authenticates the client by computing the
+    // ClientSignature, exclusive-ORing that with the ClientProof to recover
+    // the ClientKey and verifying the correctness of the ClientKey by
+    // applying the hash function and comparing the result to the
+    // StoredKey."
+    let auth_message = format!(
+        "{},{},{}",
+        pending.client_first_bare, pending.server_first, last.without_proof
+    );
+    let client_signature = hmac(hash, &pending.keys.stored_key, auth_message.as_bytes());
+    let client_key: Vec<u8> = last
+        .proof
+        .iter()
+        .zip(&client_signature)
+        .map(|(p, s)| p ^ s)
+        .collect();
+    let matches: bool = h(hash, &client_key).ct_eq(&pending.keys.stored_key).into();
+    if !(matches && pending.known) {
+        return Step::Failure(SaslFailure::NotAuthorized);
+    }
+    // "ServerSignature := HMAC(ServerKey, AuthMessage)", sent as
+    // "server-final-message = (server-error / verifier) ["," extensions]",
+    // "verifier = "v=" base64".
+    let server_signature = hmac(hash, &pending.keys.server_key, auth_message.as_bytes());
+    Step::Success {
+        username: pending.username.clone(),
+        additional: format!("v={}", B64.encode(server_signature)).into_bytes(),
+    }
+}
+
+pub(super) fn random_nonce() -> String {
+    let mut bytes = [0u8; SERVER_NONCE_BYTES];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    // Standard base64 without "," (and 18 bytes need no padding).
+    B64.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{fake_keys, FAKE_SALT_LEN};
+    use super::super::message::is_valid_nonce;
+    use super::super::testing::*;
+    use super::super::*;
+    use super::*;
+    use starling_raft::credentials::{salted_password, Credentials, DEFAULT_ITERATIONS};
+    use std::collections::HashMap;
+
+    /// RFC 5802 §5: the SCRAM-SHA-1 example exchange, byte for byte.
+    #[test]
+    fn rfc5802_exchange() {
+        let store = rfc_store();
+        let (mut session, step) = SaslSession::start_with_nonce(
+            Mechanism::ScramSha1,
+            DOMAIN,
+            Some(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"),
+            &store,
+            "3rfcNHYJY1ZVvWVs7j",
+        );
+        assert_eq!(
+            challenge(step),
+            "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"
+        );
+        assert_eq!(session.authcid(), Some("user"));
+        let step = session.step(
+            b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            &store,
+        );
+        assert_eq!(
+            step,
+            Step::Success {
+                username: "user".into(),
+                additional: b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=".to_vec(),
+            }
+        );
+        assert!(session.is_done());
+        // Nothing more is accepted.
+        assert_eq!(
+            session.step(b"c=biws", &store),
+            Step::Failure(SaslFailure::MalformedRequest)
+        );
+    }
+
+    /// RFC 7677 §3: the SCRAM-SHA-256 example exchange, byte for byte.
+    #[test]
+    fn rfc7677_exchange() {
+        let store = rfc_store();
+        let (mut session, step) = SaslSession::start_with_nonce(
+            Mechanism::ScramSha256,
+            DOMAIN,
+            Some(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"),
+            &store,
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+        );
+        assert_eq!(
+            challenge(step),
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+        );
+        let step = session.step(
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            &store,
+        );
+        assert_eq!(
+            step,
+            Step::Success {
+                username: "user".into(),
+                additional: b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec(),
+            }
+        );
+    }
+
+    fn scram_mechs() -> [(Mechanism, ScramHash); 2] {
+        [
+            (Mechanism::ScramSha256, ScramHash::Sha256),
+            (Mechanism::ScramSha1, ScramHash::Sha1),
+        ]
+    }
+
+    /// Runs a full exchange; returns the final step and the expected
+    /// server-final.
+    fn run(
+        mech: Mechanism,
+        store: &Store,
+        client: &Client,
+        password: &str,
+        tamper: impl Fn(&ServerFirst) -> (Vec<u8>, String),
+    ) -> (Step, Vec<u8>) {
+        let (mut session, step) = SaslSession::start(mech, DOMAIN, Some(&client.first()), store);
+        let sf = client.parse_server_first(&challenge(step));
+        let (cbind, nonce) = tamper(&sf);
+        let (last, expected) = client.last(&sf, password, &cbind, &nonce);
+        (session.step(&last, store), expected)
+    }
+
+    fn honest(client: &Client) -> impl Fn(&ServerFirst) -> (Vec<u8>, String) + '_ {
+        |sf| (client.gs2_header.as_bytes().to_vec(), sf.nonce.clone())
+    }
+
+    #[test]
+    fn random_password_succeeds() {
+        for (mech, hash) in scram_mechs() {
+            let password = random_password();
+            let store = store_with("juliet", Credentials::derive(&password, 64));
+            for gs2 in [
+                "n,,",
+                "y,,",
+                "n,a=juliet@example.org,",
+                "n,a=juliet@EXAMPLE.org,",
+            ] {
+                let client = Client::new(hash, gs2, "juliet");
+                let (step, expected) = run(mech, &store, &client, &password, honest(&client));
+                assert_eq!(
+                    step,
+                    Step::Success {
+                        username: "juliet".into(),
+                        additional: expected
+                    },
+                    "{mech} {gs2}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_username() {
+        let password = random_password();
+        let store = store_with("a,b=c", Credentials::derive(&password, 64));
+        let client = Client::new(ScramHash::Sha256, "n,,", "a=2Cb=3Dc");
+        let (step, _) = run(
+            Mechanism::ScramSha256,
+            &store,
+            &client,
+            &password,
+            honest(&client),
+        );
+        assert!(
+            matches!(step, Step::Success { ref username, .. } if username == "a,b=c"),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_password_fails() {
+        for (mech, hash) in scram_mechs() {
+            let store = store_with("juliet", Credentials::derive("right", 64));
+            let client = Client::new(hash, "n,,", "juliet");
+            let (step, _) = run(mech, &store, &client, "wrong", honest(&client));
+            assert_eq!(step, Step::Failure(SaslFailure::NotAuthorized));
+        }
+    }
+
+    #[test]
+    fn unknown_user_looks_like_wrong_password() {
+        for (mech, hash) in scram_mechs() {
+            let store = Store(HashMap::new());
+            let client = Client::new(hash, "n,,", "romeo");
+            let (mut session, step) =
+                SaslSession::start(mech, DOMAIN, Some(&client.first()), &store);
+            let sf = client.parse_server_first(&challenge(step));
+            assert_eq!(sf.iterations, DEFAULT_ITERATIONS);
+            assert_eq!(sf.salt.len(), FAKE_SALT_LEN);
+            // The fake salt is stable for the user, differs between users
+            // and between mechanisms.
+            let again = Client::new(hash, "n,,", "romeo");
+            let (_, step2) = SaslSession::start(mech, DOMAIN, Some(&again.first()), &store);
+            assert_eq!(again.parse_server_first(&challenge(step2)).salt, sf.salt);
+            let other = Client::new(hash, "n,,", "benvolio");
+            let (_, step3) = SaslSession::start(mech, DOMAIN, Some(&other.first()), &store);
+            assert_ne!(other.parse_server_first(&challenge(step3)).salt, sf.salt);
+            assert_ne!(
+                fake_keys(ScramHash::Sha1, "romeo").salt,
+                fake_keys(ScramHash::Sha256, "romeo").salt
+            );
+            let (last, _) = client.last(&sf, "anything", b"n,,", &sf.nonce);
+            assert_eq!(
+                session.step(&last, &store),
+                Step::Failure(SaslFailure::NotAuthorized)
+            );
+            assert_eq!(session.authcid(), Some("romeo"));
+        }
+    }
+
+    #[test]
+    fn tampered_nonce_fails() {
+        for (mech, hash) in scram_mechs() {
+            let password = random_password();
+            let store = store_with("juliet", Credentials::derive(&password, 64));
+            let client = Client::new(hash, "n,,", "juliet");
+            // Correct proof over a different nonce.
+            let (step, _) = run(mech, &store, &client, &password, |sf| {
+                (b"n,,".to_vec(), format!("{}x", sf.nonce))
+            });
+            assert_eq!(step, Step::Failure(SaslFailure::NotAuthorized));
+            // The client nonce alone.
+            let (step, _) = run(mech, &store, &client, &password, |_| {
+                (b"n,,".to_vec(), client.client_nonce.clone())
+            });
+            assert_eq!(step, Step::Failure(SaslFailure::NotAuthorized));
+        }
+    }
+
+    #[test]
+    fn bad_channel_binding_fails() {
+        for (mech, hash) in scram_mechs() {
+            let password = random_password();
+            let store = store_with("juliet", Credentials::derive(&password, 64));
+            let client = Client::new(hash, "n,,", "juliet");
+            for cbind in [&b"y,,"[..], b"p=tls-unique,,", b"n,a=juliet,", b""] {
+                let (step, _) = run(mech, &store, &client, &password, |sf| {
+                    (cbind.to_vec(), sf.nonce.clone())
+                });
+                assert_eq!(step, Step::Failure(SaslFailure::NotAuthorized), "{cbind:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_proof_fails() {
+        let password = random_password();
+        let store = store_with("juliet", Credentials::derive(&password, 64));
+        let client = Client::new(ScramHash::Sha256, "n,,", "juliet");
+        let (mut session, step) = SaslSession::start(
+            Mechanism::ScramSha256,
+            DOMAIN,
+            Some(&client.first()),
+            &store,
+        );
+        let sf = client.parse_server_first(&challenge(step));
+        let (last, _) = client.last(&sf, &password, b"n,,", &sf.nonce);
+        let text = String::from_utf8(last).unwrap();
+        let (head, proof) = text.rsplit_once(",p=").unwrap();
+        let mut proof = B64.decode(proof).unwrap();
+        proof[0] ^= 1;
+        let tampered = format!("{head},p={}", B64.encode(&proof));
+        assert_eq!(
+            session.step(tampered.as_bytes(), &store),
+            Step::Failure(SaslFailure::NotAuthorized)
+        );
+        // A proof of the wrong length is malformed.
+        let (mut session, step) = SaslSession::start(
+            Mechanism::ScramSha256,
+            DOMAIN,
+            Some(&client.first()),
+            &store,
+        );
+        let sf = client.parse_server_first(&challenge(step));
+        let short = format!("c=biws,r={},p={}", sf.nonce, B64.encode([0u8; 20]));
+        assert_eq!(
+            session.step(short.as_bytes(), &store),
+            Step::Failure(SaslFailure::MalformedRequest)
+        );
+    }
+
+    #[test]
+    fn final_message_with_extension_is_accepted() {
+        let password = random_password();
+        let store = store_with("juliet", Credentials::derive(&password, 64));
+        let client = Client::new(ScramHash::Sha256, "n,,", "juliet");
+        let (mut session, step) = SaslSession::start(
+            Mechanism::ScramSha256,
+            DOMAIN,
+            Some(&client.first()),
+            &store,
+        );
+        let sf = client.parse_server_first(&challenge(step));
+        // Build client-final by hand with an extension before the proof.
+        let salted = salted_password(
+            ScramHash::Sha256,
+            password.as_bytes(),
+            &sf.salt,
+            sf.iterations,
+        );
+        let client_key = hmac(ScramHash::Sha256, &salted, b"Client Key");
+        let stored_key = h(ScramHash::Sha256, &client_key);
+        let without_proof = format!("c=biws,r={},x=ext", sf.nonce);
+        let auth = format!("{},{},{}", client.bare, sf.raw, without_proof);
+        let sig = hmac(ScramHash::Sha256, &stored_key, auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+        let last = format!("{without_proof},p={}", B64.encode(proof));
+        assert!(matches!(
+            session.step(last.as_bytes(), &store),
+            Step::Success { .. }
+        ));
+    }
+
+    #[test]
+    fn random_nonces_are_valid_and_fresh() {
+        let a = random_nonce();
+        assert!(is_valid_nonce(&a));
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, random_nonce());
+    }
+}
