@@ -1,11 +1,63 @@
-//! The vocabulary every SASL mechanism's server side speaks (RFC 6120 §6):
-//! what the server sends next ([`Step`]), the RFC 6120 §6.5 failure
-//! conditions ([`SaslFailure`]), where credentials come from
-//! ([`CredentialStore`]), the size limit of a client message and the one
-//! authorization-identity rule all mechanisms apply.
+//! The vocabulary every SASL mechanism's server side speaks (RFC 6120 §6,
+//! RFC 4422 §3): the [`Exchange`] trait a mechanism implements and the
+//! [`Definition`] it declares, what the server sends next ([`Step`]), the
+//! RFC 6120 §6.5 failure conditions ([`SaslFailure`]), where credentials
+//! come from ([`CredentialStore`]), the size limit of a client message and
+//! the one authorization-identity rule all mechanisms apply.
+//!
+//! A new mechanism is one file beside `scram.rs` and `plain.rs` that
+//! implements [`Exchange`] and exports a [`Definition`], plus one line in
+//! the `mechanisms!` list of `mod.rs`.
 use std::fmt;
 
 use starling_raft::credentials::Credentials;
+
+/// What a mechanism's file declares: its entry in the `mechanisms!` list.
+pub struct Definition {
+    /// The registered mechanism name (RFC 4422 §3.1), as in
+    /// `<mechanism/>` and `<auth mechanism='...'/>`.
+    pub name: &'static str,
+    /// Whether the mechanism sends the password in the clear, so that it
+    /// must only be offered over TLS.
+    pub requires_tls: bool,
+    /// Starts one exchange on one stream.
+    pub start: fn(Context) -> Box<dyn Exchange>,
+    /// The authcid a client's first message claims, without verifying
+    /// anything (no store lookup, no hashing).
+    pub peek_authcid: fn(&[u8]) -> Option<String>,
+}
+
+/// What the stream tells a mechanism when an exchange starts. Whatever a
+/// later mechanism needs from the stream (such as the TLS channel-binding
+/// data of the SCRAM-*-PLUS variants) is a new field here.
+pub struct Context {
+    /// The stream's domain (accepted authzid: `authcid@domain`).
+    pub domain: String,
+    /// SCRAM server nonce to use instead of a random one. Only for
+    /// reproducing test vectors: a predictable nonce enables replay.
+    pub server_nonce: Option<String>,
+}
+
+/// The server side of one mechanism for one negotiation: decoded client
+/// messages in, the server's next [`Step`] out. No I/O and no clock.
+///
+/// [`super::SaslSession`] drives it: it answers an `<auth/>` without initial
+/// response with an empty challenge itself (every mechanism here is
+/// client-first, RFC 4422 §5), calls [`Exchange::respond`] with each client
+/// message while it returns [`Step::Challenge`], and never again once it
+/// returned [`Step::Success`] or [`Step::Failure`].
+pub trait Exchange: Send {
+    /// One client message: the initial response, or the content of a
+    /// `<response/>`.
+    fn respond(&mut self, message: &[u8], store: &dyn CredentialStore) -> Step;
+
+    /// The authcid the client claimed, once its first message was parsed
+    /// (whether or not it exists or authenticated).
+    fn authcid(&self) -> Option<&str>;
+
+    /// Where the exchange stands, for `Debug` output. Never keys.
+    fn state(&self) -> &'static str;
+}
 
 /// Longest SASL message (after base64 decoding) a session accepts. Client
 /// messages of all three mechanisms are a few hundred bytes at most.

@@ -17,10 +17,12 @@
 //! Layout (one mechanism per file, as in xmpp-rs's
 //! `sasl/src/server/mechanisms/`):
 //!
-//! * `mod.rs`: the mechanism list, [`SaslSession`] and the §6.4.2 payload
-//!   encoding;
-//! * `exchange.rs`: [`Step`], [`SaslFailure`], [`CredentialStore`], the
-//!   message size limit and the authzid rule;
+//! * `mod.rs`: the mechanism list (`mechanisms!`), [`SaslSession`], which
+//!   drives the selected mechanism, and the §6.4.2 payload encoding;
+//! * `exchange.rs`: the `Exchange` trait every mechanism implements (bytes
+//!   in, a [`Step`] out, no I/O) and the `Definition` it declares, with
+//!   [`Step`], [`SaslFailure`], [`CredentialStore`], the message size limit
+//!   and the authzid rule;
 //! * `scram.rs`: SCRAM-SHA-1 and SCRAM-SHA-256, with the parsers of their
 //!   client messages in `message.rs`;
 //! * `plain.rs`: PLAIN;
@@ -46,7 +48,6 @@ use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use starling_raft::credentials::ScramHash;
 
 mod exchange;
 mod fake;
@@ -56,39 +57,52 @@ mod scram;
 #[cfg(test)]
 mod testing;
 
+use exchange::{Context, Definition, Exchange};
 pub use exchange::{CredentialStore, SaslFailure, Step, MAX_MESSAGE_LEN};
-use message::parse_client_first;
-use plain::parse_plain;
-use scram::{finish_scram, ScramPending};
 
 // ---------------------------------------------------------------------------
 // Mechanisms
 // ---------------------------------------------------------------------------
 
-/// A SASL mechanism Starling implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mechanism {
-    ScramSha256,
-    ScramSha1,
-    Plain,
+/// Declares [`Mechanism`], one variant per line, with the [`Definition`]
+/// its file exports; the order of the lines is [`Mechanism::ALL`]'s.
+macro_rules! mechanisms {
+    ($($(#[$doc:meta])* $variant:ident => $definition:path,)+) => {
+        /// A SASL mechanism Starling implements.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Mechanism {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Mechanism {
+            /// Every mechanism, strongest first (the order to advertise
+            /// them in).
+            pub const ALL: [Mechanism; [$(stringify!($variant)),+].len()] =
+                [$(Mechanism::$variant),+];
+
+            fn definition(&self) -> &'static Definition {
+                match self {
+                    $(Mechanism::$variant => &$definition,)+
+                }
+            }
+        }
+    };
+}
+
+mechanisms! {
+    /// SCRAM-SHA-256 (RFC 7677).
+    ScramSha256 => scram::SCRAM_SHA_256,
+    /// SCRAM-SHA-1 (RFC 5802).
+    ScramSha1 => scram::SCRAM_SHA_1,
+    /// PLAIN (RFC 4616).
+    Plain => plain::PLAIN,
 }
 
 impl Mechanism {
-    /// Every mechanism, strongest first (the order to advertise them in).
-    pub const ALL: [Mechanism; 3] = [
-        Mechanism::ScramSha256,
-        Mechanism::ScramSha1,
-        Mechanism::Plain,
-    ];
-
     /// The registered mechanism name, as in `<mechanism/>` and
     /// `<auth mechanism='...'/>`.
     pub fn name(&self) -> &'static str {
-        match self {
-            Mechanism::ScramSha256 => "SCRAM-SHA-256",
-            Mechanism::ScramSha1 => "SCRAM-SHA-1",
-            Mechanism::Plain => "PLAIN",
-        }
+        self.definition().name
     }
 
     /// Parses a mechanism name. Names are matched exactly: RFC 4422 §3.1
@@ -101,16 +115,7 @@ impl Mechanism {
     /// only be offered over TLS (RFC 4616 §1 and §6: PLAIN is meant to be
     /// used under a confidentiality layer such as TLS).
     pub fn requires_tls(&self) -> bool {
-        matches!(self, Mechanism::Plain)
-    }
-
-    /// The SCRAM hash function, or `None` for PLAIN.
-    pub fn scram_hash(&self) -> Option<ScramHash> {
-        match self {
-            Mechanism::ScramSha256 => Some(ScramHash::Sha256),
-            Mechanism::ScramSha1 => Some(ScramHash::Sha1),
-            Mechanism::Plain => None,
-        }
+        self.definition().requires_tls
     }
 }
 
@@ -159,37 +164,26 @@ pub fn encode_payload(data: &[u8]) -> String {
 // The session
 // ---------------------------------------------------------------------------
 
-/// One SASL negotiation on one stream.
+/// One SASL negotiation on one stream: drives the selected mechanism's
+/// [`Exchange`] and ends it after success or failure.
 pub struct SaslSession {
     mechanism: Mechanism,
-    domain: String,
-    /// Server nonce to use instead of a random one (test vectors).
-    server_nonce: Option<String>,
-    authcid: Option<String>,
-    state: State,
-}
-
-enum State {
-    /// `<auth/>` carried no initial response; an empty challenge was sent
-    /// and the client's first message comes as a `<response/>`.
-    AwaitingFirst,
-    /// SCRAM server-first was sent; waiting for client-final.
-    ScramFinal(Box<ScramPending>),
+    exchange: Box<dyn Exchange>,
     /// Success or failure was returned.
-    Done,
+    done: bool,
 }
 
 impl fmt::Debug for SaslSession {
     // Hand-written so that keys never end up in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::AwaitingFirst => "awaiting-first",
-            State::ScramFinal(_) => "awaiting-client-final",
-            State::Done => "done",
+        let state = if self.done {
+            "done"
+        } else {
+            self.exchange.state()
         };
         f.debug_struct("SaslSession")
             .field("mechanism", &self.mechanism)
-            .field("authcid", &self.authcid)
+            .field("authcid", &self.exchange.authcid())
             .field("state", &state)
             .finish()
     }
@@ -236,38 +230,39 @@ impl SaslSession {
         store: &dyn CredentialStore,
         server_nonce: Option<String>,
     ) -> (Self, Step) {
-        let mut session = SaslSession {
-            mechanism,
+        let context = Context {
             domain: domain.to_owned(),
             server_nonce,
-            authcid: None,
-            state: State::AwaitingFirst,
+        };
+        let mut session = SaslSession {
+            mechanism,
+            exchange: (mechanism.definition().start)(context),
+            done: false,
         };
         let step = match initial {
-            // Both SCRAM and PLAIN are client-first; without an initial
+            // Every mechanism here is client-first; without an initial
             // response the server sends an empty challenge (RFC 4422 §5) and
             // the client's first message comes in the <response/>.
             None => Step::Challenge(Vec::new()),
-            Some(data) => session.first_message(data, store),
+            Some(data) => session.respond(data, store),
         };
         (session, step)
     }
 
     /// Feeds the decoded content of a `<response/>`.
     pub fn step(&mut self, response: &[u8], store: &dyn CredentialStore) -> Step {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::AwaitingFirst => self.first_message(response, store),
-            State::ScramFinal(pending) => finish_scram(&pending, response),
+        if self.done {
             // RFC 6120 §6.4.6: after <success/> or <failure/> the
             // negotiation is over; anything more is a protocol error.
-            State::Done => Step::Failure(SaslFailure::MalformedRequest),
+            return Step::Failure(SaslFailure::MalformedRequest);
         }
+        self.respond(response, store)
     }
 
     /// The client sent `<abort/>` (RFC 6120 §6.4.4): the answer is
     /// `<failure><aborted/></failure>`.
     pub fn abort(&mut self) -> Step {
-        self.state = State::Done;
+        self.done = true;
         Step::Failure(SaslFailure::Aborted)
     }
 
@@ -278,21 +273,18 @@ impl SaslSession {
     /// The authcid the client claimed, once its first message was parsed
     /// (whether or not it exists or authenticated). For rate limiting.
     pub fn authcid(&self) -> Option<&str> {
-        self.authcid.as_deref()
+        self.exchange.authcid()
     }
 
     /// True once success or failure was returned.
     pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done)
+        self.done
     }
 
-    fn first_message(&mut self, data: &[u8], store: &dyn CredentialStore) -> Step {
-        let step = match self.mechanism.scram_hash() {
-            Some(hash) => self.scram_first(hash, data, store),
-            None => self.plain(data, store),
-        };
+    fn respond(&mut self, data: &[u8], store: &dyn CredentialStore) -> Step {
+        let step = self.exchange.respond(data, store);
         if !matches!(step, Step::Challenge(_)) {
-            self.state = State::Done;
+            self.done = true;
         }
         step
     }
@@ -303,19 +295,14 @@ impl SaslSession {
 /// [`AuthLimiter`](crate::c2s::auth_limit::AuthLimiter) for the account
 /// before [`SaslSession::start`] runs PLAIN's PBKDF2.
 pub fn peek_authcid(mechanism: Mechanism, initial: &[u8]) -> Option<String> {
-    match mechanism {
-        Mechanism::Plain => parse_plain(initial).ok().map(|m| m.authcid.to_owned()),
-        Mechanism::ScramSha1 | Mechanism::ScramSha256 => {
-            parse_client_first(initial).ok().map(|f| f.username)
-        }
-    }
+    (mechanism.definition().peek_authcid)(initial)
 }
 
 #[cfg(test)]
 mod tests {
     use super::testing::*;
     use super::*;
-    use starling_raft::credentials::Credentials;
+    use starling_raft::credentials::{Credentials, ScramHash};
     use std::collections::HashMap;
 
     #[test]

@@ -3,12 +3,32 @@
 //! stored). Only offered over TLS (RFC 4616 §1 and §6).
 use starling_raft::credentials::ScramHash;
 
-use super::exchange::{authzid_matches, CredentialStore, SaslFailure, Step, MAX_MESSAGE_LEN};
+use super::exchange::{
+    authzid_matches, CredentialStore, Definition, Exchange, SaslFailure, Step, MAX_MESSAGE_LEN,
+};
 use super::fake::fake_keys;
-use super::SaslSession;
 
-impl SaslSession {
-    pub(super) fn plain(&mut self, data: &[u8], store: &dyn CredentialStore) -> Step {
+/// PLAIN's entry in the mechanism list.
+pub(super) const PLAIN: Definition = Definition {
+    name: "PLAIN",
+    requires_tls: true,
+    start: |context| {
+        Box::new(Plain {
+            domain: context.domain,
+            authcid: None,
+        })
+    },
+    peek_authcid: |initial| parse_plain(initial).ok().map(|m| m.authcid.to_owned()),
+};
+
+/// One PLAIN exchange: a single client message, then success or failure.
+struct Plain {
+    domain: String,
+    authcid: Option<String>,
+}
+
+impl Exchange for Plain {
+    fn respond(&mut self, data: &[u8], store: &dyn CredentialStore) -> Step {
         let msg = match parse_plain(data) {
             Ok(msg) => msg,
             Err(failure) => return Step::Failure(failure),
@@ -43,12 +63,20 @@ impl SaslSession {
             }
         }
     }
+
+    fn authcid(&self) -> Option<&str> {
+        self.authcid.as_deref()
+    }
+
+    fn state(&self) -> &'static str {
+        "awaiting-first"
+    }
 }
 
-pub(super) struct PlainMessage<'a> {
-    pub(super) authzid: Option<&'a str>,
-    pub(super) authcid: &'a str,
-    pub(super) passwd: &'a str,
+struct PlainMessage<'a> {
+    authzid: Option<&'a str>,
+    authcid: &'a str,
+    passwd: &'a str,
 }
 
 /// RFC 4616 §2:
@@ -58,7 +86,7 @@ pub(super) struct PlainMessage<'a> {
 /// authzid   = 1*SAFE ; MUST accept up to 255 octets
 /// passwd    = 1*SAFE ; MUST accept up to 255 octets
 /// ```
-pub(super) fn parse_plain(data: &[u8]) -> Result<PlainMessage<'_>, SaslFailure> {
+fn parse_plain(data: &[u8]) -> Result<PlainMessage<'_>, SaslFailure> {
     if data.len() > MAX_MESSAGE_LEN {
         return Err(SaslFailure::MalformedRequest);
     }

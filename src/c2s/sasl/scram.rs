@@ -9,16 +9,57 @@ use rand::RngCore;
 use starling_raft::credentials::{h, hmac, ScramHash, ScramKeys};
 use subtle::ConstantTimeEq;
 
-use super::exchange::{authzid_matches, CredentialStore, SaslFailure, Step};
+use super::exchange::{
+    authzid_matches, Context, CredentialStore, Definition, Exchange, SaslFailure, Step,
+};
 use super::fake::fake_keys;
 use super::message::{parse_client_final, parse_client_first};
-use super::{SaslSession, State};
 
 /// Length of the server part of the SCRAM nonce, in random bytes (encoded
 /// as base64, so 24 characters).
 const SERVER_NONCE_BYTES: usize = 18;
 
-pub(super) struct ScramPending {
+/// SCRAM-SHA-256's entry in the mechanism list.
+pub(super) const SCRAM_SHA_256: Definition = Definition {
+    name: "SCRAM-SHA-256",
+    requires_tls: false,
+    start: |context| Box::new(Scram::new(ScramHash::Sha256, context)),
+    peek_authcid,
+};
+
+/// SCRAM-SHA-1's entry in the mechanism list.
+pub(super) const SCRAM_SHA_1: Definition = Definition {
+    name: "SCRAM-SHA-1",
+    requires_tls: false,
+    start: |context| Box::new(Scram::new(ScramHash::Sha1, context)),
+    peek_authcid,
+};
+
+fn peek_authcid(initial: &[u8]) -> Option<String> {
+    parse_client_first(initial).ok().map(|f| f.username)
+}
+
+/// One SCRAM exchange: client-first, server-first, client-final,
+/// server-final.
+struct Scram {
+    hash: ScramHash,
+    domain: String,
+    /// Server nonce to use instead of a random one (test vectors).
+    server_nonce: Option<String>,
+    authcid: Option<String>,
+    state: State,
+}
+
+enum State {
+    /// Waiting for client-first.
+    First,
+    /// Server-first was sent; waiting for client-final.
+    Final(Box<ScramPending>),
+    /// Success or failure was returned.
+    Done,
+}
+
+struct ScramPending {
     hash: ScramHash,
     username: String,
     /// The gs2-header exactly as the client sent it, e.g. `n,,`.
@@ -33,13 +74,41 @@ pub(super) struct ScramPending {
     known: bool,
 }
 
-impl SaslSession {
-    pub(super) fn scram_first(
-        &mut self,
-        hash: ScramHash,
-        data: &[u8],
-        store: &dyn CredentialStore,
-    ) -> Step {
+impl Exchange for Scram {
+    fn respond(&mut self, data: &[u8], store: &dyn CredentialStore) -> Step {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::First => self.first(data, store),
+            State::Final(pending) => finish_scram(&pending, data),
+            State::Done => Step::Failure(SaslFailure::MalformedRequest),
+        }
+    }
+
+    fn authcid(&self) -> Option<&str> {
+        self.authcid.as_deref()
+    }
+
+    fn state(&self) -> &'static str {
+        match self.state {
+            State::First => "awaiting-first",
+            State::Final(_) => "awaiting-client-final",
+            State::Done => "done",
+        }
+    }
+}
+
+impl Scram {
+    fn new(hash: ScramHash, context: Context) -> Self {
+        Scram {
+            hash,
+            domain: context.domain,
+            server_nonce: context.server_nonce,
+            authcid: None,
+            state: State::First,
+        }
+    }
+
+    fn first(&mut self, data: &[u8], store: &dyn CredentialStore) -> Step {
+        let hash = self.hash;
         let first = match parse_client_first(data) {
             Ok(first) => first,
             Err(failure) => return Step::Failure(failure),
@@ -67,7 +136,7 @@ impl SaslSession {
             keys.iterations
         );
         let challenge = server_first.clone().into_bytes();
-        self.state = State::ScramFinal(Box::new(ScramPending {
+        self.state = State::Final(Box::new(ScramPending {
             hash,
             username: first.username,
             gs2_header: first.gs2_header,
@@ -81,7 +150,7 @@ impl SaslSession {
     }
 }
 
-pub(super) fn finish_scram(pending: &ScramPending, data: &[u8]) -> Step {
+fn finish_scram(pending: &ScramPending, data: &[u8]) -> Step {
     let last = match parse_client_final(data) {
         Ok(last) => last,
         Err(failure) => return Step::Failure(failure),
@@ -135,7 +204,7 @@ pub(super) fn finish_scram(pending: &ScramPending, data: &[u8]) -> Step {
     }
 }
 
-pub(super) fn random_nonce() -> String {
+fn random_nonce() -> String {
     let mut bytes = [0u8; SERVER_NONCE_BYTES];
     rand::thread_rng().fill_bytes(&mut bytes);
     // Standard base64 without "," (and 18 bytes need no padding).
