@@ -229,11 +229,7 @@ fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
     }
     if !authed && tls_ok {
         f.push_str(&format!("<mechanisms xmlns='{}'>", ns::SASL));
-        for m in [
-            Mechanism::ScramSha256,
-            Mechanism::ScramSha1,
-            Mechanism::Plain,
-        ] {
+        for m in Mechanism::ALL {
             f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
         }
         f.push_str("</mechanisms>");
