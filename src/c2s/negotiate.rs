@@ -487,6 +487,11 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                             // is in its replicated queue and comes after its
                             // initial presence.
                             had = shared.router.hints().take(&previd, &bare, h);
+                            info!(
+                                h,
+                                known = had.len(),
+                                "resumption failed: the session is not here and no peer handed it over"
+                            );
                             conn.send(&format!(
                                 "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
                                 ns::SM,
