@@ -8,8 +8,9 @@
 //!   never XML.
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
-//! - [`state`]: the state machine's data and its pure, deterministic `apply`,
-//!   with an incrementally maintained digest of the whole state.
+//! - [`state`]: the state machine's data and its pure, deterministic `apply`.
+//! - [`table`]: the generic table the state is made of, and the incrementally
+//!   maintained digest of the whole state.
 //! - [`store`]: the sled log store and state machine store (openraft storage v2).
 //! - [`network`]: raft RPCs over tonic, authenticated by a cluster secret; the
 //!   server side of those RPCs and of forwarded proposals.
@@ -26,6 +27,7 @@ pub mod network;
 pub mod state;
 pub mod store;
 pub mod subscription;
+pub mod table;
 pub mod types;
 
 pub use cluster::{ClusterHandle, ProposeError};
