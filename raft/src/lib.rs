@@ -19,6 +19,7 @@
 //!   report on the node.
 #![forbid(unsafe_code)]
 
+mod apply;
 pub mod cluster;
 pub mod codec;
 pub mod command;

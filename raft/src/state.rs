@@ -3,7 +3,8 @@
 //! [`StateData`] holds every table in memory (the working copy that reads and
 //! routing use) and records, while a batch of commands applies, the exact
 //! key/value writes that the sled store must persist in one atomic batch.
-//! No I/O happens here: `apply` is a function of the state and the command.
+//! No I/O happens here: `apply` is a function of the state and the command;
+//! it is implemented in the `apply` module (`raft/src/apply/`).
 //!
 //! # Key space (one sled tree, one prefix byte per table)
 //! | prefix | table          | key                  | value            |
@@ -19,12 +20,11 @@
 //!
 //! The generic table and the digest over all of them are in [`crate::table`].
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::command::{Command, OfflineMessage, Response, RosterItem, SessionBinding, UserRecord};
+use crate::command::{OfflineMessage, RosterItem, SessionBinding, UserRecord};
 use crate::table::{Row, Table, Tracker, Writes};
 use crate::types::NodeId;
 
@@ -41,11 +41,11 @@ pub struct StateData {
     /// enqueue (an outcome that was unknown, proposed again) does not queue
     /// them a second time. At most [`MAX_DONE`] per account, oldest pruned.
     pub offline_done: Table<(String, String), u64>,
-    tracker: Tracker,
+    pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
-    entry_term: u64,
+    pub(crate) entry_term: u64,
     /// The index of the log entry being applied (not stored: an input).
-    entry_index: u64,
+    pub(crate) entry_index: u64,
 }
 
 impl Default for StateData {
@@ -149,278 +149,6 @@ impl StateData {
         Ok(data)
     }
 
-    /// Applies the command of a log entry of raft term `term`.
-    pub fn apply_in_term(&mut self, cmd: Command, term: u64) -> Response {
-        self.entry_term = term;
-        self.apply(cmd)
-    }
-
-    /// Applies the command of the log entry at `index`, of term `term`.
-    pub fn apply_entry(&mut self, cmd: Command, term: u64, index: u64) -> Response {
-        self.entry_index = index;
-        self.apply_in_term(cmd, term)
-    }
-
-    /// Applies one command. Deterministic: the result depends only on the
-    /// current state, the command and the term of its entry.
-    pub fn apply(&mut self, cmd: Command) -> Response {
-        match cmd {
-            Command::Batch { commands } => Response::Batch {
-                responses: commands
-                    .into_iter()
-                    .map(|c| match c {
-                        Command::Batch { .. } => Response::Rejected {
-                            reason: "nested batch".into(),
-                        },
-                        c => self.apply_one(c),
-                    })
-                    .collect(),
-            },
-            c => self.apply_one(c),
-        }
-    }
-
-    fn apply_one(&mut self, cmd: Command) -> Response {
-        let t = &mut self.tracker;
-        match cmd {
-            Command::Batch { .. } => Response::Rejected {
-                reason: "nested batch".into(),
-            },
-            Command::Barrier => Response::Done,
-            Command::EnqueueMany { items } => Response::Batch {
-                responses: items
-                    .into_iter()
-                    .map(|i| {
-                        self.apply_one(Command::EnqueueOffline {
-                            to: i.to,
-                            message: i.message,
-                            max_queue: i.max_queue,
-                        })
-                    })
-                    .collect(),
-            },
-            Command::CreateUser {
-                jid,
-                credentials,
-                created_ms,
-            } => {
-                if self.users.get(&jid).is_some() {
-                    return Response::UserExists;
-                }
-                self.users.insert(
-                    jid,
-                    UserRecord {
-                        credentials,
-                        created_ms,
-                    },
-                    t,
-                );
-                Response::UserCreated
-            }
-            Command::DeleteUser { jid } => {
-                if self.users.remove(&jid, t).is_none() {
-                    return Response::NoSuchUser;
-                }
-                let roster: Vec<_> = owner_range(&self.roster, &jid);
-                for k in &roster {
-                    self.roster.remove(k, t);
-                }
-                let queued = remove_queue(self, &jid, u64::MAX);
-                let done: Vec<(String, String)> = self
-                    .offline_done
-                    .range((jid.clone(), String::new())..)
-                    .take_while(|((o, _), _)| *o == jid)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                let t = &mut self.tracker;
-                for k in &done {
-                    self.offline_done.remove(k, t);
-                }
-                self.offline_next.remove(&jid, t);
-                let prefix = format!("{jid}/");
-                let sessions: Vec<String> = self
-                    .sessions
-                    .range::<(Bound<&String>, Bound<&String>)>((
-                        Bound::Included(&prefix),
-                        Bound::Unbounded,
-                    ))
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in &sessions {
-                    self.sessions.remove(k, t);
-                }
-                Response::UserDeleted {
-                    roster_items: roster.len() as u32,
-                    queued,
-                    sessions: sessions.len() as u32,
-                }
-            }
-            Command::SetPassword { jid, credentials } => {
-                let Some(mut user) = self.users.get(&jid).cloned() else {
-                    return Response::NoSuchUser;
-                };
-                user.credentials = credentials;
-                self.users.insert(jid, user, t);
-                Response::PasswordChanged
-            }
-            Command::BindSession { full_jid, binding } => {
-                let replaced = self.sessions.insert(full_jid, binding, t);
-                Response::Bound { replaced }
-            }
-            Command::UnbindSession {
-                full_jid,
-                node,
-                session,
-            } => {
-                let existed = match self.sessions.get(&full_jid) {
-                    Some(b) if b.node == node && b.session == session => {
-                        self.sessions.remove(&full_jid, t).is_some()
-                    }
-                    _ => false,
-                };
-                Response::Unbound { existed }
-            }
-            Command::DropNodeSessions {
-                term: Some(term), ..
-            } if term != self.entry_term => Response::Rejected {
-                reason: format!(
-                    "decided in term {term}, committed in term {}",
-                    self.entry_term
-                ),
-            },
-            Command::UpdateSession { full_jid, binding } => {
-                let same = self
-                    .sessions
-                    .get(&full_jid)
-                    .is_some_and(|b| b.node == binding.node && b.session == binding.session);
-                if same {
-                    self.sessions.insert(full_jid, binding, t);
-                }
-                Response::SessionUpdated { updated: same }
-            }
-            Command::DropNodeSessions { node, .. } => {
-                let gone: Vec<String> = self
-                    .sessions
-                    .iter()
-                    .filter(|(_, b)| b.node == node)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in &gone {
-                    self.sessions.remove(k, t);
-                }
-                Response::NodeSessionsDropped {
-                    count: gone.len() as u32,
-                }
-            }
-            Command::SetRosterItem { owner, item } => {
-                let key = (owner, item.jid.clone());
-                let previous = self.roster.insert(key, item, t);
-                Response::RosterUpdated { previous }
-            }
-            Command::RemoveRosterItem { owner, contact } => Response::RosterRemoved {
-                existed: self.roster.remove(&(owner, contact), t).is_some(),
-            },
-            Command::Subscription {
-                user,
-                contact,
-                action,
-            } => {
-                if self.users.get(&user).is_none() || self.users.get(&contact).is_none() {
-                    return Response::NoSuchUser;
-                }
-                let ukey = (user.clone(), contact.clone());
-                let ckey = (contact.clone(), user.clone());
-                let o = crate::subscription::transition(
-                    action,
-                    &user,
-                    &contact,
-                    self.roster.get(&ukey).cloned(),
-                    self.roster.get(&ckey).cloned(),
-                );
-                for (key, item, changed) in [
-                    (ukey, &o.user_item, o.user_changed),
-                    (ckey, &o.contact_item, o.contact_changed),
-                ] {
-                    if !changed {
-                        continue;
-                    }
-                    match item {
-                        Some(i) => {
-                            self.roster.insert(key, i.clone(), t);
-                        }
-                        None => {
-                            self.roster.remove(&key, t);
-                        }
-                    }
-                }
-                Response::Subscription {
-                    user_item: o.user_item,
-                    user_changed: o.user_changed,
-                    contact_item: o.contact_item,
-                    contact_changed: o.contact_changed,
-                    deliver: o.deliver,
-                    auto_approved: o.auto_approved,
-                }
-            }
-            Command::EnqueueOffline {
-                to,
-                message,
-                max_queue,
-            } => {
-                if self.users.get(&to).is_none() {
-                    return Response::NoSuchUser;
-                }
-                if self
-                    .offline_done
-                    .get(&(to.clone(), message.id.clone()))
-                    .is_some()
-                {
-                    // Delivered and removed already: a late retry.
-                    return Response::Queued {
-                        seq: 0,
-                        duplicate: true,
-                    };
-                }
-                if let Some(seq) = self.offline_ids.get(&(to.clone(), message.id.clone())) {
-                    return Response::Queued {
-                        seq: *seq,
-                        duplicate: true,
-                    };
-                }
-                if self.queue_depth(&to) >= max_queue as usize {
-                    return Response::QueueFull { cap: max_queue };
-                }
-                let t = &mut self.tracker;
-                let seq = self.offline_next.get(&to).copied().unwrap_or(1);
-                self.offline_next.insert(to.clone(), seq + 1, t);
-                self.offline_ids
-                    .insert((to.clone(), message.id.clone()), seq, t);
-                self.offline.insert((to, seq), message, t);
-                Response::Queued {
-                    seq,
-                    duplicate: false,
-                }
-            }
-            Command::AckOffline { to, up_to } => Response::Acked {
-                removed: remove_queue(self, &to, up_to),
-            },
-            Command::RemoveOffline { to, ids } => {
-                let mut removed = 0;
-                for id in ids {
-                    let key = (to.clone(), id);
-                    if let Some(seq) = self.offline_ids.remove(&key, t) {
-                        self.offline.remove(&(to.clone(), seq), t);
-                        removed += 1;
-                    }
-                    self.offline_done.insert(key, self.entry_index, t);
-                }
-                prune_done(self, &to);
-                Response::Acked { removed }
-            }
-        }
-    }
-
     /// Number of messages waiting for bare JID `to`.
     pub fn queue_depth(&self, to: &str) -> usize {
         self.queue(to).count()
@@ -466,57 +194,13 @@ impl StateData {
     }
 }
 
-fn owner_range(roster: &Table<(String, String), RosterItem>, owner: &str) -> Vec<(String, String)> {
-    roster
-        .range((owner.to_string(), String::new())..)
-        .take_while(|((o, _), _)| o == owner)
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
 /// Most removed ids remembered per account (see `StateData::offline_done`).
 pub const MAX_DONE: usize = 4096;
-
-/// Keeps at most [`MAX_DONE`] removed ids of `to`: past it, the oldest
-/// quarter goes (by the log index of their removal, so every node prunes
-/// the same rows).
-fn prune_done(data: &mut StateData, to: &str) {
-    let start = (to.to_string(), String::new());
-    let mut mine: Vec<((String, String), u64)> = data
-        .offline_done
-        .range(start..)
-        .take_while(|((o, _), _)| o == to)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
-    if mine.len() <= MAX_DONE {
-        return;
-    }
-    mine.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-    let t = &mut data.tracker;
-    for (k, _) in mine.into_iter().take(MAX_DONE / 4) {
-        data.offline_done.remove(&k, t);
-    }
-}
-
-/// Removes queue entries of `to` with seq <= `up_to`, and their id index rows.
-fn remove_queue(data: &mut StateData, to: &str, up_to: u64) -> u32 {
-    let doomed: Vec<(u64, String)> = data
-        .queue(to)
-        .take_while(|(seq, _)| *seq <= up_to)
-        .map(|(seq, m)| (seq, m.id.clone()))
-        .collect();
-    let t = &mut data.tracker;
-    for (seq, id) in &doomed {
-        data.offline.remove(&(to.to_string(), *seq), t);
-        data.offline_ids.remove(&(to.to_string(), id.clone()), t);
-    }
-    doomed.len() as u32
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Subscription;
+    use crate::command::{Command, Response, Subscription};
     use crate::credentials::Credentials;
 
     fn creds() -> Credentials {
