@@ -1,11 +1,89 @@
-//! Offline queue commands (RFC 6121 §8.5.2.1.1 storage, XEP-0160 flow):
-//! enqueue, ack by sequence number, remove by message id.
+//! Offline queue commands (XEP-0160 offline message storage): enqueue,
+//! ack by sequence number, remove by message id.
+use crate::command::{Enqueue, OfflineMessage, Response};
 use crate::state::{StateData, MAX_DONE};
+
+/// [`crate::Command::EnqueueOffline`]: a message id queued already, or
+/// removed already, is a retry and is not queued again.
+pub(super) fn enqueue(
+    data: &mut StateData,
+    to: String,
+    message: OfflineMessage,
+    max_queue: u32,
+) -> Response {
+    if data.users.get(&to).is_none() {
+        return Response::NoSuchUser;
+    }
+    if data
+        .offline_done
+        .get(&(to.clone(), message.id.clone()))
+        .is_some()
+    {
+        // Delivered and removed already: a late retry.
+        return Response::Queued {
+            seq: 0,
+            duplicate: true,
+        };
+    }
+    if let Some(seq) = data.offline_ids.get(&(to.clone(), message.id.clone())) {
+        return Response::Queued {
+            seq: *seq,
+            duplicate: true,
+        };
+    }
+    if data.queue_depth(&to) >= max_queue as usize {
+        return Response::QueueFull { cap: max_queue };
+    }
+    let t = &mut data.tracker;
+    let seq = data.offline_next.get(&to).copied().unwrap_or(1);
+    data.offline_next.insert(to.clone(), seq + 1, t);
+    data.offline_ids
+        .insert((to.clone(), message.id.clone()), seq, t);
+    data.offline.insert((to, seq), message, t);
+    Response::Queued {
+        seq,
+        duplicate: false,
+    }
+}
+
+/// [`crate::Command::EnqueueMany`]: each in order, one result each.
+pub(super) fn enqueue_many(data: &mut StateData, items: Vec<Enqueue>) -> Response {
+    Response::Batch {
+        responses: items
+            .into_iter()
+            .map(|i| enqueue(data, i.to, i.message, i.max_queue))
+            .collect(),
+    }
+}
+
+/// [`crate::Command::AckOffline`].
+pub(super) fn ack(data: &mut StateData, to: String, up_to: u64) -> Response {
+    Response::Acked {
+        removed: remove_queue(data, &to, up_to),
+    }
+}
+
+/// [`crate::Command::RemoveOffline`]: every id is remembered as removed
+/// (queued or not), at most [`MAX_DONE`] per account.
+pub(super) fn remove(data: &mut StateData, to: String, ids: Vec<String>) -> Response {
+    let t = &mut data.tracker;
+    let mut removed = 0;
+    for id in ids {
+        let key = (to.clone(), id);
+        if let Some(seq) = data.offline_ids.remove(&key, t) {
+            data.offline.remove(&(to.clone(), seq), t);
+            removed += 1;
+        }
+        data.offline_done.insert(key, data.entry_index, t);
+    }
+    prune_done(data, &to);
+    Response::Acked { removed }
+}
 
 /// Keeps at most [`MAX_DONE`] removed ids of `to`: past it, the oldest
 /// quarter goes (by the log index of their removal, so every node prunes
 /// the same rows).
-pub(super) fn prune_done(data: &mut StateData, to: &str) {
+fn prune_done(data: &mut StateData, to: &str) {
     let start = (to.to_string(), String::new());
     let mut mine: Vec<((String, String), u64)> = data
         .offline_done
