@@ -8,9 +8,14 @@
 //!   never XML.
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
-//! - [`state`]: the state machine's data and its pure, deterministic `apply`.
+//! - [`state`]: the state machine's data (every table in memory), its
+//!   snapshot form and its reads.
+//! - `apply` (private): the pure, deterministic `StateData::apply`; one file
+//!   per command family (accounts, sessions, roster, offline queues).
 //! - [`table`]: the generic table the state is made of, and the incrementally
 //!   maintained digest of the whole state.
+//! - [`keyspace`]: the one list of sled trees, state tables (prefix bytes)
+//!   and keys, with their key -> value layouts.
 //! - [`store`]: the sled log store and state machine store (openraft storage v2).
 //! - [`network`]: raft RPCs over tonic, authenticated by a cluster secret; the
 //!   server side of those RPCs and of forwarded proposals.
@@ -24,6 +29,7 @@ pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod credentials;
+pub mod keyspace;
 pub mod network;
 pub mod state;
 pub mod store;

@@ -6,17 +6,8 @@
 //! No I/O happens here: `apply` is a function of the state and the command;
 //! it is implemented in the `apply` module (`raft/src/apply/`).
 //!
-//! # Key space (one sled tree, one prefix byte per table)
-//! | prefix | table          | key                  | value            |
-//! |--------|----------------|----------------------|------------------|
-//! | `u`    | users          | bare JID             | [`UserRecord`]   |
-//! | `s`    | sessions       | full JID             | [`SessionBinding`] |
-//! | `r`    | roster         | owner `\0` contact   | [`RosterItem`]   |
-//! | `q`    | offline        | bare JID `\0` seq BE | [`OfflineMessage`] |
-//! | `n`    | offline_next   | bare JID             | next seq (u64)   |
-//! | `i`    | offline_ids    | bare JID `\0` msg id | seq (u64)        |
-//! | `d`    | offline_done   | bare JID `\0` msg id | log index of the removal |
-//! | `m`    | raft meta      | (written by the store, not here)        |
+//! The tables, their prefixes in the state machine's sled tree and their
+//! key -> value layouts are listed in [`crate::keyspace`].
 //!
 //! The generic table and the digest over all of them are in [`crate::table`].
 use std::collections::BTreeMap;
@@ -25,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::command::{OfflineMessage, RosterItem, SessionBinding, UserRecord};
-use crate::table::{Row, Table, Tracker, Writes};
+use crate::keyspace::{self, TABLES};
+use crate::table::{Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
 
 /// All replicated tables. Serialized whole as a snapshot.
@@ -51,22 +43,19 @@ pub struct StateData {
 impl Default for StateData {
     fn default() -> Self {
         StateData {
-            users: Table::new(b'u'),
-            sessions: Table::new(b's'),
-            roster: Table::new(b'r'),
-            offline: Table::new(b'q'),
-            offline_next: Table::new(b'n'),
-            offline_ids: Table::new(b'i'),
-            offline_done: Table::new(b'd'),
+            users: Table::new(keyspace::USERS.prefix),
+            sessions: Table::new(keyspace::SESSIONS.prefix),
+            roster: Table::new(keyspace::ROSTER.prefix),
+            offline: Table::new(keyspace::OFFLINE.prefix),
+            offline_next: Table::new(keyspace::OFFLINE_NEXT.prefix),
+            offline_ids: Table::new(keyspace::OFFLINE_IDS.prefix),
+            offline_done: Table::new(keyspace::OFFLINE_DONE.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
         }
     }
 }
-
-/// The prefix of raft bookkeeping keys in the state machine tree.
-pub const META_PREFIX: u8 = b'm';
 
 /// Snapshot wire form: every row as stored (key, value) bytes.
 #[derive(Serialize, Deserialize)]
@@ -102,16 +91,12 @@ impl StateData {
         let (prefix, rest) = key
             .split_first()
             .ok_or_else(|| CodecError::msg("empty key".into()))?;
-        let h = match prefix {
-            b'u' => self.users.load_row(rest, value)?,
-            b's' => self.sessions.load_row(rest, value)?,
-            b'r' => self.roster.load_row(rest, value)?,
-            b'q' => self.offline.load_row(rest, value)?,
-            b'n' => self.offline_next.load_row(rest, value)?,
-            b'i' => self.offline_ids.load_row(rest, value)?,
-            b'd' => self.offline_done.load_row(rest, value)?,
-            other => return Err(CodecError::msg(format!("unknown table prefix {other:#x}"))),
-        };
+        let table = self
+            .tables_mut()
+            .into_iter()
+            .find(|t| t.prefix() == *prefix)
+            .ok_or_else(|| CodecError::msg(format!("unknown table prefix {prefix:#x}")))?;
+        let h = table.load_row(rest, value)?;
         self.tracker.digest = self.tracker.digest.wrapping_add(h);
         Ok(())
     }
@@ -119,14 +104,36 @@ impl StateData {
     /// Every row as it is stored, in key order within each table.
     pub fn rows(&self) -> Result<Vec<Row>, CodecError> {
         let mut out = Vec::new();
-        self.users.rows(&mut out)?;
-        self.sessions.rows(&mut out)?;
-        self.roster.rows(&mut out)?;
-        self.offline.rows(&mut out)?;
-        self.offline_next.rows(&mut out)?;
-        self.offline_ids.rows(&mut out)?;
-        self.offline_done.rows(&mut out)?;
+        for table in self.tables() {
+            table.rows(&mut out)?;
+        }
         Ok(out)
+    }
+
+    /// Every table, in the order of [`keyspace::TABLES`].
+    fn tables(&self) -> [&dyn StoredTable; TABLES.len()] {
+        [
+            &self.users,
+            &self.sessions,
+            &self.roster,
+            &self.offline,
+            &self.offline_next,
+            &self.offline_ids,
+            &self.offline_done,
+        ]
+    }
+
+    /// Every table, in the order of [`keyspace::TABLES`].
+    fn tables_mut(&mut self) -> [&mut dyn StoredTable; TABLES.len()] {
+        [
+            &mut self.users,
+            &mut self.sessions,
+            &mut self.roster,
+            &mut self.offline,
+            &mut self.offline_next,
+            &mut self.offline_ids,
+            &mut self.offline_done,
+        ]
     }
 
     /// Encodes the whole state for a snapshot.
@@ -611,5 +618,13 @@ mod tests {
             single.apply(cmd);
         }
         assert_eq!(batched.digest(), single.digest());
+    }
+
+    #[test]
+    fn tables_follow_the_key_space_list() {
+        let d = StateData::default();
+        let prefixes: Vec<u8> = d.tables().iter().map(|t| t.prefix()).collect();
+        let listed: Vec<u8> = TABLES.iter().map(|t| t.prefix).collect();
+        assert_eq!(prefixes, listed);
     }
 }

@@ -1,13 +1,9 @@
 //! sled-backed storage for openraft (storage v2): the log store and the
 //! state machine store. One sled database per node, in its data directory.
 //!
-//! # Trees (the central list)
-//! | tree       | key                  | value                                   |
-//! |------------|----------------------|-----------------------------------------|
-//! | `log`      | index, u64 BE        | encoded [`Entry`]                        |
-//! | `raft`     | `vote`, `committed`, `purged`, `node_id` | encoded values       |
-//! | `sm`       | see [`crate::state`] | table rows, plus `m` + `applied`/`membership` |
-//! | `snapshot` | `meta`, `data`       | the last snapshot built or installed     |
+//! The trees and their keys are listed in [`crate::keyspace`]: `log` (the
+//! entries), `raft` (vote, committed, purged, node id), `sm` (the state
+//! machine's rows, plus its applied log id and membership) and `snapshot`.
 //!
 //! Durability: a vote or an appended entry is flushed to disk before openraft
 //! is told it is stored (`append` calls the callback only after the flush).
@@ -31,19 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::command::Response;
-use crate::state::{StateData, META_PREFIX};
+use crate::keyspace::{self, META_PREFIX};
+use crate::state::StateData;
 use crate::types::{
     Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };
-
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_PURGED: &[u8] = b"purged";
-const KEY_NODE_ID: &[u8] = b"node_id";
-const KEY_APPLIED: &[u8] = b"mapplied";
-const KEY_MEMBERSHIP: &[u8] = b"mmembership";
-const KEY_SNAP_META: &[u8] = b"meta";
-const KEY_SNAP_DATA: &[u8] = b"data";
 
 /// Opening the store failed, or it belongs to another node.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +89,8 @@ pub fn open(
         .path(path)
         .mode(sled::Mode::HighThroughput)
         .open()?;
-    let raft = db.open_tree("raft")?;
-    match raft.get(KEY_NODE_ID)? {
+    let raft = db.open_tree(keyspace::RAFT.name)?;
+    match raft.get(keyspace::NODE_ID)? {
         Some(v) => {
             let stored: NodeId = codec::decode(&v)?;
             if stored != node_id {
@@ -113,13 +101,13 @@ pub fn open(
             }
         }
         None => {
-            raft.insert(KEY_NODE_ID, codec::encode(&node_id)?)?;
+            raft.insert(keyspace::NODE_ID, codec::encode(&node_id)?)?;
             db.flush()?;
         }
     }
     let log = LogStore {
         db: db.clone(),
-        log: db.open_tree("log")?,
+        log: db.open_tree(keyspace::LOG.name)?,
         raft,
     };
     let sm = StateMachineStore::load(db)?;
@@ -194,7 +182,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(KEY_PURGED, read_logs_err)?;
+        let last_purged: Option<LogId> = self.get_meta(keyspace::PURGED, read_logs_err)?;
         let last = match self.log.last().map_err(io_err(read_logs_err))? {
             Some((_, v)) => Some(
                 *codec::decode::<Entry>(&v)
@@ -214,7 +202,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote, write_vote_err)?;
+        self.put_meta(keyspace::VOTE, vote, write_vote_err)?;
         self.db
             .flush_async()
             .await
@@ -223,16 +211,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(KEY_VOTE, read_vote_err)
+        self.get_meta(keyspace::VOTE, read_vote_err)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_COMMITTED, &committed, write_logs_err)
+        self.put_meta(keyspace::COMMITTED, &committed, write_logs_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self
-            .get_meta::<Option<LogId>>(KEY_COMMITTED, read_logs_err)?
+            .get_meta::<Option<LogId>>(keyspace::COMMITTED, read_logs_err)?
             .flatten())
     }
 
@@ -292,7 +280,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash half way leaves extra
         // entries below it, which are ignored, never a gap above it.
-        self.put_meta(KEY_PURGED, &log_id, write_logs_err)?;
+        self.put_meta(keyspace::PURGED, &log_id, write_logs_err)?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=index_key(log_id.index)) {
             let (k, _) = item.map_err(io_err(write_logs_err))?;
@@ -349,22 +337,22 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     fn load(db: sled::Db) -> Result<Self, OpenError> {
-        let sm = db.open_tree("sm")?;
-        let snapshots = db.open_tree("snapshot")?;
+        let sm = db.open_tree(keyspace::SM.name)?;
+        let snapshots = db.open_tree(keyspace::SNAPSHOT.name)?;
         let mut applied = AppliedState::default();
         for item in sm.iter() {
             let (k, v) = item?;
             if k.first() == Some(&META_PREFIX) {
                 match &*k {
-                    KEY_APPLIED => applied.last_applied = codec::decode(&v)?,
-                    KEY_MEMBERSHIP => applied.membership = codec::decode(&v)?,
+                    keyspace::APPLIED => applied.last_applied = codec::decode(&v)?,
+                    keyspace::MEMBERSHIP => applied.membership = codec::decode(&v)?,
                     _ => {}
                 }
             } else {
                 applied.data.load_row(&k, &v)?;
             }
         }
-        if let Some(meta) = snapshots.get(KEY_SNAP_META)? {
+        if let Some(meta) = snapshots.get(keyspace::SNAP_META)? {
             let meta: SnapshotMeta = codec::decode(&meta)?;
             applied.snapshot = meta.last_log_id;
         }
@@ -413,12 +401,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let bytes = codec::encode(&stored).map_err(io_err(write_snap_err))?;
         self.snapshots
             .insert(
-                KEY_SNAP_META,
+                keyspace::SNAP_META,
                 codec::encode(&meta).map_err(io_err(write_snap_err))?,
             )
             .map_err(io_err(write_snap_err))?;
         self.snapshots
-            .insert(KEY_SNAP_DATA, bytes)
+            .insert(keyspace::SNAP_DATA, bytes)
             .map_err(io_err(write_snap_err))?;
         self.db
             .flush_async()
@@ -488,12 +476,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         batch.insert(
-            KEY_APPLIED,
+            keyspace::APPLIED,
             codec::encode(&last_applied).map_err(io_err(write_sm_err))?,
         );
         if let Some(m) = membership {
             batch.insert(
-                KEY_MEMBERSHIP,
+                keyspace::MEMBERSHIP,
                 codec::encode(&m).map_err(io_err(write_sm_err))?,
             );
         }
@@ -530,11 +518,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.insert(k, v);
         }
         batch.insert(
-            KEY_APPLIED,
+            keyspace::APPLIED,
             codec::encode(&meta.last_log_id).map_err(io_err(write_sm_err))?,
         );
         batch.insert(
-            KEY_MEMBERSHIP,
+            keyspace::MEMBERSHIP,
             codec::encode(&meta.last_membership).map_err(io_err(write_sm_err))?,
         );
         self.sm.apply_batch(batch).map_err(io_err(write_sm_err))?;
@@ -544,13 +532,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         self.snapshots
             .insert(
-                KEY_SNAP_META,
+                keyspace::SNAP_META,
                 codec::encode(meta).map_err(io_err(write_snap_err))?,
             )
             .map_err(io_err(write_snap_err))?;
         self.snapshots
             .insert(
-                KEY_SNAP_DATA,
+                keyspace::SNAP_DATA,
                 codec::encode(&stored).map_err(io_err(write_snap_err))?,
             )
             .map_err(io_err(write_snap_err))?;
@@ -570,7 +558,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let Some(bytes) = self
             .snapshots
-            .get(KEY_SNAP_DATA)
+            .get(keyspace::SNAP_DATA)
             .map_err(io_err(read_snap_err))?
         else {
             return Ok(None);

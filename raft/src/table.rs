@@ -1,9 +1,10 @@
 //! The generic table of the replicated state and the digest over it.
 //!
 //! A [`Table`] is an ordered in-memory map whose rows are stored in the
-//! state machine's sled tree under one prefix byte (the key space is listed
-//! in [`crate::state`]). Every change goes through a [`Tracker`], which
-//! records the key/value write the store persists and keeps the digest.
+//! state machine's sled tree under one prefix byte (the tables and their
+//! prefixes are listed in [`crate::keyspace`]). Every change goes through a
+//! `Tracker`, which records the key/value write the store persists and keeps
+//! the digest.
 //!
 //! # Digest
 //! The digest is the wrapping sum, mod 2^128, of SHA-256(key, value) over
@@ -188,6 +189,26 @@ impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
             out.push((self.full_key(k), codec::encode(v)?));
         }
         Ok(())
+    }
+}
+
+/// A table with its key and value types erased: what loading and listing
+/// the stored rows of every table needs.
+pub(crate) trait StoredTable {
+    fn prefix(&self) -> u8;
+    fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<u128, CodecError>;
+    fn rows(&self, out: &mut Vec<Row>) -> Result<(), CodecError>;
+}
+
+impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> StoredTable for Table<K, V> {
+    fn prefix(&self) -> u8 {
+        self.prefix
+    }
+    fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<u128, CodecError> {
+        Table::load_row(self, key, value)
+    }
+    fn rows(&self, out: &mut Vec<Row>) -> Result<(), CodecError> {
+        Table::rows(self, out)
     }
 }
 

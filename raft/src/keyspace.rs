@@ -1,0 +1,176 @@
+//! The key space, declared once: every sled tree of a node's database and,
+//! in the state machine tree, every table's prefix byte, each with its
+//! key -> value layout (after continuwuity's one list of maps,
+//! `src/database/maps.rs`). The store and the state name trees, tables and
+//! keys through these constants, never by literal.
+//!
+//! Values are MessagePack ([`crate::codec`]); keys are raw bytes encoded so
+//! that byte order is key order ([`crate::table::TableKey`]). These names,
+//! prefixes and encodings are the on-disk and snapshot format: existing data
+//! directories are read with them, so never rename or renumber one; a new
+//! table takes a new prefix.
+
+/// One sled tree of a node's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeSpec {
+    /// The sled tree name.
+    pub name: &'static str,
+    /// What a key is.
+    pub key: &'static str,
+    /// What a value is.
+    pub value: &'static str,
+}
+
+/// One table of the state machine tree ([`SM`]): its rows are stored under
+/// `prefix` followed by the encoded key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSpec {
+    pub prefix: u8,
+    /// The table's field name in [`crate::state::StateData`].
+    pub name: &'static str,
+    /// What a key is, as encoded after the prefix.
+    pub key: &'static str,
+    /// What a value is.
+    pub value: &'static str,
+}
+
+/// The raft log.
+pub const LOG: TreeSpec = TreeSpec {
+    name: "log",
+    key: "log index, u64 big-endian",
+    value: "openraft Entry",
+};
+
+/// Raft bookkeeping of the log store.
+pub const RAFT: TreeSpec = TreeSpec {
+    name: "raft",
+    key: "VOTE | COMMITTED | PURGED | NODE_ID",
+    value: "Vote | Option<LogId> | LogId | NodeId",
+};
+
+/// The state machine: the rows of every table of [`TABLES`], plus the
+/// state machine's own bookkeeping under [`META_PREFIX`].
+pub const SM: TreeSpec = TreeSpec {
+    name: "sm",
+    key: "table prefix ++ table key, or APPLIED | MEMBERSHIP",
+    value: "the table's value, or Option<LogId> | StoredMembership",
+};
+
+/// The last snapshot built or installed.
+pub const SNAPSHOT: TreeSpec = TreeSpec {
+    name: "snapshot",
+    key: "SNAP_META | SNAP_DATA",
+    value: "SnapshotMeta | StoredSnapshot (meta and the snapshot's bytes)",
+};
+
+/// Every tree of the database.
+pub const TREES: &[TreeSpec] = &[LOG, RAFT, SM, SNAPSHOT];
+
+/// Keys of the [`RAFT`] tree.
+pub const VOTE: &[u8] = b"vote";
+pub const COMMITTED: &[u8] = b"committed";
+pub const PURGED: &[u8] = b"purged";
+/// The node id a data directory belongs to, stamped when it is created.
+pub const NODE_ID: &[u8] = b"node_id";
+
+/// Keys of the [`SNAPSHOT`] tree.
+pub const SNAP_META: &[u8] = b"meta";
+pub const SNAP_DATA: &[u8] = b"data";
+
+/// Accounts.
+pub const USERS: TableSpec = TableSpec {
+    prefix: b'u',
+    name: "users",
+    key: "bare JID",
+    value: "UserRecord",
+};
+
+/// Session bindings: which node holds a full JID.
+pub const SESSIONS: TableSpec = TableSpec {
+    prefix: b's',
+    name: "sessions",
+    key: "full JID",
+    value: "SessionBinding",
+};
+
+/// Roster items.
+pub const ROSTER: TableSpec = TableSpec {
+    prefix: b'r',
+    name: "roster",
+    key: "owner bare JID \\0 contact bare JID",
+    value: "RosterItem",
+};
+
+/// Offline queues.
+pub const OFFLINE: TableSpec = TableSpec {
+    prefix: b'q',
+    name: "offline",
+    key: "bare JID \\0 seq, u64 big-endian",
+    value: "OfflineMessage",
+};
+
+/// The next sequence number of each offline queue.
+pub const OFFLINE_NEXT: TableSpec = TableSpec {
+    prefix: b'n',
+    name: "offline_next",
+    key: "bare JID",
+    value: "next seq, u64",
+};
+
+/// The queued message ids of each offline queue.
+pub const OFFLINE_IDS: TableSpec = TableSpec {
+    prefix: b'i',
+    name: "offline_ids",
+    key: "bare JID \\0 message id",
+    value: "seq, u64",
+};
+
+/// Message ids removed from each offline queue.
+pub const OFFLINE_DONE: TableSpec = TableSpec {
+    prefix: b'd',
+    name: "offline_done",
+    key: "bare JID \\0 message id",
+    value: "log index of the removal, u64",
+};
+
+/// Every table of the [`SM`] tree, in the order their rows go into a
+/// snapshot.
+pub const TABLES: &[TableSpec] = &[
+    USERS,
+    SESSIONS,
+    ROSTER,
+    OFFLINE,
+    OFFLINE_NEXT,
+    OFFLINE_IDS,
+    OFFLINE_DONE,
+];
+
+/// The prefix of the state machine store's bookkeeping keys in the [`SM`]
+/// tree (written by the store, not by any table).
+pub const META_PREFIX: u8 = b'm';
+
+/// Keys of the [`SM`] tree's bookkeeping: the last applied log id, the
+/// membership.
+pub const APPLIED: &[u8] = b"mapplied";
+pub const MEMBERSHIP: &[u8] = b"mmembership";
+
+const _: () = assert!(APPLIED[0] == META_PREFIX && MEMBERSHIP[0] == META_PREFIX);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_prefixes_are_distinct() {
+        let mut prefixes: Vec<u8> = TABLES.iter().map(|t| t.prefix).collect();
+        prefixes.push(META_PREFIX);
+        let n = prefixes.len();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        assert_eq!(prefixes.len(), n);
+        let mut names: Vec<&str> = TREES.iter().map(|t| t.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), TREES.len());
+    }
+}
