@@ -14,76 +14,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use starling_proto::raft::Empty;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::batcher::{batcher, Pending};
 use crate::codec;
 use crate::command::{Command, Response};
 use crate::network::{not_sent, Peers};
+use crate::proposal::write_error;
+pub use crate::proposal::{Applied, ForwardedProposal, Proposal, ProposeError};
 use crate::store::StateReader;
 use crate::types::{NodeId, Raft, StarlingNode};
-
-/// A change to propose to the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Proposal {
-    /// A replicated state machine command.
-    Command(Command),
-    /// Add a node as a learner, wait until it has caught up, make it a voter.
-    AddNode { id: NodeId, node: StarlingNode },
-    /// Remove a node from the voters and learners.
-    RemoveNode { id: NodeId },
-    /// Nothing to commit: the leader confirms with a quorum that it still
-    /// leads and answers its commit index (raft's read index, §6.4 of
-    /// Ongaro's thesis); `propose` returns once this node applied that
-    /// far. See [`ClusterHandle::confirm_contact`].
-    ReadIndex,
-}
-
-/// A proposal sent to the leader by a node that is not the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ForwardedProposal {
-    pub from: NodeId,
-    pub proposal: Proposal,
-}
-
-/// The committed result of a proposal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    pub log_index: u64,
-    pub response: Response,
-    /// The membership after a membership change (empty otherwise).
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-}
-
-/// Why a proposal did not (or may not have) taken effect.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum ProposeError {
-    /// Definitely not applied: no leader could be found before the deadline
-    /// (no quorum, or an election that did not finish).
-    #[error("no leader: the cluster has no quorum or is still electing one")]
-    NoLeader,
-    /// Definitely not applied: this node is not the leader (internal; the
-    /// caller forwards or retries).
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
-    /// Definitely not applied: the membership change is not allowed.
-    #[error("membership change rejected: {0}")]
-    Membership(String),
-    /// Definitely not applied: the node id is not a member.
-    #[error("node {0} is not a member of the cluster")]
-    UnknownNode(NodeId),
-    /// Definitely not applied: raft on this node has stopped.
-    #[error("raft stopped: {0}")]
-    Fatal(String),
-    /// Maybe applied, maybe not: the deadline passed or a connection was
-    /// lost after the proposal was sent.
-    #[error("outcome unknown: {0}")]
-    Unknown(String),
-}
 
 /// This node's view of itself, as reported to admin and peers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,115 +65,9 @@ struct Inner {
     leader_contact: std::sync::Mutex<Option<Instant>>,
 }
 
-/// Most commands in one batched log entry.
-const MAX_BATCH_COMMANDS: usize = 512;
-/// Largest estimated size of one batched log entry.
-/// (Kept at the append budget, `network::APPEND_BUDGET_BYTES`, so one entry
-/// fits in one append.)
-const MAX_BATCH_BYTES: usize = crate::network::APPEND_BUDGET_BYTES;
-/// Batches submitted to raft and not yet committed, at most. While all are
-/// in flight, new commands queue up and form the next, larger batch: group
-/// commit that adapts to load (a lone writer still gets a batch of one).
-const MAX_BATCHES_IN_FLIGHT: usize = 2;
-
 /// Longest one attempt of an idempotent proposal waits before it is made
 /// again (to the leader of the moment).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// A command waiting for the batcher.
-struct Pending {
-    cmd: Command,
-    tx: oneshot::Sender<Result<Applied, ProposeError>>,
-}
-
-/// Collects concurrently proposed commands into [`Command::Batch`] entries.
-///
-/// openraft 0.9 appends (and so fsyncs) each client write on its own; one
-/// entry per batch makes that one fsync per batch. Batches are handed to
-/// raft in arrival order, so commands from one caller keep their order.
-async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
-    let permits = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = first.cmd.size_hint();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.cmd.size_hint();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let (cmd, txs) = if batch.len() == 1 {
-            let p = batch.remove(0);
-            (p.cmd, vec![p.tx])
-        } else {
-            let (cmds, txs): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.tx)).unzip();
-            (Command::Batch { commands: cmds }, txs)
-        };
-        let single = txs.len() == 1;
-        // Enqueue into raft here, in order; wait for commit elsewhere.
-        let rx_commit = match raft.client_write_ff(cmd).await {
-            Ok(rx) => rx,
-            Err(fatal) => {
-                for tx in txs {
-                    let _ = tx.send(Err(ProposeError::Fatal(fatal.to_string())));
-                }
-                continue;
-            }
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            let outcome = match rx_commit.await {
-                Err(_) => Err(ProposeError::Unknown("raft dropped the proposal".into())),
-                Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-                Ok(Ok(r)) => Ok(r),
-            };
-            match outcome {
-                Err(e) => {
-                    for tx in txs {
-                        let _ = tx.send(Err(e.clone()));
-                    }
-                }
-                Ok(r) if single => {
-                    let applied = Applied {
-                        log_index: r.log_id.index,
-                        response: r.data,
-                        voters: vec![],
-                        learners: vec![],
-                    };
-                    for tx in txs {
-                        let _ = tx.send(Ok(applied.clone()));
-                    }
-                }
-                Ok(r) => {
-                    let responses = match r.data {
-                        Response::Batch { responses } if responses.len() == txs.len() => responses,
-                        other => {
-                            let e = ProposeError::Fatal(format!("batch answered with {other:?}"));
-                            for tx in txs {
-                                let _ = tx.send(Err(e.clone()));
-                            }
-                            return;
-                        }
-                    };
-                    for (tx, response) in txs.into_iter().zip(responses) {
-                        let _ = tx.send(Ok(Applied {
-                            log_index: r.log_id.index,
-                            response,
-                            voters: vec![],
-                            learners: vec![],
-                        }));
-                    }
-                }
-            }
-        });
-    }
-}
 
 /// A cloneable handle on this node's raft instance and applied state.
 #[derive(Clone)]
@@ -630,17 +468,5 @@ fn applied_membership(
         response: Response::Done,
         voters,
         learners,
-    }
-}
-
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, StarlingNode>>) -> ProposeError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
-            leader: f.leader_id,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ProposeError::Membership(e.to_string())
-        }
-        RaftError::Fatal(f) => ProposeError::Fatal(f.to_string()),
     }
 }

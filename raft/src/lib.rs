@@ -21,16 +21,20 @@
 //!   server side of those RPCs and of forwarded proposals.
 //! - [`cluster`]: [`cluster::ClusterHandle`], what the rest of Starling uses:
 //!   propose a command (forwarded to the leader when needed), read the state,
-//!   report on the node.
+//!   report on the node. The proposal types and outcomes are in `proposal`,
+//!   the group-commit batcher in `batcher` (both private, re-exported or
+//!   used by `cluster`).
 #![forbid(unsafe_code)]
 
 mod apply;
+mod batcher;
 pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod credentials;
 pub mod keyspace;
 pub mod network;
+mod proposal;
 pub mod state;
 pub mod store;
 pub mod subscription;
