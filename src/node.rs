@@ -154,12 +154,17 @@ async fn run_inner(
     let raft_task = tokio::spawn(raft_server.in_current_span());
     let admin_task = tokio::spawn(admin_server.in_current_span());
     let boot = tokio::spawn(bootstrap(cluster.clone(), config.clone()).in_current_span());
+    let (lost_tx, lost_rx) = tokio::sync::mpsc::unbounded_channel();
     let liveness = tokio::spawn(
         crate::router::liveness::run(
             router.clone(),
             Duration::from_millis(config.xmpp.node_dead_after_ms),
+            lost_tx,
         )
         .in_current_span(),
+    );
+    let announcer = tokio::spawn(
+        crate::im::presence::announce_lost_sessions(router.clone(), lost_rx).in_current_span(),
     );
     let shared = Arc::new(crate::c2s::Shared {
         config: config.xmpp.clone(),
@@ -201,6 +206,7 @@ async fn run_inner(
     info!("shutting down");
     boot.abort();
     liveness.abort();
+    announcer.abort();
     // Sessions close their streams (system-shutdown) and unbind while raft
     // is still up; give them a moment.
     let _ = c2s_stop_tx.send(true);

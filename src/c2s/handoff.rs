@@ -280,7 +280,7 @@ impl Session {
         }
         info!(resent = again.len(), "session resumed from another node");
         if s.available {
-            crate::im::offline::pull(&mut s, true);
+            s.pull(true);
         }
         s.share_hints();
         s.await_hint().await;

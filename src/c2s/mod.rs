@@ -54,6 +54,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The node's services for `im` handlers.
+    pub fn im(&self) -> crate::im::Ctx<'_> {
+        crate::im::Ctx {
+            domain: &self.domain,
+            registration: self.config.registration,
+            router: &self.router,
+            cluster: &self.cluster,
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_stanza_bytes: self.config.max_stanza_bytes,

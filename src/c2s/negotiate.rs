@@ -19,6 +19,7 @@ use super::session::Session;
 use super::stream::{stream_header, Conn, ConnError};
 use super::Shared;
 use crate::xmpp::framer::Event;
+use crate::xmpp::jid::account_jid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 /// How a negotiation ended well.
@@ -49,15 +50,6 @@ impl CredentialStore for Store<'_> {
         let state = self.0.cluster.state().read();
         state.data.users.get(&bare).map(|u| u.credentials.clone())
     }
-}
-
-/// The normalized bare JID of a local account named `username`.
-pub fn account_jid(username: &str, domain: &str) -> Option<String> {
-    if username.is_empty() || username.contains(['@', '/']) {
-        return None;
-    }
-    let jid = jid::BareJid::new(&format!("{username}@{domain}")).ok()?;
-    Some(jid.to_string())
 }
 
 enum Outcome {
@@ -436,7 +428,8 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         && tls_ok
                         && el.children().any(|c| c.ns() == ns::REGISTER) =>
                 {
-                    let reply = crate::im::register::handle_unauthenticated(shared, &el).await;
+                    let reply =
+                        crate::im::register::handle_unauthenticated(&shared.im(), &el).await;
                     let xml = reply.to_xml(ns::CLIENT);
                     conn.send(&xml).await?;
                 }

@@ -1,7 +1,6 @@
 //! Service discovery (XEP-0030) for the server and for accounts, software
 //! version (XEP-0092).
-use super::iq_result;
-use crate::c2s::session::Session;
+use super::{iq_result, Ctx, Me};
 use crate::xmpp::{ns, Element};
 
 fn feature(var: &str) -> Element {
@@ -9,7 +8,7 @@ fn feature(var: &str) -> Element {
 }
 
 /// disco#info of the server (XEP-0030 §3.1).
-pub fn server_info(s: &Session, iq: &Element) -> Element {
+pub fn server_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Element {
     let mut q = Element::new("query", ns::DISCO_INFO).with_child(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "server")
@@ -26,17 +25,17 @@ pub fn server_info(s: &Session, iq: &Element) -> Element {
         ns::DELAY,
         "msgoffline",
     ];
-    if s.shared.config.registration {
+    if ctx.registration {
         features.push(ns::REGISTER);
     }
     for f in features {
         q.push(feature(f));
     }
-    iq_result(s, iq).with_child(q)
+    iq_result(me, iq).with_child(q)
 }
 
 /// disco#info of an account (XEP-0030 §3, identity account/registered).
-pub fn account_info(s: &Session, iq: &Element) -> Element {
+pub fn account_info(me: &Me<'_>, iq: &Element) -> Element {
     let q = Element::new("query", ns::DISCO_INFO)
         .with_child(
             Element::new("identity", ns::DISCO_INFO)
@@ -45,20 +44,20 @@ pub fn account_info(s: &Session, iq: &Element) -> Element {
         )
         .with_child(feature(ns::DISCO_INFO))
         .with_child(feature(ns::SID));
-    iq_result(s, iq).with_child(q)
+    iq_result(me, iq).with_child(q)
 }
 
 /// disco#items: no items (no components yet).
-pub fn items(s: &Session, iq: &Element) -> Element {
+pub fn items(me: &Me<'_>, iq: &Element) -> Element {
     let node = iq
         .get_child("query", ns::DISCO_ITEMS)
         .and_then(|q| q.attr("node"));
-    iq_result(s, iq).with_child(Element::new("query", ns::DISCO_ITEMS).with_opt_attr("node", node))
+    iq_result(me, iq).with_child(Element::new("query", ns::DISCO_ITEMS).with_opt_attr("node", node))
 }
 
 /// XEP-0092 software version (no OS: it helps attackers more than users).
-pub fn version(s: &Session, iq: &Element) -> Element {
-    iq_result(s, iq).with_child(
+pub fn version(me: &Me<'_>, iq: &Element) -> Element {
+    iq_result(me, iq).with_child(
         Element::new("query", ns::VERSION)
             .with_child(Element::new("name", ns::VERSION).with_text("Starling"))
             .with_child(Element::new("version", ns::VERSION).with_text(env!("CARGO_PKG_VERSION"))),

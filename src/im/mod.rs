@@ -4,22 +4,62 @@
 //! - [`roster`]: roster get/set/remove and pushes (RFC 6121 §2).
 //! - [`presence`]: presence broadcast, probes, directed presence and
 //!   subscriptions (RFC 6121 §3, §4).
-//! - [`offline`]: offline messages with XEP-0203 delay (XEP-0160).
+//! - [`offline`]: the XEP-0203 stamp of messages from the replicated queue
+//!   (XEP-0160).
 //! - [`disco`]: XEP-0030 disco, XEP-0092 version, XEP-0199 ping.
 //! - [`register`]: XEP-0077 in-band registration, password change, removal.
+//! - [`effect`]: what a handler asks of the session that sent the stanza.
 //!
 //! [`handle_stanza`] is the entry point for every stanza a client sends,
 //! with `from` already stamped by the session.
+//!
+//! # Handlers return effects
+//! A handler never holds the session. It gets the node's services
+//! ([`Ctx`]: the router and the replicated state, which it may read, write
+//! through raft and deliver through to *other* sessions) and a read-only
+//! view of the sending session ([`Me`]), and returns [`Effects`]: what is
+//! written to this session's client, what it routes, and how its own state
+//! changes (presence, carbons, directed presence, its binding). The session
+//! (`c2s::session::effects`) carries them out in order. So `im` does not
+//! depend on `c2s`, and a handler's decisions can be tested as data.
 pub mod disco;
+pub mod effect;
 pub mod offline;
 pub mod presence;
 pub mod register;
 pub mod roster;
 
-use crate::c2s::session::Session;
-use crate::router::strip_stanza_ids;
-use crate::xmpp::jid::{BareJid, Jid};
+use std::collections::HashSet;
+
+use starling_raft::ClusterHandle;
+
+pub use effect::{Effect, Effects};
+
+use crate::router::{strip_stanza_ids, Router};
+use crate::xmpp::jid::{BareJid, FullJid, Jid};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
+
+/// The node's services a handler may use.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The domain this node serves.
+    pub domain: &'a str,
+    /// XEP-0077 in-band registration is on (advertised in disco).
+    pub registration: bool,
+    pub router: &'a Router,
+    pub cluster: &'a ClusterHandle,
+}
+
+/// What a handler may know of the session that sent the stanza.
+#[derive(Clone, Copy)]
+pub struct Me<'a> {
+    pub full: &'a FullJid,
+    pub bare: &'a BareJid,
+    /// Sent initial presence and not unavailable since (RFC 6121 §4.2).
+    pub available: bool,
+    /// JIDs this session sent directed presence to (RFC 6121 §4.6).
+    pub directed: &'a HashSet<String>,
+}
 
 /// Where a stanza's `to` points, from the sender's point of view.
 pub(crate) enum Addressee {
@@ -33,12 +73,12 @@ pub(crate) enum Addressee {
     Other(Jid),
 }
 
-pub(crate) fn addressee(s: &Session, el: &Element) -> Result<Addressee, StanzaError> {
+pub(crate) fn addressee(domain: &str, me: &Me<'_>, el: &Element) -> Result<Addressee, StanzaError> {
     let Some(to) = el.attr("to") else {
         return Ok(Addressee::Server);
     };
     let jid = Jid::new(to).map_err(|_| StanzaError::new(StanzaCondition::JidMalformed))?;
-    if jid.domain().as_str() != s.shared.domain {
+    if jid.domain().as_str() != domain {
         return Ok(Addressee::Other(jid));
     }
     match (jid.node(), jid.resource()) {
@@ -46,7 +86,7 @@ pub(crate) fn addressee(s: &Session, el: &Element) -> Result<Addressee, StanzaEr
         (None, Some(_)) | (Some(_), Some(_)) => Ok(Addressee::Other(jid)),
         (Some(_), None) => {
             let bare = jid.into_bare();
-            if bare == s.bare {
+            if &bare == me.bare {
                 Ok(Addressee::OwnAccount)
             } else {
                 Ok(Addressee::Account(bare))
@@ -55,128 +95,129 @@ pub(crate) fn addressee(s: &Session, el: &Element) -> Result<Addressee, StanzaEr
     }
 }
 
-/// Sends the error reply for `el` to the client itself.
-pub(crate) fn reply_error(s: &mut Session, el: &Element, err: StanzaError) {
-    if let Some(mut reply) = err.reply_to(el) {
-        // The error comes from where the stanza was going.
-        if reply.attr("from").is_none() {
-            reply.set_attr("from", s.shared.domain.clone());
-        }
-        reply.set_attr("to", s.full.to_string());
-        s.write_stanza(reply);
+/// The error reply for `el`, for the client itself (none for a stanza that
+/// must not be answered with an error, RFC 6120 §8.3.1).
+pub(crate) fn error_reply(domain: &str, me: &Me<'_>, el: &Element, err: StanzaError) -> Effects {
+    let Some(mut reply) = err.reply_to(el) else {
+        return Effects::none();
+    };
+    // The error comes from where the stanza was going.
+    if reply.attr("from").is_none() {
+        reply.set_attr("from", domain);
     }
+    reply.set_attr("to", me.full.to_string());
+    Effects::write(reply)
 }
 
 /// An empty `result` for an iq.
-pub(crate) fn iq_result(s: &Session, iq: &Element) -> Element {
+pub(crate) fn iq_result(me: &Me<'_>, iq: &Element) -> Element {
     Element::new("iq", ns::CLIENT)
         .with_attr("type", "result")
         .with_opt_attr("id", iq.attr("id"))
         .with_opt_attr("from", iq.attr("to"))
-        .with_attr("to", s.full.to_string())
+        .with_attr("to", me.full.to_string())
 }
 
-pub async fn handle_stanza(s: &mut Session, el: Element) {
+/// Handles one stanza from the session's client.
+pub async fn handle_stanza(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     match el.name() {
-        "message" => handle_message(s, el).await,
-        "presence" => presence::handle(s, el).await,
-        "iq" => handle_iq(s, el).await,
-        _ => {}
+        "message" => handle_message(ctx, me, el).await,
+        "presence" => presence::handle(ctx, me, el).await,
+        "iq" => handle_iq(ctx, me, el).await,
+        _ => Effects::none(),
     }
 }
 
-async fn handle_message(s: &mut Session, mut el: Element) {
-    let target = match addressee(s, &el) {
+async fn handle_message(ctx: &Ctx<'_>, me: &Me<'_>, mut el: Element) -> Effects {
+    let target = match addressee(ctx.domain, me, &el) {
         Ok(t) => t,
-        Err(e) => return reply_error(s, &el, e),
+        Err(e) => return error_reply(ctx.domain, me, &el, e),
     };
     let to = match target {
         // RFC 6120 §10.3.1: no `to` means the sender's own bare JID.
-        Addressee::OwnAccount | Addressee::Server if el.attr("to").is_none() => {
-            el.set_attr("to", s.bare.to_string());
-            s.bare.to_string()
-        }
+        Addressee::OwnAccount | Addressee::Server if el.attr("to").is_none() => me.bare.to_string(),
         Addressee::Server => {
             // Messages to the server itself: nothing here takes them.
-            if !matches!(el.attr("type"), Some("error" | "headline")) {
-                reply_error(
-                    s,
-                    &el,
-                    StanzaError::new(StanzaCondition::ServiceUnavailable),
-                );
+            if matches!(el.attr("type"), Some("error" | "headline")) {
+                return Effects::none();
             }
-            return;
+            return error_reply(
+                ctx.domain,
+                me,
+                &el,
+                StanzaError::new(StanzaCondition::ServiceUnavailable),
+            );
         }
-        Addressee::OwnAccount => s.bare.to_string(),
+        Addressee::OwnAccount => me.bare.to_string(),
         Addressee::Account(b) => b.to_string(),
         Addressee::Other(j) => j.to_string(),
     };
     el.set_attr("to", to.clone());
     // XEP-0359 §5: a client must not set the recipient's stanza id.
     strip_stanza_ids(&mut el, crate::xmpp::jid::bare_of(&to));
-    let router = s.shared.router.clone();
-    router.sent_carbons(s.full.as_str(), &el).await;
+    ctx.router.sent_carbons(me.full.as_str(), &el).await;
     // A message for an account is safe (and acknowledged) once its guard
     // has it in the replicated queue; anything else once routed.
-    let notify = s.guard_notify();
-    if !router.route_guarded(el, notify.clone()).await {
-        s.guard_not_started(notify);
-    }
+    Effects::one(Effect::RouteGuarded(el))
 }
 
-async fn handle_iq(s: &mut Session, el: Element) {
+async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     let ty = el.attr("type").unwrap_or("");
     let is_request = matches!(ty, "get" | "set");
     if !matches!(ty, "get" | "set" | "result" | "error") || el.attr("id").is_none() {
         // RFC 6120 §8.2.3: iq needs an id and one of the four types.
-        return reply_error(s, &el, StanzaError::new(StanzaCondition::BadRequest));
+        return error_reply(
+            ctx.domain,
+            me,
+            &el,
+            StanzaError::new(StanzaCondition::BadRequest),
+        );
     }
     if is_request && el.children().count() != 1 {
         // §8.2.3: a get or set has exactly one child.
-        return reply_error(s, &el, StanzaError::new(StanzaCondition::BadRequest));
+        return error_reply(
+            ctx.domain,
+            me,
+            &el,
+            StanzaError::new(StanzaCondition::BadRequest),
+        );
     }
-    let target = match addressee(s, &el) {
+    let target = match addressee(ctx.domain, me, &el) {
         Ok(t) => t,
-        Err(e) => return reply_error(s, &el, e),
+        Err(e) => return error_reply(ctx.domain, me, &el, e),
     };
     match target {
         Addressee::Server | Addressee::OwnAccount => {
             if !is_request {
                 // Results and errors for the server (roster push acks...).
-                return;
+                return Effects::none();
             }
             let own = matches!(target, Addressee::OwnAccount);
-            handle_server_iq(s, el, own).await
+            handle_server_iq(ctx, me, el, own).await
         }
         Addressee::Account(bare) => {
             if !is_request {
-                return;
+                return Effects::none();
             }
             // RFC 6121 §8.5.2.1.3 / §8.5.1: an iq to a bare JID is answered
             // by the server on the account's behalf.
-            let router = s.shared.router.clone();
-            if !router.user_exists(&bare) {
-                return reply_error(
-                    s,
+            if !ctx.router.user_exists(&bare) {
+                return error_reply(
+                    ctx.domain,
+                    me,
                     &el,
                     StanzaError::new(StanzaCondition::ServiceUnavailable),
                 );
             }
-            let child = el
-                .children()
-                .next()
-                .map(|c| (c.name().to_string(), c.ns().to_string()));
-            match child.as_ref().map(|(n, ns_)| (n.as_str(), ns_.as_str())) {
+            let child = el.children().next().map(|c| (c.name(), c.ns()));
+            match child {
                 Some(("query", ns::DISCO_INFO)) if ty == "get" => {
-                    let reply = disco::account_info(s, &el);
-                    s.write_stanza(reply);
+                    Effects::write(disco::account_info(me, &el))
                 }
-                Some(("ping", ns::PING)) if ty == "get" => {
-                    let reply = iq_result(s, &el);
-                    s.write_stanza(reply);
-                }
-                _ => reply_error(
-                    s,
+                Some(("ping", ns::PING)) if ty == "get" => Effects::write(iq_result(me, &el)),
+                _ => error_reply(
+                    ctx.domain,
+                    me,
                     &el,
                     StanzaError::new(StanzaCondition::ServiceUnavailable),
                 ),
@@ -185,71 +226,156 @@ async fn handle_iq(s: &mut Session, el: Element) {
         Addressee::Other(to) => {
             let mut el = el;
             el.set_attr("to", to.to_string());
-            s.shared.router.clone().route(el).await
+            Effects::one(Effect::Route(el))
         }
     }
 }
 
-async fn handle_server_iq(s: &mut Session, el: Element, own: bool) {
+async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) -> Effects {
     let ty = el.attr("type").unwrap_or("").to_string();
     let Some(child) = el.children().next() else {
-        return;
+        return Effects::none();
     };
     let key = (child.name().to_string(), child.ns().to_string());
     match (key.0.as_str(), key.1.as_str(), ty.as_str()) {
-        ("query", ns::ROSTER, _) => roster::handle(s, el).await,
-        ("ping", ns::PING, "get") => {
-            let reply = iq_result(s, &el);
-            s.write_stanza(reply);
-        }
-        ("session", ns::SESSION, "set") => {
-            // RFC 3921 session establishment: a no-op today.
-            let reply = iq_result(s, &el);
-            s.write_stanza(reply);
-        }
-        ("query", ns::VERSION, "get") if !own => {
-            let reply = disco::version(s, &el);
-            s.write_stanza(reply);
-        }
-        ("query", ns::DISCO_INFO, "get") => {
-            let reply = if own {
-                disco::account_info(s, &el)
-            } else {
-                disco::server_info(s, &el)
-            };
-            s.write_stanza(reply);
-        }
-        ("query", ns::DISCO_ITEMS, "get") => {
-            let reply = disco::items(s, &el);
-            s.write_stanza(reply);
-        }
-        ("query", ns::REGISTER, _) => register::handle_authenticated(s, el).await,
+        ("query", ns::ROSTER, _) => roster::handle(ctx, me, el).await,
+        ("ping", ns::PING, "get") => Effects::write(iq_result(me, &el)),
+        // RFC 3921 session establishment: a no-op today.
+        ("session", ns::SESSION, "set") => Effects::write(iq_result(me, &el)),
+        ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
+        ("query", ns::DISCO_INFO, "get") => Effects::write(if own {
+            disco::account_info(me, &el)
+        } else {
+            disco::server_info(ctx, me, &el)
+        }),
+        ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(me, &el)),
+        ("query", ns::REGISTER, _) => register::handle_authenticated(ctx, me, el).await,
         ("enable" | "disable", ns::CARBONS, "set") => {
             // XEP-0280 §4: enabling is per session, and other nodes need to
             // know (they send `received` copies), so it is in the binding.
-            s.carbons = key.0 == "enable";
-            if s.publish_binding().await {
-                let reply = iq_result(s, &el);
-                s.write_stanza(reply);
-            } else {
-                reply_error(
-                    s,
-                    &el,
-                    StanzaError::new(StanzaCondition::InternalServerError),
-                );
-            }
-        }
-        ("bind", ns::BIND, _) => {
-            // Already bound (RFC 6120 §7.7.2.3 resource binding once).
-            reply_error(s, &el, StanzaError::new(StanzaCondition::NotAllowed));
-        }
-        _ => {
-            // RFC 6120 §8.4: an unknown payload namespace.
-            reply_error(
-                s,
+            let failed = error_reply(
+                ctx.domain,
+                me,
                 &el,
-                StanzaError::new(StanzaCondition::ServiceUnavailable),
+                StanzaError::new(StanzaCondition::InternalServerError),
             );
+            Effects::one(Effect::Carbons {
+                enable: key.0 == "enable",
+                reply: iq_result(me, &el),
+                failed: failed.into_write(),
+            })
         }
+        // Already bound (RFC 6120 §7.7.2.3 resource binding once).
+        ("bind", ns::BIND, _) => error_reply(
+            ctx.domain,
+            me,
+            &el,
+            StanzaError::new(StanzaCondition::NotAllowed),
+        ),
+        // RFC 6120 §8.4: an unknown payload namespace.
+        _ => error_reply(
+            ctx.domain,
+            me,
+            &el,
+            StanzaError::new(StanzaCondition::ServiceUnavailable),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me_parts() -> (FullJid, BareJid, HashSet<String>) {
+        let full = FullJid::new("juliet@localhost/balcony").expect("jid");
+        let bare = full.to_bare();
+        (full, bare, HashSet::new())
+    }
+
+    #[test]
+    fn addressee_classifies_the_to_address() {
+        let (full, bare, directed) = me_parts();
+        let me = Me {
+            full: &full,
+            bare: &bare,
+            available: true,
+            directed: &directed,
+        };
+        let to = |to: Option<&str>| {
+            let el = Element::new("message", ns::CLIENT).with_opt_attr("to", to);
+            addressee("localhost", &me, &el)
+        };
+        assert!(matches!(to(None), Ok(Addressee::Server)));
+        assert!(matches!(to(Some("localhost")), Ok(Addressee::Server)));
+        assert!(matches!(
+            to(Some("juliet@localhost")),
+            Ok(Addressee::OwnAccount)
+        ));
+        assert!(matches!(
+            to(Some("Juliet@LOCALHOST")),
+            Ok(Addressee::OwnAccount)
+        ));
+        assert!(
+            matches!(to(Some("romeo@localhost")), Ok(Addressee::Account(b)) if b.as_str() == "romeo@localhost")
+        );
+        assert!(matches!(
+            to(Some("romeo@localhost/r")),
+            Ok(Addressee::Other(_))
+        ));
+        assert!(matches!(to(Some("localhost/x")), Ok(Addressee::Other(_))));
+        assert!(matches!(
+            to(Some("romeo@elsewhere")),
+            Ok(Addressee::Other(_))
+        ));
+        assert!(
+            matches!(to(Some("a@b@c")), Err(e) if e.condition == StanzaCondition::JidMalformed)
+        );
+    }
+
+    #[test]
+    fn error_replies_come_from_the_target_or_the_domain_and_never_answer_errors() {
+        let (full, bare, directed) = me_parts();
+        let me = Me {
+            full: &full,
+            bare: &bare,
+            available: true,
+            directed: &directed,
+        };
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", "q1")
+            .with_attr("to", "romeo@localhost");
+        let reply = error_reply(
+            "localhost",
+            &me,
+            &iq,
+            StanzaError::new(StanzaCondition::ServiceUnavailable),
+        )
+        .into_write()
+        .expect("an error reply");
+        assert_eq!(reply.attr("from"), Some("romeo@localhost"));
+        assert_eq!(reply.attr("to"), Some("juliet@localhost/balcony"));
+        assert_eq!(reply.attr("id"), Some("q1"));
+        let no_to = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", "q2");
+        let reply = error_reply(
+            "localhost",
+            &me,
+            &no_to,
+            StanzaError::new(StanzaCondition::BadRequest),
+        )
+        .into_write()
+        .expect("an error reply");
+        assert_eq!(reply.attr("from"), Some("localhost"));
+        // RFC 6120 §8.3.1: an error is never answered with an error.
+        let err = Element::new("message", ns::CLIENT).with_attr("type", "error");
+        assert!(error_reply(
+            "localhost",
+            &me,
+            &err,
+            StanzaError::new(StanzaCondition::BadRequest)
+        )
+        .is_empty());
     }
 }

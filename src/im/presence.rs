@@ -8,33 +8,36 @@
 use starling_raft::command::{Command, Response, RosterItem, SubAction};
 use tracing::warn;
 
-use super::{addressee, reply_error, Addressee};
-use crate::c2s::session::Session;
+use std::collections::HashSet;
+
+use tokio::sync::mpsc;
+
+use super::{addressee, error_reply, Addressee, Ctx, Effect, Effects, Me};
 use crate::router::{Router, Target};
-use crate::xmpp::jid::Jid;
+use crate::xmpp::jid::{BareJid, Jid};
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
 /// Most distinct JIDs one session may send directed presence to (RFC 6121
 /// §4.6); more get `resource-constraint`.
 pub const MAX_DIRECTED: usize = 1000;
 
-pub async fn handle(s: &mut Session, mut el: Element) {
+pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     let ty = el.attr("type").map(str::to_string);
     if el.attr("to").is_none() {
-        match ty.as_deref() {
-            None => return available(s, el).await,
-            Some("unavailable") => return unavailable(s, el).await,
+        return match ty.as_deref() {
+            None => available(ctx.domain, me, el),
+            Some("unavailable") => unavailable(me, el),
             // Anything else without a `to` is meaningless: ignore.
-            _ => return,
-        }
+            _ => Effects::none(),
+        };
     }
-    let target = match addressee(s, &el) {
+    let target = match addressee(ctx.domain, me, &el) {
         Ok(t) => t,
-        Err(e) => return reply_error(s, &el, e),
+        Err(e) => return error_reply(ctx.domain, me, &el, e),
     };
     let to: Jid = match target {
-        Addressee::Server => return,
-        Addressee::OwnAccount => Jid::from(s.bare.clone()),
+        Addressee::Server => return Effects::none(),
+        Addressee::OwnAccount => Jid::from(me.bare.clone()),
         Addressee::Account(b) => Jid::from(b),
         Addressee::Other(j) => j,
     };
@@ -47,62 +50,73 @@ pub async fn handle(s: &mut Session, mut el: Element) {
                 _ => SubAction::Unsubscribed,
             };
             let contact = to.to_bare();
-            if contact.domain().as_str() != s.shared.domain {
-                return reply_error(
-                    s,
+            if contact.domain().as_str() != ctx.domain {
+                return error_reply(
+                    ctx.domain,
+                    me,
                     &el,
                     StanzaError::new(StanzaCondition::RemoteServerNotFound),
                 );
             }
-            if contact == s.bare || !s.shared.router.user_exists(&contact) {
+            if &contact == me.bare || !ctx.router.user_exists(&contact) {
                 // §3.1.3: no such contact: silently ignored.
-                return;
+                return Effects::none();
             }
-            subscription(s, contact.as_str(), action).await;
+            subscription(ctx, me.bare, contact.as_str(), action).await;
+            Effects::none()
         }
         Some("probe") => {
             // §4.3: probes are the server's business; answer if subscribed.
             let contact = to.to_bare().to_string();
             let subscribed = {
-                let state = s.shared.cluster.state().read();
+                let state = ctx.cluster.state().read();
                 state
                     .data
                     .roster
-                    .get(&(s.bare.to_string(), contact.clone()))
+                    .get(&(me.bare.to_string(), contact.clone()))
                     .is_some_and(|i| i.has_to())
             };
-            if subscribed {
-                let router = s.shared.router.clone();
-                for p in presences_of(&router, &contact, s.full.as_str()) {
-                    s.write_stanza(p);
-                }
+            if !subscribed {
+                return Effects::none();
             }
+            Effects(
+                presences_of(ctx.router, &contact, me.full.as_str())
+                    .into_iter()
+                    .map(Effect::Write)
+                    .collect(),
+            )
         }
-        _ => {
-            // Directed presence (§4.6), available or unavailable, or error.
-            let to = to.to_string();
-            el.set_attr("to", to.clone());
-            if ty.is_none() {
-                // Bounded: each target is owed an unavailable presence at
-                // the end (§4.6.3), so a session may not collect them
-                // without limit.
-                if !s.directed.contains(&to) && s.directed.len() >= MAX_DIRECTED {
-                    return reply_error(
-                        s,
-                        &el,
-                        StanzaError::with_text(
-                            StanzaCondition::ResourceConstraint,
-                            format!("at most {MAX_DIRECTED} directed presence targets per session"),
-                        ),
-                    );
-                }
-                s.directed.insert(to.clone());
-            } else if ty.as_deref() == Some("unavailable") {
-                s.directed.remove(&to);
-            }
-            s.shared.router.clone().route(el).await;
-        }
+        _ => directed(ctx.domain, me, el, to.to_string(), ty.as_deref()),
     }
+}
+
+/// Directed presence (§4.6), available or unavailable, or an error: routed
+/// to `to`, and the session remembers whom it owes an unavailable presence.
+fn directed(domain: &str, me: &Me<'_>, mut el: Element, to: String, ty: Option<&str>) -> Effects {
+    el.set_attr("to", to.clone());
+    let mut effects = Effects::none();
+    match ty {
+        None => {
+            // Bounded: each target is owed an unavailable presence at the
+            // end (§4.6.3), so a session may not collect them without limit.
+            if !me.directed.contains(&to) && me.directed.len() >= MAX_DIRECTED {
+                return error_reply(
+                    domain,
+                    me,
+                    &el,
+                    StanzaError::with_text(
+                        StanzaCondition::ResourceConstraint,
+                        format!("at most {MAX_DIRECTED} directed presence targets per session"),
+                    ),
+                );
+            }
+            effects.push(Effect::DirectedAdd(to));
+        }
+        Some("unavailable") => effects.push(Effect::DirectedRemove(to)),
+        Some(_) => {}
+    }
+    effects.push(Effect::Route(el));
+    effects
 }
 
 /// The current presence of every available session of `contact`, addressed
@@ -139,10 +153,11 @@ fn watchers(router: &Router, bare: &str) -> Vec<String> {
         .collect()
 }
 
-/// Contacts whose presence the user receives (subscription to/both).
-fn watched(s: &Session) -> Vec<RosterItem> {
-    let state = s.shared.cluster.state().read();
-    state.data.roster_of(s.bare.as_str()).cloned().collect()
+/// The user's roster items (whose presence it receives: subscription
+/// to/both; and pending requests).
+fn watched(router: &Router, bare: &str) -> Vec<RosterItem> {
+    let state = router.cluster().state().read();
+    state.data.roster_of(bare).cloned().collect()
 }
 
 /// Sends `p` (from this session) to every available session of `bare`.
@@ -157,113 +172,133 @@ async fn to_available_sessions(router: &Router, bare: &str, p: &Element, skip: O
     }
 }
 
-/// Broadcast of available presence: initial (§4.2) or an update (§4.4).
-async fn available(s: &mut Session, mut el: Element) {
+/// Available presence from the client: initial (§4.2) or an update (§4.4).
+fn available(domain: &str, me: &Me<'_>, mut el: Element) -> Effects {
     let priority = match el.get_child("priority", ns::CLIENT) {
         Some(p) => match p.text().trim().parse::<i8>() {
             Ok(v) => v,
-            Err(_) => return reply_error(s, &el, StanzaError::new(StanzaCondition::BadRequest)),
+            Err(_) => {
+                return error_reply(
+                    domain,
+                    me,
+                    &el,
+                    StanzaError::new(StanzaCondition::BadRequest),
+                )
+            }
         },
         None => 0,
     };
-    let initial = !s.available;
-    s.available = true;
-    s.priority = priority;
+    let initial = !me.available;
     el.remove_attr("to");
-    s.presence = Some(el.clone());
-    if !s.publish_binding().await {
-        warn!("presence not published to the shared table");
-    }
-    let router = s.shared.router.clone();
-    // §4.2.2 / §4.4.2: to every contact with a from/both subscription and
-    // to the user's other available resources.
-    for contact in watchers(&router, s.bare.as_str()) {
-        to_available_sessions(&router, &contact, &el, None).await;
-    }
-    to_available_sessions(&router, s.bare.as_str(), &el, Some(s.full.as_str())).await;
-    // Reflect the presence back to the client (§4.2.2: the user's own
-    // resource receives it too).
+    // Reflected back to the client (§4.2.2: the user's own resource
+    // receives it too).
     let mut own = el.clone();
-    own.set_attr("to", s.full.to_string());
-    s.write_stanza(own);
-    if !initial {
-        return;
-    }
-    // Initial presence: the presence of contacts the user is subscribed
-    // to (probes answered from the shared table, §4.2.3 / §4.3.2), of the
-    // user's other resources, pending subscription requests (§3.1.3), and
-    // offline messages (XEP-0160) when the priority is not negative.
-    let items = watched(s);
-    for item in &items {
-        if item.has_to() {
-            for p in presences_of(&router, &item.jid, s.full.as_str()) {
-                s.write_stanza(p);
-            }
+    own.set_attr("to", me.full.to_string());
+    let mut effects = Effects(vec![
+        Effect::Available {
+            priority,
+            presence: el.clone(),
+        },
+        Effect::PublishBinding,
+        // §4.2.2 / §4.4.2: to every contact with a from/both subscription
+        // and to the user's other available resources.
+        Effect::Broadcast(el),
+        Effect::Write(own),
+    ]);
+    if initial {
+        // §4.2.3 / §4.3.2 / §3.1.3, then XEP-0160 offline messages when the
+        // priority is not negative.
+        effects.push(Effect::InitialPresence);
+        if priority >= 0 {
+            effects.push(Effect::PullQueue);
         }
     }
-    for p in presences_of(&router, s.bare.as_str(), s.full.as_str()) {
-        if p.attr("from") != Some(s.full.as_str()) {
-            s.write_stanza(p);
-        }
-    }
-    for item in items.iter().filter(|i| i.pending_in) {
-        let req = Element::new("presence", ns::CLIENT)
-            .with_attr("type", "subscribe")
-            .with_attr("from", item.jid.clone())
-            .with_attr("to", s.bare.to_string());
-        s.write_stanza(req);
-    }
-    if priority >= 0 {
-        super::offline::pull(s, true);
-    }
+    effects
 }
 
 /// Unavailable presence from the client (§4.5).
-async fn unavailable(s: &mut Session, mut el: Element) {
+fn unavailable(me: &Me<'_>, mut el: Element) -> Effects {
     el.remove_attr("to");
-    if s.available {
-        s.available = false;
-        s.presence = None;
-        let _ = s.publish_binding().await;
-        send_unavailable(s, el).await;
+    if !me.available {
+        return Effects::none();
     }
+    Effects(vec![
+        Effect::Unavailable,
+        Effect::PublishBinding,
+        Effect::Broadcast(el.clone()),
+        Effect::UnavailableToDirected(el),
+    ])
 }
 
-/// The session ended while available: unavailable presence for it (§4.5.2).
-pub async fn broadcast_unavailable(s: &mut Session) {
-    s.available = false;
-    let el = Element::new("presence", ns::CLIENT)
-        .with_attr("type", "unavailable")
-        .with_attr("from", s.full.to_string());
-    send_unavailable(s, el).await;
+/// [`Effect::Broadcast`]: `el`, this session's presence, to the available
+/// sessions of every contact with a from/both subscription and of the
+/// user's other resources (§4.2.2, §4.4.2, §4.5.2).
+pub async fn broadcast(router: &Router, bare: &str, full: &str, el: &Element) {
+    for contact in watchers(router, bare) {
+        to_available_sessions(router, &contact, el, None).await;
+    }
+    to_available_sessions(router, bare, el, Some(full)).await;
 }
 
-async fn send_unavailable(s: &mut Session, el: Element) {
-    let router = s.shared.router.clone();
-    for contact in watchers(&router, s.bare.as_str()) {
-        to_available_sessions(&router, &contact, &el, None).await;
+/// [`Effect::InitialPresence`]: what a session's initial presence brings
+/// its client, read from the shared tables: the presence of contacts the
+/// user is subscribed to (probes answered from the shared table, §4.2.3 /
+/// §4.3.2), of the user's other resources, and pending subscription
+/// requests (§3.1.3).
+pub fn initial_presence(router: &Router, bare: &str, full: &str) -> Vec<Element> {
+    let items = watched(router, bare);
+    let mut out = Vec::new();
+    for item in items.iter().filter(|i| i.has_to()) {
+        out.extend(presences_of(router, &item.jid, full));
     }
-    let (bare, full) = (s.bare.to_string(), s.full.to_string());
-    to_available_sessions(&router, &bare, &el, Some(&full)).await;
-    // §4.6.3: and to every entity that got directed presence.
-    for to in std::mem::take(&mut s.directed) {
+    out.extend(
+        presences_of(router, bare, full)
+            .into_iter()
+            .filter(|p| p.attr("from") != Some(full)),
+    );
+    for item in items.iter().filter(|i| i.pending_in) {
+        out.push(
+            Element::new("presence", ns::CLIENT)
+                .with_attr("type", "subscribe")
+                .with_attr("from", item.jid.clone())
+                .with_attr("to", bare),
+        );
+    }
+    out
+}
+
+/// [`Effect::UnavailableToDirected`]: `el` to every entity that got
+/// directed presence from the session (§4.6.3).
+pub async fn to_directed(router: &Router, el: &Element, targets: HashSet<String>) {
+    for to in targets {
         let mut copy = el.clone();
         copy.set_attr("to", to);
         router.route(copy).await;
     }
 }
 
+/// A session that was available ended: unavailable presence for it to
+/// contacts, the user's other resources and directed-presence targets
+/// (§4.5.2, §4.6.3).
+pub async fn session_ended(router: &Router, bare: &str, full: &str, directed: HashSet<String>) {
+    let el = Element::new("presence", ns::CLIENT)
+        .with_attr("type", "unavailable")
+        .with_attr("from", full);
+    broadcast(router, bare, full, &el).await;
+    to_directed(router, &el, directed).await;
+}
+
 /// A subscription stanza from this session's user to `contact` (RFC 6121
 /// §3): one replicated command changes both roster items, then the pushes,
 /// deliveries and presence exchanges of §3.1-§3.3 follow.
-pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
-    let router = s.shared.router.clone();
+pub async fn subscription(ctx: &Ctx<'_>, user: &BareJid, contact: &str, action: SubAction) {
+    let router = ctx.router;
     let cmd = Command::Subscription {
-        user: s.bare.to_string(),
+        user: user.to_string(),
         contact: contact.to_string(),
         action,
     };
-    let resp = match s.shared.cluster.write(cmd).await {
+    let resp = match ctx.cluster.write(cmd).await {
         Ok(a) => a.response,
         Err(e) => {
             warn!(error = %e, "subscription change not committed");
@@ -281,12 +316,12 @@ pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
     else {
         return;
     };
-    let user = s.bare.to_string();
+    let user = user.to_string();
     if user_changed {
-        super::roster::push(&router, &user, user_item.as_ref(), contact).await;
+        super::roster::push(router, &user, user_item.as_ref(), contact).await;
     }
     if contact_changed && contact_item.as_ref().is_none_or(|i| !i.stub) {
-        super::roster::push(&router, contact, contact_item.as_ref(), &user).await;
+        super::roster::push(router, contact, contact_item.as_ref(), &user).await;
     }
     let kind = match action {
         SubAction::Subscribe => "subscribe",
@@ -299,7 +334,7 @@ pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
         .with_attr("type", kind)
         .with_attr("from", user.clone());
     if deliver {
-        to_available_sessions(&router, contact, &stanza, None).await;
+        to_available_sessions(router, contact, &stanza, None).await;
     }
     match action {
         SubAction::Subscribe if auto_approved => {
@@ -308,10 +343,10 @@ pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
             let ok = Element::new("presence", ns::CLIENT)
                 .with_attr("type", "subscribed")
                 .with_attr("from", contact);
-            to_available_sessions(&router, &user, &ok, None).await;
+            to_available_sessions(router, &user, &ok, None).await;
             for t in router.sessions_of(&user, None) {
                 if t.binding.available {
-                    for p in presences_of(&router, contact, &t.full) {
+                    for p in presences_of(router, contact, &t.full) {
                         let _ = router.deliver(&t, p).await;
                     }
                 }
@@ -322,7 +357,7 @@ pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
             // contact's available resources.
             for t in router.sessions_of(contact, None) {
                 if t.binding.available {
-                    for p in presences_of(&router, &user, &t.full) {
+                    for p in presences_of(router, &user, &t.full) {
                         let _ = router.deliver(&t, p).await;
                     }
                 }
@@ -330,11 +365,11 @@ pub async fn subscription(s: &mut Session, contact: &str, action: SubAction) {
         }
         SubAction::Unsubscribe if deliver => {
             // §3.3.3: the contact's resources go unavailable for the user.
-            unavailable_from(&router, contact, &user).await;
+            unavailable_from(router, contact, &user).await;
         }
         SubAction::Unsubscribed if deliver => {
             // §3.2.2: the user's resources go unavailable for the contact.
-            unavailable_from(&router, &user, contact).await;
+            unavailable_from(router, &user, contact).await;
         }
         _ => {}
     }
@@ -361,8 +396,146 @@ pub async fn unavailable_for_lost_session(router: &Router, full: &str) {
     let el = Element::new("presence", ns::CLIENT)
         .with_attr("type", "unavailable")
         .with_attr("from", full);
-    for contact in watchers(router, &bare) {
-        to_available_sessions(router, &contact, &el, None).await;
+    broadcast(router, &bare, full, &el).await;
+}
+
+/// Announces the sessions the router's liveness task dropped with their
+/// dead node (see `router::liveness`), until the router stops sending.
+pub async fn announce_lost_sessions(
+    router: Router,
+    mut lost: mpsc::UnboundedReceiver<Vec<String>>,
+) {
+    while let Some(sessions) = lost.recv().await {
+        for full in sessions {
+            unavailable_for_lost_session(&router, &full).await;
+        }
     }
-    to_available_sessions(router, &bare, &el, Some(full)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xmpp::jid::FullJid;
+
+    fn stanza(xml: &str) -> Element {
+        crate::xmpp::parse_stanza(xml).expect("test stanza parses")
+    }
+
+    fn with_me<R>(available: bool, directed: &[&str], f: impl FnOnce(&Me<'_>) -> R) -> R {
+        let full = FullJid::new("juliet@localhost/balcony").expect("jid");
+        let bare = full.to_bare();
+        let directed: HashSet<String> = directed.iter().map(|s| s.to_string()).collect();
+        f(&Me {
+            full: &full,
+            bare: &bare,
+            available,
+            directed: &directed,
+        })
+    }
+
+    #[test]
+    fn initial_presence_publishes_before_it_broadcasts_then_reads_contacts_then_pulls() {
+        let el = stanza(
+            "<presence xmlns='jabber:client' from='juliet@localhost/balcony'><priority>5</priority></presence>",
+        );
+        let effects = with_me(false, &[], |me| available("localhost", me, el.clone()));
+        let mut own = el.clone();
+        own.set_attr("to", "juliet@localhost/balcony");
+        assert_eq!(
+            effects.0,
+            vec![
+                Effect::Available {
+                    priority: 5,
+                    presence: el.clone()
+                },
+                Effect::PublishBinding,
+                Effect::Broadcast(el),
+                Effect::Write(own),
+                Effect::InitialPresence,
+                Effect::PullQueue,
+            ]
+        );
+    }
+
+    #[test]
+    fn an_update_is_broadcast_without_initial_presence_and_negative_priority_pulls_nothing() {
+        let update = stanza("<presence xmlns='jabber:client'><show>away</show></presence>");
+        let effects = with_me(true, &[], |me| available("localhost", me, update));
+        assert!(!effects.0.contains(&Effect::InitialPresence));
+        assert!(!effects.0.contains(&Effect::PullQueue));
+        // XEP-0160 / RFC 6121 §4.7.2.3: a negative priority gets no
+        // offline messages.
+        let negative = stanza("<presence xmlns='jabber:client'><priority>-1</priority></presence>");
+        let effects = with_me(false, &[], |me| available("localhost", me, negative));
+        assert!(effects.0.contains(&Effect::InitialPresence));
+        assert!(!effects.0.contains(&Effect::PullQueue));
+    }
+
+    #[test]
+    fn a_bad_priority_is_bad_request_and_changes_nothing() {
+        let el =
+            stanza("<presence xmlns='jabber:client' id='p1'><priority>high</priority></presence>");
+        let effects = with_me(false, &[], |me| available("localhost", me, el));
+        let [Effect::Write(err)] = effects.0.as_slice() else {
+            panic!("one error reply expected, got {effects:?}");
+        };
+        assert_eq!(err.attr("type"), Some("error"));
+        assert_eq!(err.attr("from"), Some("localhost"));
+        assert_eq!(err.attr("to"), Some("juliet@localhost/balcony"));
+        assert!(err.to_xml(ns::CLIENT).contains("bad-request"));
+    }
+
+    #[test]
+    fn unavailable_only_when_available_and_then_to_directed_targets_too() {
+        let el = stanza("<presence xmlns='jabber:client' type='unavailable' to='x'/>");
+        assert!(with_me(false, &[], |me| unavailable(me, el.clone())).is_empty());
+        let effects = with_me(true, &["romeo@localhost/r"], |me| unavailable(me, el));
+        let mut sent = stanza("<presence xmlns='jabber:client' type='unavailable'/>");
+        sent.remove_attr("to");
+        assert_eq!(
+            effects.0,
+            vec![
+                Effect::Unavailable,
+                Effect::PublishBinding,
+                Effect::Broadcast(sent.clone()),
+                Effect::UnavailableToDirected(sent),
+            ]
+        );
+    }
+
+    #[test]
+    fn directed_presence_is_remembered_forgotten_and_bounded() {
+        let el = stanza("<presence xmlns='jabber:client'/>");
+        let to = "romeo@montague.example/orchard".to_string();
+        let effects = with_me(true, &[], |me| {
+            directed("localhost", me, el.clone(), to.clone(), None)
+        });
+        let mut routed = el.clone();
+        routed.set_attr("to", to.clone());
+        assert_eq!(
+            effects.0,
+            vec![
+                Effect::DirectedAdd(to.clone()),
+                Effect::Route(routed.clone())
+            ]
+        );
+        let gone = with_me(true, &[&to], |me| {
+            directed("localhost", me, el.clone(), to.clone(), Some("unavailable"))
+        });
+        assert_eq!(gone.0[0], Effect::DirectedRemove(to.clone()));
+        // At the cap a new target is refused; one already known is not.
+        let many: Vec<String> = (0..MAX_DIRECTED).map(|i| format!("c{i}@x")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let refused = with_me(true, &many, |me| {
+            directed("localhost", me, el.clone(), to.clone(), None)
+        });
+        let [Effect::Write(err)] = refused.0.as_slice() else {
+            panic!("one error reply expected, got {refused:?}");
+        };
+        assert!(err.to_xml(ns::CLIENT).contains("resource-constraint"));
+        let known = with_me(true, &many, |me| {
+            directed("localhost", me, el.clone(), "c7@x".to_string(), None)
+        });
+        assert_eq!(known.0[0], Effect::DirectedAdd("c7@x".to_string()));
+    }
 }

@@ -1,18 +1,13 @@
 //! In-band registration (XEP-0077): account creation before
 //! authentication (when enabled in the config), and for an authenticated
 //! user: password change and account removal.
-use std::sync::Arc;
-
 use starling_raft::command::{Command, Response};
 use starling_raft::credentials::{Credentials, DEFAULT_ITERATIONS};
 use tracing::info;
 
-use super::{iq_result, reply_error};
-use crate::c2s::negotiate::account_jid;
-use crate::c2s::session::Session;
-use crate::c2s::Shared;
+use super::{error_reply, iq_result, Ctx, Effect, Effects, Me};
 use crate::clock::now_ms;
-use crate::router::ToSession;
+use crate::xmpp::jid::account_jid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 fn field(q: &Element, name: &str) -> Option<String> {
@@ -38,8 +33,8 @@ async fn derive(password: String) -> Option<Credentials> {
 }
 
 /// XEP-0077 §3.1 before authentication.
-pub async fn handle_unauthenticated(shared: &Arc<Shared>, iq: &Element) -> Element {
-    if !shared.config.registration {
+pub async fn handle_unauthenticated(ctx: &Ctx<'_>, iq: &Element) -> Element {
+    if !ctx.registration {
         return error(iq, StanzaError::new(StanzaCondition::ServiceUnavailable));
     }
     let Some(q) = iq.get_child("query", ns::REGISTER) else {
@@ -68,7 +63,7 @@ pub async fn handle_unauthenticated(shared: &Arc<Shared>, iq: &Element) -> Eleme
                     StanzaError::with_text(StanzaCondition::NotAcceptable, "empty password"),
                 );
             }
-            let Some(bare) = account_jid(&user, &shared.domain) else {
+            let Some(bare) = account_jid(&user, ctx.domain) else {
                 return error(
                     iq,
                     StanzaError::with_text(StanzaCondition::JidMalformed, "invalid username"),
@@ -82,7 +77,7 @@ pub async fn handle_unauthenticated(shared: &Arc<Shared>, iq: &Element) -> Eleme
                 credentials,
                 created_ms: now_ms(),
             };
-            match shared.cluster.write(cmd).await {
+            match ctx.cluster.write(cmd).await {
                 Ok(a) => match a.response {
                     Response::UserCreated => {
                         info!(jid = %bare, "account registered");
@@ -100,77 +95,61 @@ pub async fn handle_unauthenticated(shared: &Arc<Shared>, iq: &Element) -> Eleme
 }
 
 /// XEP-0077 §3.2 (cancel) and §3.3 (password change) for a bound session.
-pub async fn handle_authenticated(s: &mut Session, iq: Element) {
+pub async fn handle_authenticated(ctx: &Ctx<'_>, me: &Me<'_>, iq: Element) -> Effects {
     let Some(q) = iq.get_child("query", ns::REGISTER) else {
-        return;
+        return Effects::none();
     };
-    let username = s.bare.node().map(|n| n.to_string()).unwrap_or_default();
+    let fail = |c| error_reply(ctx.domain, me, &iq, StanzaError::new(c));
+    let username = me.bare.node().map(|n| n.to_string()).unwrap_or_default();
     match iq.attr("type") {
-        Some("get") => {
-            let reply = iq_result(s, &iq).with_child(
+        Some("get") => Effects::write(
+            iq_result(me, &iq).with_child(
                 Element::new("query", ns::REGISTER)
                     .with_child(Element::new("registered", ns::REGISTER))
                     .with_child(Element::new("username", ns::REGISTER).with_text(username))
                     .with_child(Element::new("password", ns::REGISTER)),
-            );
-            s.write_stanza(reply);
-        }
+            ),
+        ),
         Some("set") if q.has_child("remove", ns::REGISTER) => {
             let cmd = Command::DeleteUser {
-                jid: s.bare.to_string(),
+                jid: me.bare.to_string(),
             };
-            match s.shared.cluster.write(cmd).await {
+            match ctx.cluster.write(cmd).await {
                 Ok(_) => {
-                    info!(jid = %s.bare, "account removed by its user");
-                    let reply = iq_result(s, &iq);
-                    s.write_stanza(reply);
+                    info!(jid = %me.bare, "account removed by its user");
                     // §3.2: the account is gone; so is the session.
-                    if let Some(me) = s.shared.router.local_session(s.full.as_str()) {
-                        let _ = me.tx.try_send(ToSession::Kick(StreamError::with_text(
+                    Effects(vec![
+                        Effect::Write(iq_result(me, &iq)),
+                        Effect::End(StreamError::with_text(
                             StreamCondition::NotAuthorized,
                             "account removed",
-                        )));
-                    }
+                        )),
+                    ])
                 }
-                Err(_) => reply_error(
-                    s,
-                    &iq,
-                    StanzaError::new(StanzaCondition::InternalServerError),
-                ),
+                Err(_) => fail(StanzaCondition::InternalServerError),
             }
         }
         Some("set") => {
             let (Some(user), Some(password)) = (field(q, "username"), field(q, "password")) else {
-                return reply_error(s, &iq, StanzaError::new(StanzaCondition::BadRequest));
+                return fail(StanzaCondition::BadRequest);
             };
-            if account_jid(&user, &s.shared.domain).as_deref() != Some(s.bare.as_str())
+            if account_jid(&user, ctx.domain).as_deref() != Some(me.bare.as_str())
                 || password.is_empty()
             {
-                return reply_error(s, &iq, StanzaError::new(StanzaCondition::NotAllowed));
+                return fail(StanzaCondition::NotAllowed);
             }
             let Some(credentials) = derive(password).await else {
-                return reply_error(
-                    s,
-                    &iq,
-                    StanzaError::new(StanzaCondition::InternalServerError),
-                );
+                return fail(StanzaCondition::InternalServerError);
             };
             let cmd = Command::SetPassword {
-                jid: s.bare.to_string(),
+                jid: me.bare.to_string(),
                 credentials,
             };
-            match s.shared.cluster.write(cmd).await {
-                Ok(_) => {
-                    let reply = iq_result(s, &iq);
-                    s.write_stanza(reply);
-                }
-                Err(_) => reply_error(
-                    s,
-                    &iq,
-                    StanzaError::new(StanzaCondition::InternalServerError),
-                ),
+            match ctx.cluster.write(cmd).await {
+                Ok(_) => Effects::write(iq_result(me, &iq)),
+                Err(_) => fail(StanzaCondition::InternalServerError),
             }
         }
-        _ => reply_error(s, &iq, StanzaError::new(StanzaCondition::BadRequest)),
+        _ => fail(StanzaCondition::BadRequest),
     }
 }

@@ -2,8 +2,7 @@
 //! every resource of the user on every node.
 use starling_raft::command::{Command, RosterItem, SubAction, Subscription};
 
-use super::{iq_result, reply_error};
-use crate::c2s::session::Session;
+use super::{error_reply, iq_result, Ctx, Effects, Me};
 use crate::router::Router;
 use crate::xmpp::id::random_id;
 use crate::xmpp::jid::BareJid;
@@ -52,20 +51,20 @@ pub async fn push(router: &Router, owner: &str, item: Option<&RosterItem>, conta
     }
 }
 
-pub async fn handle(s: &mut Session, el: Element) {
+pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     match el.attr("type") {
-        Some("get") => get(s, &el),
-        Some("set") => set(s, &el).await,
-        _ => {}
+        Some("get") => get(ctx, me, &el),
+        Some("set") => set(ctx, me, &el).await,
+        _ => Effects::none(),
     }
 }
 
-fn get(s: &mut Session, el: &Element) {
+fn get(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element) -> Effects {
     let items: Vec<Element> = {
-        let state = s.shared.cluster.state().read();
+        let state = ctx.cluster.state().read();
         state
             .data
-            .roster_of(s.bare.as_str())
+            .roster_of(me.bare.as_str())
             .filter(|i| !i.stub)
             .map(item_element)
             .collect()
@@ -74,28 +73,27 @@ fn get(s: &mut Session, el: &Element) {
     for i in items {
         query.push(i);
     }
-    let reply = iq_result(s, el).with_child(query);
-    s.write_stanza(reply);
+    Effects::write(iq_result(me, el).with_child(query))
 }
 
-async fn set(s: &mut Session, el: &Element) {
+async fn set(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element) -> Effects {
     let Some(query) = el.get_child("query", ns::ROSTER) else {
-        return;
+        return Effects::none();
     };
+    let bad = |c| error_reply(ctx.domain, me, el, StanzaError::new(c));
     // §2.3.3: exactly one item.
     let items: Vec<&Element> = query
         .children()
         .filter(|c| c.is("item", ns::ROSTER))
         .collect();
     let [item] = items.as_slice() else {
-        return reply_error(s, el, StanzaError::new(StanzaCondition::BadRequest));
+        return bad(StanzaCondition::BadRequest);
     };
     let Some(contact) = item.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
-        return reply_error(s, el, StanzaError::new(StanzaCondition::JidMalformed));
+        return bad(StanzaCondition::JidMalformed);
     };
-    let router = s.shared.router.clone();
     if item.attr("subscription") == Some("remove") {
-        return remove(s, el, &contact).await;
+        return remove(ctx, me, el, &contact).await;
     }
     let contact = contact.to_string();
     let mut groups: Vec<String> = Vec::new();
@@ -103,19 +101,19 @@ async fn set(s: &mut Session, el: &Element) {
         let name = g.text();
         // §2.3.3: empty group names are not-acceptable, duplicates bad-request.
         if name.trim().is_empty() {
-            return reply_error(s, el, StanzaError::new(StanzaCondition::NotAcceptable));
+            return bad(StanzaCondition::NotAcceptable);
         }
         if groups.contains(&name) {
-            return reply_error(s, el, StanzaError::new(StanzaCondition::BadRequest));
+            return bad(StanzaCondition::BadRequest);
         }
         groups.push(name);
     }
     let existing = {
-        let state = s.shared.cluster.state().read();
+        let state = ctx.cluster.state().read();
         state
             .data
             .roster
-            .get(&(s.bare.to_string(), contact.clone()))
+            .get(&(me.bare.to_string(), contact.clone()))
             .cloned()
     };
     // §2.1.2.5: a client cannot set subscription state; it is kept.
@@ -130,59 +128,60 @@ async fn set(s: &mut Session, el: &Element) {
         .map(str::to_string);
     new.groups = groups;
     let cmd = Command::SetRosterItem {
-        owner: s.bare.to_string(),
+        owner: me.bare.to_string(),
         item: new.clone(),
     };
-    match s.shared.cluster.write(cmd).await {
+    match ctx.cluster.write(cmd).await {
         Ok(_) => {
-            let reply = iq_result(s, el);
-            s.write_stanza(reply);
-            push(&router, s.bare.as_str(), Some(&new), &contact).await;
+            // The result first, then the pushes (this session's through its
+            // queue, so after the result on the wire: §2.3.2).
+            push(ctx.router, me.bare.as_str(), Some(&new), &contact).await;
+            Effects::write(iq_result(me, el))
         }
-        Err(_) => reply_error(
-            s,
-            el,
-            StanzaError::new(StanzaCondition::InternalServerError),
-        ),
+        Err(_) => bad(StanzaCondition::InternalServerError),
     }
 }
 
 /// §2.5: removing an item cancels both subscriptions first.
-async fn remove(s: &mut Session, el: &Element, contact_jid: &BareJid) {
+async fn remove(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element, contact_jid: &BareJid) -> Effects {
     let contact = contact_jid.as_str();
-    let router = s.shared.router.clone();
     let existed = {
-        let state = s.shared.cluster.state().read();
+        let state = ctx.cluster.state().read();
         state
             .data
             .roster
-            .get(&(s.bare.to_string(), contact.to_string()))
+            .get(&(me.bare.to_string(), contact.to_string()))
             .cloned()
     };
     let Some(existing) = existed.filter(|i| !i.stub) else {
         // §2.5.3: removing an item that is not there.
-        return reply_error(s, el, StanzaError::new(StanzaCondition::ItemNotFound));
+        return error_reply(
+            ctx.domain,
+            me,
+            el,
+            StanzaError::new(StanzaCondition::ItemNotFound),
+        );
     };
-    if router.user_exists(contact_jid) {
+    if ctx.router.user_exists(contact_jid) {
         if existing.has_to() || existing.ask {
-            super::presence::subscription(s, contact, SubAction::Unsubscribe).await;
+            super::presence::subscription(ctx, me.bare, contact, SubAction::Unsubscribe).await;
         }
         if existing.has_from() || existing.pending_in {
-            super::presence::subscription(s, contact, SubAction::Unsubscribed).await;
+            super::presence::subscription(ctx, me.bare, contact, SubAction::Unsubscribed).await;
         }
     }
     let cmd = Command::RemoveRosterItem {
-        owner: s.bare.to_string(),
+        owner: me.bare.to_string(),
         contact: contact.to_string(),
     };
-    match s.shared.cluster.write(cmd).await {
+    match ctx.cluster.write(cmd).await {
         Ok(_) => {
-            let reply = iq_result(s, el);
-            s.write_stanza(reply);
-            push(&router, s.bare.as_str(), None, contact).await;
+            push(ctx.router, me.bare.as_str(), None, contact).await;
+            Effects::write(iq_result(me, el))
         }
-        Err(_) => reply_error(
-            s,
+        Err(_) => error_reply(
+            ctx.domain,
+            me,
             el,
             StanzaError::new(StanzaCondition::InternalServerError),
         ),

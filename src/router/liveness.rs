@@ -3,7 +3,8 @@
 //! - The leader asks every member for its report every 500 ms; a member
 //!   that has not answered for `node_dead_after_ms` and still holds
 //!   bindings gets them dropped (one replicated command), and its users'
-//!   contacts receive unavailable presence. From then on messages to those
+//!   contacts receive unavailable presence (sent by `im`, told through a
+//!   channel: the router does not depend on `im`). From then on messages to those
 //!   users go to the offline queue and the users can log in elsewhere.
 //! - Every node checks that its own sessions are still its own in the
 //!   table; one whose binding was dropped or taken over is ended, so the
@@ -20,11 +21,15 @@ use tracing::{info, warn};
 use super::Router;
 use crate::xmpp::{StreamCondition, StreamError};
 
+/// Where the full JIDs of sessions dropped with their dead node go, to be
+/// announced to their contacts.
+pub type LostSessions = tokio::sync::mpsc::UnboundedSender<Vec<String>>;
+
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// A local session younger than this may not be committed yet.
 const BIND_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn run(router: Router, dead_after: Duration) {
+pub async fn run(router: Router, dead_after: Duration, lost_tx: LostSessions) {
     let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
     let mut was_leader = false;
     let mut ticker = tokio::time::interval(PROBE_EVERY);
@@ -94,7 +99,7 @@ pub async fn run(router: Router, dead_after: Duration) {
             if member && !dead {
                 continue;
             }
-            drop_node(&router, node, count, term).await;
+            drop_node(&router, node, count, term, &lost_tx).await;
         }
     }
 }
@@ -103,7 +108,7 @@ pub async fn run(router: Router, dead_after: Duration) {
 /// which this node, as leader, found `node` dead), proposed here only: never
 /// forwarded to a later leader, and rejected by apply if it lands in
 /// another term.
-async fn drop_node(router: &Router, node: NodeId, count: usize, term: u64) {
+async fn drop_node(router: &Router, node: NodeId, count: usize, term: u64, lost_tx: &LostSessions) {
     let lost: Vec<String> = {
         let state = router.cluster().state().read();
         state
@@ -132,9 +137,9 @@ async fn drop_node(router: &Router, node: NodeId, count: usize, term: u64) {
                 sessions = count,
                 "dropped the session bindings of an unreachable node"
             );
-            for full in lost {
-                crate::im::presence::unavailable_for_lost_session(router, &full).await;
-            }
+            // Their contacts get unavailable presence (RFC 6121 §4.5.2):
+            // presence is `im`'s business (`im::presence::announce_lost_sessions`).
+            let _ = lost_tx.send(lost);
         }
         Err(e) => warn!(node, error = %e, "cannot drop the bindings of an unreachable node"),
     }

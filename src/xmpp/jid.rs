@@ -11,6 +11,16 @@ pub fn bare_of(jid: &str) -> &str {
     jid.split_once('/').map(|(b, _)| b).unwrap_or(jid)
 }
 
+/// The normalized bare JID of a local account named `username` (a SASL
+/// or XEP-0077 username: a localpart, so no `@` or `/`).
+pub fn account_jid(username: &str, domain: &str) -> Option<String> {
+    if username.is_empty() || username.contains(['@', '/']) {
+        return None;
+    }
+    let jid = BareJid::new(&format!("{username}@{domain}")).ok()?;
+    Some(jid.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,11 +106,11 @@ impl Session {
         // message, when its guard is (`guard_notify` takes the ticket).
         let id = el.attr("id").map(str::to_string);
         self.ticket = self.sm.as_mut().map(|sm| sm.on_received(false, id));
-        crate::im::handle_stanza(self, el).await;
+        let handled = self.handle_im(el).await;
         if let Some(c) = self.ticket.take() {
             self.mark_safe(c);
         }
-        Ok(())
+        handled
     }
 
     fn enable_sm(&mut self, el: &Element) {
@@ -171,7 +171,7 @@ impl Session {
         let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
         self.shared.router.delivered(self.bare.as_str(), ids);
         if self.more_queued && self.available && self.pull_room() > 0 {
-            crate::im::offline::pull(self, true);
+            self.pull(true);
         }
         Ok(())
     }

@@ -52,7 +52,15 @@ impl Session {
         // A moved session's contacts see it on its new node: no
         // unavailable presence (RFC 6121 §4.5 is for a session that ends).
         if self.available && !matches!(ended, Ended::Moved) {
-            crate::im::presence::broadcast_unavailable(&mut self).await;
+            self.available = false;
+            let directed = std::mem::take(&mut self.directed);
+            crate::im::presence::session_ended(
+                &router,
+                self.bare.as_str(),
+                self.full.as_str(),
+                directed,
+            )
+            .await;
         }
         self.unbind().await;
         // Stanzas routed to us but never acknowledged (or never written).

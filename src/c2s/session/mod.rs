@@ -12,7 +12,9 @@
 //! the end (`end`) are its child modules.
 mod bind;
 mod client;
+mod effects;
 mod end;
+mod pull;
 mod resume;
 
 pub(in crate::c2s) use bind::commit_binding;
@@ -318,7 +320,7 @@ impl Session {
                 _ = self.contact_rx.changed(), if self.awaiting_contact.is_some() => {
                     if let Some((_, all)) = self.awaiting_contact {
                         if self.available {
-                            crate::im::offline::pull(self, all);
+                            self.pull(all);
                         } else {
                             self.awaiting_contact = None;
                         }
@@ -434,7 +436,7 @@ impl Session {
             .filter_map(|o| o.queued_id.as_deref());
         self.seen.prune(unacked, now);
         if self.available {
-            crate::im::offline::pull(self, false);
+            self.pull(false);
         }
     }
 
