@@ -807,3 +807,65 @@ fn directed_presence_targets_are_bounded() {
         );
     });
 }
+
+/// Issue item 10: a client that stops reading does not stall what the
+/// mesh brings its node for everybody else. bob (node 1) reads nothing
+/// while alice (node 2) sends him far more than his socket, his session's
+/// buffer and its queue take; carol, on bob's node, still gets alice's
+/// next message at once, long before bob's write timeout ends his session.
+/// (Before: the mesh's receiving loop from a peer pushed into a local
+/// session's bounded queue with `send().await`, so one stuck client held
+/// up every stanza from that peer to that node.)
+#[test]
+fn a_stuck_client_does_not_hold_up_the_mesh_for_others() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(3, fast_raft(), |cfg| {
+            cfg.xmpp.write_timeout_secs = 60;
+            cfg.xmpp.max_stanzas_per_second = 10_000;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob", "carol"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let mut bob = RawClient::login(client_addr(&c, 1), "bob", "pw-bob", "stuck").await;
+        bob.send("<presence/>").await;
+        bob.sync().await;
+        let mut carol = RawClient::login(client_addr(&c, 1), "carol", "pw-carol", "desk").await;
+        carol.send("<presence/>").await;
+        carol.sync().await;
+        // bob reads nothing from now on.
+        let mut alice = RawClient::login(client_addr(&c, 2), "alice", "pw-alice", "desk").await;
+        // More than the loopback socket's buffers plus bob's session queue
+        // (`SESSION_QUEUE`, 1024 stanzas) take.
+        let big = "x".repeat(8 * 1024);
+        let flood = 4000;
+        let started = Instant::now();
+        let mut out = String::new();
+        for i in 0..flood {
+            out.push_str(&format!(
+                "<message to='bob@localhost/stuck' type='chat' id='b{i}'><body>{big}</body></message>"
+            ));
+            if out.len() > 1 << 20 {
+                alice.send(&out).await;
+                out.clear();
+            }
+        }
+        alice.send(&out).await;
+        // Give the flood time to reach node 1 and fill bob's buffers (no
+        // round trip through the server here: that could wait on node 1).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        alice
+            .send("<message to='carol@localhost/desk' type='chat' id='c1'><body>hello carol</body></message>")
+            .await;
+        let got = read_messages(&mut carol, 1, "carol@localhost", false, Duration::from_secs(20)).await;
+        assert_eq!(got[0].0, "hello carol");
+        // bob's write timeout is 60 s: only his session's end would have
+        // let a held-up mesh go on.
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(20),
+            "carol's message came {took:?} after the flood began: held up behind bob"
+        );
+        drop(bob);
+    });
+}
