@@ -18,7 +18,8 @@ use quick_xml::events::Event as XmlEvent;
 use quick_xml::reader::Reader;
 
 use super::chars::{check_ncname, check_ns_decl, resolve_ref, split_qname, xml_str, XML_NS};
-use super::{nwf, FramerError, Header};
+use super::header::Header;
+use super::{nwf, FramerError};
 use crate::xmpp::element::Element;
 
 /// Append character data with XML 1.0 §2.11 end-of-line handling: `\r\n` and
