@@ -10,8 +10,9 @@ use quick_xml::events::Event as XmlEvent;
 use quick_xml::reader::Reader;
 
 use super::chars::{check_ns_decl, split_qname, xml_str};
+use super::lex::{class, WS};
 use super::tree::{resolve, tag_attrs, xml_error};
-use super::{class, nwf, Event, FramerError, WS};
+use super::{nwf, Event, FramerError};
 
 /// Namespace context established by the stream header.
 #[derive(Debug, Clone, Default)]
