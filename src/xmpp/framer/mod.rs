@@ -90,6 +90,7 @@
 use std::fmt;
 
 use crate::xmpp::element::Element;
+use crate::xmpp::StreamCondition;
 
 mod chars;
 mod header;
@@ -201,27 +202,29 @@ pub enum FramerError {
 
 impl FramerError {
     /// The RFC 6120 §4.9.3 stream error condition this maps to.
-    pub fn condition(&self) -> &'static str {
+    pub fn condition(&self) -> StreamCondition {
         match self {
             // §4.9.3.13: "The initiating entity has sent XML that violates the
             // well-formedness rules of [XML] or [XML-NAMES]."
-            FramerError::NotWellFormed(_) | FramerError::UnboundPrefix(_) => "not-well-formed",
+            FramerError::NotWellFormed(_) | FramerError::UnboundPrefix(_) => {
+                StreamCondition::NotWellFormed
+            }
             // §4.9.3.18: "The entity has attempted to send restricted XML
             // features such as a comment, processing instruction, DTD subset,
             // or XML entity reference (see Section 11.1)."
-            FramerError::RestrictedXml(_) => "restricted-xml",
+            FramerError::RestrictedXml(_) => StreamCondition::RestrictedXml,
             // §4.9.3.22: "... or has otherwise improperly encoded the stream
             // (e.g., by violating the rules of the [UTF-8] encoding)."
-            FramerError::UnsupportedEncoding(_) => "unsupported-encoding",
+            FramerError::UnsupportedEncoding(_) => StreamCondition::UnsupportedEncoding,
             // §4.9.3.1: "The entity has sent XML that cannot be processed."
-            FramerError::BadFormat(_) => "bad-format",
+            FramerError::BadFormat(_) => StreamCondition::BadFormat,
             // §4.9.3.14: "The entity has violated some local service policy
             // (e.g., a stanza exceeds a configured size limit)".
             FramerError::StanzaTooBig { .. }
             | FramerError::TooDeep { .. }
             | FramerError::HeaderTooBig { .. }
             | FramerError::TooManyAttributes { .. }
-            | FramerError::BufferFull { .. } => "policy-violation",
+            | FramerError::BufferFull { .. } => StreamCondition::PolicyViolation,
         }
     }
 }
@@ -653,22 +656,22 @@ mod tests {
         // An unbound stream prefix is not namespace-well-formed.
         let e = error_of("<stream:stream xmlns='jabber:client'>");
         assert_eq!(e, FramerError::UnboundPrefix("stream".into()));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
     }
 
     #[test]
     fn xml_declaration_rules() {
         let s = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
         let e = error_of(format!("<?xml version='1.0' encoding='ISO-8859-1'?>{s}"));
-        assert_eq!(e.condition(), "unsupported-encoding");
+        assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
         let e = error_of(format!("<?xml version='1.0' encoding='UTF-16'?>{s}"));
-        assert_eq!(e.condition(), "unsupported-encoding");
+        assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
         let e = error_of(format!("<?xml version='2.0'?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
         let e = error_of(format!("<?xml encoding='UTF-8'?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
         let e = error_of(format!("<?xml version='1.0' standalone='maybe'?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
         // Only at the very start of the stream.
         let e = error_of(format!(" <?xml version='1.0'?>{s}"));
         assert_eq!(e, FramerError::RestrictedXml("processing instruction"));
@@ -676,7 +679,7 @@ mod tests {
         assert_eq!(e, FramerError::RestrictedXml("processing instruction"));
         // A control character inside it.
         let e = error_of(format!("<?xml version='1.0'\x01?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
     }
 
     #[test]
@@ -798,7 +801,7 @@ mod tests {
         }
         // Two attributes with the same expanded name.
         let e = stanza_error("<m xmlns:a='urn:x' xmlns:b='urn:x' a:k='1' b:k='2'/>");
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
     }
 
     #[test]
@@ -824,12 +827,21 @@ mod tests {
         let (events, err) = run(format!("{HEADER}</stream:stream\n >"));
         assert_eq!((events.len(), err), (2, None));
         // Must echo the header's name.
-        assert_eq!(stanza_error("</stream>").condition(), "not-well-formed");
-        assert_eq!(stanza_error("</s:stream>").condition(), "not-well-formed");
-        assert_eq!(error_of("</stream:stream>").condition(), "not-well-formed");
+        assert_eq!(
+            stanza_error("</stream>").condition(),
+            StreamCondition::NotWellFormed
+        );
+        assert_eq!(
+            stanza_error("</s:stream>").condition(),
+            StreamCondition::NotWellFormed
+        );
+        assert_eq!(
+            error_of("</stream:stream>").condition(),
+            StreamCondition::NotWellFormed
+        );
         assert_eq!(
             stanza_error("</stream:stream><presence/>").condition(),
-            "not-well-formed"
+            StreamCondition::NotWellFormed
         );
     }
 
@@ -841,7 +853,7 @@ mod tests {
         assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
         assert_eq!(
             f.next_event().map_err(|e| e.condition()),
-            Err("not-well-formed")
+            Err(StreamCondition::NotWellFormed)
         );
     }
 
@@ -943,7 +955,7 @@ mod tests {
         for (input, what) in cases {
             let e = error_of(&input);
             assert_eq!(e, FramerError::RestrictedXml(what), "{input}");
-            assert_eq!(e.condition(), "restricted-xml");
+            assert_eq!(e.condition(), StreamCondition::RestrictedXml);
         }
     }
 
@@ -970,7 +982,7 @@ mod tests {
                 Ok(None) => assert!(i + 1 < at, "not refused at byte {i}"),
                 Err(e) => {
                     assert_eq!(i + 1, at);
-                    assert_eq!(e.condition(), "restricted-xml");
+                    assert_eq!(e.condition(), StreamCondition::RestrictedXml);
                     break;
                 }
                 Ok(Some(e)) => panic!("{e:?}"),
@@ -979,7 +991,7 @@ mod tests {
         assert_eq!(f.buffered(), 0);
         // The same inside a stanza.
         let e = stanza_error("<message><!DOCTYPE x [<!ENTITY a 'aaaa'>]>&a;</message>");
-        assert_eq!(e.condition(), "restricted-xml");
+        assert_eq!(e.condition(), StreamCondition::RestrictedXml);
     }
 
     #[test]
@@ -1009,9 +1021,13 @@ mod tests {
             "&#x41 ;",
         ] {
             let e = stanza_error(format!("<body>{bad}</body>"));
-            assert_eq!(e.condition(), "not-well-formed", "{bad}");
+            assert_eq!(e.condition(), StreamCondition::NotWellFormed, "{bad}");
             let e = stanza_error(format!("<body a='{bad}'/>"));
-            assert_eq!(e.condition(), "not-well-formed", "{bad} in attribute");
+            assert_eq!(
+                e.condition(),
+                StreamCondition::NotWellFormed,
+                "{bad} in attribute"
+            );
         }
     }
 
@@ -1083,7 +1099,7 @@ mod tests {
             let e = error_of(&input);
             assert_eq!(
                 e.condition(),
-                "not-well-formed",
+                StreamCondition::NotWellFormed,
                 "{:?}: {e:?}",
                 String::from_utf8_lossy(case)
             );
@@ -1102,7 +1118,7 @@ mod tests {
             "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'></stream:stream>x",
         ] {
             let e = error_of(input);
-            assert_eq!(e.condition(), "not-well-formed", "{input}: {e:?}");
+            assert_eq!(e.condition(), StreamCondition::NotWellFormed, "{input}: {e:?}");
         }
         // Names may be non-ASCII.
         let e = stanza("<é xmlns='urn:x' ñ='1'><ø/></é>");
@@ -1126,10 +1142,10 @@ mod tests {
                 FramerError::UnsupportedEncoding("invalid UTF-8"),
                 "{bad:?}"
             );
-            assert_eq!(e.condition(), "unsupported-encoding");
+            assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
         }
         let e = error_of(b"<stream:stream to='\xC3'>".as_slice());
-        assert_eq!(e.condition(), "unsupported-encoding");
+        assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
     }
 
     #[test]
@@ -1144,10 +1160,10 @@ mod tests {
         ] {
             let e = stanza_error(text);
             assert!(matches!(e, FramerError::BadFormat(_)), "{text}: {e:?}");
-            assert_eq!(e.condition(), "bad-format");
+            assert_eq!(e.condition(), StreamCondition::BadFormat);
         }
         let e = error_of("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>");
-        assert_eq!(e.condition(), "bad-format");
+        assert_eq!(e.condition(), StreamCondition::BadFormat);
     }
 
     #[test]
@@ -1166,7 +1182,7 @@ mod tests {
         assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
         assert_eq!(
             FramerError::StanzaTooBig { limit: 100 }.condition(),
-            "policy-violation"
+            StreamCondition::PolicyViolation
         );
         // Refused as soon as the 101st byte arrives, complete or not.
         let (_, err) = run_with(
@@ -1271,7 +1287,7 @@ mod tests {
                 limit: 4096 + FEED_SLACK
             }
         );
-        assert_eq!(e.condition(), "policy-violation");
+        assert_eq!(e.condition(), StreamCondition::PolicyViolation);
     }
 
     #[test]
@@ -1303,7 +1319,10 @@ mod tests {
             &limits,
             format!("{}{no_decl}", " ".repeat(HEADER.len() - no_decl.len() + 1)).as_bytes(),
         );
-        assert_eq!(err.map(|e| e.condition()), Some("policy-violation"));
+        assert_eq!(
+            err.map(|e| e.condition()),
+            Some(StreamCondition::PolicyViolation)
+        );
     }
 
     #[test]
@@ -1330,7 +1349,10 @@ mod tests {
         }
         assert_eq!(stanzas(format!("{HEADER}{}", nested(32))).len(), 1);
         assert_eq!(stanza_error(nested(33)), FramerError::TooDeep { limit: 32 });
-        assert_eq!(stanza_error(nested(33)).condition(), "policy-violation");
+        assert_eq!(
+            stanza_error(nested(33)).condition(),
+            StreamCondition::PolicyViolation
+        );
     }
 
     #[test]
@@ -1340,7 +1362,7 @@ mod tests {
         assert_eq!(ok.attrs().count(), 64);
         let e = stanza_error(format!("<message{}/>", attrs(65)));
         assert_eq!(e, FramerError::TooManyAttributes { limit: 64 });
-        assert_eq!(e.condition(), "policy-violation");
+        assert_eq!(e.condition(), StreamCondition::PolicyViolation);
         let e = error_of(format!(
             "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'{}>",
             attrs(64)
@@ -1417,22 +1439,43 @@ mod tests {
     #[test]
     fn conditions() {
         let all = [
-            (FramerError::NotWellFormed("x"), "not-well-formed"),
-            (FramerError::UnboundPrefix("p".into()), "not-well-formed"),
-            (FramerError::RestrictedXml("comment"), "restricted-xml"),
+            (
+                FramerError::NotWellFormed("x"),
+                StreamCondition::NotWellFormed,
+            ),
+            (
+                FramerError::UnboundPrefix("p".into()),
+                StreamCondition::NotWellFormed,
+            ),
+            (
+                FramerError::RestrictedXml("comment"),
+                StreamCondition::RestrictedXml,
+            ),
             (
                 FramerError::UnsupportedEncoding("x"),
-                "unsupported-encoding",
+                StreamCondition::UnsupportedEncoding,
             ),
-            (FramerError::BadFormat("x"), "bad-format"),
-            (FramerError::StanzaTooBig { limit: 1 }, "policy-violation"),
-            (FramerError::TooDeep { limit: 1 }, "policy-violation"),
-            (FramerError::HeaderTooBig { limit: 1 }, "policy-violation"),
+            (FramerError::BadFormat("x"), StreamCondition::BadFormat),
+            (
+                FramerError::StanzaTooBig { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
+            (
+                FramerError::TooDeep { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
+            (
+                FramerError::HeaderTooBig { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
             (
                 FramerError::TooManyAttributes { limit: 1 },
-                "policy-violation",
+                StreamCondition::PolicyViolation,
             ),
-            (FramerError::BufferFull { limit: 1 }, "policy-violation"),
+            (
+                FramerError::BufferFull { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
         ];
         for (e, condition) in all {
             assert_eq!(e.condition(), condition, "{e}");
@@ -1571,7 +1614,7 @@ mod tests {
                 String::from_utf8_lossy(&input)
             );
             if let Some(e) = &whole.1 {
-                assert!(!e.condition().is_empty());
+                assert!(!e.condition().as_str().is_empty());
             }
         }
         // The mutations do reach the error paths, and not only them.
