@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::xmpp::framer::{Event, Framer, FramerError, Limits};
-use crate::xmpp::{StreamCondition, StreamError};
+use crate::xmpp::StreamError;
 
 /// A socket: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -50,9 +50,7 @@ pub enum ConnError {
 
 impl From<FramerError> for ConnError {
     fn from(e: FramerError) -> Self {
-        let condition =
-            StreamCondition::from_name(e.condition()).unwrap_or(StreamCondition::NotWellFormed);
-        ConnError::Stream(StreamError::with_text(condition, e.to_string()))
+        ConnError::Stream(StreamError::with_text(e.condition(), e.to_string()))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The incremental XML framer for client streams: bytes from a socket in,
 //! stream events out, without I/O.
 //!
-//! This file owns the XML layer of a c2s connection: it finds the optional
+//! This module owns the XML layer of a c2s connection: it finds the optional
 //! XML declaration and the stream header, cuts every top-level child of the
 //! stream (a stanza, or a nonza such as `<starttls/>`, `<auth/>`, `<r/>`) out
 //! of the byte stream, parses it into an [`Element`] with its namespaces
@@ -15,6 +15,21 @@
 //!   well-formedness (§11.3), the XML declaration (§11.5) and UTF-8 (§11.6).
 //! * §4.3.3 stream restarts ([`Framer::reset`]), §4.4 stream close, and the
 //!   stream error conditions of §4.9.3 ([`FramerError::condition`]).
+//!
+//! # Layout
+//!
+//! * `mod.rs` (this file): the public face: [`Limits`], [`Event`],
+//!   [`FramerError`] and [`Framer`], which owns the buffer and hands each
+//!   complete unit the lexer finds to the header parser or the tree builder.
+//! * `lex.rs`: the byte-level lexer, a resumable state machine that finds
+//!   where each unit ends and decides every lexical, restricted-XML and limit
+//!   error at a byte position.
+//! * `header.rs`: the XML declaration and the stream header, and the
+//!   namespace context the header establishes for the whole stream.
+//! * `tree.rs`: the tree builder: one complete stanza into an [`Element`],
+//!   namespaces resolved.
+//! * `chars.rs`: XML character and name rules, namespace declaration
+//!   constraints, references and UTF-8 validation, shared by the others.
 //!
 //! # How it works
 //!
@@ -69,20 +84,22 @@
 //!   a header without `xmlns:stream` can tell by the error arriving before
 //!   [`Event::StreamOpen`].
 //! * After `</stream:stream>` only whitespace is accepted.
+//!
+//! [`Reader`]: quick_xml::reader::Reader
 
-use std::borrow::Cow;
 use std::fmt;
 
-use quick_xml::events::attributes::Attributes;
-use quick_xml::events::Event as XmlEvent;
-use quick_xml::reader::Reader;
-
 use crate::xmpp::element::Element;
+use crate::xmpp::StreamCondition;
 
-/// The namespace the `xml` prefix is bound to (Namespaces in XML §3).
-const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
-/// The namespace of `xmlns` attributes, which may never be declared.
-const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+mod chars;
+mod header;
+mod lex;
+mod tree;
+
+use header::{parse_header, Header};
+use lex::{Found, Lex, RefRet};
+use tree::parse_stanza;
 
 /// How far past the configured limits [`Framer::feed`] lets the buffer grow
 /// before it gives up. The connection reads at most 16 KiB at a time and
@@ -185,27 +202,29 @@ pub enum FramerError {
 
 impl FramerError {
     /// The RFC 6120 §4.9.3 stream error condition this maps to.
-    pub fn condition(&self) -> &'static str {
+    pub fn condition(&self) -> StreamCondition {
         match self {
             // §4.9.3.13: "The initiating entity has sent XML that violates the
             // well-formedness rules of [XML] or [XML-NAMES]."
-            FramerError::NotWellFormed(_) | FramerError::UnboundPrefix(_) => "not-well-formed",
+            FramerError::NotWellFormed(_) | FramerError::UnboundPrefix(_) => {
+                StreamCondition::NotWellFormed
+            }
             // §4.9.3.18: "The entity has attempted to send restricted XML
             // features such as a comment, processing instruction, DTD subset,
             // or XML entity reference (see Section 11.1)."
-            FramerError::RestrictedXml(_) => "restricted-xml",
+            FramerError::RestrictedXml(_) => StreamCondition::RestrictedXml,
             // §4.9.3.22: "... or has otherwise improperly encoded the stream
             // (e.g., by violating the rules of the [UTF-8] encoding)."
-            FramerError::UnsupportedEncoding(_) => "unsupported-encoding",
+            FramerError::UnsupportedEncoding(_) => StreamCondition::UnsupportedEncoding,
             // §4.9.3.1: "The entity has sent XML that cannot be processed."
-            FramerError::BadFormat(_) => "bad-format",
+            FramerError::BadFormat(_) => StreamCondition::BadFormat,
             // §4.9.3.14: "The entity has violated some local service policy
             // (e.g., a stanza exceeds a configured size limit)".
             FramerError::StanzaTooBig { .. }
             | FramerError::TooDeep { .. }
             | FramerError::HeaderTooBig { .. }
             | FramerError::TooManyAttributes { .. }
-            | FramerError::BufferFull { .. } => "policy-violation",
+            | FramerError::BufferFull { .. } => StreamCondition::PolicyViolation,
         }
     }
 }
@@ -213,8 +232,6 @@ impl FramerError {
 fn nwf(what: &'static str) -> FramerError {
     FramerError::NotWellFormed(what)
 }
-
-const BAD_CHAR: &str = "character not allowed in XML 1.0";
 
 /// Where the framer is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,137 +242,6 @@ enum Phase {
     Stream,
     /// After `</stream:stream>`.
     Closed,
-}
-
-/// Where to go back to after a character or entity reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefRet {
-    Text,
-    Attr(u8),
-}
-
-/// Lexer state: what the byte at `pos` is expected to be part of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lex {
-    /// Character data (or, at stream level and in the prolog, whitespace).
-    Text,
-    /// After `<`.
-    Lt,
-    /// In the name of a start tag.
-    StartName,
-    /// After whitespace in a start tag.
-    TagSpace,
-    /// Right after an attribute value's closing quote.
-    AfterValue,
-    AttrName,
-    /// Whitespace between an attribute name and `=`.
-    AttrNameSpace,
-    /// After `=`, before the opening quote.
-    AttrEq,
-    /// Inside an attribute value delimited by this quote.
-    AttrValue(u8),
-    /// After `/` in a start tag.
-    EmptySlash,
-    /// After `</`.
-    EndStart,
-    EndName,
-    /// Whitespace after the name of an end tag.
-    EndSpace,
-    /// After `&`.
-    RefStart,
-    /// In the name of an entity reference.
-    RefName,
-    /// After `&#`.
-    RefHash,
-    /// After `&#x`.
-    RefHexStart,
-    RefDec,
-    RefHex,
-    /// After `<!`.
-    Bang,
-    /// Matching `[CDATA[`; the number of bytes of it matched so far.
-    CdataOpen(u8),
-    /// Inside a CDATA section; the number of consecutive `]` just seen (max 2).
-    Cdata(u8),
-    /// Inside the XML declaration; whether the last byte was `?`.
-    Decl(bool),
-}
-
-/// A complete unit found by the lexer; `pos` is just past its last byte.
-enum Found {
-    /// The stream header, from the `<` at this offset to `pos`.
-    Header(usize),
-    /// A stanza, from `start` to `pos`.
-    Stanza,
-    /// `</stream:stream>`.
-    Close,
-}
-
-/// Namespace context established by the stream header.
-#[derive(Debug, Clone, Default)]
-struct Header {
-    /// The root element's name as written, to match `</stream:stream>`.
-    qname: Vec<u8>,
-    default_ns: Option<String>,
-    /// `xmlns:p` declarations, in document order.
-    prefixes: Vec<(String, String)>,
-}
-
-// Byte classes for the lexer.
-const WS: u8 = 1;
-/// May appear in a name: an ASCII NameChar, or any byte of a non-ASCII
-/// character (names are fully checked once the element is complete).
-const NAME: u8 = 1 << 1;
-/// May start a name.
-const NAME_START: u8 = 1 << 2;
-/// Ordinary character data inside a stanza.
-const TEXT: u8 = 1 << 3;
-/// Ordinary attribute value content.
-const ATTR: u8 = 1 << 4;
-/// Ordinary CDATA content.
-const CDATA: u8 = 1 << 5;
-
-const fn classify(b: u8) -> u8 {
-    let ws = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    // XML 1.0 §2.2 Char, as far as one byte can tell: the C0 controls other
-    // than tab, LF and CR are never allowed. U+FFFE, U+FFFF and malformed
-    // UTF-8 are caught on the complete slice.
-    let allowed = ws || b >= 0x20;
-    let mut c = 0;
-    if ws {
-        c |= WS;
-    }
-    if b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80 {
-        c |= NAME | NAME_START;
-    }
-    if b.is_ascii_digit() || b == b'-' || b == b'.' {
-        c |= NAME;
-    }
-    if allowed && !matches!(b, b'<' | b'&' | b']' | b'>') {
-        c |= TEXT;
-    }
-    if allowed && !matches!(b, b'<' | b'&' | b'\'' | b'"') {
-        c |= ATTR;
-    }
-    if allowed && !matches!(b, b']' | b'>') {
-        c |= CDATA;
-    }
-    c
-}
-
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = classify(i as u8);
-        i += 1;
-    }
-    t
-};
-
-#[inline]
-fn class(b: u8) -> u8 {
-    CLASS[usize::from(b)]
 }
 
 /// The incremental framer for one client stream.
@@ -557,1040 +443,6 @@ impl Framer {
                 self.start = self.pos;
                 Ok(Some(Event::StreamClose))
             }
-        }
-    }
-
-    /// End of the region the current unit may occupy.
-    fn window_end(&self) -> usize {
-        match self.phase {
-            Phase::Prolog => self.start.saturating_add(self.limits.max_header_bytes),
-            Phase::Stream => self.start.saturating_add(self.limits.max_stanza_bytes),
-            Phase::Closed => usize::MAX,
-        }
-    }
-
-    fn limit_error(&self) -> FramerError {
-        match self.phase {
-            Phase::Prolog => FramerError::HeaderTooBig {
-                limit: self.limits.max_header_bytes,
-            },
-            _ => FramerError::StanzaTooBig {
-                limit: self.limits.max_stanza_bytes,
-            },
-        }
-    }
-
-    /// Run the lexer from `pos` until a unit is complete (`pos` is then just
-    /// past it), the input runs out, or an error.
-    fn lex_until_found(&mut self) -> Result<Option<Found>, FramerError> {
-        loop {
-            let len = self.buf.len();
-            if self.pos >= len {
-                return Ok(None);
-            }
-            let window = self.window_end();
-            if self.pos >= window {
-                // RFC 6120 §4.9.3.14: a stanza that "exceeds a configured size
-                // limit" is a policy violation. Decided at the first byte past
-                // the limit, so no more than the limit is ever held.
-                return Err(self.limit_error());
-            }
-            let b = self.buf[self.pos];
-            let c = class(b);
-            match self.lex {
-                Lex::Text => match self.phase {
-                    Phase::Stream if self.depth > 0 => {
-                        if c & TEXT != 0 {
-                            let stop = len.min(window);
-                            let mut p = self.pos + 1;
-                            while p < stop && class(self.buf[p]) & TEXT != 0 {
-                                p += 1;
-                            }
-                            self.pos = p;
-                            self.brackets = 0;
-                            continue;
-                        }
-                        match b {
-                            b'<' => {
-                                self.brackets = 0;
-                                self.lex = Lex::Lt;
-                            }
-                            b'&' => {
-                                self.brackets = 0;
-                                self.ref_ret = RefRet::Text;
-                                self.lex = Lex::RefStart;
-                            }
-                            b']' => self.brackets = self.brackets.saturating_add(1),
-                            b'>' => {
-                                if self.brackets >= 2 {
-                                    return Err(nwf("`]]>` in character data"));
-                                }
-                                self.brackets = 0;
-                            }
-                            _ => return Err(nwf(BAD_CHAR)),
-                        }
-                    }
-                    Phase::Stream => {
-                        if c & WS != 0 {
-                            // A whitespace keepalive between stanzas: consumed
-                            // at once, never buffered, no event.
-                            self.start = self.pos + 1;
-                        } else if b == b'<' {
-                            self.mark = self.pos;
-                            self.lex = Lex::Lt;
-                        } else {
-                            // Character data directly inside <stream:stream> is
-                            // well-formed XML, but XMPP cannot process it.
-                            return Err(FramerError::BadFormat("character data at stream level"));
-                        }
-                    }
-                    Phase::Prolog => {
-                        if b == b'<' {
-                            self.mark = self.pos;
-                            self.lex = Lex::Lt;
-                        } else if c & WS == 0 {
-                            // RFC 6120 §11.6 (paraphrased): U+FEFF received
-                            // anywhere in a stream, even as its first
-                            // character, is a zero width no-break space, never
-                            // a byte order mark. So a "BOM" is content before
-                            // the root element.
-                            return Err(nwf("content before the stream header"));
-                        }
-                    }
-                    Phase::Closed => {
-                        if c & WS == 0 {
-                            return Err(nwf("content after the end of the stream"));
-                        }
-                        self.start = self.pos + 1;
-                    }
-                },
-                Lex::Lt => match b {
-                    b'/' => {
-                        if self.phase == Phase::Prolog {
-                            return Err(nwf("end tag before the stream header"));
-                        }
-                        self.lex = Lex::EndStart;
-                    }
-                    b'!' => self.lex = Lex::Bang,
-                    b'?' => {
-                        // RFC 6120 §11.1 (paraphrased): processing
-                        // instructions are not allowed in XMPP; receiving one
-                        // closes the stream with, preferably, restricted-xml.
-                        // The XML declaration is not a PI, but XML 1.0 §2.8
-                        // only allows it as the very first bytes of the
-                        // document, i.e. of the stream (RFC 6120 §11.5).
-                        if self.phase == Phase::Prolog && self.mark == self.start {
-                            self.lex = Lex::Decl(false);
-                        } else {
-                            return Err(FramerError::RestrictedXml("processing instruction"));
-                        }
-                    }
-                    _ if c & NAME_START != 0 => {
-                        if self.phase == Phase::Stream && self.depth >= self.limits.max_depth {
-                            return Err(FramerError::TooDeep {
-                                limit: self.limits.max_depth,
-                            });
-                        }
-                        self.attrs = 0;
-                        self.start_name = (self.pos, self.pos);
-                        self.lex = Lex::StartName;
-                    }
-                    _ => return Err(nwf("invalid character after `<`")),
-                },
-                Lex::StartName => {
-                    if c & NAME == 0 {
-                        self.start_name.1 = self.pos;
-                        match b {
-                            b'>' => {
-                                if let Some(found) = self.start_tag_end() {
-                                    return Ok(Some(found));
-                                }
-                                continue;
-                            }
-                            b'/' => self.lex = Lex::EmptySlash,
-                            _ if c & WS != 0 => self.lex = Lex::TagSpace,
-                            _ => return Err(nwf("invalid character in element name")),
-                        }
-                    }
-                }
-                Lex::TagSpace | Lex::AfterValue => match b {
-                    b'>' => {
-                        if let Some(found) = self.start_tag_end() {
-                            return Ok(Some(found));
-                        }
-                        continue;
-                    }
-                    b'/' => self.lex = Lex::EmptySlash,
-                    _ if c & WS != 0 => self.lex = Lex::TagSpace,
-                    _ if c & NAME_START != 0 && self.lex == Lex::TagSpace => {
-                        self.attrs += 1;
-                        if self.attrs > self.limits.max_attrs {
-                            return Err(FramerError::TooManyAttributes {
-                                limit: self.limits.max_attrs,
-                            });
-                        }
-                        self.lex = Lex::AttrName;
-                    }
-                    _ if self.lex == Lex::AfterValue => {
-                        return Err(nwf("attributes must be separated by whitespace"))
-                    }
-                    _ => return Err(nwf("invalid character in start tag")),
-                },
-                Lex::AttrName => {
-                    if c & NAME == 0 {
-                        match b {
-                            b'=' => self.lex = Lex::AttrEq,
-                            _ if c & WS != 0 => self.lex = Lex::AttrNameSpace,
-                            _ => return Err(nwf("invalid character in attribute name")),
-                        }
-                    }
-                }
-                Lex::AttrNameSpace => match b {
-                    b'=' => self.lex = Lex::AttrEq,
-                    _ if c & WS != 0 => {}
-                    _ => return Err(nwf("attribute without `=`")),
-                },
-                Lex::AttrEq => match b {
-                    b'"' | b'\'' => self.lex = Lex::AttrValue(b),
-                    _ if c & WS != 0 => {}
-                    _ => return Err(nwf("attribute value not quoted")),
-                },
-                Lex::AttrValue(quote) => {
-                    if c & ATTR != 0 {
-                        let stop = len.min(window);
-                        let mut p = self.pos + 1;
-                        while p < stop && class(self.buf[p]) & ATTR != 0 {
-                            p += 1;
-                        }
-                        self.pos = p;
-                        continue;
-                    }
-                    match b {
-                        _ if b == quote => self.lex = Lex::AfterValue,
-                        b'"' | b'\'' => {}
-                        b'&' => {
-                            self.ref_ret = RefRet::Attr(quote);
-                            self.lex = Lex::RefStart;
-                        }
-                        b'<' => return Err(nwf("`<` in attribute value")),
-                        _ => return Err(nwf(BAD_CHAR)),
-                    }
-                }
-                Lex::EmptySlash => {
-                    if b != b'>' {
-                        return Err(nwf("`/` not followed by `>` in start tag"));
-                    }
-                    self.pos += 1;
-                    self.lex = Lex::Text;
-                    match self.phase {
-                        Phase::Prolog => {
-                            return Err(FramerError::BadFormat("self-closing stream header"))
-                        }
-                        _ if self.depth == 0 => return Ok(Some(Found::Stanza)),
-                        _ => {
-                            self.brackets = 0;
-                            continue;
-                        }
-                    }
-                }
-                Lex::EndStart => {
-                    if c & NAME_START == 0 {
-                        return Err(nwf("invalid character in end tag"));
-                    }
-                    self.end_name = (self.pos, self.pos);
-                    self.lex = Lex::EndName;
-                }
-                Lex::EndName => {
-                    if c & NAME == 0 {
-                        self.end_name.1 = self.pos;
-                        match b {
-                            b'>' => {
-                                if let Some(found) = self.end_tag_end()? {
-                                    return Ok(Some(found));
-                                }
-                                continue;
-                            }
-                            _ if c & WS != 0 => self.lex = Lex::EndSpace,
-                            _ => return Err(nwf("invalid character in end tag")),
-                        }
-                    }
-                }
-                Lex::EndSpace => match b {
-                    b'>' => {
-                        if let Some(found) = self.end_tag_end()? {
-                            return Ok(Some(found));
-                        }
-                        continue;
-                    }
-                    _ if c & WS != 0 => {}
-                    _ => return Err(nwf("invalid character in end tag")),
-                },
-                Lex::RefStart => match b {
-                    b'#' => self.lex = Lex::RefHash,
-                    _ if c & NAME_START != 0 => {
-                        self.ref_name[0] = b;
-                        self.ref_len = 1;
-                        self.lex = Lex::RefName;
-                    }
-                    _ => return Err(nwf("`&` not starting a reference")),
-                },
-                Lex::RefName => {
-                    if b == b';' {
-                        let name = self.ref_name.get(..self.ref_len).unwrap_or(&[]);
-                        if !matches!(name, b"lt" | b"gt" | b"amp" | b"quot" | b"apos") {
-                            // RFC 6120 §11.1 (paraphrased): no internal or
-                            // external entity references except the five
-                            // predefined entities. Character references are
-                            // not entity references and are allowed.
-                            return Err(FramerError::RestrictedXml("entity reference"));
-                        }
-                        self.end_reference();
-                    } else if c & NAME != 0 {
-                        if let Some(slot) = self.ref_name.get_mut(self.ref_len) {
-                            *slot = b;
-                        }
-                        self.ref_len = self.ref_len.saturating_add(1);
-                    } else {
-                        return Err(nwf("unterminated entity reference"));
-                    }
-                }
-                Lex::RefHash => match b {
-                    b'x' => self.lex = Lex::RefHexStart,
-                    b'0'..=b'9' => {
-                        self.ref_val = u32::from(b - b'0');
-                        self.lex = Lex::RefDec;
-                    }
-                    _ => return Err(nwf("malformed character reference")),
-                },
-                Lex::RefHexStart | Lex::RefHex | Lex::RefDec => {
-                    let digit = if self.lex == Lex::RefDec {
-                        (b as char).to_digit(10)
-                    } else {
-                        (b as char).to_digit(16)
-                    };
-                    match digit {
-                        Some(d) => {
-                            let base = if self.lex == Lex::RefDec { 10 } else { 16 };
-                            let v = if self.lex == Lex::RefHexStart {
-                                0
-                            } else {
-                                self.ref_val
-                            };
-                            self.ref_val = v.saturating_mul(base).saturating_add(d).min(0x11_0000);
-                            if self.lex == Lex::RefHexStart {
-                                self.lex = Lex::RefHex;
-                            }
-                        }
-                        None if b == b';' && self.lex != Lex::RefHexStart => {
-                            // Character references are allowed, but only to
-                            // characters that XML 1.0 §2.2 allows.
-                            if !is_xml_char(self.ref_val) {
-                                return Err(nwf(
-                                    "character reference to a character not allowed in XML 1.0",
-                                ));
-                            }
-                            self.end_reference();
-                        }
-                        None => return Err(nwf("malformed character reference")),
-                    }
-                }
-                Lex::Bang => match b {
-                    b'[' => match self.phase {
-                        Phase::Stream if self.depth > 0 => self.lex = Lex::CdataOpen(1),
-                        Phase::Stream => {
-                            return Err(FramerError::BadFormat("character data at stream level"))
-                        }
-                        _ => return Err(nwf("CDATA section outside an element")),
-                    },
-                    // RFC 6120 §11.1 (paraphrased): no comments.
-                    b'-' => return Err(FramerError::RestrictedXml("comment")),
-                    // <!DOCTYPE, <!ENTITY, <!ELEMENT, <!ATTLIST, <!NOTATION.
-                    // RFC 6120 §11.1 (paraphrased): no internal or external
-                    // DTD subsets. Rejected here, at the third byte, so
-                    // nothing of a DTD is ever buffered or expanded.
-                    b'A'..=b'Z' => {
-                        return Err(FramerError::RestrictedXml("document type declaration"))
-                    }
-                    _ => return Err(nwf("invalid markup after `<!`")),
-                },
-                Lex::CdataOpen(matched) => {
-                    const OPEN: &[u8] = b"[CDATA[";
-                    let i = usize::from(matched);
-                    if OPEN.get(i) != Some(&b) {
-                        return Err(nwf("invalid markup after `<!`"));
-                    }
-                    self.lex = if i + 1 == OPEN.len() {
-                        Lex::Cdata(0)
-                    } else {
-                        Lex::CdataOpen(matched + 1)
-                    };
-                }
-                Lex::Cdata(brackets) => {
-                    if c & CDATA != 0 {
-                        let stop = len.min(window);
-                        let mut p = self.pos + 1;
-                        while p < stop && class(self.buf[p]) & CDATA != 0 {
-                            p += 1;
-                        }
-                        self.pos = p;
-                        self.lex = Lex::Cdata(0);
-                        continue;
-                    }
-                    match b {
-                        b']' => self.lex = Lex::Cdata(brackets.saturating_add(1).min(2)),
-                        b'>' if brackets == 2 => {
-                            self.brackets = 0;
-                            self.lex = Lex::Text;
-                        }
-                        b'>' => self.lex = Lex::Cdata(0),
-                        _ => return Err(nwf(BAD_CHAR)),
-                    }
-                }
-                Lex::Decl(question) => match b {
-                    b'>' if question => {
-                        let decl = self
-                            .buf
-                            .get(self.mark..=self.pos)
-                            .ok_or(nwf("internal: declaration bounds"))?;
-                        check_decl(decl)?;
-                        self.lex = Lex::Text;
-                    }
-                    b'?' => self.lex = Lex::Decl(true),
-                    _ if b < 0x20 && c & WS == 0 => return Err(nwf(BAD_CHAR)),
-                    _ => self.lex = Lex::Decl(false),
-                },
-            }
-            self.pos += 1;
-        }
-    }
-
-    /// The `>` of a start tag is at `pos`. Returns the header if this was it;
-    /// otherwise the element is now open.
-    fn start_tag_end(&mut self) -> Option<Found> {
-        self.pos += 1;
-        self.lex = Lex::Text;
-        if self.phase == Phase::Prolog {
-            self.phase = Phase::Stream;
-            self.depth = 0;
-            return Some(Found::Header(self.mark));
-        }
-        self.depth += 1;
-        let (a, z) = self.start_name;
-        let h = name_hash(self.buf.get(a..z).unwrap_or(&[]));
-        self.open.push(h);
-        self.brackets = 0;
-        None
-    }
-
-    /// The `>` of an end tag is at `pos`. Returns what it completed, if
-    /// anything (the stanza, or the stream).
-    fn end_tag_end(&mut self) -> Result<Option<Found>, FramerError> {
-        self.pos += 1;
-        self.lex = Lex::Text;
-        if self.depth == 0 {
-            // RFC 6120 §4.4: the stream is closed with `</stream:stream>`.
-            // End tags must echo the start tag literally (XML 1.0 §3, WFC:
-            // Element Type Match), prefix included.
-            let (a, z) = self.end_name;
-            let name = self.buf.get(a..z).unwrap_or(&[]);
-            let expected = self.header.as_ref().map(|h| h.qname.as_slice());
-            if Some(name) != expected {
-                return Err(nwf("end tag does not match the stream header"));
-            }
-            self.phase = Phase::Closed;
-            return Ok(Some(Found::Close));
-        }
-        let (a, z) = self.end_name;
-        let h = name_hash(self.buf.get(a..z).unwrap_or(&[]));
-        if self.open.pop() != Some(h) {
-            return Err(nwf("end tag does not match its start tag"));
-        }
-        self.depth -= 1;
-        self.brackets = 0;
-        Ok((self.depth == 0).then_some(Found::Stanza))
-    }
-
-    fn end_reference(&mut self) {
-        self.lex = match self.ref_ret {
-            RefRet::Text => Lex::Text,
-            RefRet::Attr(q) => Lex::AttrValue(q),
-        };
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Parsing complete slices.
-// ---------------------------------------------------------------------------
-
-/// Validate a complete slice as UTF-8 and as XML 1.0 characters. The lexer
-/// has already refused the C0 controls; what is left is malformed UTF-8 and
-/// the non-characters U+FFFE and U+FFFF.
-/// FNV-1a of a tag name (an equality check for end tags; a collision only
-/// defers the error to the full parse, which compares the names).
-fn name_hash(name: &[u8]) -> u64 {
-    name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn xml_str(bytes: &[u8]) -> Result<&str, FramerError> {
-    // RFC 6120 §11.6 (paraphrased): UTF-8 is the only encoding of an XML
-    // stream. §4.9.3.22 makes "violating the rules of the [UTF-8] encoding"
-    // an unsupported-encoding error.
-    let s = std::str::from_utf8(bytes)
-        .map_err(|_| FramerError::UnsupportedEncoding("invalid UTF-8"))?;
-    // U+FFFE is EF BF BE and U+FFFF is EF BF BF in UTF-8. `contains` on a
-    // byte slice is a memchr; the character search runs only when needed.
-    if bytes.contains(&0xEF) && s.contains(['\u{FFFE}', '\u{FFFF}']) {
-        return Err(nwf(BAD_CHAR));
-    }
-    Ok(s)
-}
-
-/// XML 1.0 §2.2: `Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD]
-/// | [#x10000-#x10FFFF]`.
-fn is_xml_char(c: u32) -> bool {
-    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF)
-}
-
-/// XML 1.0 §2.3 NameStartChar, without `:` (Namespaces in XML NCName).
-fn is_name_start(c: char) -> bool {
-    matches!(c,
-        'A'..='Z' | '_' | 'a'..='z'
-        | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
-        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}'
-        | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
-        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
-}
-
-/// XML 1.0 §2.3 NameChar, without `:`.
-fn is_name_char(c: char) -> bool {
-    is_name_start(c)
-        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
-}
-
-fn check_ncname(s: &str) -> Result<(), FramerError> {
-    let bytes = s.as_bytes();
-    if bytes.is_ascii() {
-        return match bytes.split_first() {
-            Some((first, rest))
-                if (first.is_ascii_alphabetic() || *first == b'_')
-                    && rest
-                        .iter()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
-            {
-                Ok(())
-            }
-            _ => Err(nwf("invalid name")),
-        };
-    }
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) if is_name_start(c) => {}
-        _ => return Err(nwf("invalid name")),
-    }
-    if chars.all(is_name_char) {
-        Ok(())
-    } else {
-        Err(nwf("invalid name"))
-    }
-}
-
-/// Split a qualified name (Namespaces in XML §4) into prefix and local part.
-fn split_qname(name: &str) -> Result<(Option<&str>, &str), FramerError> {
-    match name.split_once(':') {
-        Some((prefix, local)) => {
-            check_ncname(prefix)?;
-            check_ncname(local)?;
-            Ok((Some(prefix), local))
-        }
-        None => {
-            check_ncname(name)?;
-            Ok((None, name))
-        }
-    }
-}
-
-/// Check a namespace declaration (Namespaces in XML §3, "Namespace
-/// constraints"). `prefix` is `None` for a default namespace declaration.
-fn check_ns_decl(prefix: Option<&str>, uri: &str) -> Result<(), FramerError> {
-    match prefix {
-        Some("xmlns") => Err(nwf("the xmlns prefix cannot be declared")),
-        Some("xml") if uri != XML_NS => Err(nwf("the xml prefix cannot be rebound")),
-        Some(_) if uri.is_empty() => Err(nwf("a prefix cannot be undeclared")),
-        Some(p) if p != "xml" && uri == XML_NS => {
-            Err(nwf("only xml may be bound to the XML namespace"))
-        }
-        _ if uri == XMLNS_NS => Err(nwf("the xmlns namespace cannot be declared")),
-        None if uri == XML_NS => Err(nwf("the XML namespace cannot be the default")),
-        _ => Ok(()),
-    }
-}
-
-/// Resolve a predefined entity or character reference (the text between `&`
-/// and `;`). The lexer has already refused everything else; this re-checks.
-fn resolve_ref(name: &str) -> Result<char, FramerError> {
-    match name {
-        "lt" => Ok('<'),
-        "gt" => Ok('>'),
-        "amp" => Ok('&'),
-        "quot" => Ok('"'),
-        "apos" => Ok('\''),
-        _ => {
-            let Some(num) = name.strip_prefix('#') else {
-                return Err(FramerError::RestrictedXml("entity reference"));
-            };
-            let (digits, radix) = match num.strip_prefix('x') {
-                Some(hex) => (hex, 16),
-                None => (num, 10),
-            };
-            if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-                return Err(nwf("malformed character reference"));
-            }
-            u32::from_str_radix(digits, radix)
-                .ok()
-                .filter(|&v| is_xml_char(v))
-                .and_then(char::from_u32)
-                .ok_or(nwf(
-                    "character reference to a character not allowed in XML 1.0",
-                ))
-        }
-    }
-}
-
-/// Append character data with XML 1.0 §2.11 end-of-line handling: `\r\n` and
-/// a lone `\r` become `\n`.
-fn push_text(out: &mut String, s: &str) {
-    if !s.as_bytes().contains(&b'\r') {
-        out.push_str(s);
-        return;
-    }
-    let mut rest = s;
-    while let Some(i) = rest.find('\r') {
-        out.push_str(&rest[..i]);
-        out.push('\n');
-        rest = &rest[i + 1..];
-        if let Some(after) = rest.strip_prefix('\n') {
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-}
-
-/// Unescape and normalize an attribute value (XML 1.0 §3.3.3): references
-/// are replaced, literal tab, LF, CR and CR LF become one space each.
-/// Borrows when there is nothing to do.
-fn attr_value(raw: &str) -> Result<Cow<'_, str>, FramerError> {
-    let bytes = raw.as_bytes();
-    if !bytes
-        .iter()
-        .any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r'))
-    {
-        return Ok(Cow::Borrowed(raw));
-    }
-    let mut out = String::with_capacity(raw.len());
-    let (mut i, mut run) = (0, 0);
-    // Every index used to slice `raw` is that of an ASCII byte, hence a
-    // character boundary.
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'&' => {
-                out.push_str(&raw[run..i]);
-                let semi = raw[i..]
-                    .find(';')
-                    .ok_or(nwf("unterminated entity reference"))?;
-                out.push(resolve_ref(&raw[i + 1..i + semi])?);
-                i += semi + 1;
-                run = i;
-            }
-            b'\t' | b'\n' | b'\r' => {
-                out.push_str(&raw[run..i]);
-                out.push(' ');
-                i += 1;
-                if b == b'\r' && bytes.get(i) == Some(&b'\n') {
-                    i += 1;
-                }
-                run = i;
-            }
-            _ => i += 1,
-        }
-    }
-    out.push_str(&raw[run..]);
-    Ok(Cow::Owned(out))
-}
-
-fn xml_error(e: quick_xml::Error) -> FramerError {
-    use quick_xml::errors::IllFormedError;
-    match e {
-        quick_xml::Error::IllFormed(IllFormedError::MismatchedEndTag { .. }) => {
-            nwf("end tag does not match start tag")
-        }
-        quick_xml::Error::IllFormed(IllFormedError::UnmatchedEndTag(_)) => {
-            nwf("end tag without start tag")
-        }
-        quick_xml::Error::InvalidAttr(_) => nwf("malformed or duplicate attribute"),
-        quick_xml::Error::Encoding(_) => FramerError::UnsupportedEncoding("invalid UTF-8"),
-        _ => nwf("malformed XML"),
-    }
-}
-
-/// The attributes of a tag whose text between `<` and `>` (without a
-/// trailing `/`) is `content` and whose name is `name_len` bytes long, as
-/// `(name, value)` with values unescaped. Duplicates are refused.
-fn tag_attrs<'a>(
-    content: &'a str,
-    name_len: usize,
-    out: &mut Vec<(&'a str, Cow<'a, str>)>,
-) -> Result<(), FramerError> {
-    out.clear();
-    for attr in Attributes::new(content, name_len) {
-        let attr = attr.map_err(|_| nwf("malformed or duplicate attribute"))?;
-        let key = match attr.key.into_inner() {
-            [] => return Err(nwf("malformed attribute")),
-            k => std::str::from_utf8(k).map_err(|_| nwf("internal: attribute name"))?,
-        };
-        let raw = match attr.value {
-            Cow::Borrowed(v) => {
-                std::str::from_utf8(v).map_err(|_| nwf("internal: attribute value"))?
-            }
-            Cow::Owned(_) => return Err(nwf("internal: attribute value")),
-        };
-        out.push((key, attr_value(raw)?));
-    }
-    Ok(())
-}
-
-/// Check the XML declaration `decl` (`<?xml ...?>`, RFC 6120 §11.5).
-fn check_decl(decl: &[u8]) -> Result<(), FramerError> {
-    let target_end = decl
-        .iter()
-        .skip(2)
-        .position(|&b| class(b) & WS != 0 || b == b'?')
-        .map_or(decl.len(), |i| i + 2);
-    if decl.get(2..target_end) != Some(b"xml".as_slice()) {
-        // Some other processing instruction at the very start of the stream.
-        return Err(FramerError::RestrictedXml("processing instruction"));
-    }
-    let text = xml_str(decl)?;
-    let mut reader = Reader::from_str(text);
-    let XmlEvent::Decl(d) = reader.read_event().map_err(xml_error)? else {
-        return Err(nwf("malformed XML declaration"));
-    };
-    let version = d
-        .version()
-        .map_err(|_| nwf("XML declaration without version"))?;
-    // XML 1.0 §2.8: VersionNum ::= '1.' [0-9]+
-    match version.strip_prefix(b"1.") {
-        Some(minor) if !minor.is_empty() && minor.iter().all(u8::is_ascii_digit) => {}
-        _ => return Err(nwf("unsupported XML version")),
-    }
-    if let Some(encoding) = d.encoding() {
-        let encoding = encoding.map_err(|_| nwf("malformed XML declaration"))?;
-        // RFC 6120 §11.6 (paraphrased): data in an encoding other than
-        // UTF-8 closes the stream, preferably with unsupported-encoding.
-        if !encoding.eq_ignore_ascii_case(b"UTF-8") {
-            return Err(FramerError::UnsupportedEncoding(
-                "declared encoding is not UTF-8",
-            ));
-        }
-    }
-    if let Some(standalone) = d.standalone() {
-        let standalone = standalone.map_err(|_| nwf("malformed XML declaration"))?;
-        if standalone.as_ref() != b"yes" && standalone.as_ref() != b"no" {
-            return Err(nwf("malformed XML declaration"));
-        }
-    }
-    Ok(())
-}
-
-/// Parse the stream header `<stream:stream ...>` (the lexer has checked its
-/// syntax) into the namespace context for the stream and the event.
-fn parse_header(slice: &[u8]) -> Result<(Header, Event), FramerError> {
-    let text = xml_str(slice)?;
-    let content = text
-        .strip_prefix('<')
-        .and_then(|t| t.strip_suffix('>'))
-        .ok_or(nwf("internal: header"))?;
-    let name_len = content
-        .find(|c: char| c.is_ascii_whitespace())
-        .unwrap_or(content.len());
-    let qname = &content[..name_len];
-    let mut raw_attrs = Vec::new();
-    tag_attrs(content, name_len, &mut raw_attrs)?;
-
-    let mut header = Header {
-        qname: qname.as_bytes().to_vec(),
-        ..Header::default()
-    };
-    let mut attrs = Vec::with_capacity(raw_attrs.len());
-    for (key, value) in raw_attrs.iter() {
-        let (prefix, local) = split_qname(key)?;
-        match (prefix, local) {
-            (None, "xmlns") => {
-                check_ns_decl(None, value)?;
-                header.default_ns = Some(value.to_string());
-            }
-            (Some("xmlns"), p) => {
-                check_ns_decl(Some(p), value)?;
-                header.prefixes.push((p.to_string(), value.to_string()));
-            }
-            _ => attrs.push((key.to_string(), value.to_string())),
-        }
-    }
-    // Prefixed attributes (other than xml:) must be bound too.
-    for (key, _) in &attrs {
-        if let Some((prefix, _)) = key.split_once(':') {
-            resolve(&[], &header, Some(prefix))?;
-        }
-    }
-    let (prefix, local) = split_qname(qname)?;
-    // RFC 6120 §4.8.1: "The root <stream/> element ("stream header") MUST be
-    // qualified by the namespace 'http://etherx.jabber.org/streams'". The
-    // connection checks that; here the name is only resolved.
-    let ns = resolve(&[], &header, prefix)?.to_string();
-    let event = Event::StreamOpen {
-        name: local.to_string(),
-        ns,
-        default_ns: header.default_ns.clone(),
-        attrs,
-    };
-    Ok((header, event))
-}
-
-/// A namespace binding declared inside a stanza: prefix (`""` for the
-/// default namespace) and namespace name.
-type Binding<'a> = (&'a str, Cow<'a, str>);
-
-/// Resolve `prefix` (`None`: the default namespace) against the stanza's
-/// scopes, innermost first, then the stream header's declarations.
-///
-/// RFC 6120 §4.8.2: "The content namespace applies to all first-level child
-/// elements sent over the stream unless explicitly qualified by another
-/// namespace (i.e., the content namespace is the default namespace)." The
-/// same holds for every prefix the header declares, `stream` included.
-fn resolve<'s>(
-    scopes: &'s [Binding<'_>],
-    header: &'s Header,
-    prefix: Option<&str>,
-) -> Result<&'s str, FramerError> {
-    let key = match prefix {
-        None => "",
-        Some("xml") => return Ok(XML_NS),
-        Some("xmlns") => return Err(nwf("the xmlns prefix cannot qualify a name")),
-        Some(p) => p,
-    };
-    if let Some((_, uri)) = scopes.iter().rev().find(|(p, _)| *p == key) {
-        return Ok(uri);
-    }
-    match prefix {
-        None => Ok(header.default_ns.as_deref().unwrap_or("")),
-        Some(p) => header
-            .prefixes
-            .iter()
-            .rev()
-            .find(|(hp, _)| hp == p)
-            .map(|(_, uri)| uri.as_str())
-            .ok_or_else(|| FramerError::UnboundPrefix(p.to_string())),
-    }
-}
-
-/// Builds the element tree of one stanza from quick-xml events.
-struct Builder<'a, 'h> {
-    header: &'h Header,
-    /// Elements opened and not yet closed.
-    stack: Vec<Element>,
-    /// Namespace declarations in scope, and where each open element's begin.
-    scopes: Vec<Binding<'a>>,
-    marks: Vec<usize>,
-    /// Character data not yet attached to the current element.
-    text: String,
-    /// Scratch: the attributes of the tag being opened.
-    attrs: Vec<(&'a str, Cow<'a, str>)>,
-}
-
-impl<'a, 'h> Builder<'a, 'h> {
-    fn flush_text(&mut self) {
-        if !self.text.is_empty() {
-            if let Some(top) = self.stack.last_mut() {
-                top.push_text(std::mem::take(&mut self.text));
-            }
-        }
-    }
-
-    /// Open an element from its tag `content` (between `<` and `>`, without
-    /// a trailing `/`): push its namespace scope and build it with its
-    /// attributes.
-    fn open(&mut self, content: &'a str, name_len: usize) -> Result<Element, FramerError> {
-        let qname = content.get(..name_len).ok_or(nwf("internal: tag"))?;
-        let mut attrs = std::mem::take(&mut self.attrs);
-        let result = self.open_with(qname, content, name_len, &mut attrs);
-        self.attrs = attrs;
-        result
-    }
-
-    fn open_with(
-        &mut self,
-        qname: &'a str,
-        content: &'a str,
-        name_len: usize,
-        attrs: &mut Vec<(&'a str, Cow<'a, str>)>,
-    ) -> Result<Element, FramerError> {
-        self.marks.push(self.scopes.len());
-        tag_attrs(content, name_len, attrs)?;
-        // Namespace declarations first: they apply to the element's own name
-        // and attributes whatever their order.
-        let mut foreign_prefix = false;
-        for (key, value) in attrs.iter() {
-            if *key == "xmlns" {
-                check_ns_decl(None, value)?;
-                self.scopes.push(("", value.clone()));
-            } else if let Some(p) = key.strip_prefix("xmlns:") {
-                check_ncname(p)?;
-                check_ns_decl(Some(p), value)?;
-                self.scopes.push((p, value.clone()));
-            } else {
-                let (prefix, _) = split_qname(key)?;
-                foreign_prefix |= prefix.is_some_and(|p| p != "xml");
-            }
-        }
-        let (prefix, local) = split_qname(qname)?;
-        let ns = resolve(&self.scopes, self.header, prefix)?;
-        let mut element = Element::new(local, ns);
-        for (key, value) in attrs.iter_mut() {
-            if *key != "xmlns" && !key.starts_with("xmlns:") {
-                element.set_attr(*key, std::mem::take(value).into_owned());
-            }
-        }
-        if foreign_prefix {
-            self.declare_attr_prefixes(&mut element, attrs)?;
-        }
-        Ok(element)
-    }
-
-    /// For attributes with a prefix other than `xml`: check the prefix is
-    /// bound, that no two of them have the same expanded name (Namespaces in
-    /// XML §6.3), and give the element an `xmlns:p` attribute for each such
-    /// prefix, so the element re-serializes namespace-well-formed on its own.
-    fn declare_attr_prefixes(
-        &self,
-        element: &mut Element,
-        attrs: &[(&'a str, Cow<'a, str>)],
-    ) -> Result<(), FramerError> {
-        let mut expanded: Vec<(&str, &str)> = Vec::new();
-        for (key, _) in attrs {
-            let Some((prefix, local)) = key.split_once(':') else {
-                continue;
-            };
-            if prefix == "xml" || prefix == "xmlns" {
-                continue;
-            }
-            let uri = resolve(&self.scopes, self.header, Some(prefix))?;
-            if expanded.iter().any(|&(u, l)| u == uri && l == local) {
-                return Err(nwf("duplicate attribute"));
-            }
-            expanded.push((uri, local));
-            let decl = format!("xmlns:{prefix}");
-            if element.attr(&decl).is_none() {
-                element.set_attr(decl, uri);
-            }
-        }
-        Ok(())
-    }
-
-    fn close_scope(&mut self) {
-        if let Some(mark) = self.marks.pop() {
-            self.scopes.truncate(mark);
-        }
-    }
-
-    /// Attach a finished element to its parent; returns it if it is the root.
-    fn attach(&mut self, element: Element) -> Option<Element> {
-        match self.stack.last_mut() {
-            Some(parent) => {
-                parent.push(element);
-                None
-            }
-            None => Some(element),
-        }
-    }
-}
-
-/// Parse one complete top-level element (the lexer has checked its syntax
-/// and found its end) into an [`Element`].
-fn parse_stanza(slice: &[u8], header: &Header) -> Result<Element, FramerError> {
-    let text = xml_str(slice)?;
-    let mut reader = Reader::from_str(text);
-    let mut b = Builder {
-        header,
-        stack: Vec::with_capacity(4),
-        scopes: Vec::new(),
-        marks: Vec::with_capacity(4),
-        text: String::new(),
-        attrs: Vec::with_capacity(8),
-    };
-    let mut last = 0usize;
-    loop {
-        let event = reader.read_event().map_err(xml_error)?;
-        // The events of a slice reader are contiguous: this one's raw text is
-        // everything since the previous one ended.
-        let now =
-            usize::try_from(reader.buffer_position()).map_err(|_| nwf("internal: position"))?;
-        let raw = text.get(last..now).ok_or(nwf("internal: event bounds"))?;
-        last = now;
-        match event {
-            XmlEvent::Start(e) => {
-                b.flush_text();
-                let content = raw
-                    .strip_prefix('<')
-                    .and_then(|r| r.strip_suffix('>'))
-                    .ok_or(nwf("internal: start tag"))?;
-                let element = b.open(content, e.name().as_ref().len())?;
-                b.stack.push(element);
-            }
-            XmlEvent::Empty(e) => {
-                b.flush_text();
-                let content = raw
-                    .strip_prefix('<')
-                    .and_then(|r| r.strip_suffix("/>"))
-                    .ok_or(nwf("internal: empty tag"))?;
-                let element = b.open(content, e.name().as_ref().len())?;
-                b.close_scope();
-                if let Some(root) = b.attach(element) {
-                    return Ok(root);
-                }
-            }
-            XmlEvent::End(_) => {
-                b.flush_text();
-                b.close_scope();
-                let element = b.stack.pop().ok_or(nwf("end tag without start tag"))?;
-                if let Some(root) = b.attach(element) {
-                    return Ok(root);
-                }
-            }
-            XmlEvent::Text(_) => push_text(&mut b.text, raw),
-            XmlEvent::CData(_) => {
-                let data = raw
-                    .strip_prefix("<![CDATA[")
-                    .and_then(|r| r.strip_suffix("]]>"))
-                    .ok_or(nwf("internal: CDATA"))?;
-                push_text(&mut b.text, data);
-            }
-            XmlEvent::GeneralRef(_) => {
-                let name = raw
-                    .strip_prefix('&')
-                    .and_then(|r| r.strip_suffix(';'))
-                    .ok_or(nwf("internal: reference"))?;
-                b.text.push(resolve_ref(name)?);
-            }
-            // The lexer refuses all of these before a slice gets here.
-            XmlEvent::Comment(_) => return Err(FramerError::RestrictedXml("comment")),
-            XmlEvent::PI(_) | XmlEvent::Decl(_) => {
-                return Err(FramerError::RestrictedXml("processing instruction"))
-            }
-            XmlEvent::DocType(_) => {
-                return Err(FramerError::RestrictedXml("document type declaration"))
-            }
-            XmlEvent::Eof => return Err(nwf("unexpected end of element")),
         }
     }
 }
@@ -1804,22 +656,22 @@ mod tests {
         // An unbound stream prefix is not namespace-well-formed.
         let e = error_of("<stream:stream xmlns='jabber:client'>");
         assert_eq!(e, FramerError::UnboundPrefix("stream".into()));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
     }
 
     #[test]
     fn xml_declaration_rules() {
         let s = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
         let e = error_of(format!("<?xml version='1.0' encoding='ISO-8859-1'?>{s}"));
-        assert_eq!(e.condition(), "unsupported-encoding");
+        assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
         let e = error_of(format!("<?xml version='1.0' encoding='UTF-16'?>{s}"));
-        assert_eq!(e.condition(), "unsupported-encoding");
+        assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
         let e = error_of(format!("<?xml version='2.0'?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
         let e = error_of(format!("<?xml encoding='UTF-8'?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
         let e = error_of(format!("<?xml version='1.0' standalone='maybe'?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
         // Only at the very start of the stream.
         let e = error_of(format!(" <?xml version='1.0'?>{s}"));
         assert_eq!(e, FramerError::RestrictedXml("processing instruction"));
@@ -1827,7 +679,7 @@ mod tests {
         assert_eq!(e, FramerError::RestrictedXml("processing instruction"));
         // A control character inside it.
         let e = error_of(format!("<?xml version='1.0'\x01?>{s}"));
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
     }
 
     #[test]
@@ -1949,7 +801,7 @@ mod tests {
         }
         // Two attributes with the same expanded name.
         let e = stanza_error("<m xmlns:a='urn:x' xmlns:b='urn:x' a:k='1' b:k='2'/>");
-        assert_eq!(e.condition(), "not-well-formed");
+        assert_eq!(e.condition(), StreamCondition::NotWellFormed);
     }
 
     #[test]
@@ -1975,12 +827,21 @@ mod tests {
         let (events, err) = run(format!("{HEADER}</stream:stream\n >"));
         assert_eq!((events.len(), err), (2, None));
         // Must echo the header's name.
-        assert_eq!(stanza_error("</stream>").condition(), "not-well-formed");
-        assert_eq!(stanza_error("</s:stream>").condition(), "not-well-formed");
-        assert_eq!(error_of("</stream:stream>").condition(), "not-well-formed");
+        assert_eq!(
+            stanza_error("</stream>").condition(),
+            StreamCondition::NotWellFormed
+        );
+        assert_eq!(
+            stanza_error("</s:stream>").condition(),
+            StreamCondition::NotWellFormed
+        );
+        assert_eq!(
+            error_of("</stream:stream>").condition(),
+            StreamCondition::NotWellFormed
+        );
         assert_eq!(
             stanza_error("</stream:stream><presence/>").condition(),
-            "not-well-formed"
+            StreamCondition::NotWellFormed
         );
     }
 
@@ -1992,7 +853,7 @@ mod tests {
         assert!(matches!(f.next_event(), Ok(Some(Event::StreamOpen { .. }))));
         assert_eq!(
             f.next_event().map_err(|e| e.condition()),
-            Err("not-well-formed")
+            Err(StreamCondition::NotWellFormed)
         );
     }
 
@@ -2094,7 +955,7 @@ mod tests {
         for (input, what) in cases {
             let e = error_of(&input);
             assert_eq!(e, FramerError::RestrictedXml(what), "{input}");
-            assert_eq!(e.condition(), "restricted-xml");
+            assert_eq!(e.condition(), StreamCondition::RestrictedXml);
         }
     }
 
@@ -2121,7 +982,7 @@ mod tests {
                 Ok(None) => assert!(i + 1 < at, "not refused at byte {i}"),
                 Err(e) => {
                     assert_eq!(i + 1, at);
-                    assert_eq!(e.condition(), "restricted-xml");
+                    assert_eq!(e.condition(), StreamCondition::RestrictedXml);
                     break;
                 }
                 Ok(Some(e)) => panic!("{e:?}"),
@@ -2130,7 +991,7 @@ mod tests {
         assert_eq!(f.buffered(), 0);
         // The same inside a stanza.
         let e = stanza_error("<message><!DOCTYPE x [<!ENTITY a 'aaaa'>]>&a;</message>");
-        assert_eq!(e.condition(), "restricted-xml");
+        assert_eq!(e.condition(), StreamCondition::RestrictedXml);
     }
 
     #[test]
@@ -2160,9 +1021,13 @@ mod tests {
             "&#x41 ;",
         ] {
             let e = stanza_error(format!("<body>{bad}</body>"));
-            assert_eq!(e.condition(), "not-well-formed", "{bad}");
+            assert_eq!(e.condition(), StreamCondition::NotWellFormed, "{bad}");
             let e = stanza_error(format!("<body a='{bad}'/>"));
-            assert_eq!(e.condition(), "not-well-formed", "{bad} in attribute");
+            assert_eq!(
+                e.condition(),
+                StreamCondition::NotWellFormed,
+                "{bad} in attribute"
+            );
         }
     }
 
@@ -2234,7 +1099,7 @@ mod tests {
             let e = error_of(&input);
             assert_eq!(
                 e.condition(),
-                "not-well-formed",
+                StreamCondition::NotWellFormed,
                 "{:?}: {e:?}",
                 String::from_utf8_lossy(case)
             );
@@ -2253,7 +1118,7 @@ mod tests {
             "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'></stream:stream>x",
         ] {
             let e = error_of(input);
-            assert_eq!(e.condition(), "not-well-formed", "{input}: {e:?}");
+            assert_eq!(e.condition(), StreamCondition::NotWellFormed, "{input}: {e:?}");
         }
         // Names may be non-ASCII.
         let e = stanza("<é xmlns='urn:x' ñ='1'><ø/></é>");
@@ -2277,10 +1142,10 @@ mod tests {
                 FramerError::UnsupportedEncoding("invalid UTF-8"),
                 "{bad:?}"
             );
-            assert_eq!(e.condition(), "unsupported-encoding");
+            assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
         }
         let e = error_of(b"<stream:stream to='\xC3'>".as_slice());
-        assert_eq!(e.condition(), "unsupported-encoding");
+        assert_eq!(e.condition(), StreamCondition::UnsupportedEncoding);
     }
 
     #[test]
@@ -2295,10 +1160,10 @@ mod tests {
         ] {
             let e = stanza_error(text);
             assert!(matches!(e, FramerError::BadFormat(_)), "{text}: {e:?}");
-            assert_eq!(e.condition(), "bad-format");
+            assert_eq!(e.condition(), StreamCondition::BadFormat);
         }
         let e = error_of("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>");
-        assert_eq!(e.condition(), "bad-format");
+        assert_eq!(e.condition(), StreamCondition::BadFormat);
     }
 
     #[test]
@@ -2317,7 +1182,7 @@ mod tests {
         assert_eq!(err, Some(FramerError::StanzaTooBig { limit: 100 }));
         assert_eq!(
             FramerError::StanzaTooBig { limit: 100 }.condition(),
-            "policy-violation"
+            StreamCondition::PolicyViolation
         );
         // Refused as soon as the 101st byte arrives, complete or not.
         let (_, err) = run_with(
@@ -2422,7 +1287,7 @@ mod tests {
                 limit: 4096 + FEED_SLACK
             }
         );
-        assert_eq!(e.condition(), "policy-violation");
+        assert_eq!(e.condition(), StreamCondition::PolicyViolation);
     }
 
     #[test]
@@ -2454,7 +1319,10 @@ mod tests {
             &limits,
             format!("{}{no_decl}", " ".repeat(HEADER.len() - no_decl.len() + 1)).as_bytes(),
         );
-        assert_eq!(err.map(|e| e.condition()), Some("policy-violation"));
+        assert_eq!(
+            err.map(|e| e.condition()),
+            Some(StreamCondition::PolicyViolation)
+        );
     }
 
     #[test]
@@ -2481,7 +1349,10 @@ mod tests {
         }
         assert_eq!(stanzas(format!("{HEADER}{}", nested(32))).len(), 1);
         assert_eq!(stanza_error(nested(33)), FramerError::TooDeep { limit: 32 });
-        assert_eq!(stanza_error(nested(33)).condition(), "policy-violation");
+        assert_eq!(
+            stanza_error(nested(33)).condition(),
+            StreamCondition::PolicyViolation
+        );
     }
 
     #[test]
@@ -2491,7 +1362,7 @@ mod tests {
         assert_eq!(ok.attrs().count(), 64);
         let e = stanza_error(format!("<message{}/>", attrs(65)));
         assert_eq!(e, FramerError::TooManyAttributes { limit: 64 });
-        assert_eq!(e.condition(), "policy-violation");
+        assert_eq!(e.condition(), StreamCondition::PolicyViolation);
         let e = error_of(format!(
             "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'{}>",
             attrs(64)
@@ -2568,22 +1439,43 @@ mod tests {
     #[test]
     fn conditions() {
         let all = [
-            (FramerError::NotWellFormed("x"), "not-well-formed"),
-            (FramerError::UnboundPrefix("p".into()), "not-well-formed"),
-            (FramerError::RestrictedXml("comment"), "restricted-xml"),
+            (
+                FramerError::NotWellFormed("x"),
+                StreamCondition::NotWellFormed,
+            ),
+            (
+                FramerError::UnboundPrefix("p".into()),
+                StreamCondition::NotWellFormed,
+            ),
+            (
+                FramerError::RestrictedXml("comment"),
+                StreamCondition::RestrictedXml,
+            ),
             (
                 FramerError::UnsupportedEncoding("x"),
-                "unsupported-encoding",
+                StreamCondition::UnsupportedEncoding,
             ),
-            (FramerError::BadFormat("x"), "bad-format"),
-            (FramerError::StanzaTooBig { limit: 1 }, "policy-violation"),
-            (FramerError::TooDeep { limit: 1 }, "policy-violation"),
-            (FramerError::HeaderTooBig { limit: 1 }, "policy-violation"),
+            (FramerError::BadFormat("x"), StreamCondition::BadFormat),
+            (
+                FramerError::StanzaTooBig { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
+            (
+                FramerError::TooDeep { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
+            (
+                FramerError::HeaderTooBig { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
             (
                 FramerError::TooManyAttributes { limit: 1 },
-                "policy-violation",
+                StreamCondition::PolicyViolation,
             ),
-            (FramerError::BufferFull { limit: 1 }, "policy-violation"),
+            (
+                FramerError::BufferFull { limit: 1 },
+                StreamCondition::PolicyViolation,
+            ),
         ];
         for (e, condition) in all {
             assert_eq!(e.condition(), condition, "{e}");
@@ -2722,7 +1614,7 @@ mod tests {
                 String::from_utf8_lossy(&input)
             );
             if let Some(e) = &whole.1 {
-                assert!(!e.condition().is_empty());
+                assert!(!e.condition().as_str().is_empty());
             }
         }
         // The mutations do reach the error paths, and not only them.
