@@ -6,6 +6,11 @@
 //! fit the state: TLS first (unless plaintext is allowed), then SASL, then
 //! bind. Anything else before authentication is a `not-authorized` stream
 //! error; before binding, stanzas are refused the same way (§7.1).
+//!
+//! Why one file of ~610 lines: it is one async state machine over one
+//! connection (the loop in `negotiate` and the steps it calls); the pure
+//! parts already live elsewhere (`sasl/`, `auth_limit`, `handoff`), and
+//! cutting the loop across files would hide its order of steps.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
