@@ -185,8 +185,9 @@ impl XmppSection {
         self.limits_exempt
             .iter()
             .map(|s| {
-                s.parse()
-                    .map_err(|e: crate::c2s::addr::IpNetError| invalid("xmpp.limits_exempt", e.to_string()))
+                s.parse().map_err(|e: crate::c2s::addr::IpNetError| {
+                    invalid("xmpp.limits_exempt", e.to_string())
+                })
             })
             .collect()
     }
@@ -590,7 +591,9 @@ admin_addr = "127.0.0.1:7102"
             "initial_cluster[1].id"
         );
         assert_eq!(
-            field_of(&format!("{GOOD}\n[xmpp]\nlimits_exempt = [\"10.0.0.0/40\"]\n")),
+            field_of(&format!(
+                "{GOOD}\n[xmpp]\nlimits_exempt = [\"10.0.0.0/40\"]\n"
+            )),
             "xmpp.limits_exempt"
         );
         assert_eq!(

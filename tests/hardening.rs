@@ -77,7 +77,8 @@ fn brute_force_blocks_the_address_never_the_owner() {
         let tasks: Vec<_> = (0..12)
             .map(|_| {
                 tokio::spawn(async move {
-                    let (mut x, mut r) = RawClient::auth_from(addr, ATTACKER, "alice", "guess").await;
+                    let (mut x, mut r) =
+                        RawClient::auth_from(addr, ATTACKER, "alice", "guess").await;
                     let mut answers = Vec::new();
                     for i in 0..3 {
                         if i > 0 {
@@ -131,7 +132,8 @@ fn brute_force_blocks_the_address_never_the_owner() {
             "a blocked address must be refused: {r}"
         );
         assert!(
-            c.log_of(1).contains("address blocked after repeated authentication failures"),
+            c.log_of(1)
+                .contains("address blocked after repeated authentication failures"),
             "the block is logged"
         );
     });

@@ -23,6 +23,15 @@
 //!
 //! Addresses in `exempt` skip the per-address limits (not the pools).
 //!
+//! The defaults (neither Prosody nor ejabberd caps connections per address
+//! out of the box; these follow what a client needs): a client needs one
+//! pre-auth connection for about a second, so 16 per address (64 per /64)
+//! leave room for a NAT of users reconnecting together, and 10 accepts per
+//! second with bursts of 20 for the same; 256 connections per address (1024
+//! per /64) in all for a NAT of many users; the pre-auth pool is 1000, a
+//! tenth of the sessions' 10,000, which at the default 30 s negotiation
+//! timeout still admits 30 slow clients a second before any eviction.
+//!
 //! Refusals are summarized by [`RefusalLog`], so a flood of 10,000
 //! refused connections makes one log line per interval, not 10,000.
 //!
@@ -137,11 +146,11 @@ impl Slot {
 }
 
 /// A connection admitted, and the pre-auth connection evicted to make room
-/// for it, if any (its owner should close it).
+/// for it, if any: its slot id and address (its owner should close it).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Admitted {
     pub slot: Slot,
-    pub evict: Option<u64>,
+    pub evict: Option<(u64, IpAddr)>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -218,7 +227,7 @@ impl Admission {
                 .map(|(id, old)| {
                     self.preauth.remove(&id);
                     self.uncount(old, Stage::Preauth);
-                    id
+                    (id, old)
                 })
         } else {
             None
@@ -289,7 +298,10 @@ impl Admission {
 
     fn uncount(&mut self, ip: IpAddr, stage: Stage) {
         let prefix = addr::prefix64(ip).map(IpAddr::V6);
-        for (map, key) in [(&mut self.addresses, Some(ip)), (&mut self.prefixes, prefix)] {
+        for (map, key) in [
+            (&mut self.addresses, Some(ip)),
+            (&mut self.prefixes, prefix),
+        ] {
             let Some(key) = key else { continue };
             if let Some(c) = map.get_mut(&key) {
                 if stage == Stage::Preauth {
@@ -399,7 +411,11 @@ impl RefusalLog {
             .collect::<Vec<_>>()
             .join(", ");
         self.counts.clear();
-        let latest = self.latest.take().map(|i| i.to_string()).unwrap_or_default();
+        let latest = self
+            .latest
+            .take()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
         Some(format!(
             "refused {total} client connection(s) ({reasons}); latest from {latest}"
         ))
@@ -523,10 +539,10 @@ mod tests {
             flood.push(a.admit(ip_n(i), t0).unwrap());
         }
         assert_eq!(flood[99].evict, None);
-        assert_eq!(flood[100].evict, Some(flood[0].slot.id));
+        assert_eq!(flood[100].evict, Some((flood[0].slot.id, ip_n(0))));
         assert_eq!(a.open(), (100, 1));
         let mut newcomer = a.admit(USER, t0).unwrap();
-        assert_eq!(newcomer.evict, Some(flood[1].slot.id));
+        assert_eq!(newcomer.evict, Some((flood[1].slot.id, ip_n(1))));
         a.promote(&mut newcomer.slot).unwrap();
         assert_eq!(a.open(), (99, 2));
         // The evicted connection can no longer authenticate, and its

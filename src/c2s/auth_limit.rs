@@ -29,6 +29,19 @@
 //!   accounts: otherwise an attacker could clear its count by logging in
 //!   to an account of its own between guesses.
 //!
+//! The defaults, against the references: Prosody's `mod_limit_auth`
+//! blocks an address after 5 failures in 30 s (`limit_auth_max`,
+//! `limit_auth_period`); ejabberd's `mod_fail2ban` bans it after 20
+//! failures (`c2s_max_auth_failures`) for an hour (`c2s_auth_ban_lifetime`).
+//! Here 5 failures are free (someone fumbling a password is not slowed), the
+//! block comes at 20 as in ejabberd, counted over 10 minutes rather than
+//! 30 s so that a patient guesser (one try every few seconds) is caught
+//! too; it lasts 15 minutes, doubling on each repeat up to a day, rather
+//! than a flat hour: a shared address (a NAT) that tripped once is back
+//! soon, a persistent guesser is out for a day. Delays stop at 2 s: a
+//! delayed answer holds one of the few pre-auth slots an address has, and
+//! the block, not the delay, is what ends a guessing run.
+//!
 //! Cluster-wide sharing is not done yet: each node counts on its own, so an
 //! attacker gets `block_after` failures per node before being blocked
 //! everywhere. It would plug in as follows: [`AuthLimiter::record_failure`]

@@ -157,11 +157,11 @@ impl Shared {
         let mut gate = self.gate();
         match gate.core.admit(ip, Instant::now()) {
             Ok(admitted) => {
-                if let Some(old) = admitted.evict {
+                if let Some((old, old_ip)) = admitted.evict {
                     if let Some(tx) = gate.evictions.remove(&old) {
                         let _ = tx.send(());
                     }
-                    gate.refused(admission::Refusal::Evicted, ip);
+                    gate.refused(admission::Refusal::Evicted, old_ip);
                 }
                 let (tx, rx) = oneshot::channel();
                 gate.evictions.insert(admitted.slot.id, tx);

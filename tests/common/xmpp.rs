@@ -78,7 +78,10 @@ impl RawClient {
     /// Connects from a chosen local address (Linux routes all of
     /// 127.0.0.0/8 to loopback: tests use 127.0.0.2, .3... as distinct
     /// remote addresses for the server's per-address limits).
-    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> std::io::Result<RawClient> {
+    pub async fn connect_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+    ) -> std::io::Result<RawClient> {
         let sock = tokio::net::TcpSocket::new_v4()?;
         sock.bind(SocketAddr::new(local, 0))?;
         let tcp = sock.connect(addr).await?;
@@ -120,7 +123,10 @@ impl RawClient {
         resource: &str,
     ) -> RawClient {
         let (mut c, r) = RawClient::auth_from(addr, local, user, password).await;
-        assert!(r.is("success", ns::SASL), "login of {user} from {local} failed: {r}");
+        assert!(
+            r.is("success", ns::SASL),
+            "login of {user} from {local} failed: {r}"
+        );
         c.open().await;
         let b = c.bind(Some(resource)).await;
         let jid = b
