@@ -586,8 +586,9 @@ async fn sasl_step(
             // Authenticated: the connection leaves the pre-auth pool for a
             // session slot, if one is free (RFC 6120 §4.9.3.17).
             if let Err(why) = ticket.promote() {
-                info!(jid = %bare, reason = why.as_str(), "authenticated, but no session slot");
-                return Err(StreamError::with_text(why.condition(), "too many sessions").into());
+                // Counted in the summarized refusal log line, not here.
+                debug!(jid = %bare, reason = why.as_str(), "authenticated, but no session slot");
+                return Err(StreamError::with_text(why.condition(), why.as_str()).into());
             }
             let payload = if additional.is_empty() {
                 String::new()
