@@ -92,8 +92,41 @@ pub struct XmppSection {
     pub max_stanza_bytes: usize,
     /// Deepest element nesting in a stanza. Default: 32.
     pub max_depth: usize,
-    /// Most client connections open at once on this node. Default: 10000.
+    /// Most authenticated client connections (sessions) open at once on
+    /// this node; beyond it a client that authenticates gets
+    /// `resource-constraint`. Connections still negotiating are counted
+    /// apart, in `max_preauth_connections`. Default: 10000.
     pub max_connections: usize,
+    /// Most connections not yet authenticated open at once on this node,
+    /// kept apart from `max_connections` so that half-open streams cannot
+    /// take the sessions' capacity. When full, a new connection evicts the
+    /// oldest unauthenticated one. Default: 1000.
+    pub max_preauth_connections: usize,
+    /// Most unauthenticated connections from one address. 0: no limit.
+    /// Default: 16 (a client needs one, for about a second).
+    pub preauth_connections_per_address: usize,
+    /// Most unauthenticated connections from one IPv6 /64 (one subscriber,
+    /// whatever its host bits). 0: no limit. Default: 64.
+    pub preauth_connections_per_prefix: usize,
+    /// Most connections (authenticated or not) from one address. 0: no
+    /// limit. Default: 256 (room for a NAT of many users).
+    pub connections_per_address: usize,
+    /// Most connections (authenticated or not) from one IPv6 /64. 0: no
+    /// limit. Default: 1024.
+    pub connections_per_prefix: usize,
+    /// Connections accepted per second from one address (IPv6: one /64),
+    /// on average; beyond it they are closed at once. 0: no limit. Default: 10.
+    pub accepts_per_second_per_address: u32,
+    /// Connections one address (IPv6: one /64) may open in a burst before
+    /// `accepts_per_second_per_address` applies. Default: 20.
+    pub accept_burst_per_address: u32,
+    /// Addresses or ranges (`203.0.113.0/24`, `2001:db8::/48`) that the
+    /// per-address connection limits and the authentication throttling do
+    /// not apply to. Behind a proxy on this host every client would look
+    /// like one of these: the proxy must then do the limiting.
+    /// Default: `["127.0.0.1", "::1"]` (local tools, benchmarks and
+    /// `starling dev`; the rest of 127.0.0.0/8 is limited like any address).
+    pub limits_exempt: Vec<String>,
     /// Most stanzas per second read from one connection; beyond it the
     /// server stops reading (TCP backpressure) rather than failing. Default: 200.
     pub max_stanzas_per_second: u32,
@@ -104,13 +137,33 @@ pub struct XmppSection {
     /// A connection silent this long gets a whitespace ping; silent twice
     /// as long it is closed with `connection-timeout`. Seconds. Default: 120.
     pub idle_timeout_secs: u64,
-    /// Failed authentications per account per `auth_window_secs` before
-    /// further attempts get `temporary-auth-failure`. Default: 5.
-    pub auth_failures_per_account: u32,
-    /// Failed authentications per remote address per window. Default: 20.
+    /// Failed authentications from one address (IPv6: one /64) within
+    /// `auth_window_secs` that block it: its attempts get
+    /// `temporary-auth-failure` (RFC 6120 §6.5.10) for `auth_block_secs`.
+    /// Only the address is blocked, never the account. 0: never block.
+    /// Default: 20 (as ejabberd's `mod_fail2ban`).
     pub auth_failures_per_address: u32,
-    /// Window of the two limits above, seconds. Default: 60.
+    /// Failed authentications from one address within the window answered
+    /// without delay; each further one waits 250 ms, doubling up to
+    /// `auth_max_delay_ms`. Default: 5 (as Prosody's `mod_limit_auth`).
+    pub auth_delay_after_failures: u32,
+    /// Failed authentications of one account (from any address) within the
+    /// window after which the failures of addresses that already failed
+    /// before are delayed too. Never refuses nor slows a right password,
+    /// nor a clean address. 0: off. Default: 5.
+    pub auth_failures_per_account: u32,
+    /// Window over which failed authentications are counted, seconds.
+    /// Default: 600.
     pub auth_window_secs: u64,
+    /// Length of an address's first block, seconds; each repeat doubles it
+    /// up to `auth_max_block_secs`. Default: 900.
+    pub auth_block_secs: u64,
+    /// Longest block, seconds; an address with no block for this long
+    /// starts again from `auth_block_secs`. Default: 86400.
+    pub auth_max_block_secs: u64,
+    /// Longest delay before a failed authentication is answered,
+    /// milliseconds. Default: 2000.
+    pub auth_max_delay_ms: u64,
     /// XEP-0198: how long a lost session can be resumed, seconds. Default: 300.
     pub sm_resume_timeout_secs: u64,
     /// XEP-0198: most unacknowledged stanzas kept for one session; beyond it
@@ -126,6 +179,20 @@ pub struct XmppSection {
     pub write_timeout_secs: u64,
 }
 
+impl XmppSection {
+    /// `limits_exempt`, parsed.
+    pub fn limits_exempt_nets(&self) -> Result<Vec<crate::c2s::addr::IpNet>, ConfigError> {
+        self.limits_exempt
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|e: crate::c2s::addr::IpNetError| {
+                    invalid("xmpp.limits_exempt", e.to_string())
+                })
+            })
+            .collect()
+    }
+}
+
 impl Default for XmppSection {
     fn default() -> Self {
         XmppSection {
@@ -138,13 +205,25 @@ impl Default for XmppSection {
             max_stanza_bytes: 256 * 1024,
             max_depth: 32,
             max_connections: 10_000,
+            max_preauth_connections: 1000,
+            preauth_connections_per_address: 16,
+            preauth_connections_per_prefix: 64,
+            connections_per_address: 256,
+            connections_per_prefix: 1024,
+            accepts_per_second_per_address: 10,
+            accept_burst_per_address: 20,
+            limits_exempt: vec!["127.0.0.1".into(), "::1".into()],
             max_stanzas_per_second: 200,
             max_offline_messages: 1000,
             negotiation_timeout_secs: 30,
             idle_timeout_secs: 120,
-            auth_failures_per_account: 5,
             auth_failures_per_address: 20,
-            auth_window_secs: 60,
+            auth_delay_after_failures: 5,
+            auth_failures_per_account: 5,
+            auth_window_secs: 600,
+            auth_block_secs: 900,
+            auth_max_block_secs: 86_400,
+            auth_max_delay_ms: 2000,
             sm_resume_timeout_secs: 300,
             sm_max_unacked: 1000,
             node_dead_after_ms: 3000,
@@ -356,6 +435,7 @@ impl Config {
             ("xmpp.max_stanza_bytes", x.max_stanza_bytes, 10_000usize),
             ("xmpp.max_depth", x.max_depth, 4),
             ("xmpp.max_connections", x.max_connections, 1),
+            ("xmpp.max_preauth_connections", x.max_preauth_connections, 1),
             ("xmpp.sm_max_unacked", x.sm_max_unacked, 1),
         ] {
             if v < min {
@@ -374,21 +454,21 @@ impl Config {
             ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
             ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
             ("xmpp.write_timeout_secs", x.write_timeout_secs),
-            (
-                "xmpp.auth_failures_per_account",
-                u64::from(x.auth_failures_per_account),
-            ),
-            (
-                "xmpp.auth_failures_per_address",
-                u64::from(x.auth_failures_per_address),
-            ),
             ("xmpp.auth_window_secs", x.auth_window_secs),
+            ("xmpp.auth_block_secs", x.auth_block_secs),
             ("xmpp.node_dead_after_ms", x.node_dead_after_ms),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));
             }
         }
+        if x.auth_max_block_secs < x.auth_block_secs {
+            return Err(invalid(
+                "xmpp.auth_max_block_secs",
+                "must be at least xmpp.auth_block_secs",
+            ));
+        }
+        x.limits_exempt_nets()?;
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
             return Err(invalid("raft.heartbeat_ms", "must be positive"));
@@ -509,6 +589,16 @@ admin_addr = "127.0.0.1:7102"
         assert_eq!(
             field_of(&GOOD.replace("id = 2", "id = 1")),
             "initial_cluster[1].id"
+        );
+        assert_eq!(
+            field_of(&format!(
+                "{GOOD}\n[xmpp]\nlimits_exempt = [\"10.0.0.0/40\"]\n"
+            )),
+            "xmpp.limits_exempt"
+        );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nauth_max_block_secs = 60\n")),
+            "xmpp.auth_max_block_secs"
         );
     }
 

@@ -166,6 +166,7 @@ async fn run_inner(
     let announcer = tokio::spawn(
         crate::im::presence::announce_lost_sessions(router.clone(), lost_rx).in_current_span(),
     );
+    let exempt = config.xmpp.limits_exempt_nets()?;
     let shared = Arc::new(crate::c2s::Shared {
         config: config.xmpp.clone(),
         domain: config.domain.clone(),
@@ -173,26 +174,17 @@ async fn run_inner(
         cluster: cluster.clone(),
         tls,
         limiter: std::sync::Mutex::new(crate::c2s::auth_limit::AuthLimiter::new(
-            crate::c2s::auth_limit::AuthLimitConfig {
-                account_max_failures: config.xmpp.auth_failures_per_account as usize,
-                account_window: Duration::from_secs(config.xmpp.auth_window_secs),
-                ip_max_failures: config.xmpp.auth_failures_per_address as usize,
-                ip_window: Duration::from_secs(config.xmpp.auth_window_secs),
-                ..Default::default()
-            },
+            auth_limit_config(&config.xmpp, exempt.clone()),
         )),
+        admission: std::sync::Mutex::new(crate::c2s::Gate::new(admission_config(
+            &config.xmpp,
+            exempt,
+        ))),
         resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
         shutdown: c2s_stop_rx,
     });
-    let connections = Arc::new(tokio::sync::Semaphore::new(config.xmpp.max_connections));
     let c2s = tokio::spawn(
-        serve_clients(
-            shared.clone(),
-            client_listener,
-            direct_listener,
-            connections.clone(),
-        )
-        .in_current_span(),
+        serve_clients(shared.clone(), client_listener, direct_listener).in_current_span(),
     );
     info!(raft_addr = %config.raft_addr, admin_addr = %config.admin_addr, client_addr = %config.xmpp.client_addr, "node started");
 
@@ -210,8 +202,12 @@ async fn run_inner(
     // Sessions close their streams (system-shutdown) and unbind while raft
     // is still up; give them a moment.
     let _ = c2s_stop_tx.send(true);
-    let max = config.xmpp.max_connections as u32;
-    let _ = tokio::time::timeout(Duration::from_secs(3), connections.acquire_many(max)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while shared.admission.lock().map(|g| g.open()).unwrap_or((0, 0)) != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     c2s.abort();
     // Messages whose guard has not committed yet: let them finish, so what
     // clients sent just before the stop is stored (their acks are lost with
@@ -236,6 +232,43 @@ async fn run_inner(
     Ok(())
 }
 
+/// The authentication throttling of `[xmpp]` (see `c2s::auth_limit`).
+fn auth_limit_config(
+    x: &crate::config::XmppSection,
+    exempt: Vec<crate::c2s::addr::IpNet>,
+) -> crate::c2s::auth_limit::AuthLimitConfig {
+    crate::c2s::auth_limit::AuthLimitConfig {
+        delay_after: x.auth_delay_after_failures,
+        block_after: x.auth_failures_per_address,
+        window: Duration::from_secs(x.auth_window_secs),
+        block_for: Duration::from_secs(x.auth_block_secs),
+        max_block: Duration::from_secs(x.auth_max_block_secs),
+        account_slow_after: x.auth_failures_per_account,
+        max_delay: Duration::from_millis(x.auth_max_delay_ms),
+        exempt,
+        ..Default::default()
+    }
+}
+
+/// The connection admission limits of `[xmpp]` (see `c2s::admission`).
+fn admission_config(
+    x: &crate::config::XmppSection,
+    exempt: Vec<crate::c2s::addr::IpNet>,
+) -> crate::c2s::admission::AdmissionConfig {
+    crate::c2s::admission::AdmissionConfig {
+        max_preauth: x.max_preauth_connections,
+        max_sessions: x.max_connections,
+        preauth_per_address: x.preauth_connections_per_address,
+        preauth_per_prefix: x.preauth_connections_per_prefix,
+        per_address: x.connections_per_address,
+        per_prefix: x.connections_per_prefix,
+        accept_rate: f64::from(x.accepts_per_second_per_address),
+        accept_burst: x.accept_burst_per_address,
+        exempt,
+        ..Default::default()
+    }
+}
+
 /// Serves clients once this node's stale session bindings (from before a
 /// restart) are gone from the shared table: binding new sessions before
 /// that could see them dropped.
@@ -243,7 +276,6 @@ async fn serve_clients(
     shared: Arc<crate::c2s::Shared>,
     plain: TcpListener,
     direct: Option<TcpListener>,
-    connections: Arc<tokio::sync::Semaphore>,
 ) {
     let node = shared.router.node();
     let mut logged = false;
@@ -264,11 +296,10 @@ async fn serve_clients(
         }
     }
     info!("serving XMPP clients");
-    let plain_task = tokio::spawn(
-        crate::c2s::serve(shared.clone(), plain, false, connections.clone()).in_current_span(),
-    );
+    let plain_task =
+        tokio::spawn(crate::c2s::serve(shared.clone(), plain, false).in_current_span());
     if let Some(d) = direct {
-        crate::c2s::serve(shared, d, true, connections).await;
+        crate::c2s::serve(shared, d, true).await;
     }
     let _ = plain_task.await;
 }

@@ -10,8 +10,19 @@
 //! - [`handoff`]: a resumable session moving to the node its client
 //!   resumed it on.
 //! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
-//! - [`auth_limit`]: failed-authentication limits per account and address,
-//!   without I/O.
+//! - [`auth_limit`]: authentication throttling per address (slowed, then
+//!   blocked; never the account), without I/O.
+//! - [`admission`]: which accepted connections are served (pre-auth and
+//!   session pools, per-address and per-/64 limits, accept rate), without
+//!   I/O; [`addr`]: what an address is for these limits.
+//!
+//! The accept loop ([`serve`]) asks [`admission`] about every connection
+//! before anything else: a refused one is closed at once, before TLS, with
+//! a stream error written in one non-blocking call and a summarized log
+//! line; an admitted one carries a [`Ticket`] that moves it to the session
+//! pool when SASL succeeds and frees its slots when it ends.
+pub mod addr;
+pub mod admission;
 pub mod auth_limit;
 pub mod handoff;
 pub mod negotiate;
@@ -25,11 +36,11 @@ pub mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use starling_raft::ClusterHandle;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::XmppSection;
@@ -48,6 +59,7 @@ pub struct Shared {
     pub cluster: ClusterHandle,
     pub tls: tls::TlsConfigs,
     pub limiter: Mutex<auth_limit::AuthLimiter>,
+    pub admission: Mutex<Gate>,
     /// XEP-0198 resumable sessions on this node: SM id -> (bare JID, handle).
     pub resumable: Mutex<HashMap<String, (String, ResumeSender)>>,
     pub shutdown: watch::Receiver<bool>,
@@ -73,14 +85,116 @@ impl Shared {
     }
 }
 
+/// How often refused connections are logged (one summary line each).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The admission state of a node: the pure counts, the eviction signals of
+/// the pre-auth connections, and the refusal summary.
+pub struct Gate {
+    core: admission::Admission,
+    evictions: HashMap<u64, oneshot::Sender<()>>,
+    refusals: admission::RefusalLog,
+}
+
+impl Gate {
+    pub fn new(config: admission::AdmissionConfig) -> Self {
+        Gate {
+            core: admission::Admission::new(config),
+            evictions: HashMap::new(),
+            refusals: admission::RefusalLog::new(REFUSAL_LOG_INTERVAL),
+        }
+    }
+
+    /// Connections open: (pre-auth, sessions).
+    pub fn open(&self) -> (usize, usize) {
+        self.core.open()
+    }
+
+    fn refused(&mut self, why: admission::Refusal, ip: std::net::IpAddr) {
+        if let Some(line) = self.refusals.note(why, ip, Instant::now()) {
+            warn!("{line}");
+        }
+    }
+}
+
+/// An admitted connection's slot: promoted to the session pool at
+/// authentication, given back when dropped.
+pub struct Ticket {
+    shared: Arc<Shared>,
+    slot: Option<admission::Slot>,
+}
+
+impl Ticket {
+    /// The connection authenticated: it takes a session slot.
+    pub fn promote(&mut self) -> Result<(), admission::Refusal> {
+        let Some(slot) = self.slot.as_mut() else {
+            return Ok(());
+        };
+        let mut gate = self.shared.gate();
+        let ip = slot.ip();
+        let r = gate.core.promote(slot);
+        match r {
+            Ok(()) => {
+                gate.evictions.remove(&slot.id);
+            }
+            Err(why) => gate.refused(why, ip),
+        }
+        r
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let mut gate = self.shared.gate();
+            gate.evictions.remove(&slot.id);
+            gate.core.release(slot);
+        }
+    }
+}
+
+impl Shared {
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `ip`, or says why not; an admitted one
+    /// comes with the signal of its eviction from the pre-auth pool.
+    fn admit(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+    ) -> Result<(Ticket, oneshot::Receiver<()>), admission::Refusal> {
+        let mut gate = self.gate();
+        match gate.core.admit(ip, Instant::now()) {
+            Ok(admitted) => {
+                if let Some((old, old_ip)) = admitted.evict {
+                    if let Some(tx) = gate.evictions.remove(&old) {
+                        let _ = tx.send(());
+                    }
+                    gate.refused(admission::Refusal::Evicted, old_ip);
+                }
+                let (tx, rx) = oneshot::channel();
+                gate.evictions.insert(admitted.slot.id, tx);
+                drop(gate);
+                Ok((
+                    Ticket {
+                        shared: self.clone(),
+                        slot: Some(admitted.slot),
+                    },
+                    rx,
+                ))
+            }
+            Err(why) => {
+                gate.refused(why, ip);
+                Err(why)
+            }
+        }
+    }
+}
+
 /// Accepts client connections on `listener` until shutdown. `direct_tls`:
 /// XEP-0368, TLS from the first byte.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    direct_tls: bool,
-    connections: Arc<Semaphore>,
-) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, direct_tls: bool) {
     let mut shutdown = shared.shutdown.clone();
     let mut next_id: u64 = 0;
     let mut backoff = Duration::from_millis(5);
@@ -102,38 +216,61 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            debug!(%peer, "connection limit reached");
-            tokio::spawn(refuse(shared.clone(), tcp, peer));
-            continue;
+        let (ticket, evicted) = match shared.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                debug!(%peer, reason = why.as_str(), "connection refused");
+                refuse(&shared, tcp, why, direct_tls);
+                continue;
+            }
         };
         next_id += 1;
         let span = tracing::info_span!("c2s", conn = next_id, %peer, jid = tracing::field::Empty);
         let shared = shared.clone();
         tokio::spawn(
             async move {
-                let _permit = permit;
-                handle(shared, tcp, peer, direct_tls).await;
+                // Once promoted the sender is dropped: only a real
+                // eviction ends the connection here.
+                let evicted = async {
+                    if evicted.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = evicted => debug!("evicted: the unauthenticated pool is full"),
+                    _ = handle(shared, tcp, peer, direct_tls, ticket) => {}
+                }
             }
             .instrument(span),
         );
     }
 }
 
-/// Over the connection limit: a `resource-constraint` stream error.
-async fn refuse(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
-    let mut conn = stream::Conn::new(stream::Transport::Tcp(tcp), shared.limits(), peer, false);
-    conn.fail(
-        &crate::xmpp::StreamError::with_text(
-            crate::xmpp::StreamCondition::ResourceConstraint,
-            "too many connections",
-        ),
-        &shared.domain,
-    )
-    .await;
+/// Closes a refused connection at once: on the plaintext port our stream
+/// header and the stream error (RFC 6120 §4.9.1.1: a stream error before
+/// the client's header still opens our stream) in one non-blocking write,
+/// whatever fits; on the direct TLS port nothing can be said before TLS.
+fn refuse(shared: &Shared, tcp: TcpStream, why: admission::Refusal, direct_tls: bool) {
+    if !direct_tls {
+        let mut out = stream::stream_header(&shared.domain, None, &crate::xmpp::id::random_id());
+        let text = match why {
+            admission::Refusal::AcceptRate => "too many connections from your address; slow down",
+            _ => "too many connections",
+        };
+        out.push_str(&crate::xmpp::StreamError::with_text(why.condition(), text).to_xml());
+        out.push_str("</stream:stream>");
+        let _ = tcp.try_write(out.as_bytes());
+    }
+    drop(tcp);
 }
 
-async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+async fn handle(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+    mut ticket: Ticket,
+) {
     let _ = tcp.set_nodelay(true);
     let io = if direct_tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.direct.clone());
@@ -154,7 +291,7 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, direct_tl
         stream::Transport::Tcp(tcp)
     };
     let conn = stream::Conn::new(io, shared.limits(), peer, direct_tls);
-    match negotiate::negotiate(&shared, conn).await {
+    match negotiate::negotiate(&shared, conn, &mut ticket).await {
         Some(negotiate::Negotiated::Bound(session)) => session.run().await,
         Some(negotiate::Negotiated::Resumed) | None => {}
     }

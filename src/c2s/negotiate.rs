@@ -7,7 +7,7 @@
 //! bind. Anything else before authentication is a `not-authorized` stream
 //! error; before binding, stanzas are refused the same way (§7.1).
 //!
-//! Why one file of ~610 lines: it is one async state machine over one
+//! Why one file of ~640 lines: it is one async state machine over one
 //! connection (the loop in `negotiate` and the steps it calls); the pure
 //! parts already live elsewhere (`sasl/`, `auth_limit`, `handoff`), and
 //! cutting the loop across files would hide its order of steps.
@@ -22,7 +22,7 @@ use super::handoff::{belongs_to, SessionHandoff};
 use super::sasl::{CredentialStore, Mechanism, SaslSession, Step};
 use super::session::Session;
 use super::stream::{stream_header, Conn, ConnError};
-use super::Shared;
+use super::{Shared, Ticket};
 use crate::xmpp::framer::Event;
 use crate::xmpp::jid::account_jid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
@@ -79,9 +79,15 @@ enum Outcome {
     },
 }
 
-pub async fn negotiate(shared: &Arc<Shared>, mut conn: Conn) -> Option<Negotiated> {
+/// Negotiates `conn` up to a bound session; `ticket` is its admission
+/// slot, moved to the session pool when SASL succeeds.
+pub async fn negotiate(
+    shared: &Arc<Shared>,
+    mut conn: Conn,
+    ticket: &mut Ticket,
+) -> Option<Negotiated> {
     let timeout = Duration::from_secs(shared.config.negotiation_timeout_secs);
-    let res = tokio::time::timeout(timeout, steps(shared, &mut conn)).await;
+    let res = tokio::time::timeout(timeout, steps(shared, &mut conn, ticket)).await;
     let outcome = match res {
         Ok(Ok(o)) => o,
         Ok(Err(ConnError::Stream(e))) => {
@@ -274,7 +280,11 @@ fn decode_payload(el: &Element) -> Result<Option<Vec<u8>>, super::sasl::SaslFail
     super::sasl::decode_payload(&text)
 }
 
-async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnError> {
+async fn steps(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    ticket: &mut Ticket,
+) -> Result<Outcome, ConnError> {
     let mut authed: Option<String> = None;
     let mut had: Vec<String> = Vec::new();
     let mut sasl: Option<SaslSession> = None;
@@ -342,12 +352,19 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                             .await?;
                         continue;
                     }
-                    if auth_blocked(shared, None, ip) {
+                    // The address, not the account, is what gets blocked
+                    // (see `auth_limit`): answered before any password is
+                    // looked at, and counted as a try of this connection.
+                    if auth_blocked(shared, ip) {
                         conn.send(&sasl_failure(
                             "temporary-auth-failure",
-                            Some("too many failed attempts; try again later"),
+                            Some("too many failed attempts from your address; try again later"),
                         ))
                         .await?;
+                        sasl_failures += 1;
+                        if sasl_failures >= MAX_SASL_TRIES {
+                            return Err(ConnError::Closed);
+                        }
                         continue;
                     }
                     let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
@@ -358,26 +375,10 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         conn.send(&sasl_failure("incorrect-encoding", None)).await?;
                         continue;
                     };
-                    // The per-account limit applies before any password
-                    // hashing, where the account is known up front.
-                    let account = initial
-                        .as_deref()
-                        .and_then(|i| super::sasl::peek_authcid(mech, i))
-                        .and_then(|u| account_jid(&u, &shared.domain));
-                    if let Some(account) = account {
-                        if auth_blocked(shared, Some(&account), ip) {
-                            conn.send(&sasl_failure(
-                                "temporary-auth-failure",
-                                Some("too many failed attempts for this account; try again later"),
-                            ))
-                            .await?;
-                            continue;
-                        }
-                    }
                     let (session, step) = start_sasl(shared, mech, initial).await;
                     sasl = Some(session);
                     if let Some(bare) =
-                        sasl_step(shared, conn, &mut sasl, step, &mut sasl_failures).await?
+                        sasl_step(shared, conn, ticket, &mut sasl, step, &mut sasl_failures).await?
                     {
                         authed = Some(bare);
                         conn.restart();
@@ -417,7 +418,7 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
                         Err(f) => Step::Failure(f),
                     };
                     if let Some(bare) =
-                        sasl_step(shared, conn, &mut sasl, step, &mut sasl_failures).await?
+                        sasl_step(shared, conn, ticket, &mut sasl, step, &mut sasl_failures).await?
                     {
                         authed = Some(bare);
                         conn.restart();
@@ -541,16 +542,17 @@ async fn steps(shared: &Arc<Shared>, conn: &mut Conn) -> Result<Outcome, ConnErr
     }
 }
 
-/// Whether failed attempts (for `account` and from `ip`) are over the limit.
-fn auth_blocked(shared: &Shared, account: Option<&str>, ip: std::net::IpAddr) -> bool {
+/// Whether `ip`'s address is blocked for failed authentications.
+fn auth_blocked(shared: &Shared, ip: std::net::IpAddr) -> bool {
     let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-    l.check(account, ip, Instant::now()).is_err()
+    l.check(ip, Instant::now()).is_err()
 }
 
 /// Answers one SASL step; returns the account's bare JID on success.
 async fn sasl_step(
     shared: &Arc<Shared>,
     conn: &mut Conn,
+    ticket: &mut Ticket,
     sasl: &mut Option<SaslSession>,
     step: Step,
     failures: &mut u32,
@@ -577,7 +579,14 @@ async fn sasl_step(
             };
             {
                 let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                l.record_success(&bare);
+                l.record_success(&bare, ip, Instant::now());
+            }
+            // Authenticated: the connection leaves the pre-auth pool for a
+            // session slot, if one is free (RFC 6120 §4.9.3.17).
+            if let Err(why) = ticket.promote() {
+                // Counted in the summarized refusal log line, not here.
+                debug!(jid = %bare, reason = why.as_str(), "authenticated, but no session slot");
+                return Err(StreamError::with_text(why.condition(), why.as_str()).into());
             }
             let payload = if additional.is_empty() {
                 String::new()
@@ -600,13 +609,23 @@ async fn sasl_step(
                 .and_then(|u| account_jid(u, &shared.domain));
             *sasl = None;
             *failures += 1;
-            let delay = {
+            let failure = {
                 let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
                 l.record_failure(account.as_deref().unwrap_or(""), ip, Instant::now())
             };
+            if let Some(b) = failure.blocked {
+                // One line per block (at most one per address per
+                // `auth_block_secs`), never per attempt.
+                warn!(
+                    address = %b.key,
+                    block_secs = b.duration.as_secs(),
+                    strike = b.strike,
+                    "address blocked after repeated authentication failures"
+                );
+            }
             // Slow down guessing: the failure is answered after a delay
-            // that grows with recent failures.
-            tokio::time::sleep(delay).await;
+            // that grows with the address's recent failures.
+            tokio::time::sleep(failure.delay).await;
             conn.send(&sasl_failure(f.condition(), None)).await?;
             if *failures >= MAX_SASL_TRIES {
                 return Err(ConnError::Closed);

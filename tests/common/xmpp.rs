@@ -75,6 +75,69 @@ impl RawClient {
         }
     }
 
+    /// Connects from a chosen local address (Linux routes all of
+    /// 127.0.0.0/8 to loopback: tests use 127.0.0.2, .3... as distinct
+    /// remote addresses for the server's per-address limits).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+    ) -> std::io::Result<RawClient> {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(local, 0))?;
+        let tcp = sock.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(RawClient {
+            io: Some(Box::new(tcp)),
+            framer: Framer::new(Limits {
+                max_stanza_bytes: 4 << 20,
+                ..Limits::default()
+            }),
+            jid: String::new(),
+        })
+    }
+
+    /// STARTTLS and PLAIN from `local`; returns the client (ready for a
+    /// stream restart on success) and the server's answer.
+    pub async fn auth_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+        user: &str,
+        password: &str,
+    ) -> (RawClient, Element) {
+        let mut c = RawClient::connect_from(addr, local)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect from {local}: {e}"));
+        c.open().await;
+        c.starttls().await;
+        c.open().await;
+        let r = c.auth_plain(user, password).await;
+        (c, r)
+    }
+
+    /// STARTTLS, PLAIN, bind from `local`: a ready session.
+    pub async fn login_from(
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> RawClient {
+        let (mut c, r) = RawClient::auth_from(addr, local, user, password).await;
+        assert!(
+            r.is("success", ns::SASL),
+            "login of {user} from {local} failed: {r}"
+        );
+        c.open().await;
+        let b = c.bind(Some(resource)).await;
+        let jid = b
+            .get_child("bind", ns::BIND)
+            .and_then(|b| b.get_child("jid", ns::BIND))
+            .map(|j| j.text())
+            .unwrap_or_else(|| panic!("bind failed: {b}"));
+        c.jid = jid;
+        c
+    }
+
     pub async fn send(&mut self, s: &str) {
         let io = self.io.as_mut().unwrap();
         io.write_all(s.as_bytes()).await.unwrap();
