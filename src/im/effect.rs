@@ -100,9 +100,3 @@ impl IntoIterator for Effects {
         self.0.into_iter()
     }
 }
-
-impl Extend<Effect> for Effects {
-    fn extend<T: IntoIterator<Item = Effect>>(&mut self, iter: T) {
-        self.0.extend(iter);
-    }
-}
