@@ -13,26 +13,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::xmpp::{body_of, RawClient, WAIT};
-use common::{fast_raft, TestCluster};
+use common::{fast_raft, rt, TestCluster};
 use starling::xmpp::{ns, Element};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_addr(c: &TestCluster, id: u64) -> std::net::SocketAddr {
-    c.nodes
-        .iter()
-        .find(|n| n.config.node_id == id)
-        .unwrap()
-        .config
-        .xmpp
-        .client_addr
-}
 
 fn pid_of(c: &TestCluster, id: u64) -> nix::unistd::Pid {
     let n = c.nodes.iter().find(|n| n.config.node_id == id).unwrap();
@@ -171,12 +153,12 @@ fn unacknowledged_messages_survive_the_recipients_node_crash() {
         let mut c = three_nodes().await;
         let (_, sender_node, recipient_node) = roles(&c).await;
         let mut bob =
-            RawClient::login(client_addr(&c, recipient_node), "bob", "pw-bob", "phone").await;
+            RawClient::login(c.client_addr(recipient_node), "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
         bob.send("<presence/>").await;
         bob.sync().await;
         let mut alice =
-            RawClient::login(client_addr(&c, sender_node), "alice", "pw-alice", "desk").await;
+            RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         let bodies: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
         send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
@@ -187,7 +169,7 @@ fn unacknowledged_messages_survive_the_recipients_node_crash() {
             .into_iter()
             .find(|n| *n != sender_node && *n != recipient_node)
             .unwrap();
-        let mut bob2 = RawClient::login(client_addr(&c, third), "bob", "pw-bob", "tablet").await;
+        let mut bob2 = RawClient::login(c.client_addr(third), "bob", "pw-bob", "tablet").await;
         enable_sm(&mut bob2, false).await;
         bob2.send("<presence/>").await;
         let again = read_messages(&mut bob2, 20, "bob@localhost", true, WAIT).await;
@@ -211,11 +193,11 @@ fn messages_between_users_of_one_node_survive_its_death() {
     rt().block_on(async {
         let mut c = three_nodes().await;
         let (_, node, _) = roles(&c).await;
-        let mut bob = RawClient::login(client_addr(&c, node), "bob", "pw-bob", "phone").await;
+        let mut bob = RawClient::login(c.client_addr(node), "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
         bob.send("<presence/>").await;
         bob.sync().await;
-        let mut alice = RawClient::login(client_addr(&c, node), "alice", "pw-alice", "desk").await;
+        let mut alice = RawClient::login(c.client_addr(node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         let bodies: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
         send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
@@ -223,7 +205,7 @@ fn messages_between_users_of_one_node_survive_its_death() {
 
         c.kill(node);
         let other = [1, 2, 3].into_iter().find(|n| *n != node).unwrap();
-        let mut bob2 = RawClient::login(client_addr(&c, other), "bob", "pw-bob", "tablet").await;
+        let mut bob2 = RawClient::login(c.client_addr(other), "bob", "pw-bob", "tablet").await;
         enable_sm(&mut bob2, false).await;
         bob2.send("<presence/>").await;
         let again = read_messages(
@@ -255,11 +237,11 @@ fn no_ack_and_no_write_while_a_majority_cannot_hold_the_message() {
     rt().block_on(async {
         let c = three_nodes().await;
         let (_, node, _) = roles(&c).await;
-        let mut bob = RawClient::login(client_addr(&c, node), "bob", "pw-bob", "phone").await;
+        let mut bob = RawClient::login(c.client_addr(node), "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
         bob.send("<presence/>").await;
         bob.sync().await;
-        let mut alice = RawClient::login(client_addr(&c, node), "alice", "pw-alice", "desk").await;
+        let mut alice = RawClient::login(c.client_addr(node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != node).collect();
         for n in &others {
@@ -317,11 +299,11 @@ fn an_acknowledged_message_survives_its_senders_node_dying_before_the_live_copy_
         let mut c = three_nodes().await;
         let (_, sender_node, recipient_node) = roles(&c).await;
         let mut bob =
-            RawClient::login(client_addr(&c, recipient_node), "bob", "pw-bob", "phone").await;
+            RawClient::login(c.client_addr(recipient_node), "bob", "pw-bob", "phone").await;
         bob.send("<presence/>").await;
         bob.sync().await;
         let mut alice =
-            RawClient::login(client_addr(&c, sender_node), "alice", "pw-alice", "desk").await;
+            RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
 
         signal(&c, recipient_node, nix::sys::signal::Signal::SIGSTOP);
@@ -348,7 +330,7 @@ fn a_full_offline_queue_drains_with_stream_management() {
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
         }
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
         let mut alice = RawClient::login(addr, "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         let bodies: Vec<String> = (0..1000).map(|i| format!("q{i}")).collect();
@@ -399,7 +381,7 @@ fn the_server_asks_for_an_ack_after_each_burst() {
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
         }
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
         let mut bob = RawClient::login(addr, "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
         bob.send("<presence/>").await;
@@ -450,12 +432,12 @@ fn a_failed_resumption_lets_the_client_bind_on_the_same_stream() {
     rt().block_on(async {
         let mut c = three_nodes().await;
         let (_, bob_node, alice_node) = roles(&c).await;
-        let mut bob = RawClient::login(client_addr(&c, bob_node), "bob", "pw-bob", "phone").await;
+        let mut bob = RawClient::login(c.client_addr(bob_node), "bob", "pw-bob", "phone").await;
         let previd = enable_sm(&mut bob, true).await;
         bob.send("<presence/>").await;
         bob.sync().await;
         let mut alice =
-            RawClient::login(client_addr(&c, alice_node), "alice", "pw-alice", "desk").await;
+            RawClient::login(c.client_addr(alice_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         send_acked(&mut alice, "bob@localhost", &["unread".to_string()], 0).await;
         let first = read_messages(&mut bob, 1, "bob@localhost", false, WAIT).await;
@@ -463,7 +445,7 @@ fn a_failed_resumption_lets_the_client_bind_on_the_same_stream() {
         drop(bob);
         c.kill(bob_node);
 
-        let mut bob = authenticate(client_addr(&c, alice_node), "bob", "pw-bob").await;
+        let mut bob = authenticate(c.client_addr(alice_node), "bob", "pw-bob").await;
         bob.send(&format!(
             "<resume xmlns='urn:xmpp:sm:3' h='0' previd='{previd}'/>"
         ))
@@ -492,7 +474,7 @@ fn a_session_resumes_on_another_node_while_its_node_is_alive() {
     rt().block_on(async {
         let c = three_nodes().await;
         let (_, old_node, new_node) = roles(&c).await;
-        let mut bob = RawClient::login(client_addr(&c, old_node), "bob", "pw-bob", "phone").await;
+        let mut bob = RawClient::login(c.client_addr(old_node), "bob", "pw-bob", "phone").await;
         let previd = enable_sm(&mut bob, true).await;
         bob.send("<presence/>").await;
         // Stanzas bob received so far: whatever came before the ping's
@@ -503,7 +485,7 @@ fn a_session_resumes_on_another_node_while_its_node_is_alive() {
             .filter(|e| matches!(e.name(), "message" | "presence" | "iq") && e.ns() == ns::CLIENT)
             .count() as u32;
         let mut alice =
-            RawClient::login(client_addr(&c, new_node), "alice", "pw-alice", "desk").await;
+            RawClient::login(c.client_addr(new_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         let bodies: Vec<String> = (1..=3).map(|i| format!("m{i}")).collect();
         send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
@@ -511,7 +493,7 @@ fn a_session_resumes_on_another_node_while_its_node_is_alive() {
         // The connection dies; bob's phone only saw the first message.
         drop(bob);
 
-        let mut bob = authenticate(client_addr(&c, new_node), "bob", "pw-bob").await;
+        let mut bob = authenticate(c.client_addr(new_node), "bob", "pw-bob").await;
         let h = n - 2;
         bob.send(&format!(
             "<resume xmlns='urn:xmpp:sm:3' h='{h}' previd='{previd}'/>"
@@ -560,11 +542,11 @@ fn contacts_see_no_presence_change_when_a_session_moves() {
         let c = three_nodes().await;
         let (_, old_node, new_node) = roles(&c).await;
         let mut alice =
-            RawClient::login(client_addr(&c, new_node), "alice", "pw-alice", "desk").await;
+            RawClient::login(c.client_addr(new_node), "alice", "pw-alice", "desk").await;
         alice.send("<presence/>").await;
         // alice subscribes to bob's presence (RFC 6121 §3.1); bob, online,
         // approves; then he logs out.
-        let mut bob = RawClient::login(client_addr(&c, old_node), "bob", "pw-bob", "phone").await;
+        let mut bob = RawClient::login(c.client_addr(old_node), "bob", "pw-bob", "phone").await;
         bob.send("<presence/>").await;
         alice
             .send("<presence to='bob@localhost' type='subscribe'/>")
@@ -588,7 +570,7 @@ fn contacts_see_no_presence_change_when_a_session_moves() {
             .await;
 
         // bob comes back, resumable, and sends presence: alice sees it.
-        let mut bob = RawClient::login(client_addr(&c, old_node), "bob", "pw-bob", "phone").await;
+        let mut bob = RawClient::login(c.client_addr(old_node), "bob", "pw-bob", "phone").await;
         let previd = enable_sm(&mut bob, true).await;
         bob.send("<presence/>").await;
         let p = alice.expect("bob's available presence", from_bob).await;
@@ -601,7 +583,7 @@ fn contacts_see_no_presence_change_when_a_session_moves() {
 
         // bob's connection dies; he resumes on the other node.
         drop(bob);
-        let mut bob = authenticate(client_addr(&c, new_node), "bob", "pw-bob").await;
+        let mut bob = authenticate(c.client_addr(new_node), "bob", "pw-bob").await;
         bob.send(&format!(
             "<resume xmlns='urn:xmpp:sm:3' h='{n}' previd='{previd}'/>"
         ))
@@ -654,7 +636,7 @@ fn resumption_takes_over_a_half_open_connection() {
         let c = TestCluster::start(1, fast_raft());
         c.wait_leader(1, Duration::from_secs(20)).await;
         c.create_user(1, "bob").await.unwrap();
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
         let mut old = RawClient::login(addr, "bob", "pw-bob", "phone").await;
         let previd = enable_sm(&mut old, true).await;
         old.sync().await;
@@ -684,12 +666,12 @@ fn a_graceful_stop_keeps_what_detached_sessions_had_not_acknowledged() {
         let mut c = three_nodes().await;
         let (_, sender_node, recipient_node) = roles(&c).await;
         let mut bob =
-            RawClient::login(client_addr(&c, recipient_node), "bob", "pw-bob", "phone").await;
+            RawClient::login(c.client_addr(recipient_node), "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, true).await;
         bob.send("<presence/>").await;
         bob.sync().await;
         let mut alice =
-            RawClient::login(client_addr(&c, sender_node), "alice", "pw-alice", "desk").await;
+            RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
         let bodies: Vec<String> = (0..5).map(|i| format!("d{i}")).collect();
         send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
@@ -698,7 +680,7 @@ fn a_graceful_stop_keeps_what_detached_sessions_had_not_acknowledged() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(c.stop(recipient_node), "clean exit");
         let mut bob2 =
-            RawClient::login(client_addr(&c, sender_node), "bob", "pw-bob", "tablet").await;
+            RawClient::login(c.client_addr(sender_node), "bob", "pw-bob", "tablet").await;
         bob2.send("<presence/>").await;
         let again = read_messages(&mut bob2, 5, "bob@localhost", false, WAIT).await;
         let live: BTreeSet<_> = live.into_iter().collect();
@@ -722,7 +704,7 @@ fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
         }
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
         let mut bob = RawClient::login(addr, "bob", "pw-bob", "stuck").await;
         // With stream management, what the socket took but bob never
         // acknowledged still counts as undelivered.
@@ -780,7 +762,7 @@ fn directed_presence_targets_are_bounded() {
         });
         c.wait_leader(1, Duration::from_secs(20)).await;
         c.create_user(1, "alice").await.unwrap();
-        let mut alice = RawClient::login(client_addr(&c, 1), "alice", "pw-alice", "desk").await;
+        let mut alice = RawClient::login(c.client_addr(1), "alice", "pw-alice", "desk").await;
         let mut out = String::new();
         for i in 0..1000 {
             out.push_str(&format!("<presence to='t{i}@elsewhere.example'/>"));
@@ -827,14 +809,14 @@ fn a_stuck_client_does_not_hold_up_the_mesh_for_others() {
         for u in ["alice", "bob", "carol"] {
             c.create_user(1, u).await.unwrap();
         }
-        let mut bob = RawClient::login(client_addr(&c, 1), "bob", "pw-bob", "stuck").await;
+        let mut bob = RawClient::login(c.client_addr(1), "bob", "pw-bob", "stuck").await;
         bob.send("<presence/>").await;
         bob.sync().await;
-        let mut carol = RawClient::login(client_addr(&c, 1), "carol", "pw-carol", "desk").await;
+        let mut carol = RawClient::login(c.client_addr(1), "carol", "pw-carol", "desk").await;
         carol.send("<presence/>").await;
         carol.sync().await;
         // bob reads nothing from now on.
-        let mut alice = RawClient::login(client_addr(&c, 2), "alice", "pw-alice", "desk").await;
+        let mut alice = RawClient::login(c.client_addr(2), "alice", "pw-alice", "desk").await;
         // More than the loopback socket's buffers plus bob's session queue
         // (`SESSION_QUEUE`, 1024 stanzas) take.
         let big = "x".repeat(8 * 1024);

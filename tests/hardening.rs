@@ -14,24 +14,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::xmpp::RawClient;
-use common::{fast_raft, TestCluster};
+use common::{fast_raft, rt, TestCluster};
 use starling::xmpp::ns;
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const ATTACKER2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
 const OWNER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_addr(c: &TestCluster) -> SocketAddr {
-    c.nodes[0].config.xmpp.client_addr
-}
 
 /// The owner logs in from a clean address: must succeed within 2 s.
 async fn owner_logs_in(addr: SocketAddr, what: &str) -> Duration {
@@ -58,7 +46,7 @@ fn brute_force_blocks_the_address_never_the_owner() {
         let c = TestCluster::start(1, fast_raft());
         c.wait_leader(1, Duration::from_secs(20)).await;
         c.create_user(1, "alice").await.unwrap();
-        let addr = client_addr(&c);
+        let addr = c.client_addr(1);
 
         // 1. Six wrong passwords from two addresses (the old code locked
         //    the account for everyone after five).
@@ -158,7 +146,7 @@ fn a_flood_of_idle_connections_does_not_refuse_a_real_user() {
         });
         c.wait_leader(1, Duration::from_secs(20)).await;
         c.create_user(1, "alice").await.unwrap();
-        let addr = client_addr(&c);
+        let addr = c.client_addr(1);
         // The node serves clients once its cluster is up.
         let ready = Instant::now() + Duration::from_secs(15);
         while tokio::net::TcpStream::connect(addr).await.is_err() {

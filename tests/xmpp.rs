@@ -8,26 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::xmpp::{body_of, stanza_error, RawClient};
-use common::{fast_raft, TestCluster};
+use common::{fast_raft, rt, TestCluster};
 use starling::xmpp::ns;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_addr(c: &TestCluster, id: u64) -> std::net::SocketAddr {
-    c.nodes
-        .iter()
-        .find(|n| n.config.node_id == id)
-        .unwrap()
-        .config
-        .xmpp
-        .client_addr
-}
 
 /// alice on `sender_node` sends 100 messages to offline bob and waits for
 /// the server's XEP-0198 ack; `victim` is killed with SIGKILL; bob logs in
@@ -39,7 +21,7 @@ async fn offline_survives_kill(
     reader_node: u64,
 ) {
     let mut alice =
-        RawClient::login(client_addr(c, sender_node), "alice", "pw-alice", "phone").await;
+        RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "phone").await;
     alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
     alice
         .expect("sm enabled", |e| e.is("enabled", ns::SM))
@@ -59,7 +41,7 @@ async fn offline_survives_kill(
 
     c.kill(victim);
 
-    let mut bob = RawClient::login(client_addr(c, reader_node), "bob", "pw-bob", "laptop").await;
+    let mut bob = RawClient::login(c.client_addr(reader_node), "bob", "pw-bob", "laptop").await;
     bob.send("<presence/>").await;
     let mut got = Vec::new();
     while got.len() < 100 {
@@ -87,7 +69,7 @@ async fn offline_survives_kill(
     );
     bob.send("</stream:stream>").await;
     // Delivered messages left the queue: a new login gets nothing.
-    let mut bob2 = RawClient::login(client_addr(c, reader_node), "bob", "pw-bob", "tablet").await;
+    let mut bob2 = RawClient::login(c.client_addr(reader_node), "bob", "pw-bob", "tablet").await;
     bob2.send("<presence/>").await;
     let again = bob2.sync().await;
     assert!(
@@ -129,7 +111,7 @@ fn bad_input_gets_the_rfc_6120_errors() {
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
         }
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
 
         // Malformed XML.
         let mut x = RawClient::connect(addr).await;
@@ -247,11 +229,11 @@ fn a_dead_nodes_sessions_are_dropped_and_its_users_messages_go_offline() {
         // bob sits on a node that is not the leader (so raft goes on).
         let bobs_node = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
         let alices_node = [1, 2, 3].into_iter().find(|n| *n != bobs_node).unwrap();
-        let mut bob = RawClient::login(client_addr(&c, bobs_node), "bob", "pw-bob", "laptop").await;
+        let mut bob = RawClient::login(c.client_addr(bobs_node), "bob", "pw-bob", "laptop").await;
         bob.send("<presence/>").await;
         bob.sync().await;
         let mut alice =
-            RawClient::login(client_addr(&c, alices_node), "alice", "pw-alice", "phone").await;
+            RawClient::login(c.client_addr(alices_node), "alice", "pw-alice", "phone").await;
         alice.send("<presence/>").await;
         alice
             .send("<message to='bob@localhost' type='chat'><body>live</body></message>")
@@ -291,8 +273,7 @@ fn a_dead_nodes_sessions_are_dropped_and_its_users_messages_go_offline() {
         }
         alice.sync().await;
         // bob logs in on a surviving node, with the same resource, at once.
-        let mut bob =
-            RawClient::login(client_addr(&c, alices_node), "bob", "pw-bob", "laptop").await;
+        let mut bob = RawClient::login(c.client_addr(alices_node), "bob", "pw-bob", "laptop").await;
         bob.send("<presence/>").await;
         let mut got = Vec::new();
         while got.len() < 5 {
@@ -336,7 +317,7 @@ fn stream_management_resumes_and_keeps_unacknowledged_messages() {
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
         }
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
         let mut alice = RawClient::login(addr, "alice", "pw-alice", "phone").await;
         let say =
             |n: &str| format!("<message to='bob@localhost' type='chat'><body>{n}</body></message>");
@@ -406,9 +387,9 @@ fn carbons_and_roster_pushes_reach_every_resource_across_nodes() {
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
         }
-        let mut phone = RawClient::login(client_addr(&c, 1), "alice", "pw-alice", "phone").await;
-        let mut desk = RawClient::login(client_addr(&c, 2), "alice", "pw-alice", "desk").await;
-        let mut bob = RawClient::login(client_addr(&c, 3), "bob", "pw-bob", "b").await;
+        let mut phone = RawClient::login(c.client_addr(1), "alice", "pw-alice", "phone").await;
+        let mut desk = RawClient::login(c.client_addr(2), "alice", "pw-alice", "desk").await;
+        let mut bob = RawClient::login(c.client_addr(3), "bob", "pw-bob", "b").await;
         for cl in [&mut phone, &mut desk, &mut bob] {
             cl.send("<iq type='set' id='c1'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
                 .await;
@@ -473,7 +454,7 @@ fn direct_tls_client_state_indication_and_requests_kept_for_offline_contacts() {
         for u in ["alice", "bob", "carol"] {
             c.create_user(1, u).await.unwrap();
         }
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
 
         // XEP-0368: TLS from the first byte; no STARTTLS offered inside.
         let mut d = RawClient::connect_direct_tls(common::addr(direct)).await;
@@ -551,7 +532,7 @@ fn in_band_password_change_and_account_removal() {
         let c = TestCluster::start(1, fast_raft());
         c.wait_leader(1, Duration::from_secs(20)).await;
         c.create_user(1, "dave").await.unwrap();
-        let addr = client_addr(&c, 1);
+        let addr = c.client_addr(1);
         // XEP-0077 §3.3: change the password; the new one works, the old not.
         let mut d = RawClient::login(addr, "dave", "pw-dave", "r").await;
         d.send("<iq type='set' id='p1'><query xmlns='jabber:iq:register'><username>dave</username><password>new-secret</password></query></iq>").await;

@@ -108,7 +108,27 @@ pub fn node_config(
     }
 }
 
+/// The tests' runtime: two workers, like the machine CI runs on.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 impl TestCluster {
+    /// The XMPP client address (STARTTLS port) of node `id`.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        self.nodes
+            .iter()
+            .find(|n| n.config.node_id == id)
+            .unwrap()
+            .config
+            .xmpp
+            .client_addr
+    }
+
     /// Writes configs for `n` initial members and starts them.
     pub fn start(n: u64, raft: RaftSection) -> TestCluster {
         Self::start_with(n, raft, |_| {})

@@ -65,6 +65,11 @@ impl RawClient {
             }
         };
         tcp.set_nodelay(true).unwrap();
+        RawClient::from_tcp(tcp)
+    }
+
+    /// A client on a connected socket, before any stream.
+    fn from_tcp(tcp: TcpStream) -> RawClient {
         RawClient {
             io: Some(Box::new(tcp)),
             framer: Framer::new(Limits {
@@ -86,14 +91,7 @@ impl RawClient {
         sock.bind(SocketAddr::new(local, 0))?;
         let tcp = sock.connect(addr).await?;
         tcp.set_nodelay(true)?;
-        Ok(RawClient {
-            io: Some(Box::new(tcp)),
-            framer: Framer::new(Limits {
-                max_stanza_bytes: 4 << 20,
-                ..Limits::default()
-            }),
-            jid: String::new(),
-        })
+        Ok(RawClient::from_tcp(tcp))
     }
 
     /// STARTTLS and PLAIN from `local`; returns the client (ready for a
