@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use super::wire::{Key, Notice};
 use super::{
     MeshLinks, Outgoing, DONE_BATCH, DONE_BATCH_KEYS, DONE_UNACKED, OPEN_TIMEOUT, RETRY_AFTER,
 };
-use crate::router::custody::Key;
-use crate::router::{Notice, Router};
+use crate::router::Router;
 
 /// Hands the stanzas of `items` to the fallback (the peer is unreachable):
 /// a copy in custody is committed to its queue, another stanza is routed

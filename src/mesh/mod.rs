@@ -25,13 +25,13 @@ use tracing::{debug, Instrument};
 
 mod link;
 mod service;
+pub mod wire;
 
 pub use service::{serve_mesh, MeshService};
+pub use wire::{Hint, Key, Notice, Tag};
 
 use link::{fail_all, run_link};
 
-use crate::router::custody::Key;
-use crate::router::Notice;
 use crate::router::Router;
 use crate::xmpp::Element;
 
@@ -65,18 +65,6 @@ const DONE_BATCH_KEYS: usize = 2048;
 /// says nothing for seconds) has what it says was delivered removed
 /// through raft (see `Router::custody_undelivered_notice`).
 const DONE_UNACKED: Duration = Duration::from_millis(200);
-
-/// A stanza's place in custody (`router::custody`): its key and every
-/// node holding a copy.
-#[derive(Debug, Clone)]
-pub struct Tag {
-    pub key: Key,
-    pub holders: Vec<NodeId>,
-    /// The receiver's confirmation alone makes the copy safe: it writes
-    /// the copy once this node has its ack (`acks_seen`), no `safe`
-    /// notice needed.
-    pub safe_on_ack: bool,
-}
 
 enum Outgoing {
     Stanza {
@@ -270,7 +258,7 @@ impl MeshLinks {
         &self,
         router: &Router,
         node: NodeId,
-        hint: &crate::router::hints::Hint,
+        hint: &Hint,
         ack: tokio::sync::oneshot::Sender<()>,
     ) {
         let Ok(json) = serde_json::to_string(hint) else {

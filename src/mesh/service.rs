@@ -15,8 +15,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn, Instrument};
 
-use crate::router::custody::Key;
-use crate::router::{Notice, Router};
+use super::wire::{Key, Notice};
+use crate::router::Router;
 
 /// The receiving side of links.
 pub struct MeshService {

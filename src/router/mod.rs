@@ -32,7 +32,6 @@ mod stanza;
 pub mod takeover;
 
 pub use inbox::{GuardPipeline, Guarded, Remover};
-pub use keeper::Notice;
 pub use stanza::{queued_id, queued_key, stanza_id_of, strip_stanza_ids};
 
 use crate::mesh::MeshLinks;
