@@ -218,10 +218,7 @@ impl Router {
     pub(super) async fn custody_keepers(&self, key: &Key, stanza: &str, plan: &Plan) {
         for n in &plan.keepers {
             let tag = plan.tag(key, *n);
-            self.0
-                .mesh
-                .send_hold(self.clone(), *n, tag, stanza.to_string())
-                .await;
+            self.0.mesh.send_hold(*n, tag, stanza.to_string()).await;
         }
     }
 
@@ -499,7 +496,7 @@ impl Router {
             }
         }
         for (node, notice) in notices {
-            self.0.mesh.send_done(self, node, notice);
+            self.0.mesh.send_done(node, notice);
         }
     }
 }
