@@ -331,3 +331,22 @@ impl MeshLinks {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Dependencies point one way: the router sends through the mesh, and
+    /// the mesh reaches the router only through [`super::Host`].
+    #[test]
+    fn the_mesh_does_not_import_the_router() {
+        let needle = concat!("crate::", "router");
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("host.rs", include_str!("host.rs")),
+            ("link.rs", include_str!("link.rs")),
+            ("service.rs", include_str!("service.rs")),
+            ("wire.rs", include_str!("wire.rs")),
+        ] {
+            assert!(!text.contains(needle), "src/mesh/{file} names {needle}");
+        }
+    }
+}

@@ -88,3 +88,35 @@ pub struct Hint {
     /// The client acknowledged every stanza up to this number.
     pub acked: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON of `DONE` and `HINT` envelopes, pinned: nodes of two
+    /// versions meet on the mesh during a rolling restart.
+    #[test]
+    fn notice_and_hint_json_is_stable() {
+        let key = || ("bob@x".to_string(), "q1".to_string());
+        let notice = Notice {
+            delivered: vec![key()],
+            late: vec![key()],
+            ..Notice::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&notice).unwrap(),
+            r#"{"delivered":[["bob@x","q1"]],"stored":[],"safe":[],"failed":[],"late":[["bob@x","q1"]]}"#
+        );
+        let sparse: Notice = serde_json::from_str(r#"{"safe":[["bob@x","q1"]]}"#).unwrap();
+        assert_eq!((sparse.len(), sparse.safe), (1, vec![key()]));
+        let hint = Hint {
+            sm: "s1".into(),
+            bare: "bob@x".into(),
+            written: vec![(3, "q1".into())],
+            acked: 2,
+        };
+        let json = r#"{"sm":"s1","bare":"bob@x","written":[[3,"q1"]],"acked":2}"#;
+        assert_eq!(serde_json::to_string(&hint).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Hint>(json).unwrap(), hint);
+    }
+}
