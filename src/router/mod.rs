@@ -26,13 +26,13 @@ pub mod hints;
 pub mod inbox;
 mod keeper;
 pub mod liveness;
+mod mesh_host;
 mod parked;
 mod route;
 mod stanza;
 pub mod takeover;
 
 pub use inbox::{GuardPipeline, Guarded, Remover};
-pub use keeper::Notice;
 pub use stanza::{queued_id, queued_key, stanza_id_of, strip_stanza_ids};
 
 use crate::mesh::MeshLinks;
@@ -225,7 +225,11 @@ impl Router {
             .collect();
         let mut asks: futures::stream::FuturesUnordered<_> = peers
             .into_iter()
-            .map(|n| self.0.mesh.request_takeover(n, bare, previd, h))
+            .map(|n| {
+                self.0
+                    .mesh
+                    .request_takeover(n, bare, previd, h, takeover::HANDOFF_LIMIT)
+            })
             .collect();
         use futures::StreamExt;
         while let Some(r) = asks.next().await {
@@ -251,7 +255,7 @@ impl Router {
         let mut acks = futures::stream::FuturesUnordered::new();
         for node in peers {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            self.0.mesh.send_hint(self, node, hint, tx);
+            self.0.mesh.send_hint(node, hint, tx);
             acks.push(rx);
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -407,7 +411,6 @@ impl Router {
         self.0
             .mesh
             .send_stanza(
-                self.clone(),
                 target.binding.node,
                 &target.full,
                 target.binding.session,

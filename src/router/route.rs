@@ -268,7 +268,6 @@ impl Router {
                     self.0
                         .mesh
                         .send_custody(
-                            self.clone(),
                             t.binding.node,
                             &t.full,
                             t.binding.session,
