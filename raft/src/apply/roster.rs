@@ -9,15 +9,16 @@
 use crate::command::{Budget, Response, RosterItem, SubAction};
 use crate::state::StateData;
 
-/// Whether `owner` may get one more roster item, and the refusal if not.
-fn room_for_one(data: &StateData, owner: &str, max_items: u32) -> Result<(), Response> {
-    if data.roster_len(owner) >= u64::from(max_items) {
-        return Err(Response::OverBudget {
-            budget: Budget::RosterItems,
-            cap: u64::from(max_items),
-        });
+/// Whether `owner`'s roster has no room for one more item.
+fn is_full(data: &StateData, owner: &str, max_items: u32) -> bool {
+    data.roster_len(owner) >= u64::from(max_items)
+}
+
+fn refused(max_items: u32) -> Response {
+    Response::OverBudget {
+        budget: Budget::RosterItems,
+        cap: u64::from(max_items),
     }
-    Ok(())
 }
 
 /// [`crate::Command::SetRosterItem`].
@@ -28,10 +29,8 @@ pub(super) fn set_item(
     max_items: u32,
 ) -> Response {
     let key = (owner, item.jid.clone());
-    if data.roster.get(&key).is_none() {
-        if let Err(refused) = room_for_one(data, &key.0, max_items) {
-            return refused;
-        }
+    if data.roster.get(&key).is_none() && is_full(data, &key.0, max_items) {
+        return refused(max_items);
     }
     let previous = data.roster.insert(key, item, &mut data.tracker);
     Response::RosterUpdated { previous }
@@ -72,10 +71,9 @@ pub(super) fn subscription(
         (&ukey, &o.user_item, o.user_changed),
         (&ckey, &o.contact_item, o.contact_changed),
     ] {
-        if changed && item.is_some() && data.roster.get(key).is_none() {
-            if let Err(refused) = room_for_one(data, &key.0, max_items) {
-                return refused;
-            }
+        let adds = changed && item.is_some() && data.roster.get(key).is_none();
+        if adds && is_full(data, &key.0, max_items) {
+            return refused(max_items);
         }
     }
     let t = &mut data.tracker;
