@@ -131,7 +131,13 @@ async fn run_inner(
         cluster.clone(),
         &config.domain,
         mesh,
-        config.xmpp.max_offline_messages,
+        crate::router::QueueCaps {
+            messages: config.xmpp.max_offline_messages,
+            bytes: starling_raft::command::ByteCaps {
+                per_user: config.xmpp.max_offline_bytes,
+                total: config.xmpp.max_offline_bytes_total,
+            },
+        },
         stop_rx.clone(),
     );
 

@@ -73,6 +73,7 @@ impl Shared {
             registration: self.config.registration,
             router: &self.router,
             cluster: &self.cluster,
+            max_roster_items: self.config.max_roster_items,
         }
     }
 

@@ -434,7 +434,7 @@ impl Router {
                         to,
                         message,
                         // As for a live message (see `route_message`).
-                        max_queue: self.0.max_offline.saturating_mul(2),
+                        caps: self.0.queue_caps.live(),
                         done: Box::new(move |outcome| {
                             if let Guarded::Refused(e) = &outcome {
                                 warn!(to = %key.0, error = %e.condition, "custody: queue refused a message");

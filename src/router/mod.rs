@@ -32,7 +32,7 @@ mod route;
 mod stanza;
 pub mod takeover;
 
-pub use inbox::{GuardPipeline, Guarded, Remover};
+pub use inbox::{GuardPipeline, Guarded, QueueCaps, Remover};
 pub use stanza::{queued_id, queued_key, stanza_id_of, strip_stanza_ids};
 
 use crate::mesh::MeshLinks;
@@ -113,7 +113,8 @@ struct Inner {
     cluster: ClusterHandle,
     local: RwLock<HashMap<String, LocalSession>>,
     mesh: MeshLinks,
-    max_offline: u32,
+    /// The caps of the replicated queue (from the config).
+    queue_caps: inbox::QueueCaps,
     remover: Remover,
     shutdown: watch::Receiver<bool>,
     /// Guards still running (a graceful stop waits for them).
@@ -148,7 +149,7 @@ impl Router {
         cluster: ClusterHandle,
         domain: &str,
         mesh: MeshLinks,
-        max_offline: u32,
+        queue_caps: inbox::QueueCaps,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let custody_pipeline = GuardPipeline::start(
@@ -165,7 +166,7 @@ impl Router {
             cluster,
             local: RwLock::new(HashMap::new()),
             mesh,
-            max_offline,
+            queue_caps,
             shutdown,
             guards: tokio_util::task::TaskTracker::new(),
             // As long as a resumption could come (the default resume window).
