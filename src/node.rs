@@ -196,6 +196,15 @@ async fn run_inner(
         resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
         shutdown: c2s_stop_rx,
     });
+    // Address blocks from peers (their authentication throttling) go to
+    // ours. Weak: the router outlives nothing it should not.
+    let weak = Arc::downgrade(&shared);
+    router.on_auth_block(Box::new(move |key, duration| {
+        if let Some(shared) = weak.upgrade() {
+            let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            l.block_from_peer(key, duration, std::time::Instant::now());
+        }
+    }));
     let c2s = tokio::spawn(
         serve_clients(shared.clone(), client_listener, direct_listener).in_current_span(),
     );

@@ -384,3 +384,52 @@ fn a_roster_has_an_item_budget() {
         assert_eq!(items, 1000);
     });
 }
+
+/// Issue item 1, cluster-wide: an address blocked on one node is blocked
+/// on every node (the block travels over the mesh), so a guesser gets one
+/// node's allowance of failures, not one per node. (Before: each node
+/// counted on its own; the same address went on guessing at the next node.)
+#[test]
+fn a_block_on_one_node_holds_on_every_node() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(3, fast_raft(), |cfg| {
+            cfg.xmpp.auth_failures_per_address = 4;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        c.create_user(1, "alice").await.unwrap();
+        // The mesh links are open (a message between nodes), so the block
+        // does not wait for one to be set up.
+        let mut bob_like = RawClient::login(c.client_addr(2), "alice", "pw-alice", "a").await;
+        bob_like.sync().await;
+
+        // Guess at node 1 until refused with temporary-auth-failure.
+        let mut blocked = false;
+        for _ in 0..6 {
+            let (_x, r) = RawClient::auth_from(c.client_addr(1), ATTACKER, "alice", "guess").await;
+            assert!(r.is("failure", ns::SASL), "{r}");
+            if r.has_child("temporary-auth-failure", ns::SASL) {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked, "node 1 never blocked the guessing address");
+        // Nodes 2 and 3 refuse it at its first try, even with the right
+        // password; the owner, from another address, logs in there.
+        for node in [2, 3] {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_x, r) =
+                    RawClient::auth_from(c.client_addr(node), ATTACKER, "alice", "pw-alice").await;
+                if r.is("failure", ns::SASL) && r.has_child("temporary-auth-failure", ns::SASL) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {node} did not learn node 1's block: {r}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            owner_logs_in(c.client_addr(node), "on another node while blocked").await;
+        }
+    });
+}

@@ -42,16 +42,16 @@
 //! delayed answer holds one of the few pre-auth slots an address has, and
 //! the block, not the delay, is what ends a guessing run.
 //!
-//! Cluster-wide sharing is not done yet: each node counts on its own, so an
-//! attacker gets `block_after` failures per node before being blocked
-//! everywhere. It would plug in as follows: [`AuthLimiter::record_failure`]
-//! returns the [`Block`] it just imposed; a node would broadcast it to its
-//! peers over the mesh (best effort), and each peer would call
-//! [`AuthLimiter::block_from_peer`]. Blocks, not failures, because they are
-//! rare (one per `block_after` failures) and idempotent; and the mesh, not
-//! raft, because this is soft state that needs no order nor durability, and
-//! putting attacker-driven events into the replicated log would let an
-//! attacker drive raft writes.
+//! Blocks are cluster-wide: [`AuthLimiter::record_failure`] returns the
+//! [`Block`] it just imposed, the node broadcasts it to its peers over the
+//! mesh (best effort, `MeshLinks::broadcast_auth_block`), and each peer
+//! calls [`AuthLimiter::block_from_peer`]; a guesser gets one node's
+//! allowance of failures, not one per node. Blocks, not failures, because
+//! they are rare (one per `block_after` failures) and idempotent; and the
+//! mesh, not raft, because this is soft state that needs no order nor
+//! durability, and putting attacker-driven events into the replicated log
+//! would let an attacker drive raft writes. Failures below the block are
+//! still counted per node (a node that missed a block counts on its own).
 //!
 //! This is not part of SASL: [`crate::c2s::negotiate`] consults it around
 //! the exchanges of [`crate::c2s::sasl`], which know nothing about it.

@@ -655,6 +655,9 @@ async fn sasl_step(
                     strike = b.strike,
                     "address blocked after repeated authentication failures"
                 );
+                // Every node blocks it: a guesser gets one node's
+                // allowance, not one per node (see `auth_limit`).
+                shared.router.mesh().broadcast_auth_block(b.key, b.duration);
             }
             // Slow down guessing: the failure is answered after a delay
             // that grows with the address's recent failures.

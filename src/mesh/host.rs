@@ -1,6 +1,6 @@
 //! What the mesh needs from the node it carries stanzas for: where what
 //! arrives from a peer goes (stanzas, custody copies and notices, kicks,
-//! hints, takeover requests), and what becomes of what a link sent (a
+//! hints, takeover requests, address blocks), and what becomes of what a link sent (a
 //! peer's confirmations, a link that broke). The router implements it and
 //! the node attaches it (`MeshLinks::attach`, `serve_mesh`); the mesh
 //! knows only `dyn Host`, so it does not import the router, and
@@ -46,6 +46,10 @@ pub trait Host: Send + Sync + 'static {
 
     /// A peer's delivery hint.
     fn hint(&self, hint: Hint);
+
+    /// A peer blocked address `key` (IPv4, or an IPv6 /64) for `duration`
+    /// after repeated failed logins: block it here too.
+    fn auth_block(&self, key: std::net::IpAddr, duration: std::time::Duration);
 
     /// A peer asks to take over the resumable session `previd` of `bare`
     /// here, the client having had `h` stanzas: its state as JSON, or

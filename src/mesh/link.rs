@@ -392,6 +392,9 @@ fn envelope(seq: u64, from_node: NodeId, applied_index: u64, item: &Outgoing) ->
             bare, acked, json, ..
         } => (Kind::Hint, bare.clone(), *acked, json.clone(), none),
         Outgoing::Kick { to, session } => (Kind::Kick, to.clone(), *session, String::new(), none),
+        Outgoing::AuthBlock { key, secs } => {
+            (Kind::AuthBlock, key.to_string(), *secs, String::new(), none)
+        }
         Outgoing::Seen => (Kind::Seen, String::new(), 0, String::new(), none),
     };
     let safe_on_ack = matches!(item, Outgoing::Custody { tag, .. } if tag.safe_on_ack);

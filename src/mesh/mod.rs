@@ -106,6 +106,11 @@ enum Outgoing {
         to: String,
         session: u64,
     },
+    /// An address this node blocked (see `Kind::AuthBlock`).
+    AuthBlock {
+        key: std::net::IpAddr,
+        secs: u64,
+    },
     Hint {
         bare: String,
         acked: u64,
@@ -314,6 +319,24 @@ impl MeshLinks {
             Err(_) => {
                 debug!(peer = node, "takeover request timed out");
                 None
+            }
+        }
+    }
+
+    /// Tells every other member that this node blocked address `key` for
+    /// `duration` (best effort: a full or broken link drops it; blocks are
+    /// soft state, and a peer that misses one still counts failures
+    /// itself).
+    pub fn broadcast_auth_block(&self, key: std::net::IpAddr, duration: Duration) {
+        for node in self.0.cluster.voter_ids() {
+            if node == self.0.node {
+                continue;
+            }
+            if let Some((tx, _)) = self.link(node) {
+                let _ = tx.try_send(Outgoing::AuthBlock {
+                    key,
+                    secs: duration.as_secs(),
+                });
             }
         }
     }

@@ -138,6 +138,10 @@ async fn receive(
                     Ok(h) => host.hint(h),
                     Err(e) => warn!(error = %e, "unreadable delivery hint"),
                 },
+                Ok(Kind::AuthBlock) => match env.to.parse::<std::net::IpAddr>() {
+                    Ok(key) => host.auth_block(key, std::time::Duration::from_secs(env.session)),
+                    Err(_) => warn!(to = %env.to, "unreadable address in an auth block"),
+                },
                 Ok(Kind::Seen) => {}
                 Err(_) => warn!(kind = env.kind, "unknown mesh envelope kind"),
             }

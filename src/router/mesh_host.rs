@@ -43,6 +43,10 @@ impl Host for Router {
         self.hints().record(hint)
     }
 
+    fn auth_block(&self, key: std::net::IpAddr, duration: std::time::Duration) {
+        self.auth_block_from_peer(key, duration)
+    }
+
     async fn take_over(&self, bare: &str, previd: &str, h: u32) -> Option<String> {
         self.takeovers().take(bare, previd, h).await
     }

@@ -131,7 +131,14 @@ struct Inner {
     /// Commits of copies custody gives to the queue (one node-wide
     /// pipeline; its task ends with the router).
     custody_pipeline: GuardPipeline,
+    /// Where address blocks from peers go (the client listener's
+    /// authentication throttling, which the router does not know): set
+    /// once at start (`Router::on_auth_block`).
+    auth_blocks: std::sync::OnceLock<AuthBlockSink>,
 }
+
+/// Takes an address block a peer announced (see [`Router::on_auth_block`]).
+pub type AuthBlockSink = Box<dyn Fn(std::net::IpAddr, std::time::Duration) + Send + Sync>;
 
 /// Cloneable handle on the routing layer.
 #[derive(Clone)]
@@ -177,6 +184,7 @@ impl Router {
             )),
             parked: Mutex::new(Default::default()),
             custody_pipeline,
+            auth_blocks: std::sync::OnceLock::new(),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router
@@ -317,6 +325,23 @@ impl Router {
 
     pub fn cluster(&self) -> &ClusterHandle {
         &self.0.cluster
+    }
+
+    /// Where address blocks peers announce over the mesh go (set once;
+    /// later calls change nothing). Until set, they are dropped.
+    pub fn on_auth_block(&self, sink: AuthBlockSink) {
+        let _ = self.0.auth_blocks.set(sink);
+    }
+
+    /// A peer blocked `key` for `duration`.
+    pub(crate) fn auth_block_from_peer(
+        &self,
+        key: std::net::IpAddr,
+        duration: std::time::Duration,
+    ) {
+        if let Some(sink) = self.0.auth_blocks.get() {
+            sink(key, duration);
+        }
     }
 
     pub fn mesh(&self) -> &MeshLinks {
