@@ -1,11 +1,14 @@
-//! Black-box tests of the two hardening items: brute force must not lock
-//! an account's owner out (it blocks the guessing address instead), and a
-//! flood of idle pre-auth connections from one address must not refuse a
-//! real user from another. Everything is on loopback: the "attacker" and
-//! the "real user" are different addresses of 127.0.0.0/8 (Linux routes
-//! all of it to lo), so the per-address limits are exercised honestly.
-//! Both tests use only config fields that existed before the hardening,
-//! so they run unchanged against the old code (where they fail).
+//! Black-box tests of the hardening items: brute force must not lock an
+//! account's owner out (it blocks the guessing address instead); a flood
+//! of idle pre-auth connections from one address must not refuse a real
+//! user from another; in-band registration is limited per address; the
+//! data directory is its owner's only. Everything is on loopback: the
+//! "attacker" and the "real user" are different addresses of 127.0.0.0/8
+//! (Linux routes all of it to lo), so the per-address limits are
+//! exercised honestly. The first two tests use only config fields that
+//! existed before that hardening, so they ran unchanged against the old
+//! code (where they failed); the last two fail on the code before issue
+//! 10 (every registration accepted; data dir 0755, files 0644).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,9 +16,9 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::xmpp::RawClient;
+use common::xmpp::{stanza_error, RawClient};
 use common::{fast_raft, rt, TestCluster};
-use starling::xmpp::ns;
+use starling::xmpp::{ns, Element};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const ATTACKER2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
@@ -184,5 +187,129 @@ fn a_flood_of_idle_connections_does_not_refuse_a_real_user() {
         let lines = log.matches("client connection(s)").count();
         assert!((1..=3).contains(&lines), "{lines} refusal lines:\n{log}");
         drop(flood);
+    });
+}
+
+/// XEP-0077 registration of `user` over STARTTLS from `local`; returns the
+/// server's answer to the `set`.
+async fn register_from(addr: SocketAddr, local: IpAddr, user: &str) -> Element {
+    let mut c = RawClient::connect_from(addr, local)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect from {local}: {e}"));
+    c.open().await;
+    c.starttls().await;
+    c.open().await;
+    c.send(&format!(
+        "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>\
+         <username>{user}</username><password>pw-{user}</password></query></iq>"
+    ))
+    .await;
+    c.expect("the registration answer", |e| {
+        e.is("iq", ns::CLIENT) && e.attr("id") == Some("reg")
+    })
+    .await
+}
+
+/// Waits until node 1 serves clients.
+async fn client_port_open(addr: SocketAddr) {
+    let ready = Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < ready, "the client port never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 10 item 3: one address registering accounts as fast as it can,
+/// for at most 10 s and 15 attempts (under the accept-rate burst, so only
+/// the registration limit is at work). The old code accepted every one
+/// (1,000 in 3.9 s); with the default limit (1 per 600 s, as ejabberd's
+/// `registration_timeout`) the first is accepted and the rest get
+/// `not-acceptable` of type `wait` (XEP-0077 §3.1.1). Another address
+/// still registers, and `limits_exempt` (127.0.0.1) is not limited.
+#[test]
+fn registration_is_limited_per_address() {
+    rt().block_on(async {
+        let c = TestCluster::start(1, fast_raft());
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        let addr = c.client_addr(1);
+        client_port_open(addr).await;
+
+        let t = Instant::now();
+        let mut accepted = 0;
+        let mut refusals = Vec::new();
+        for i in 0..15 {
+            if t.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            let r = register_from(addr, ATTACKER, &format!("bot{i}")).await;
+            if r.attr("type") == Some("result") {
+                accepted += 1;
+            } else {
+                refusals.push(r);
+            }
+        }
+        eprintln!(
+            "registrations from {ATTACKER} in {:?}: {accepted} accepted, {} refused",
+            t.elapsed(),
+            refusals.len()
+        );
+        assert_eq!(accepted, 1, "one registration per address per interval");
+        assert!(!refusals.is_empty());
+        for r in &refusals {
+            assert_eq!(stanza_error(r).as_deref(), Some("not-acceptable"), "{r}");
+            let e = r.get_child("error", ns::CLIENT).unwrap();
+            assert_eq!(e.attr("type"), Some("wait"), "{r}");
+        }
+
+        // Another address is not affected; the exempt one is not limited.
+        let r = register_from(addr, OWNER, "human").await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        for i in 0..3 {
+            let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let r = register_from(addr, local, &format!("local{i}")).await;
+            assert_eq!(r.attr("type"), Some("result"), "{r}");
+        }
+        let users = c.users(1).await;
+        assert!(users.contains(&"bot0@localhost".to_string()), "{users:?}");
+        assert!(!users.contains(&"bot1@localhost".to_string()), "{users:?}");
+        assert_eq!(users.len(), 1 + 1 + 3, "{users:?}");
+    });
+}
+
+/// Issue 10 item 7: the data dir (SCRAM keys, rosters, messages) is 0700
+/// and nothing in it is readable by other users, including a data dir an
+/// older version left 0755 with 0644 files.
+#[test]
+fn the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            // As an older version left it.
+            std::fs::create_dir_all(&cfg.data_dir).unwrap();
+            let old = cfg.data_dir.join("left-by-an-old-version");
+            std::fs::write(&old, "x").unwrap();
+            for (p, m) in [(&cfg.data_dir, 0o755), (&old, 0o644)] {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+            }
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        c.create_user(1, "alice").await.unwrap();
+        let data = c.nodes[0].config.data_dir.clone();
+        assert_eq!(mode(&data), 0o700);
+        let mut stack = vec![data];
+        let mut files = 0;
+        while let Some(p) = stack.pop() {
+            let m = mode(&p);
+            assert_eq!(m & 0o077, 0, "{} is mode {m:o}", p.display());
+            if p.is_dir() {
+                for e in std::fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            } else {
+                files += 1;
+            }
+        }
+        assert!(files >= 3, "only {files} files checked");
     });
 }

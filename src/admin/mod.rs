@@ -29,9 +29,22 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 /// How long `Status` waits for each member's report.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(700);
 
-/// Checks `authorization: Bearer <token>` when a token is configured.
+/// Checks `authorization: Bearer <token>`; `None` only when the config
+/// opted out (`admin_insecure_no_token`).
 #[derive(Clone)]
 pub struct CheckToken(Option<std::sync::Arc<[u8]>>);
+
+/// The token of an `authorization` value `Bearer <token>`: the scheme in
+/// any case and one or more spaces after it (RFC 6750 §2.1, whose scheme
+/// is case-insensitive as every HTTP auth scheme, RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
 
 impl Interceptor for CheckToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
@@ -42,7 +55,7 @@ impl Interceptor for CheckToken {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         match given {
             Some(g) if bool::from(g.as_bytes().ct_eq(token)) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong admin token")),
@@ -420,5 +433,34 @@ impl Admin for AdminService {
             }
         }
         Ok(tonic::Response::new(ListQueuesReply { queues }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(bearer_token(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn the_interceptor_takes_any_case_and_refuses_the_rest() {
+        let mut check = CheckToken(Some(std::sync::Arc::from(&b"s3cret"[..])));
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("authorization", v.parse().unwrap());
+            r
+        };
+        assert!(check.call(with("bearer s3cret")).is_ok());
+        assert!(check.call(with("Bearer s3cret")).is_ok());
+        assert!(check.call(with("Bearer wrong")).is_err());
+        assert!(check.call(Request::new(())).is_err());
     }
 }

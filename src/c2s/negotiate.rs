@@ -434,8 +434,7 @@ async fn steps(
                         && tls_ok
                         && el.children().any(|c| c.ns() == ns::REGISTER) =>
                 {
-                    let reply =
-                        crate::im::register::handle_unauthenticated(&shared.im(), &el).await;
+                    let reply = register(shared, ip, &el).await;
                     let xml = reply.to_xml(ns::CLIENT);
                     conn.send(&xml).await?;
                 }
@@ -540,6 +539,61 @@ async fn steps(
             }
         }
     }
+}
+
+/// XEP-0077 before authentication, within the address's registration
+/// limit (`register_limit`): a new account takes a slot first and gives it
+/// back if it was not created.
+async fn register(shared: &Arc<Shared>, ip: std::net::IpAddr, iq: &Element) -> Element {
+    let creates = shared.config.registration
+        && iq.attr("type") == Some("set")
+        && iq
+            .get_child("query", ns::REGISTER)
+            .is_some_and(|q| !q.has_child("remove", ns::REGISTER));
+    if !creates {
+        return crate::im::register::handle_unauthenticated(&shared.im(), iq).await;
+    }
+    let taken = {
+        let mut l = shared
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        l.take(ip, Instant::now())
+    };
+    let slot = match taken {
+        Ok(slot) => slot,
+        Err(wait) => {
+            debug!(
+                retry_secs = wait.as_secs(),
+                "registration refused: the address's limit is reached"
+            );
+            // XEP-0077 §3.1.1 (Registration with a Server): "a server MAY
+            // return a <not-acceptable/> stanza error if an unregistered
+            // entity attempts to register too many times before
+            // authenticating". Type `wait` (RFC 6120 §8.3.2): the limit
+            // lifts with time, and the text says when.
+            let e = StanzaError::with_text(
+                StanzaCondition::NotAcceptable,
+                format!(
+                    "too many accounts registered from your address; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+            .of_type("wait");
+            return e
+                .reply_to(iq)
+                .unwrap_or_else(|| Element::new("iq", ns::CLIENT));
+        }
+    };
+    let reply = crate::im::register::handle_unauthenticated(&shared.im(), iq).await;
+    if reply.attr("type") != Some("result") {
+        let mut l = shared
+            .registrations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        l.give_back(slot);
+    }
+    reply
 }
 
 /// Whether `ip`'s address is blocked for failed authentications.
