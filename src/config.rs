@@ -93,13 +93,18 @@ pub struct XmppSection {
     /// Allow SASL (PLAIN included) on a connection without TLS. Only for
     /// benchmarks on loopback. Default: `false` (TLS is required first).
     pub allow_plaintext: bool,
-    /// XEP-0077 in-band registration of new accounts. Default: `false`
-    /// (XEP-0479, IM suite: "should be supported, but not enabled in
-    /// default server configurations"; `starling dev` turns it on). When on, it is limited per address by
-    /// `registrations_per_address`.
-    pub registration: bool,
+    /// XEP-0077 in-band registration of new accounts: `"off"` (or
+    /// `false`), `"open"` (or `true`): anyone may register, limited per
+    /// address by `registrations_per_address`; `"token"`: only a client
+    /// that presents an invitation token first (XEP-0445; tokens from
+    /// `starling ctl invite create`), for apps that create accounts from
+    /// their own backend; each token allows its number of accounts, so the
+    /// per-address limit does not apply to it. Default: `"off"` (XEP-0479,
+    /// IM suite: "should be supported, but not enabled in default server
+    /// configurations"); `starling dev` sets `"open"`.
+    pub registration: Registration,
     /// Accounts one address (IPv4 address or IPv6 /64) may register in
-    /// `registration_interval_secs`; further attempts get `not-acceptable`
+    /// `registration_interval_secs` (with `registration = "open"`); further attempts get `not-acceptable`
     /// (XEP-0077 §3.1.1) until the oldest leaves the interval. Addresses in
     /// `limits_exempt` are not limited. 0: no limit. Default: 1 (one per
     /// 10 minutes, as ejabberd's `registration_timeout`).
@@ -220,7 +225,7 @@ impl Default for XmppSection {
             tls_cert: None,
             tls_key: None,
             allow_plaintext: false,
-            registration: false,
+            registration: Registration::Off,
             registrations_per_address: 1,
             registration_interval_secs: 600,
             max_stanza_bytes: 256 * 1024,
@@ -249,6 +254,63 @@ impl Default for XmppSection {
             sm_max_unacked: 1000,
             node_dead_after_ms: 3000,
             write_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[xmpp] registration`: who may create an account by XEP-0077.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Registration {
+    /// Nobody: accounts come from the admin API.
+    #[default]
+    Off,
+    /// Anyone, limited per address.
+    Open,
+    /// A client that presented a valid invitation token (XEP-0445).
+    Token,
+}
+
+impl Registration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Registration::Off => "off",
+            Registration::Open => "open",
+            Registration::Token => "token",
+        }
+    }
+
+    /// Whether XEP-0077 account creation is offered at all.
+    pub fn enabled(self) -> bool {
+        self != Registration::Off
+    }
+}
+
+impl Serialize for Registration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Registration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// `true`/`false` are what the field took before the modes.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Name(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Flag(false) => Ok(Registration::Off),
+            Given::Flag(true) => Ok(Registration::Open),
+            Given::Name(n) => match n.as_str() {
+                "off" => Ok(Registration::Off),
+                "open" => Ok(Registration::Open),
+                "token" => Ok(Registration::Token),
+                other => Err(serde::de::Error::custom(format!(
+                    "registration {other:?}: expected \"off\", \"open\" or \"token\""
+                ))),
+            },
         }
     }
 }
@@ -658,6 +720,32 @@ admin_addr = "127.0.0.1:7102"
             field_of(&format!("{GOOD}\n[xmpp]\nauth_max_block_secs = 60\n")),
             "xmpp.auth_max_block_secs"
         );
+    }
+
+    #[test]
+    fn registration_takes_a_mode_or_the_old_flag() {
+        let with = |v: &str| Config::parse(&format!("{GOOD}\n[xmpp]\nregistration = {v}\n"));
+        assert_eq!(
+            Config::parse(GOOD).unwrap().xmpp.registration,
+            Registration::Off
+        );
+        for (v, want) in [
+            ("false", Registration::Off),
+            ("true", Registration::Open),
+            ("\"off\"", Registration::Off),
+            ("\"open\"", Registration::Open),
+            ("\"token\"", Registration::Token),
+        ] {
+            assert_eq!(with(v).unwrap().xmpp.registration, want, "{v}");
+        }
+        let e = with("\"invite\"").unwrap_err().to_string();
+        assert!(e.contains("registration") && e.contains("token"), "{e}");
+        // Written back as the mode's name.
+        let mut c = Config::parse(GOOD).unwrap();
+        c.xmpp.registration = Registration::Token;
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("registration = \"token\""), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), c);
     }
 
     #[test]

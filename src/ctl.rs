@@ -78,6 +78,27 @@ pub enum CtlCmd {
     },
     /// Offline queue depth and oldest age per user.
     Queues,
+    /// Registration invitations (XEP-0401/0445), for nodes running with
+    /// `registration = "token"`.
+    #[command(subcommand)]
+    Invite(InviteCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InviteCmd {
+    /// Create an invitation; prints its token (shown once: only its hash
+    /// is stored) and its `xmpp:DOMAIN?register;preauth=TOKEN` URI.
+    Create {
+        /// Accounts it may create.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Seconds after which it is refused; 0: never.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        expires: u64,
+    },
+    /// Revoke an invitation; its token is read from standard input (or
+    /// asked for without echo).
+    Delete,
 }
 
 #[derive(Subcommand, Debug)]
@@ -182,6 +203,26 @@ fn password(jid: &str, given: &Option<String>) -> Result<String, String> {
     Ok(pw)
 }
 
+/// One secret line: asked for without echo on a terminal, else the first
+/// line of standard input.
+fn secret_line(what: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let s = if stdin.is_terminal() {
+        prompt_hidden(&format!("{what}: "))?
+    } else {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the {what} from standard input: {e}"))?;
+        line.trim().to_string()
+    };
+    if s.is_empty() {
+        return Err(format!("no {what} given"));
+    }
+    Ok(s)
+}
+
 /// Reads one line from the terminal on standard input with echo off.
 fn prompt_hidden(prompt: &str) -> Result<String, String> {
     use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
@@ -261,6 +302,10 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
         _ => None,
     };
     let new_password = new_password.unwrap_or_default();
+    let invite_token = match &args.cmd {
+        CtlCmd::Invite(InviteCmd::Delete) => secret_line("invitation token")?,
+        _ => String::new(),
+    };
     let timeout = Duration::from_secs(args.timeout.max(1));
     let conn = AdminConn::connect(&addrs, token.as_deref(), timeout)
         .await
@@ -366,6 +411,45 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
                 .collect();
             let v = json!({"sessions": r.sessions.iter().map(|s| json!({"full_jid": s.full_jid, "node_id": s.node_id, "priority": s.priority, "bound_unix_ms": s.bound_unix_ms})).collect::<Vec<_>>()});
             (v, table(&["FULL_JID", "NODE", "PRIORITY"], &rows))
+        }
+        CtlCmd::Invite(InviteCmd::Create { uses, expires }) => {
+            let r = c
+                .create_invite(conn.req(CreateInviteRequest {
+                    uses: *uses,
+                    expires_in_secs: *expires,
+                }))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let v = json!({"token": r.token, "uri": r.uri, "uses": r.uses,
+                "expires_unix_ms": (r.expires_unix_ms != 0).then_some(r.expires_unix_ms),
+                "log_index": r.log_index});
+            let expires = if r.expires_unix_ms == 0 {
+                "never".to_string()
+            } else {
+                format!("{} (Unix ms)", r.expires_unix_ms)
+            };
+            let out = format!(
+                "token:   {}\nuri:     {}\nuses:    {}\nexpires: {expires}\n",
+                r.token, r.uri, r.uses
+            );
+            (v, out)
+        }
+        CtlCmd::Invite(InviteCmd::Delete) => {
+            let r = c
+                .delete_invite(conn.req(DeleteInviteRequest {
+                    token: invite_token.clone(),
+                }))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            if !r.existed {
+                return Err("no such invitation (used up, expired or never made)".into());
+            }
+            (
+                json!({"deleted": true, "log_index": r.log_index}),
+                format!("invitation revoked (log index {})\n", r.log_index),
+            )
         }
         CtlCmd::Queues => {
             let r = c

@@ -94,7 +94,7 @@ pub fn plan(
             xmpp: XmppSection {
                 client_addr: addr(u64::from(base_port) + 200 + m.id),
                 direct_tls_addr: Some(addr(u64::from(base_port) + 300 + m.id)),
-                registration: true,
+                registration: crate::config::Registration::Open,
                 ..XmppSection::default()
             },
         })

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::xmpp::{stanza_error, RawClient};
-use common::{fast_raft, rt, TestCluster};
+use common::{ctl, ctl_as, fast_raft, rt, TestCluster, ADMIN_TOKEN};
 use starling::xmpp::{ns, Element};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -311,5 +311,117 @@ fn the_data_dir_is_private() {
             }
         }
         assert!(files >= 3, "only {files} files checked");
+    });
+}
+
+/// An STARTTLS stream from `local`, ready for registration; returns the
+/// client and the features after TLS.
+async fn secured_from(addr: SocketAddr, local: IpAddr) -> (RawClient, Element) {
+    let mut c = RawClient::connect_from(addr, local)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect from {local}: {e}"));
+    c.open().await;
+    c.starttls().await;
+    let features = c.open().await;
+    (c, features)
+}
+
+async fn iq(c: &mut RawClient, id: &str, body: &str) -> Element {
+    c.send(&format!("<iq type='set' id='{id}'>{body}</iq>"))
+        .await;
+    c.expect("an iq answer", |e| {
+        e.is("iq", ns::CLIENT) && e.attr("id") == Some(id)
+    })
+    .await
+}
+
+fn preauth(token: &str) -> String {
+    format!("<preauth xmlns='urn:xmpp:pars:0' token='{token}'/>")
+}
+
+fn query(user: &str) -> String {
+    format!(
+        "<query xmlns='jabber:iq:register'><username>{user}</username>\
+         <password>pw-{user}</password></query>"
+    )
+}
+
+/// Issue 10 item 3, token mode: with `registration = "token"` only a client
+/// that presented an invitation (XEP-0445 §5) registers, each invitation
+/// for its number of accounts, whatever the address (the token is the
+/// limit); invitations come from `ctl invite create` and are revoked with
+/// `ctl invite delete`.
+#[test]
+fn registration_by_invitation_token() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            cfg.xmpp.registration = starling::config::Registration::Token;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        let addr = c.client_addr(1);
+        client_port_open(addr).await;
+        let admin = c.admin_addr(1);
+
+        // XEP-0445 §4: the stream feature.
+        let (mut x, features) = secured_from(addr, ATTACKER).await;
+        assert!(
+            features.has_child("register", "urn:xmpp:ibr-token:0"),
+            "{features}"
+        );
+        assert!(
+            features.has_child("register", ns::REGISTER_FEATURE),
+            "{features}"
+        );
+        // No token: refused before any work.
+        let r = iq(&mut x, "r0", &query("nobody")).await;
+        assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"), "{r}");
+        // A wrong token: item-not-found.
+        let r = iq(&mut x, "p0", &preauth("not-a-token")).await;
+        assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"), "{r}");
+
+        let (ok, out, err) = ctl(&[
+            "--addr", &admin, "--json", "invite", "create", "--uses", "2",
+        ]);
+        assert!(ok, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let token = v["token"].as_str().unwrap().to_string();
+        assert_eq!(
+            v["uri"].as_str().unwrap(),
+            format!("xmpp:localhost?register;preauth={token}")
+        );
+
+        // Two accounts from one address (no per-address limit here), a
+        // third refused: the invitation is used up.
+        for (i, user) in ["invited1", "invited2"].iter().enumerate() {
+            let (mut x, _) = secured_from(addr, ATTACKER).await;
+            let r = iq(&mut x, "p1", &preauth(&token)).await;
+            assert_eq!(r.attr("type"), Some("result"), "use {i}: {r}");
+            let r = iq(&mut x, "r1", &query(user)).await;
+            assert_eq!(r.attr("type"), Some("result"), "use {i}: {r}");
+            // One account per presentation.
+            let r = iq(&mut x, "r2", &query(&format!("{user}-again"))).await;
+            assert_eq!(stanza_error(&r).as_deref(), Some("forbidden"), "{r}");
+        }
+        let (mut x, _) = secured_from(addr, OWNER).await;
+        let r = iq(&mut x, "p2", &preauth(&token)).await;
+        assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"), "{r}");
+
+        // A revoked invitation is refused.
+        let (ok, out, err) = ctl(&["--addr", &admin, "--json", "invite", "create"]);
+        assert!(ok, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let revoked = v["token"].as_str().unwrap().to_string();
+        let (ok, out, err) = ctl_as(
+            &["--addr", &admin, "invite", "delete"],
+            Some(ADMIN_TOKEN),
+            &format!("{revoked}\n"),
+        );
+        assert!(ok && out.contains("revoked"), "{out}{err}");
+        let r = iq(&mut x, "p3", &preauth(&revoked)).await;
+        assert_eq!(stanza_error(&r).as_deref(), Some("item-not-found"), "{r}");
+
+        let mut users = c.users(1).await;
+        users.sort();
+        assert_eq!(users, ["invited1@localhost", "invited2@localhost"]);
     });
 }

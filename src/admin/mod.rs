@@ -374,6 +374,60 @@ impl Admin for AdminService {
         }
     }
 
+    async fn create_invite(
+        &self,
+        req: Request<CreateInviteRequest>,
+    ) -> Result<tonic::Response<InviteReply>, Status> {
+        let r = req.into_inner();
+        let uses = r.uses.max(1);
+        let now = now_ms();
+        let expires_ms = match r.expires_in_secs {
+            0 => 0,
+            s => now.saturating_add(s.saturating_mul(1000)),
+        };
+        // 32 alphanumerics: about 190 bits, so the stored hash needs no salt.
+        let token = crate::dev::random_secret(32);
+        let (log_index, resp) = self
+            .write(Command::CreateInvite {
+                hash: starling_raft::command::invite_hash(&token),
+                invite: starling_raft::command::Invite {
+                    uses_left: uses,
+                    expires_ms,
+                    created_ms: now,
+                },
+            })
+            .await?;
+        match resp {
+            Response::InviteCreated => Ok(tonic::Response::new(InviteReply {
+                uri: format!("xmpp:{}?register;preauth={token}", self.domain),
+                token,
+                uses,
+                expires_unix_ms: expires_ms,
+                log_index,
+            })),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    async fn delete_invite(
+        &self,
+        req: Request<DeleteInviteRequest>,
+    ) -> Result<tonic::Response<DeleteInviteReply>, Status> {
+        let token = req.into_inner().token;
+        let (log_index, resp) = self
+            .write(Command::DeleteInvite {
+                hash: starling_raft::command::invite_hash(token.trim()),
+            })
+            .await?;
+        match resp {
+            Response::InviteDeleted { existed } => Ok(tonic::Response::new(DeleteInviteReply {
+                existed,
+                log_index,
+            })),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
     async fn list_users(
         &self,
         _req: Request<ListUsersRequest>,

@@ -74,7 +74,7 @@ impl Shared {
     pub fn im(&self) -> crate::im::Ctx<'_> {
         crate::im::Ctx {
             domain: &self.domain,
-            registration: self.config.registration,
+            registration: self.config.registration.enabled(),
             router: &self.router,
             cluster: &self.cluster,
         }

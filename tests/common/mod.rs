@@ -106,7 +106,7 @@ pub fn node_config(
         raft: raft_section.clone(),
         xmpp: XmppSection {
             client_addr: addr(free_ports(1)[0]),
-            registration: true,
+            registration: starling::config::Registration::Open,
             ..XmppSection::default()
         },
     }
