@@ -154,8 +154,31 @@ pub struct XmppSection {
     /// Most stanzas per second read from one connection; beyond it the
     /// server stops reading (TCP backpressure) rather than failing. Default: 200.
     pub max_stanzas_per_second: u32,
-    /// Messages kept in one account's offline queue. Default: 1000.
+    /// Messages kept in one account's offline queue; beyond it a message
+    /// is refused with `resource-constraint` (RFC 6120 §8.3.3.18) before
+    /// the sender's ack. While the recipient is online (its queue then
+    /// holds copies not yet acknowledged) this and `max_offline_bytes`
+    /// count double. Default: 1000.
     pub max_offline_messages: u32,
+    /// Bytes (of serialized stanzas) kept in one account's offline queue;
+    /// beyond it a message is refused as for `max_offline_messages`. Every
+    /// node holds every queue (they are replicated), so this bounds each
+    /// node's memory and disk per account. At least `max_stanza_bytes`.
+    /// Default: 10485760 (10 MiB).
+    pub max_offline_bytes: u64,
+    /// Bytes kept in all offline queues together, on every node (each
+    /// holds them all); beyond it a message for anyone is refused with
+    /// `resource-constraint`. At least `max_offline_bytes`. Every node of a
+    /// cluster should use the same value (as for the other caps, the
+    /// proposing node's applies). Default: 2147483648 (2 GiB).
+    pub max_offline_bytes_total: u64,
+    /// Items in one account's roster, pending subscription requests from
+    /// others included; a roster set that would add one more is answered
+    /// with `resource-constraint`, and so is a subscription stanza that
+    /// would add an item to a full roster (the sender's or the contact's).
+    /// Changing or removing an item is never refused. This also bounds the
+    /// size of one roster result. Default: 1000.
+    pub max_roster_items: u32,
     /// Time allowed from connect to a bound resource, seconds. Default: 30.
     pub negotiation_timeout_secs: u64,
     /// A connection silent this long gets a whitespace ping; silent twice
@@ -241,6 +264,9 @@ impl Default for XmppSection {
             limits_exempt: vec!["127.0.0.1".into(), "::1".into()],
             max_stanzas_per_second: 200,
             max_offline_messages: 1000,
+            max_offline_bytes: 10 << 20,
+            max_offline_bytes_total: 2 << 30,
+            max_roster_items: 1000,
             negotiation_timeout_secs: 30,
             idle_timeout_secs: 120,
             auth_failures_per_address: 20,
@@ -548,6 +574,7 @@ impl Config {
                 "xmpp.max_offline_messages",
                 u64::from(x.max_offline_messages),
             ),
+            ("xmpp.max_roster_items", u64::from(x.max_roster_items)),
             ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
             ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
             ("xmpp.write_timeout_secs", x.write_timeout_secs),
@@ -562,6 +589,18 @@ impl Config {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));
             }
+        }
+        if x.max_offline_bytes < x.max_stanza_bytes as u64 {
+            return Err(invalid(
+                "xmpp.max_offline_bytes",
+                "must be at least xmpp.max_stanza_bytes (else a stanza the server accepts could never be queued)",
+            ));
+        }
+        if x.max_offline_bytes_total < x.max_offline_bytes {
+            return Err(invalid(
+                "xmpp.max_offline_bytes_total",
+                "must be at least xmpp.max_offline_bytes",
+            ));
         }
         if x.auth_max_block_secs < x.auth_block_secs {
             return Err(invalid(
@@ -719,6 +758,20 @@ admin_addr = "127.0.0.1:7102"
         assert_eq!(
             field_of(&format!("{GOOD}\n[xmpp]\nauth_max_block_secs = 60\n")),
             "xmpp.auth_max_block_secs"
+        );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nmax_offline_bytes = 1000\n")),
+            "xmpp.max_offline_bytes"
+        );
+        assert_eq!(
+            field_of(&format!(
+                "{GOOD}\n[xmpp]\nmax_offline_bytes_total = 1048576\n"
+            )),
+            "xmpp.max_offline_bytes_total"
+        );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nmax_roster_items = 0\n")),
+            "xmpp.max_roster_items"
         );
     }
 

@@ -14,7 +14,8 @@
 //!   registration (RFC 6121 and the XEPs), one module each.
 //! - [`router`]: who is where (the shared session table) and where a
 //!   stanza goes: a local session, the mesh, the offline queue, an error.
-//! - [`mesh`]: the gRPC stanza mesh between nodes.
+//! - [`mesh`]: the gRPC stanza mesh between nodes: the router's transport,
+//!   handing what arrives to the router through the `mesh::Host` trait.
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
 //! - [`dev`]: `starling dev`, a local N-node cluster as child processes.
 //! - [`private_files`]: configs and data only their owner may read (0600

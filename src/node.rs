@@ -142,9 +142,21 @@ async fn run_inner(
         cluster.clone(),
         &config.domain,
         mesh,
-        config.xmpp.max_offline_messages,
+        crate::router::QueueCaps {
+            messages: config.xmpp.max_offline_messages,
+            bytes: starling_raft::command::ByteCaps {
+                per_user: config.xmpp.max_offline_bytes,
+                total: config.xmpp.max_offline_bytes_total,
+            },
+        },
         stop_rx.clone(),
     );
+
+    // What the mesh receives, and what becomes of what it sends, goes to
+    // the router (the mesh keeps only a weak handle: this one lives as
+    // long as the node).
+    let mesh_host: Arc<dyn crate::mesh::Host> = Arc::new(router.clone());
+    router.mesh().attach(&mesh_host);
 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -154,7 +166,8 @@ async fn run_inner(
         .tcp_nodelay(true)
         .add_service(serve_raft(cluster.clone(), &config.cluster_secret))
         .add_service(crate::mesh::serve_mesh(
-            router.clone(),
+            mesh_host.clone(),
+            cluster.clone(),
             &config.cluster_secret,
         ))
         .serve_with_incoming_shutdown(incoming(raft_listener), stopped(stop_rx.clone()));

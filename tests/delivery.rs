@@ -851,3 +851,73 @@ fn a_stuck_client_does_not_hold_up_the_mesh_for_others() {
         drop(bob);
     });
 }
+
+/// Issue item 3: while the leader is paused (a write's outcome is unknown
+/// until a new leader is elected: the proposal may or may not commit when
+/// the old one wakes), alice sends ten messages to bob, who is offline.
+/// She gets her ack for all ten and no error, and bob, logging in once the
+/// old leader is back, gets each exactly once with its stanza id. (Before:
+/// an offline enqueue whose raft outcome was unknown was bounced to the
+/// sender as an error, and later committed: "failed", then delivered.)
+#[test]
+fn an_unknown_raft_outcome_is_retried_never_bounced() {
+    rt().block_on(async {
+        let c = three_nodes().await;
+        let (leader, sender_node, other) = roles(&c).await;
+        let mut alice =
+            RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "desk").await;
+        enable_sm(&mut alice, false).await;
+        signal(&c, leader, nix::sys::signal::Signal::SIGSTOP);
+        let bodies: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+        let mut out = String::new();
+        for b in &bodies {
+            out.push_str(&chat("bob@localhost", b));
+        }
+        out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+        alice.send(&out).await;
+        // Every answer alice gets until all ten are acknowledged: an ack,
+        // never an error for one of them.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let el = tokio::time::timeout(left, alice.next())
+                .await
+                .expect("alice's ten messages acknowledged within 20 s");
+            assert!(
+                !(el.name() == "message" && el.attr("type") == Some("error")),
+                "a message was bounced: {el}"
+            );
+            if el.is("a", ns::SM) {
+                let h: u32 = el.attr("h").and_then(|h| h.parse().ok()).unwrap();
+                if h == 10 {
+                    break;
+                }
+                alice.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        // The old leader wakes up: whatever it had is now a stale term's.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        signal(&c, leader, nix::sys::signal::Signal::SIGCONT);
+        let mut bob = RawClient::login(c.client_addr(other), "bob", "pw-bob", "phone").await;
+        enable_sm(&mut bob, false).await;
+        bob.send("<presence/>").await;
+        let got = read_messages(&mut bob, 10, "bob@localhost", true, Duration::from_secs(20)).await;
+        let bodies_got: BTreeSet<_> = got.iter().map(|(b, _)| b.clone()).collect();
+        assert_eq!(bodies_got, bodies.iter().cloned().collect::<BTreeSet<_>>());
+        no_message_within(&mut bob, Duration::from_secs(3), "a second copy").await;
+        // Nothing bounced after the ack either.
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(el) = tokio::time::timeout(
+            until.saturating_duration_since(Instant::now()),
+            alice.next(),
+        )
+        .await
+        {
+            assert!(
+                !(el.name() == "message" && el.attr("type") == Some("error")),
+                "bounced after the ack: {el}"
+            );
+        }
+    });
+}

@@ -1,14 +1,17 @@
 //! Black-box tests of the hardening items: brute force must not lock an
 //! account's owner out (it blocks the guessing address instead); a flood
 //! of idle pre-auth connections from one address must not refuse a real
-//! user from another; in-band registration is limited per address; the
-//! data directory is its owner's only. Everything is on loopback: the
-//! "attacker" and the "real user" are different addresses of 127.0.0.0/8
-//! (Linux routes all of it to lo), so the per-address limits are
-//! exercised honestly. The first two tests use only config fields that
-//! existed before that hardening, so they ran unchanged against the old
-//! code (where they failed); the last two fail on the code before issue
-//! 10 (every registration accepted; data dir 0755, files 0644).
+//! user from another; offline queues and rosters have budgets (bytes,
+//! items) refused with `resource-constraint`; in-band registration is
+//! limited per address, or needs an invitation token; the data directory
+//! is its owner's only. Everything is on loopback: the "attacker" and the
+//! "real user" are different addresses of 127.0.0.0/8 (Linux routes all
+//! of it to lo), so the per-address limits are exercised honestly. The
+//! flood, brute-force and budget tests use only config fields that existed
+//! before their hardening, so they ran unchanged against the old code
+//! (where they failed); the registration and data-dir tests fail on the
+//! code before issue 10 items 3 and 7 (every registration accepted, no
+//! invitations; data dir 0755, files 0644).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,7 +19,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::xmpp::{stanza_error, RawClient};
+use common::xmpp::{body_of, stanza_error, RawClient};
 use common::{ctl, ctl_as, fast_raft, rt, TestCluster, ADMIN_TOKEN};
 use starling::xmpp::{ns, Element};
 
@@ -423,5 +426,201 @@ fn registration_by_invitation_token() {
         let mut users = c.users(1).await;
         users.sort();
         assert_eq!(users, ["invited1@localhost", "invited2@localhost"]);
+    });
+}
+
+/// Issue item 4, offline bytes: alice sends 64 messages of 200 kB to bob,
+/// who is offline (12.8 MB; the default message cap is 1000). The
+/// default byte budget of one queue is 10 MiB: what fits is queued and
+/// acknowledged, the rest is refused with `resource-constraint`, each
+/// refusal written before the XEP-0198 ack that counts it; bob's next
+/// session gets exactly what was queued. (Before: all 64 were queued, and
+/// 1000 x 256 KiB = 256 MB would have been, on every node.)
+#[test]
+fn an_offline_queue_has_a_byte_budget() {
+    rt().block_on(async {
+        let c = TestCluster::start(1, fast_raft());
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let addr = c.client_addr(1);
+        let mut alice = RawClient::login(addr, "alice", "pw-alice", "desk").await;
+        alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+        alice.expect("enabled", |e| e.is("enabled", ns::SM)).await;
+
+        const SENT: u32 = 64;
+        const BODY: usize = 200_000;
+        const BUDGET: usize = 10 << 20;
+        let body = "x".repeat(BODY);
+        for i in 0..SENT {
+            alice
+                .send(&format!(
+                    "<message to='bob@localhost' type='chat' id='m{i}'><body>{body}</body></message>"
+                ))
+                .await;
+        }
+        alice.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+        // Everything until the ack that counts all 64: the refusals come
+        // before it.
+        let mut refused = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no ack for {SENT} stanzas");
+            let el = alice.next().await;
+            if el.is("a", ns::SM) {
+                let h: u32 = el.attr("h").and_then(|h| h.parse().ok()).unwrap();
+                if h == SENT {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                alice.send("<r xmlns='urn:xmpp:sm:3'/>").await;
+            } else if el.is("message", ns::CLIENT) {
+                assert_eq!(
+                    stanza_error(&el).as_deref(),
+                    Some("resource-constraint"),
+                    "{}",
+                    el.attr("id").unwrap_or_default()
+                );
+                refused.push(el.attr("id").unwrap_or_default().to_string());
+            }
+        }
+        let queued = SENT as usize - refused.len();
+        eprintln!(
+            "offline queue: {queued} of {SENT} messages of {BODY} bytes queued ({} bytes), {} refused",
+            queued * BODY,
+            refused.len()
+        );
+        assert!(!refused.is_empty(), "all {SENT} messages were queued");
+        assert!(queued * BODY <= BUDGET, "{queued} messages queued");
+        assert!(queued * (BODY + 1000) > BUDGET - BODY, "only {queued} queued");
+        // What is refused is the tail: the queue took messages in order
+        // until it was full.
+        let tail: Vec<String> = (queued as u32..SENT).map(|i| format!("m{i}")).collect();
+        assert_eq!(refused, tail);
+
+        // bob's next session gets what was queued, and nothing more.
+        let mut bob = RawClient::login(addr, "bob", "pw-bob", "phone").await;
+        bob.send("<presence/>").await;
+        let mut got = 0;
+        while got < queued {
+            let el = bob.next().await;
+            if el.is("message", ns::CLIENT) && body_of(&el).is_some_and(|b| b.len() == BODY) {
+                got += 1;
+            }
+        }
+        let more = bob.sync().await;
+        assert!(
+            !more.iter().any(|e| e.is("message", ns::CLIENT)),
+            "bob got more than was queued"
+        );
+    });
+}
+
+/// The answer to the stanza with id `id`.
+async fn answer_to(c: &mut RawClient, id: &str) -> starling::xmpp::Element {
+    c.expect(&format!("the answer to {id}"), |e| e.attr("id") == Some(id))
+        .await
+}
+
+/// Issue item 4, rosters: 1000 items (the default cap) are accepted, the
+/// 1001st roster set is answered `resource-constraint`, and so is a
+/// subscription request that would add an item; an item's name over 2048
+/// bytes is `not-acceptable`; changing an item or removing one (and then
+/// adding another) still works. (Before: no cap;
+/// 77,000 items in 100 s made one 7.5 MB roster result.)
+#[test]
+fn a_roster_has_an_item_budget() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            cfg.xmpp.max_stanzas_per_second = 100_000;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let addr = c.client_addr(1);
+        let mut alice = RawClient::login(addr, "alice", "pw-alice", "desk").await;
+        let set = |id: &str, jid: &str, name: &str| {
+            format!(
+                "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>\
+                 <item jid='{jid}' name='{name}'/></query></iq>"
+            )
+        };
+        let t = Instant::now();
+        let mut out = String::new();
+        for i in 0..1000 {
+            out.push_str(&set(
+                &format!("s{i}"),
+                &format!("c{i}@elsewhere.example"),
+                "x",
+            ));
+        }
+        alice.send(&out).await;
+        let mut answered = 0;
+        while answered < 1000 {
+            let el = alice.next().await;
+            if el.attr("id").is_some_and(|id| id.starts_with('s')) {
+                assert_eq!(el.attr("type"), Some("result"), "{el}");
+                answered += 1;
+            }
+        }
+        eprintln!("1000 roster items set in {:?}", t.elapsed());
+
+        alice
+            .send(&set("over", "c1000@elsewhere.example", "x"))
+            .await;
+        let e = answer_to(&mut alice, "over").await;
+        assert_eq!(
+            stanza_error(&e).as_deref(),
+            Some("resource-constraint"),
+            "{e}"
+        );
+        // A subscription request would add bob to alice's full roster.
+        alice
+            .send("<presence to='bob@localhost' type='subscribe' id='sub'/>")
+            .await;
+        let e = answer_to(&mut alice, "sub").await;
+        assert_eq!(
+            stanza_error(&e).as_deref(),
+            Some("resource-constraint"),
+            "{e}"
+        );
+        // An item's name and groups are bounded too (RFC 6121 §2.3.3).
+        let long = "n".repeat(3000);
+        alice
+            .send(&set("long", "c7@elsewhere.example", &long))
+            .await;
+        let e = answer_to(&mut alice, "long").await;
+        assert_eq!(stanza_error(&e).as_deref(), Some("not-acceptable"), "{e}");
+        // Changing an item is not adding one.
+        alice
+            .send(&set("rename", "c7@elsewhere.example", "seven"))
+            .await;
+        let e = answer_to(&mut alice, "rename").await;
+        assert_eq!(e.attr("type"), Some("result"), "{e}");
+        // A removal makes room for one.
+        alice
+            .send(
+                "<iq type='set' id='rm'><query xmlns='jabber:iq:roster'>\
+                 <item jid='c0@elsewhere.example' subscription='remove'/></query></iq>",
+            )
+            .await;
+        let e = answer_to(&mut alice, "rm").await;
+        assert_eq!(e.attr("type"), Some("result"), "{e}");
+        alice
+            .send(&set("again", "c1000@elsewhere.example", "x"))
+            .await;
+        let e = answer_to(&mut alice, "again").await;
+        assert_eq!(e.attr("type"), Some("result"), "{e}");
+        // The roster result holds the 1000.
+        alice
+            .send("<iq type='get' id='get'><query xmlns='jabber:iq:roster'/></iq>")
+            .await;
+        let r = answer_to(&mut alice, "get").await;
+        let items = r.get_child("query", ns::ROSTER).map_or(0, |q| {
+            q.children().filter(|i| i.is("item", ns::ROSTER)).count()
+        });
+        assert_eq!(items, 1000);
     });
 }

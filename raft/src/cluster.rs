@@ -11,6 +11,7 @@
 //! - `state` reads the locally applied state; `report` describes this node;
 //!   `peer_report` asks another node for its own report.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ struct Inner {
     /// When an append from a leader was last taken (see
     /// [`ClusterHandle::in_quorum_contact`]).
     leader_contact: std::sync::Mutex<Option<Instant>>,
+    /// The commit index the leader sent with its last append taken (see
+    /// [`ClusterHandle::caught_up`]).
+    leader_commit: AtomicU64,
 }
 
 /// Longest one attempt of an idempotent proposal waits before it is made
@@ -91,11 +95,16 @@ impl ClusterHandle {
             propose_timeout,
             batch_tx,
             leader_contact: std::sync::Mutex::new(None),
+            leader_commit: AtomicU64::new(0),
         }))
     }
 
-    /// A leader's append was just taken (the raft server calls this).
-    pub(crate) fn leader_contact(&self) {
+    /// A leader's append was just taken (the raft server calls this), with
+    /// the leader's commit index at the time it sent it.
+    pub(crate) fn leader_contact(&self, leader_commit: Option<u64>) {
+        if let Some(c) = leader_commit {
+            self.0.leader_commit.fetch_max(c, Ordering::Relaxed);
+        }
         *self
             .0
             .leader_contact
@@ -159,6 +168,54 @@ impl ClusterHandle {
             }
             _ => false,
         }
+    }
+
+    /// Whether this node's replicated state is fresh enough to check a
+    /// password against (hardening issue, item 5): it heard from a leader
+    /// with a quorum within `within` (a leader: a quorum acknowledged it),
+    /// and a follower has applied the commit index that leader last sent,
+    /// waiting up to `limit` for the last `slack` entries of it. A node
+    /// restarted after writes it missed (catching up by log or snapshot), a
+    /// candidate whose term climbs, or one cut off for longer than `within`
+    /// is not: its accounts and passwords may be stale (an account created
+    /// meanwhile refused there, an old password still taken).
+    pub async fn caught_up(&self, within: Duration, slack: u64, limit: Duration) -> bool {
+        let within_ms = within.as_millis() as u64;
+        let target = {
+            let m = self.0.raft.metrics();
+            let m = m.borrow();
+            match m.state {
+                ServerState::Leader => {
+                    return m.membership_config.membership().voter_ids().count() <= 1
+                        || m.millis_since_quorum_ack.is_some_and(|ms| ms < within_ms);
+                }
+                ServerState::Follower | ServerState::Learner => {
+                    let heard = m.current_leader.is_some()
+                        && self
+                            .0
+                            .leader_contact
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_some_and(|t| t.elapsed() < within);
+                    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+                    let commit = self.0.leader_commit.load(Ordering::Relaxed);
+                    if !heard || applied + slack < commit {
+                        return false;
+                    }
+                    if applied >= commit {
+                        return true;
+                    }
+                    commit
+                }
+                _ => return false,
+            }
+        };
+        self.0
+            .raft
+            .wait(Some(limit))
+            .applied_index_at_least(Some(target), "fresh enough to authenticate")
+            .await
+            .is_ok()
     }
 
     /// Whether this node is in touch with a leader that has a quorum *now*:

@@ -58,8 +58,16 @@ pub enum Command {
         full_jid: String,
         binding: SessionBinding,
     },
-    /// Add or replace one roster item of `owner`.
-    SetRosterItem { owner: String, item: RosterItem },
+    /// Add or replace one roster item of `owner`. A new item is refused
+    /// ([`Response::OverBudget`]) when `owner` already has `max_items`.
+    SetRosterItem {
+        owner: String,
+        item: RosterItem,
+        /// Per-user cap on roster items (stubs included), from the
+        /// proposer's config. Absent in entries of older builds: no cap.
+        #[serde(default = "no_cap_u32")]
+        max_items: u32,
+    },
     /// Remove one roster item of `owner`.
     RemoveRosterItem { owner: String, contact: String },
     /// A presence subscription stanza (RFC 6121 §3) sent by `user` to
@@ -69,6 +77,11 @@ pub enum Command {
         user: String,
         contact: String,
         action: SubAction,
+        /// Per-user cap on roster items: a change that would add an item
+        /// (or a stub) to a roster that has `max_items` already is refused
+        /// whole ([`Response::OverBudget`]). Absent in older entries: no cap.
+        #[serde(default = "no_cap_u32")]
+        max_items: u32,
     },
     /// Append a stanza to the offline queue of bare JID `to`. `message.id` is
     /// unique and chosen before proposing: a retried proposal of the same id
@@ -78,6 +91,10 @@ pub enum Command {
         message: OfflineMessage,
         /// Per-user cap, from the proposer's config.
         max_queue: u32,
+        /// Byte caps, from the proposer's config. Absent in entries of
+        /// older builds: no cap.
+        #[serde(default)]
+        max_bytes: ByteCaps,
     },
     /// Several [`Command::EnqueueOffline`]s of one sender, applied in order
     /// (so its messages keep their order in every queue), one result each
@@ -197,6 +214,11 @@ pub enum Response {
     QueueFull {
         cap: u32,
     },
+    /// Refused, nothing changed: it would take `budget` over `cap`.
+    OverBudget {
+        budget: Budget,
+        cap: u64,
+    },
     Acked {
         removed: u32,
     },
@@ -296,6 +318,44 @@ pub struct Enqueue {
     pub to: String,
     pub message: OfflineMessage,
     pub max_queue: u32,
+    #[serde(default)]
+    pub max_bytes: ByteCaps,
+}
+
+/// The byte caps of the offline queues an enqueue is applied under: the
+/// bytes of the serialized stanzas queued for one account, and for every
+/// account together (what each node holds, as every node holds the whole
+/// replicated state). The default is no cap (what entries written before
+/// the caps existed were applied with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteCaps {
+    pub per_user: u64,
+    pub total: u64,
+}
+
+impl Default for ByteCaps {
+    fn default() -> Self {
+        ByteCaps {
+            per_user: u64::MAX,
+            total: u64::MAX,
+        }
+    }
+}
+
+/// What a [`Response::OverBudget`] ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// The bytes queued for the recipient ([`ByteCaps::per_user`]).
+    QueueBytes,
+    /// The bytes queued for everyone ([`ByteCaps::total`]).
+    TotalQueueBytes,
+    /// The items of a roster (`max_items`).
+    RosterItems,
+}
+
+fn no_cap_u32() -> u32 {
+    u32::MAX
 }
 
 /// A stanza waiting in an offline queue.

@@ -12,8 +12,9 @@
 //!   snapshot form and its reads.
 //! - `apply` (private): the pure, deterministic `StateData::apply`; one file
 //!   per command family (accounts, sessions, roster, offline queues).
-//! - [`table`]: the generic table the state is made of, and the incrementally
-//!   maintained digest of the whole state.
+//! - [`table`]: the generic table the state is made of, the incrementally
+//!   maintained digest of the whole state, and the measured table whose
+//!   per-account sums (queue bytes, roster items) the budgets check.
 //! - [`keyspace`]: the one list of sled trees, state tables (prefix bytes)
 //!   and keys, with their key -> value layouts.
 //! - [`store`]: the sled log store and state machine store (openraft storage v2).

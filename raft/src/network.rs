@@ -343,6 +343,7 @@ impl RaftService for RaftRpc {
         req: Request<Payload>,
     ) -> Result<tonic::Response<Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req)?;
+        let leader_commit = rpc.leader_commit.map(|l| l.index);
         let reply = self.cluster.raft().append_entries(rpc).await;
         if matches!(
             reply,
@@ -351,7 +352,7 @@ impl RaftService for RaftRpc {
                 | AppendEntriesResponse::Conflict)
         ) {
             // Taken from the leader of our term: we are in touch with it.
-            self.cluster.leader_contact();
+            self.cluster.leader_contact(leader_commit);
         }
         encode_reply(&reply)
     }

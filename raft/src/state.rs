@@ -10,6 +10,14 @@
 //! key -> value layouts are listed in [`crate::keyspace`].
 //!
 //! The generic table and the digest over all of them are in [`crate::table`].
+//!
+//! # Budgets
+//! The offline queues and the rosters are [`Measured`] tables: their bytes
+//! (the serialized stanzas) and their items are summed per account and in
+//! all as rows change, and rebuilt from the rows when a state is loaded, so
+//! `apply` checks a budget in O(1): per-account queue bytes and roster
+//! items, and the bytes of every queue together (what each node holds).
+//! The caps come in the commands, as the message cap does.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::command::{Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
 use crate::keyspace::{self, TABLES};
-use crate::table::{Row, StoredTable, Table, Tracker, Writes};
+use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
 
 /// All replicated tables. Serialized whole as a snapshot.
@@ -25,8 +33,10 @@ use crate::types::NodeId;
 pub struct StateData {
     pub users: Table<String, UserRecord>,
     pub sessions: Table<String, SessionBinding>,
-    pub roster: Table<(String, String), RosterItem>,
-    pub offline: Table<(String, u64), OfflineMessage>,
+    /// Roster items, counted per owner (stubs included).
+    pub roster: Measured<(String, String), RosterItem>,
+    /// Queued messages, their stanza bytes summed per account and in all.
+    pub offline: Measured<(String, u64), OfflineMessage>,
     pub offline_next: Table<String, u64>,
     pub offline_ids: Table<(String, String), u64>,
     /// Ids removed from a queue (delivered), so that a late retry of their
@@ -47,8 +57,8 @@ impl Default for StateData {
         StateData {
             users: Table::new(keyspace::USERS.prefix),
             sessions: Table::new(keyspace::SESSIONS.prefix),
-            roster: Table::new(keyspace::ROSTER.prefix),
-            offline: Table::new(keyspace::OFFLINE.prefix),
+            roster: Measured::new(keyspace::ROSTER.prefix, |_| 1),
+            offline: Measured::new(keyspace::OFFLINE.prefix, |m| m.stanza.len() as u64),
             offline_next: Table::new(keyspace::OFFLINE_NEXT.prefix),
             offline_ids: Table::new(keyspace::OFFLINE_IDS.prefix),
             offline_done: Table::new(keyspace::OFFLINE_DONE.prefix),
@@ -166,6 +176,21 @@ impl StateData {
         self.queue(to).count()
     }
 
+    /// Bytes of the stanzas waiting for bare JID `to`.
+    pub fn queue_bytes(&self, to: &str) -> u64 {
+        self.offline.of_owner(to)
+    }
+
+    /// Bytes of the stanzas waiting in every offline queue.
+    pub fn total_queue_bytes(&self) -> u64 {
+        self.offline.total()
+    }
+
+    /// Number of roster items of `owner` (stubs included).
+    pub fn roster_len(&self, owner: &str) -> u64 {
+        self.roster.of_owner(owner)
+    }
+
     /// The offline queue of `to`, oldest first, with sequence numbers.
     pub fn queue<'a>(&'a self, to: &str) -> impl Iterator<Item = (u64, &'a OfflineMessage)> + 'a {
         let owner = to.to_string();
@@ -212,7 +237,7 @@ pub const MAX_DONE: usize = 4096;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Command, Response, Subscription};
+    use crate::command::{Budget, ByteCaps, Command, Response, SubAction, Subscription};
     use crate::credentials::Credentials;
 
     fn creds() -> Credentials {
@@ -228,15 +253,79 @@ mod tests {
     }
 
     fn enqueue(data: &mut StateData, to: &str, id: &str, cap: u32) -> Response {
+        enqueue_sized(data, to, id, cap, 0, ByteCaps::default())
+    }
+
+    /// Enqueues a stanza of `16 + id.len() + pad` bytes under `caps`.
+    fn enqueue_sized(
+        data: &mut StateData,
+        to: &str,
+        id: &str,
+        cap: u32,
+        pad: usize,
+        caps: ByteCaps,
+    ) -> Response {
         data.apply(Command::EnqueueOffline {
             to: to.into(),
             message: OfflineMessage {
                 id: id.into(),
                 stamp_ms: 7,
-                stanza: format!("<message id='{id}'/>"),
+                stanza: format!("<message id='{id}'/>{}", " ".repeat(pad)),
             },
             max_queue: cap,
+            max_bytes: caps,
         })
+    }
+
+    fn set_item(data: &mut StateData, owner: &str, contact: &str, cap: u32) -> Response {
+        data.apply(Command::SetRosterItem {
+            owner: owner.into(),
+            item: RosterItem {
+                jid: contact.into(),
+                ..Default::default()
+            },
+            max_items: cap,
+        })
+    }
+
+    /// The budgets' sums recomputed from the rows: (queue bytes per
+    /// account, all queue bytes, roster items per owner).
+    type Sums = (BTreeMap<String, u64>, u64, BTreeMap<String, u64>);
+
+    fn recount(d: &StateData) -> Sums {
+        let mut bytes = BTreeMap::new();
+        let mut total = 0;
+        for ((to, _), m) in d.offline.iter() {
+            *bytes.entry(to.clone()).or_default() += m.stanza.len() as u64;
+            total += m.stanza.len() as u64;
+        }
+        let mut items = BTreeMap::new();
+        for ((owner, _), _) in d.roster.iter() {
+            *items.entry(owner.clone()).or_default() += 1;
+        }
+        (bytes, total, items)
+    }
+
+    /// The sums `d` keeps, for every account that has rows or a user row.
+    fn kept(d: &StateData) -> Sums {
+        let owners: Vec<String> = d
+            .offline
+            .iter()
+            .map(|((o, _), _)| o.clone())
+            .chain(d.roster.iter().map(|((o, _), _)| o.clone()))
+            .chain(d.users.iter().map(|(u, _)| u.clone()))
+            .collect();
+        let bytes = owners
+            .iter()
+            .map(|o| (o.clone(), d.queue_bytes(o)))
+            .filter(|(_, b)| *b > 0)
+            .collect();
+        let items = owners
+            .iter()
+            .map(|o| (o.clone(), d.roster_len(o)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        (bytes, d.total_queue_bytes(), items)
     }
 
     /// Rebuilds a state from the rows its writes produced, as the store does
@@ -378,6 +467,7 @@ mod tests {
                 stanza: String::new(),
             },
             max_queue: 3,
+            max_bytes: ByteCaps::default(),
         };
         enqueue(&mut d, "b@x", "m2", 3);
         let r = d.apply(Command::EnqueueMany {
@@ -405,6 +495,219 @@ mod tests {
         );
         let ids: Vec<_> = d.queue("b@x").map(|(_, m)| m.id.clone()).collect();
         assert_eq!(ids, ["m2", "m1", "m3"]);
+    }
+
+    #[test]
+    fn offline_byte_budgets_per_account_and_in_all() {
+        let mut d = StateData::default();
+        create(&mut d, "b@x");
+        create(&mut d, "c@x");
+        // Stanzas of 18 + 82 = 100 bytes; 250 per account, 350 in all.
+        let caps = ByteCaps {
+            per_user: 250,
+            total: 350,
+        };
+        let q = |d: &mut StateData, to: &str, id: &str| enqueue_sized(d, to, id, 100, 82, caps);
+        assert!(matches!(q(&mut d, "b@x", "b1"), Response::Queued { .. }));
+        assert!(matches!(q(&mut d, "b@x", "b2"), Response::Queued { .. }));
+        assert_eq!(d.queue_bytes("b@x"), 200);
+        let over = Response::OverBudget {
+            budget: Budget::QueueBytes,
+            cap: 250,
+        };
+        assert_eq!(q(&mut d, "b@x", "b3"), over);
+        // Refused: nothing changed, and the next sequence number is not taken.
+        assert_eq!(d.queue_depth("b@x"), 2);
+        assert_eq!(d.offline_next.get(&"b@x".to_string()), Some(&3));
+        // A retry of a queued id is answered as queued, over budget or not.
+        assert_eq!(
+            q(&mut d, "b@x", "b2"),
+            Response::Queued {
+                seq: 2,
+                duplicate: true
+            }
+        );
+        // Another account has its own budget, until all queues are full.
+        assert!(matches!(q(&mut d, "c@x", "c1"), Response::Queued { .. }));
+        assert_eq!(
+            q(&mut d, "c@x", "c2"),
+            Response::OverBudget {
+                budget: Budget::TotalQueueBytes,
+                cap: 350
+            }
+        );
+        assert_eq!(d.total_queue_bytes(), 300);
+        // A smaller message still fits; delivered ones give their room back.
+        assert!(matches!(
+            enqueue_sized(&mut d, "c@x", "c4", 100, 30, caps),
+            Response::Queued { .. }
+        ));
+        assert_eq!(q(&mut d, "b@x", "b5"), over);
+        d.apply(Command::AckOffline {
+            to: "b@x".into(),
+            up_to: 1,
+        });
+        d.apply(Command::RemoveOffline {
+            to: "c@x".into(),
+            ids: vec!["c1".into()],
+        });
+        assert_eq!(d.queue_bytes("b@x"), 100);
+        assert!(matches!(q(&mut d, "b@x", "b5"), Response::Queued { .. }));
+        // Deleting an account frees its bytes.
+        d.apply(Command::DeleteUser { jid: "c@x".into() });
+        assert_eq!(d.queue_bytes("c@x"), 0);
+        assert_eq!(d.total_queue_bytes(), 200);
+        assert_eq!(kept(&d), recount(&d));
+        // The message cap still applies first; without byte caps (the
+        // default, as entries of older builds carry none) only it does.
+        assert_eq!(
+            enqueue_sized(&mut d, "b@x", "b6", 2, 0, caps),
+            Response::QueueFull { cap: 2 }
+        );
+        let big = enqueue_sized(&mut d, "b@x", "b7", 100, 1 << 20, ByteCaps::default());
+        assert!(matches!(big, Response::Queued { .. }), "{big:?}");
+    }
+
+    #[test]
+    fn roster_items_are_capped_per_owner() {
+        let mut d = StateData::default();
+        for u in ["a@x", "b@x", "c@x"] {
+            create(&mut d, u);
+        }
+        let full = Response::OverBudget {
+            budget: Budget::RosterItems,
+            cap: 2,
+        };
+        assert!(matches!(
+            set_item(&mut d, "a@x", "p@y", 2),
+            Response::RosterUpdated { .. }
+        ));
+        assert!(matches!(
+            set_item(&mut d, "a@x", "q@y", 2),
+            Response::RosterUpdated { .. }
+        ));
+        assert_eq!(set_item(&mut d, "a@x", "r@y", 2), full);
+        assert_eq!(d.roster_len("a@x"), 2);
+        // Changing an item that is there is never refused.
+        assert!(matches!(
+            set_item(&mut d, "a@x", "q@y", 2),
+            Response::RosterUpdated { previous: Some(_) }
+        ));
+        // A subscription that would add an item to a full roster is refused
+        // whole: neither roster changes.
+        let sub = |d: &mut StateData, user: &str, contact: &str, action| {
+            d.apply(Command::Subscription {
+                user: user.into(),
+                contact: contact.into(),
+                action,
+                max_items: 2,
+            })
+        };
+        assert_eq!(sub(&mut d, "a@x", "b@x", SubAction::Subscribe), full);
+        assert_eq!(sub(&mut d, "b@x", "a@x", SubAction::Subscribe), full);
+        assert!(d.roster.get(&("b@x".into(), "a@x".into())).is_none());
+        assert!(d.roster.get(&("a@x".into(), "b@x".into())).is_none());
+        // The stub of a pending request counts: c's request fills b's roster.
+        set_item(&mut d, "b@x", "z@y", 2);
+        assert!(matches!(
+            sub(&mut d, "c@x", "b@x", SubAction::Subscribe),
+            Response::Subscription { deliver: true, .. }
+        ));
+        assert_eq!(d.roster_len("b@x"), 2);
+        // Answering it changes items that are there: allowed.
+        assert!(matches!(
+            sub(&mut d, "b@x", "c@x", SubAction::Subscribed),
+            Response::Subscription { .. }
+        ));
+        assert!(d
+            .roster
+            .get(&("b@x".into(), "c@x".into()))
+            .is_some_and(|i| i.has_from()));
+        // Room again after a removal.
+        d.apply(Command::RemoveRosterItem {
+            owner: "a@x".into(),
+            contact: "p@y".into(),
+        });
+        assert!(matches!(
+            set_item(&mut d, "a@x", "r@y", 2),
+            Response::RosterUpdated { .. }
+        ));
+        assert_eq!(kept(&d), recount(&d));
+    }
+
+    /// The sums kept as rows change equal the sums recounted from the rows,
+    /// after any sequence of commands (a model check over random ones).
+    #[test]
+    fn budget_sums_match_the_rows_after_random_commands() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let users = ["a@x", "b@x", "c@x", "d@x"];
+        let mut d = StateData::default();
+        let mut disk = BTreeMap::new();
+        for i in 0..3000u64 {
+            let u = users[rng.gen_range(0..users.len())];
+            let v = users[rng.gen_range(0..users.len())];
+            let caps = ByteCaps {
+                per_user: rng.gen_range(0..400),
+                total: rng.gen_range(0..1000),
+            };
+            let cmd = match rng.gen_range(0..9) {
+                0 => Command::CreateUser {
+                    jid: u.into(),
+                    credentials: creds(),
+                    created_ms: 1,
+                },
+                1 if rng.gen_range(0..4) == 0 => Command::DeleteUser { jid: u.into() },
+                2 | 3 => Command::EnqueueOffline {
+                    to: u.into(),
+                    message: OfflineMessage {
+                        id: format!("m{}", rng.gen_range(0..50)),
+                        stamp_ms: 1,
+                        stanza: "x".repeat(rng.gen_range(0..120)),
+                    },
+                    max_queue: 8,
+                    max_bytes: caps,
+                },
+                4 => Command::AckOffline {
+                    to: u.into(),
+                    up_to: rng.gen_range(0..i + 1),
+                },
+                5 => Command::RemoveOffline {
+                    to: u.into(),
+                    ids: vec![format!("m{}", rng.gen_range(0..50))],
+                },
+                6 => Command::SetRosterItem {
+                    owner: u.into(),
+                    item: RosterItem {
+                        jid: format!("{}@y", rng.gen_range(0..6)),
+                        ..Default::default()
+                    },
+                    max_items: rng.gen_range(0..5),
+                },
+                7 => Command::RemoveRosterItem {
+                    owner: u.into(),
+                    contact: format!("{}@y", rng.gen_range(0..6)),
+                },
+                _ => Command::Subscription {
+                    user: u.into(),
+                    contact: v.into(),
+                    action: [
+                        SubAction::Subscribe,
+                        SubAction::Subscribed,
+                        SubAction::Unsubscribe,
+                        SubAction::Unsubscribed,
+                    ][rng.gen_range(0..4)],
+                    max_items: rng.gen_range(0..5),
+                },
+            };
+            d.apply_entry(cmd, 1, i + 1);
+            if i % 500 == 499 {
+                assert_eq!(kept(&d), recount(&d), "after {} commands", i + 1);
+                let fresh = reload(&mut d, &mut disk);
+                assert_eq!(kept(&fresh), kept(&d));
+            }
+        }
+        assert!(d.total_queue_bytes() > 0 && !d.roster.is_empty());
     }
 
     #[test]
@@ -492,6 +795,7 @@ mod tests {
                 subscription: Subscription::Both,
                 ..Default::default()
             },
+            max_items: 10,
         });
         for full in ["a@x/1", "a@x/2", "ab@x/1"] {
             d.apply(Command::BindSession {
@@ -543,16 +847,23 @@ mod tests {
 
         let mut disk = BTreeMap::new();
         enqueue(&mut a, "p@x", "m1", 5);
+        set_item(&mut a, "p@x", "q@x", 5);
         let fresh = reload(&mut a, &mut disk);
         assert_eq!(fresh.digest(), a.digest());
         assert_eq!(fresh.queue_depth("p@x"), 1);
+        // The budgets' sums are rebuilt from the rows.
+        assert_eq!(fresh.queue_bytes("p@x"), 18);
+        assert_eq!(fresh.roster_len("p@x"), 1);
+        assert_eq!(kept(&fresh), kept(&a));
         // Removing everything brings the digest back to the empty state's.
         a.apply(Command::DeleteUser { jid: "p@x".into() });
         a.apply(Command::DeleteUser { jid: "q@x".into() });
         assert_eq!(a.digest(), 0);
+        assert_eq!((a.total_queue_bytes(), a.roster_len("p@x")), (0, 0));
         let fresh = reload(&mut a, &mut disk);
         assert!(disk.is_empty());
         assert_eq!(fresh.digest(), 0);
+        assert_eq!(fresh.total_queue_bytes(), 0);
     }
 
     #[test]
@@ -572,9 +883,13 @@ mod tests {
                 bound_ms: 9,
             },
         });
+        set_item(&mut a, "a@x", "c@x", 5);
         let bytes = a.to_snapshot().unwrap();
         let b = StateData::from_snapshot(&bytes).unwrap();
         assert_eq!(a.digest(), b.digest());
+        assert_eq!(kept(&b), kept(&a));
+        assert_eq!(b.queue_bytes("a@x"), 18);
+        assert_eq!(b.roster_len("a@x"), 1);
         assert_eq!(b.sessions.get(&"a@x/r".to_string()).unwrap().priority, 5);
         assert!(StateData::from_snapshot(b"garbage").is_err());
     }

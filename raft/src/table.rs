@@ -11,7 +11,15 @@
 //! every row of every table: a multiset hash, so it is updated in O(1) per
 //! changed row (subtract the old row, add the new) and two nodes with the
 //! same rows have the same digest whatever order they were written in.
-use std::collections::BTreeMap;
+//!
+//! # Measured tables
+//! A [`Measured`] table also keeps, per owner (the account a key starts
+//! with) and in all, a running sum of a measure of its values: the bytes of
+//! the offline queues, the items of the rosters. The sums are what the
+//! budgets of `apply` compare with; they are derived from the rows (never
+//! stored), so they are rebuilt by loading the rows, at start-up or from a
+//! snapshot, and the storage format and the digest are unchanged.
+use std::collections::{BTreeMap, HashMap};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -62,6 +70,23 @@ impl TableKey for (String, u64) {
         let a = String::from_utf8(a.to_vec()).ok()?;
         let seq = u64::from_be_bytes(b[1..].try_into().ok()?);
         Some((a, seq))
+    }
+}
+
+/// A key whose first part names the account that owns the row.
+pub trait OwnedKey: TableKey {
+    fn owner(&self) -> &str;
+}
+
+impl OwnedKey for (String, String) {
+    fn owner(&self) -> &str {
+        &self.0
+    }
+}
+
+impl OwnedKey for (String, u64) {
+    fn owner(&self) -> &str {
+        &self.0
     }
 }
 
@@ -174,13 +199,23 @@ impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
 
     /// Loads one stored row (start-up or snapshot install); returns its hash.
     pub(crate) fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<u128, CodecError> {
+        self.load_decoded(key, value).map(|(h, _, _)| h)
+    }
+
+    /// [`Table::load_row`], also giving the decoded key and the value the
+    /// row replaced (none, when rows are loaded once each).
+    fn load_decoded(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(u128, K, Option<V>), CodecError> {
         let k = K::decode(key)
             .ok_or_else(|| CodecError::msg(format!("bad key in table {}", self.prefix as char)))?;
         let v: V = codec::decode(value)?;
-        self.map.insert(k, v);
+        let old = self.map.insert(k.clone(), v);
         let mut full = vec![self.prefix];
         full.extend_from_slice(key);
-        Ok(row_hash(&full, value))
+        Ok((row_hash(&full, value), k, old))
     }
 
     /// Every row as stored bytes, for rewriting the tree from a snapshot.
@@ -209,6 +244,96 @@ impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> StoredTable for Table
     }
     fn rows(&self, out: &mut Vec<Row>) -> Result<(), CodecError> {
         Table::rows(self, out)
+    }
+}
+
+/// A [`Table`] with a running sum of `measure` over its values, per owner
+/// and in all (see the module doc). Reads go to the table (`Deref`); every
+/// change goes through `Measured::insert` and `Measured::remove`, which
+/// keep the sums, so no change can bypass them.
+#[derive(Debug, Clone)]
+pub struct Measured<K, V> {
+    table: Table<K, V>,
+    measure: fn(&V) -> u64,
+    per_owner: HashMap<String, u64>,
+    total: u64,
+}
+
+impl<K: OwnedKey, V: Serialize + DeserializeOwned + Clone> Measured<K, V> {
+    pub(crate) fn new(prefix: u8, measure: fn(&V) -> u64) -> Self {
+        Measured {
+            table: Table::new(prefix),
+            measure,
+            per_owner: HashMap::new(),
+            total: 0,
+        }
+    }
+
+    /// The sum of the measure over `owner`'s rows.
+    pub fn of_owner(&self, owner: &str) -> u64 {
+        self.per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    /// The sum of the measure over every row.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub(crate) fn insert(&mut self, key: K, value: V, t: &mut Tracker) -> Option<V> {
+        let owner = key.owner().to_string();
+        let added = (self.measure)(&value);
+        let old = self.table.insert(key, value, t);
+        let taken = old.as_ref().map_or(0, self.measure);
+        self.count(&owner, added, taken);
+        old
+    }
+
+    pub(crate) fn remove(&mut self, key: &K, t: &mut Tracker) -> Option<V> {
+        let old = self.table.remove(key, t);
+        let taken = old.as_ref().map_or(0, self.measure);
+        self.count(key.owner(), 0, taken);
+        old
+    }
+
+    /// Adds `added` to `owner`'s sum and the total, and takes `taken` out.
+    fn count(&mut self, owner: &str, added: u64, taken: u64) {
+        self.total = (self.total + added).saturating_sub(taken);
+        match self.per_owner.get_mut(owner) {
+            Some(sum) => {
+                *sum = (*sum + added).saturating_sub(taken);
+                if *sum == 0 {
+                    // An emptied owner leaves no entry behind.
+                    self.per_owner.remove(owner);
+                }
+            }
+            None if added > taken => {
+                self.per_owner.insert(owner.to_string(), added - taken);
+            }
+            None => {}
+        }
+    }
+}
+
+impl<K, V> std::ops::Deref for Measured<K, V> {
+    type Target = Table<K, V>;
+    fn deref(&self) -> &Table<K, V> {
+        &self.table
+    }
+}
+
+impl<K: OwnedKey, V: Serialize + DeserializeOwned + Clone> StoredTable for Measured<K, V> {
+    fn prefix(&self) -> u8 {
+        self.table.prefix
+    }
+    fn load_row(&mut self, key: &[u8], value: &[u8]) -> Result<u128, CodecError> {
+        let (h, k, old) = self.table.load_decoded(key, value)?;
+        let added = self.table.get(&k).map_or(0, self.measure);
+        let taken = old.as_ref().map_or(0, self.measure);
+        self.count(k.owner(), added, taken);
+        Ok(h)
+    }
+    fn rows(&self, out: &mut Vec<Row>) -> Result<(), CodecError> {
+        self.table.rows(out)
     }
 }
 

@@ -8,7 +8,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 use sha2::{Digest, Sha256};
 use starling_raft::command::{
-    Enqueue, Invite, OfflineMessage, RosterItem, SessionBinding, SubAction, Subscription,
+    ByteCaps, Enqueue, Invite, OfflineMessage, RosterItem, SessionBinding, SubAction, Subscription,
 };
 use starling_raft::credentials::{Credentials, ScramHash, ScramKeys};
 use starling_raft::state::StateData;
@@ -101,6 +101,7 @@ fn script() -> Vec<(Command, u64)> {
                     subscription: Subscription::To,
                     ..Default::default()
                 },
+                max_items: 10,
             },
             1,
         ),
@@ -111,6 +112,7 @@ fn script() -> Vec<(Command, u64)> {
                     jid: "w@y".into(),
                     ..Default::default()
                 },
+                max_items: 10,
             },
             1,
         ),
@@ -126,6 +128,7 @@ fn script() -> Vec<(Command, u64)> {
                 user: "a@x".into(),
                 contact: "b@x".into(),
                 action: SubAction::Subscribe,
+                max_items: 10,
             },
             1,
         ),
@@ -134,6 +137,7 @@ fn script() -> Vec<(Command, u64)> {
                 user: "b@x".into(),
                 contact: "a@x".into(),
                 action: SubAction::Subscribed,
+                max_items: 10,
             },
             1,
         ),
@@ -142,6 +146,7 @@ fn script() -> Vec<(Command, u64)> {
                 to: "b@x".into(),
                 message: message("m1"),
                 max_queue: 10,
+                max_bytes: ByteCaps::default(),
             },
             1,
         ),
@@ -153,6 +158,7 @@ fn script() -> Vec<(Command, u64)> {
                         to: "b@x".into(),
                         message: message(id),
                         max_queue: 10,
+                        max_bytes: ByteCaps::default(),
                     })
                     .collect(),
             },
@@ -181,6 +187,7 @@ fn script() -> Vec<(Command, u64)> {
                         to: "d@x".into(),
                         message: message("d1"),
                         max_queue: 10,
+                        max_bytes: ByteCaps::default(),
                     },
                     Command::Batch { commands: vec![] },
                 ],

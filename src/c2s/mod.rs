@@ -77,6 +77,7 @@ impl Shared {
             registration: self.config.registration.enabled(),
             router: &self.router,
             cluster: &self.cluster,
+            max_roster_items: self.config.max_roster_items,
         }
     }
 

@@ -49,6 +49,17 @@ pub struct Resumption {
 /// asks for at least 2 retries).
 const MAX_SASL_TRIES: u32 = 3;
 
+/// Passwords are checked only against fresh replicated state (see
+/// `ClusterHandle::caught_up`): a leader with a quorum heard within this
+/// long (ten election timeouts at the defaults)...
+const FRESH_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// ...and, on a follower, the leader's last commit index applied, waiting
+/// at most `FRESH_WAIT` for the last `FRESH_SLACK` entries (a follower
+/// applies within milliseconds of a commit; one catching up after a
+/// restart is thousands behind, and is refused at once).
+const FRESH_SLACK: u64 = 512;
+const FRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Store<'a>(&'a Shared);
 
 impl CredentialStore for Store<'_> {
@@ -368,6 +379,28 @@ async fn steps(
                         conn.send(&sasl_failure(
                             "temporary-auth-failure",
                             Some("too many failed attempts from your address; try again later"),
+                        ))
+                        .await?;
+                        sasl_failures += 1;
+                        if sasl_failures >= MAX_SASL_TRIES {
+                            return Err(ConnError::Closed);
+                        }
+                        continue;
+                    }
+                    // A node catching up (restarted after writes it
+                    // missed) or cut off from the leader would check the
+                    // password against stale accounts. RFC 6120 §6.5.12:
+                    // temporary-auth-failure, "try again later"; the
+                    // client's next try may pick another node. Counted as
+                    // a try of this connection, not as a wrong password.
+                    if !shared
+                        .cluster
+                        .caught_up(FRESH_WITHIN, FRESH_SLACK, FRESH_WAIT)
+                        .await
+                    {
+                        conn.send(&sasl_failure(
+                            "temporary-auth-failure",
+                            Some("this node is catching up with the cluster; try again shortly or use another node"),
                         ))
                         .await?;
                         sasl_failures += 1;

@@ -48,6 +48,8 @@ pub struct Ctx<'a> {
     pub registration: bool,
     pub router: &'a Router,
     pub cluster: &'a ClusterHandle,
+    /// Most items in one roster (`xmpp.max_roster_items`).
+    pub max_roster_items: u32,
 }
 
 /// What a handler may know of the session that sent the stanza.

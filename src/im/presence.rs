@@ -62,8 +62,10 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                 // §3.1.3: no such contact: silently ignored.
                 return Effects::none();
             }
-            subscription(ctx, me.bare, contact.as_str(), action).await;
-            Effects::none()
+            match subscription(ctx, me.bare, contact.as_str(), action).await {
+                Ok(()) => Effects::none(),
+                Err(e) => error_reply(ctx.domain, me, &el, e),
+            }
         }
         Some("probe") => {
             // §4.3: probes are the server's business; answer if subscribed.
@@ -290,21 +292,33 @@ pub async fn session_ended(router: &Router, bare: &str, full: &str, directed: Ha
 
 /// A subscription stanza from this session's user to `contact` (RFC 6121
 /// §3): one replicated command changes both roster items, then the pushes,
-/// deliveries and presence exchanges of §3.1-§3.3 follow.
-pub async fn subscription(ctx: &Ctx<'_>, user: &BareJid, contact: &str, action: SubAction) {
+/// deliveries and presence exchanges of §3.1-§3.3 follow. A change that
+/// would add an item to a full roster (the user's or the contact's, see
+/// `xmpp.max_roster_items`) changes nothing: its error is returned, for
+/// the sender.
+pub async fn subscription(
+    ctx: &Ctx<'_>,
+    user: &BareJid,
+    contact: &str,
+    action: SubAction,
+) -> Result<(), StanzaError> {
     let router = ctx.router;
     let cmd = Command::Subscription {
         user: user.to_string(),
         contact: contact.to_string(),
         action,
+        max_items: ctx.max_roster_items,
     };
     let resp = match ctx.cluster.write(cmd).await {
         Ok(a) => a.response,
         Err(e) => {
             warn!(error = %e, "subscription change not committed");
-            return;
+            return Ok(());
         }
     };
+    if let Some(e) = super::roster::refusal(&resp) {
+        return Err(e);
+    }
     let Response::Subscription {
         user_item,
         user_changed,
@@ -314,7 +328,7 @@ pub async fn subscription(ctx: &Ctx<'_>, user: &BareJid, contact: &str, action: 
         auto_approved,
     } = resp
     else {
-        return;
+        return Ok(());
     };
     let user = user.to_string();
     if user_changed {
@@ -373,6 +387,7 @@ pub async fn subscription(ctx: &Ctx<'_>, user: &BareJid, contact: &str, action: 
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// Unavailable presence from every available session of `from_bare` to

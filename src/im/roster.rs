@@ -1,12 +1,37 @@
 //! Roster management (RFC 6121 §2): get, set, remove, and roster pushes to
 //! every resource of the user on every node.
-use starling_raft::command::{Command, RosterItem, SubAction, Subscription};
+//!
+//! A roster is bounded, so that one roster result is too: at most
+//! `xmpp.max_roster_items` items (the replicated state refuses one more,
+//! and the set is answered `resource-constraint`, RFC 6120 §8.3.3.18), and
+//! an item's name and groups together at most [`MAX_ITEM_TEXT_BYTES`]
+//! (longer: `not-acceptable`, as RFC 6121 §2.3.3 has for a name or a group
+//! longer than the server's limit).
+use starling_raft::command::{Budget, Command, Response, RosterItem, SubAction, Subscription};
 
 use super::{error_reply, iq_result, Ctx, Effects, Me};
 use crate::router::Router;
 use crate::xmpp::id::random_id;
 use crate::xmpp::jid::BareJid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
+
+/// Most bytes of a roster item's name and group names together: 1000
+/// items of it make a roster result of a few MB at most.
+pub const MAX_ITEM_TEXT_BYTES: usize = 2048;
+
+/// The stanza error for a roster change refused by the replicated state.
+pub(crate) fn refusal(response: &Response) -> Option<StanzaError> {
+    match response {
+        Response::OverBudget {
+            budget: Budget::RosterItems,
+            cap,
+        } => Some(StanzaError::with_text(
+            StanzaCondition::ResourceConstraint,
+            format!("the roster is full ({cap} items)"),
+        )),
+        _ => None,
+    }
+}
 
 /// The `<item/>` of a roster item (RFC 6121 §2.1.2).
 pub fn item_element(item: &RosterItem) -> Element {
@@ -108,6 +133,22 @@ async fn set(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element) -> Effects {
         }
         groups.push(name);
     }
+    let name = item
+        .attr("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let text = name.as_ref().map_or(0, String::len) + groups.iter().map(String::len).sum::<usize>();
+    if text > MAX_ITEM_TEXT_BYTES {
+        return error_reply(
+            ctx.domain,
+            me,
+            el,
+            StanzaError::with_text(
+                StanzaCondition::NotAcceptable,
+                format!("a roster item's name and groups: at most {MAX_ITEM_TEXT_BYTES} bytes"),
+            ),
+        );
+    }
     let existing = {
         let state = ctx.cluster.state().read();
         state
@@ -122,17 +163,18 @@ async fn set(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element) -> Effects {
         ..RosterItem::default()
     });
     new.stub = false;
-    new.name = item
-        .attr("name")
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
+    new.name = name;
     new.groups = groups;
     let cmd = Command::SetRosterItem {
         owner: me.bare.to_string(),
         item: new.clone(),
+        max_items: ctx.max_roster_items,
     };
     match ctx.cluster.write(cmd).await {
-        Ok(_) => {
+        Ok(a) => {
+            if let Some(e) = refusal(&a.response) {
+                return error_reply(ctx.domain, me, el, e);
+            }
             // The result first, then the pushes (this session's through its
             // queue, so after the result on the wire: §2.3.2).
             push(ctx.router, me.bare.as_str(), Some(&new), &contact).await;
@@ -164,10 +206,13 @@ async fn remove(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element, contact_jid: &BareJid)
     };
     if ctx.router.user_exists(contact_jid) {
         if existing.has_to() || existing.ask {
-            super::presence::subscription(ctx, me.bare, contact, SubAction::Unsubscribe).await;
+            // Cancelling adds no item: never refused.
+            let _ =
+                super::presence::subscription(ctx, me.bare, contact, SubAction::Unsubscribe).await;
         }
         if existing.has_from() || existing.pending_in {
-            super::presence::subscription(ctx, me.bare, contact, SubAction::Unsubscribed).await;
+            let _ =
+                super::presence::subscription(ctx, me.bare, contact, SubAction::Unsubscribed).await;
         }
     }
     let cmd = Command::RemoveRosterItem {

@@ -4,6 +4,7 @@
 //! acknowledged to the fallback (custody copies committed to their queue,
 //! other stanzas routed again without the peer's sessions).
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starling_proto::mesh::mesh_client::MeshClient;
@@ -14,17 +15,16 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use super::wire::{Key, Notice};
 use super::{
-    MeshLinks, Outgoing, DONE_BATCH, DONE_BATCH_KEYS, DONE_UNACKED, OPEN_TIMEOUT, RETRY_AFTER,
+    Host, MeshLinks, Outgoing, DONE_BATCH, DONE_BATCH_KEYS, DONE_UNACKED, OPEN_TIMEOUT, RETRY_AFTER,
 };
-use crate::router::custody::Key;
-use crate::router::{Notice, Router};
 
 /// Hands the stanzas of `items` to the fallback (the peer is unreachable):
 /// a copy in custody is committed to its queue, another stanza is routed
 /// again without the peer's sessions.
 pub(super) async fn fail_all(
-    router: &Router,
+    host: &dyn Host,
     node: NodeId,
     items: impl IntoIterator<Item = Outgoing>,
 ) {
@@ -34,12 +34,12 @@ pub(super) async fn fail_all(
             Outgoing::Custody { tag: t, .. } | Outgoing::Hold { tag: t, .. } => {
                 unconfirmed.push(t.key)
             }
-            Outgoing::Stanza { el, .. } => router.undeliverable(el, node).await,
+            Outgoing::Stanza { el, .. } => host.undeliverable(el, node).await,
             _ => {}
         }
     }
     if !unconfirmed.is_empty() {
-        router.custody_unconfirmed(unconfirmed, node);
+        host.custody_unconfirmed(unconfirmed, node);
     }
 }
 
@@ -81,17 +81,17 @@ impl Deferred {
     }
 
     /// As [`fail_all`], keeping the notices (what they say was delivered
-    /// is removed through raft now: see `custody_undelivered_notice`).
+    /// is removed through raft now: see `Host::custody_undelivered_notice`).
     async fn fail(
         &mut self,
-        router: &Router,
+        host: &dyn Host,
         node: NodeId,
         items: impl IntoIterator<Item = Outgoing>,
     ) {
         let mut rest = Vec::new();
         for item in items {
             if let Outgoing::Done { notice, .. } = &item {
-                router.custody_undelivered_notice(notice);
+                host.custody_undelivered_notice(notice);
             }
             match item {
                 Outgoing::Done { since, .. } if since.elapsed() < DEFERRED_AGE => {
@@ -103,13 +103,13 @@ impl Deferred {
                 other => rest.push(other),
             }
         }
-        fail_all(router, node, rest).await;
+        fail_all(host, node, rest).await;
     }
 }
 
 pub(super) async fn run_link(
     mesh: MeshLinks,
-    router: Router,
+    host: Arc<dyn Host>,
     node: NodeId,
     mut rx: mpsc::Receiver<Outgoing>,
 ) {
@@ -138,7 +138,7 @@ pub(super) async fn run_link(
             if retry {
                 deferred.keep(first);
             } else {
-                deferred.fail(&router, node, [first]).await;
+                deferred.fail(host.as_ref(), node, [first]).await;
             }
             continue;
         }
@@ -146,7 +146,7 @@ pub(super) async fn run_link(
             Some(n) => n.raft_addr,
             None => {
                 // Not a member (any more): nothing to keep for it.
-                fail_all(&router, node, [first]).await;
+                fail_all(host.as_ref(), node, [first]).await;
                 continue;
             }
         };
@@ -154,7 +154,7 @@ pub(super) async fn run_link(
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "bad peer address");
-                fail_all(&router, node, [first]).await;
+                fail_all(host.as_ref(), node, [first]).await;
                 continue;
             }
         };
@@ -181,7 +181,7 @@ pub(super) async fn run_link(
         let env = push(first, &mut unacked, acks_seen);
         if out_tx.send(env).await.is_err() {
             deferred
-                .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                .fail(host.as_ref(), node, unacked.into_iter().map(|(_, _, i)| i))
                 .await;
             continue;
         }
@@ -193,7 +193,7 @@ pub(super) async fn run_link(
                 debug!(error = %e, "mesh link refused");
                 down_until = Some(Instant::now() + RETRY_AFTER);
                 deferred
-                    .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                    .fail(host.as_ref(), node, unacked.into_iter().map(|(_, _, i)| i))
                     .await;
                 continue;
             }
@@ -201,7 +201,7 @@ pub(super) async fn run_link(
                 debug!("mesh link open timed out");
                 down_until = Some(Instant::now() + RETRY_AFTER);
                 deferred
-                    .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                    .fail(host.as_ref(), node, unacked.into_iter().map(|(_, _, i)| i))
                     .await;
                 continue;
             }
@@ -218,7 +218,7 @@ pub(super) async fn run_link(
         if !flushed {
             down_until = Some(Instant::now() + RETRY_AFTER);
             deferred
-                .fail(&router, node, unacked.into_iter().map(|(_, _, i)| i))
+                .fail(host.as_ref(), node, unacked.into_iter().map(|(_, _, i)| i))
                 .await;
             continue;
         }
@@ -273,7 +273,7 @@ pub(super) async fn run_link(
                         if *s > tombstoned_up_to {
                             tombstoned_up_to = *s;
                             if let Outgoing::Done { notice, .. } = item {
-                                router.custody_undelivered_notice(notice);
+                                host.custody_undelivered_notice(notice);
                             }
                         }
                     }
@@ -304,7 +304,7 @@ pub(super) async fn run_link(
                         let late = if keys.is_empty() {
                             Vec::new()
                         } else {
-                            router.custody_confirmed(keys, node)
+                            host.custody_confirmed(keys, node)
                         };
                         if !late.is_empty() {
                             // Before `acks_seen` says they arrived: the
@@ -342,13 +342,13 @@ pub(super) async fn run_link(
         let batched = batch.map(|(notice, since)| Outgoing::Done { notice, since });
         deferred
             .fail(
-                &router,
+                host.as_ref(),
                 node,
                 unacked.into_iter().map(|(_, _, i)| i).chain(batched),
             )
             .await;
         // What the peer confirmed earlier may have died with it.
-        router.custody_peer_down(node);
+        host.custody_peer_down(node);
     }
 }
 

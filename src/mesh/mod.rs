@@ -12,8 +12,14 @@
 //! envelope alone when nothing else goes). When a link breaks, copies in
 //! custody are committed to their queue, and other envelopes not
 //! acknowledged are routed again as if the peer's sessions did not exist.
+//!
+//! The mesh is transport: what arrives, and what becomes of what was sent,
+//! goes to the node's [`Host`] (the router, attached at node wiring); the
+//! payloads the router reads and writes are in [`wire`]. The mesh does not
+//! import the router: the router sends through the mesh, never the other
+//! way round.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use starling_proto::mesh::mesh_client::MeshClient;
@@ -23,16 +29,17 @@ use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, OnceCell};
 use tracing::{debug, Instrument};
 
+mod host;
 mod link;
 mod service;
+pub mod wire;
 
+pub use host::Host;
 pub use service::{serve_mesh, MeshService};
+pub use wire::{Hint, Key, Notice, Tag};
 
 use link::{fail_all, run_link};
 
-use crate::router::custody::Key;
-use crate::router::Notice;
-use crate::router::Router;
 use crate::xmpp::Element;
 
 /// Stanzas queued for one peer before senders wait (backpressure).
@@ -63,20 +70,8 @@ const DONE_BATCH: Duration = Duration::from_millis(5);
 const DONE_BATCH_KEYS: usize = 2048;
 /// A `DONE` notice the peer has not acknowledged this long (a cut link
 /// says nothing for seconds) has what it says was delivered removed
-/// through raft (see `Router::custody_undelivered_notice`).
+/// through raft (see [`Host::custody_undelivered_notice`]).
 const DONE_UNACKED: Duration = Duration::from_millis(200);
-
-/// A stanza's place in custody (`router::custody`): its key and every
-/// node holding a copy.
-#[derive(Debug, Clone)]
-pub struct Tag {
-    pub key: Key,
-    pub holders: Vec<NodeId>,
-    /// The receiver's confirmation alone makes the copy safe: it writes
-    /// the copy once this node has its ack (`acks_seen`), no `safe`
-    /// notice needed.
-    pub safe_on_ack: bool,
-}
 
 enum Outgoing {
     Stanza {
@@ -129,8 +124,10 @@ struct Inner {
     links: Mutex<HashMap<NodeId, mpsc::Sender<Outgoing>>>,
     /// How each peer's link is doing.
     health: Mutex<HashMap<NodeId, Health>>,
-    /// Set once the router exists (the router holds this handle).
-    router: OnceCell<Router>,
+    /// Where what arrives goes, and what becomes of what was sent: set
+    /// once the router exists. Weak: the router holds this handle, and
+    /// the node (and each running link task) keeps the router alive.
+    host: OnceCell<Weak<dyn Host>>,
 }
 
 /// Outbound links to peers, one task each.
@@ -145,86 +142,87 @@ impl MeshLinks {
             cluster,
             links: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
-            router: OnceCell::new(),
+            host: OnceCell::new(),
         }))
     }
 
-    fn link(&self, router: &Router, node: NodeId) -> mpsc::Sender<Outgoing> {
-        let _ = self.0.router.set(router.clone());
+    /// Attaches the node the mesh works for (once; later calls change
+    /// nothing). Until then, and once the caller dropped every handle on
+    /// it, nothing is sent.
+    pub fn attach(&self, host: &Arc<dyn Host>) {
+        let _ = self.0.host.set(Arc::downgrade(host));
+    }
+
+    /// The queue of the link to `node`, opened (its task started) if need
+    /// be, with the host its task reports to; none without a host (see
+    /// [`MeshLinks::attach`]).
+    fn link(&self, node: NodeId) -> Option<(mpsc::Sender<Outgoing>, Arc<dyn Host>)> {
+        let host = self.0.host.get()?.upgrade()?;
         let mut links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = links.get(&node) {
             if !tx.is_closed() {
-                return tx.clone();
+                return Some((tx.clone(), host));
             }
         }
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let span = tracing::info_span!("mesh_link", node_id = self.0.node, peer = node);
-        tokio::spawn(run_link(self.clone(), router.clone(), node, rx).instrument(span));
+        tokio::spawn(run_link(self.clone(), host.clone(), node, rx).instrument(span));
         links.insert(node, tx.clone());
-        tx
+        Some((tx, host))
     }
 
     /// Queues a stanza for session `session` of `to` on `node`.
-    pub async fn send_stanza(
-        &self,
-        router: Router,
-        node: NodeId,
-        to: &str,
-        session: u64,
-        el: Element,
-    ) {
+    pub async fn send_stanza(&self, node: NodeId, to: &str, session: u64, el: Element) {
         let item = Outgoing::Stanza {
             to: to.to_string(),
             session,
             el,
         };
-        self.queue(router, node, item).await;
+        self.queue(node, item).await;
     }
 
     /// Queues a message in custody (`xml`, its standalone serialization)
     /// for session `session` of `to` on `node`.
-    pub async fn send_custody(
-        &self,
-        router: Router,
-        node: NodeId,
-        to: &str,
-        session: u64,
-        tag: Tag,
-        xml: String,
-    ) {
+    pub async fn send_custody(&self, node: NodeId, to: &str, session: u64, tag: Tag, xml: String) {
         let item = Outgoing::Custody {
             to: to.to_string(),
             session,
             tag,
             xml,
         };
-        self.queue(router, node, item).await;
+        self.queue(node, item).await;
     }
 
-    async fn queue(&self, router: Router, node: NodeId, item: Outgoing) {
-        let tx = self.link(&router, node);
+    async fn queue(&self, node: NodeId, item: Outgoing) {
+        let Some((tx, host)) = self.link(node) else {
+            return;
+        };
         if let Err(e) = tx.send(item).await {
-            fail_all(&router, node, [e.0]).await;
+            fail_all(host.as_ref(), node, [e.0]).await;
         }
     }
 
     /// Asks `node` to keep a copy of a message in custody.
     /// Never waits: a link too busy to take it makes the copy
     /// unconfirmed (the message goes to its queue instead).
-    pub async fn send_hold(&self, router: Router, node: NodeId, tag: Tag, xml: String) {
-        let tx = self.link(&router, node);
+    pub async fn send_hold(&self, node: NodeId, tag: Tag, xml: String) {
+        let Some((tx, host)) = self.link(node) else {
+            return;
+        };
         if let Err(e) = tx.try_send(Outgoing::Hold { tag, xml }) {
             let item = match e {
                 mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
             };
-            fail_all(&router, node, [item]).await;
+            fail_all(host.as_ref(), node, [item]).await;
         }
     }
 
     /// Tells `node` that these custody copies are done. Never waits (a
     /// lost notice only costs the peer a commit and the client a copy).
-    pub fn send_done(&self, router: &Router, node: NodeId, notice: Notice) {
-        let tx = self.link(router, node);
+    pub fn send_done(&self, node: NodeId, notice: Notice) {
+        let Some((tx, _)) = self.link(node) else {
+            return;
+        };
         if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(Outgoing::Done {
             notice,
             since: Instant::now(),
@@ -266,17 +264,13 @@ impl MeshLinks {
     /// only saves a duplicate).
     /// Queues a delivery hint for `node`; `ack` is told when the peer
     /// acknowledged it (dropped if it never does).
-    pub fn send_hint(
-        &self,
-        router: &Router,
-        node: NodeId,
-        hint: &crate::router::hints::Hint,
-        ack: tokio::sync::oneshot::Sender<()>,
-    ) {
+    pub fn send_hint(&self, node: NodeId, hint: &Hint, ack: tokio::sync::oneshot::Sender<()>) {
         let Ok(json) = serde_json::to_string(hint) else {
             return;
         };
-        let tx = self.link(router, node);
+        let Some((tx, _)) = self.link(node) else {
+            return;
+        };
         let _ = tx.try_send(Outgoing::Hint {
             bare: hint.bare.clone(),
             acked: u64::from(hint.acked),
@@ -286,14 +280,16 @@ impl MeshLinks {
     }
 
     /// Asks `node` to hand over its resumable session `previd` of `bare`
-    /// (see `router::takeover`): its state as JSON, or `None` (not there,
-    /// could not, or the peer did not answer in time).
+    /// (see `router::takeover`), which may take the peer up to `handoff`:
+    /// its state as JSON, or `None` (not there, could not, or the peer did
+    /// not answer in time).
     pub async fn request_takeover(
         &self,
         node: NodeId,
         bare: &str,
         previd: &str,
         h: u32,
+        handoff: Duration,
     ) -> Option<String> {
         let addr = self.0.cluster.member_node(node)?.raft_addr;
         let channel = self.0.peers.channel(&addr).ok()?;
@@ -305,7 +301,7 @@ impl MeshLinks {
             previd: previd.to_string(),
             h,
         };
-        let limit = crate::router::takeover::HANDOFF_LIMIT + Duration::from_millis(500);
+        let limit = handoff + Duration::from_millis(500);
         match tokio::time::timeout(limit, client.takeover(req)).await {
             Ok(Ok(reply)) => {
                 let r = reply.into_inner();
@@ -324,15 +320,33 @@ impl MeshLinks {
 
     /// Asks `node` to end session `session` of `to` with `conflict`.
     pub async fn send_kick(&self, node: NodeId, to: &str, session: u64) {
-        let Some(router) = self.0.router.get().cloned() else {
+        let Some((tx, _)) = self.link(node) else {
             return;
         };
-        let tx = self.link(&router, node);
         let _ = tx
             .send(Outgoing::Kick {
                 to: to.to_string(),
                 session,
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Dependencies point one way: the router sends through the mesh, and
+    /// the mesh reaches the router only through [`super::Host`].
+    #[test]
+    fn the_mesh_does_not_import_the_router() {
+        let needle = concat!("crate::", "router");
+        for (file, text) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("host.rs", include_str!("host.rs")),
+            ("link.rs", include_str!("link.rs")),
+            ("service.rs", include_str!("service.rs")),
+            ("wire.rs", include_str!("wire.rs")),
+        ] {
+            assert!(!text.contains(needle), "src/mesh/{file} names {needle}");
+        }
     }
 }

@@ -1,26 +1,31 @@
 //! The receiving side of links (`Mesh` gRPC service): envelopes in, acks
-//! out, each stanza handed to its session or to the fallback; a peer's
-//! takeover request for a resumable session here (`router::takeover`).
+//! out, each stanza handed to the node's [`Host`] (its session, or the
+//! fallback); a peer's takeover request for a resumable session here
+//! (`router::takeover`).
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use starling_proto::mesh::mesh_server::{Mesh, MeshServer};
 use starling_proto::mesh::{Ack, Envelope, Kind, TakeoverReply, TakeoverRequest};
 use starling_raft::network::{CheckSecret, MAX_MESSAGE_BYTES};
+use starling_raft::ClusterHandle;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn, Instrument};
 
-use crate::router::custody::Key;
-use crate::router::{Notice, Router};
+use super::wire::{Key, Notice};
+use super::Host;
 
 /// The receiving side of links.
 pub struct MeshService {
-    router: Router,
+    host: Arc<dyn Host>,
+    /// For waiting until what a sender knew is applied here.
+    cluster: ClusterHandle,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
@@ -35,9 +40,10 @@ impl Mesh for MeshService {
     ) -> Result<Response<Self::LinkStream>, Status> {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let router = self.router.clone();
-        let span = tracing::info_span!("mesh_in", node_id = router.node());
-        tokio::spawn(receive(router, inbound, tx).instrument(span));
+        let span = tracing::info_span!("mesh_in", node_id = self.cluster.id());
+        tokio::spawn(
+            receive(self.host.clone(), self.cluster.clone(), inbound, tx).instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -46,7 +52,7 @@ impl Mesh for MeshService {
         request: Request<TakeoverRequest>,
     ) -> Result<Response<TakeoverReply>, Status> {
         let r = request.into_inner();
-        let state = self.router.takeovers().take(&r.bare, &r.previd, r.h).await;
+        let state = self.host.take_over(&r.bare, &r.previd, r.h).await;
         Ok(Response::new(TakeoverReply {
             found: state.is_some(),
             session: state.unwrap_or_default(),
@@ -55,7 +61,8 @@ impl Mesh for MeshService {
 }
 
 async fn receive(
-    router: Router,
+    host: Arc<dyn Host>,
+    cluster: ClusterHandle,
     inbound: Streaming<Envelope>,
     acks: mpsc::Sender<Result<Ack, Status>>,
 ) {
@@ -81,20 +88,20 @@ async fn receive(
                     .take_while(|(s, _)| *s <= env.acks_seen)
                     .count();
                 let safe = waiting.drain(..n).map(|(_, k)| k).collect();
-                router.custody_notice(Notice {
+                host.custody_notice(Notice {
                     safe,
                     ..Notice::default()
                 });
             }
             let kind = Kind::try_from(env.kind);
             if matches!(kind, Ok(Kind::Stanza | Kind::Kick)) {
-                catch_up(&router, env.applied_index).await;
+                catch_up(&cluster, env.applied_index).await;
             }
             match kind {
                 Ok(Kind::Stanza) => match crate::xmpp::parse_stanza(&env.xml) {
                     Ok(el) => {
                         if env.holders.is_empty() || env.queue_id.is_empty() {
-                            router.from_mesh(&env.to, env.session, el).await
+                            host.stanza(&env.to, env.session, el).await
                         } else {
                             // Held before it is acknowledged (the ack is
                             // the sender's confirmation of this copy), and
@@ -104,7 +111,7 @@ async fn receive(
                                 let bare = crate::xmpp::jid::bare_of(&env.to).to_string();
                                 waiting.push_back((env.seq, (bare, env.queue_id.clone())));
                             }
-                            router.custody_arrived(
+                            host.custody_arrived(
                                 &env.to,
                                 env.session,
                                 el,
@@ -116,21 +123,19 @@ async fn receive(
                     }
                     Err(e) => warn!(error = %e, from = env.from_node, "unparseable stanza on mesh"),
                 },
-                Ok(Kind::Hold) => {
-                    router.custody_hold(&env.to, &env.queue_id, env.xml, &env.holders, false)
-                }
+                Ok(Kind::Hold) => host.custody_hold(&env.to, &env.queue_id, env.xml, &env.holders),
                 Ok(Kind::Done) => match serde_json::from_str::<Notice>(&env.xml) {
                     Ok(notice) => {
                         if !notice.late.is_empty() {
                             waiting.retain(|(_, k)| !notice.late.contains(k));
                         }
-                        router.custody_notice(notice)
+                        host.custody_notice(notice)
                     }
                     Err(e) => warn!(error = %e, "unreadable custody notice"),
                 },
-                Ok(Kind::Kick) => router.kick_local(&env.to, env.session).await,
+                Ok(Kind::Kick) => host.kick(&env.to, env.session).await,
                 Ok(Kind::Hint) => match serde_json::from_str(&env.xml) {
-                    Ok(h) => router.hints().record(h),
+                    Ok(h) => host.hint(h),
                     Err(e) => warn!(error = %e, "unreadable delivery hint"),
                 },
                 Ok(Kind::Seen) => {}
@@ -147,8 +152,7 @@ async fn receive(
 
 /// Waits (briefly) until this node has applied `index`: what the sender
 /// knew when it sent the stanza is known here before it is delivered.
-async fn catch_up(router: &Router, index: u64) {
-    let cluster = router.cluster();
+async fn catch_up(cluster: &ClusterHandle, index: u64) {
     let here = cluster.applied_index();
     if here >= index {
         return;
@@ -166,12 +170,14 @@ async fn catch_up(router: &Router, index: u64) {
 /// Longest a stanza waits for its causal predecessors to apply here.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
-/// The mesh service for the raft port's gRPC server (cluster secret checked).
+/// The mesh service for the raft port's gRPC server (cluster secret
+/// checked): what arrives goes to `host`.
 pub fn serve_mesh(
-    router: Router,
+    host: Arc<dyn Host>,
+    cluster: ClusterHandle,
     secret: &str,
 ) -> InterceptedService<MeshServer<MeshService>, CheckSecret> {
-    let svc = MeshServer::new(MeshService { router })
+    let svc = MeshServer::new(MeshService { host, cluster })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(svc, CheckSecret::new(secret))

@@ -47,8 +47,9 @@ use starling_raft::NodeId;
 use super::Guarded;
 
 /// A copy's identity: the recipient's bare JID and the message's queue id
-/// (its XEP-0359 stanza id by that JID).
-pub type Key = (String, String);
+/// (its XEP-0359 stanza id by that JID). Defined with the mesh's wire,
+/// which carries it between holders.
+pub use crate::mesh::Key;
 
 /// What the caller must do.
 #[derive(Debug, PartialEq, Eq)]

@@ -15,20 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-/// What one session tells its peers after a burst of writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hint {
-    /// The stream's XEP-0198 id (`previd` of a resumption).
-    pub sm: String,
-    /// The account (a resumption must be by the same account).
-    pub bare: String,
-    /// Queued messages written: (XEP-0198 number, queue id).
-    pub written: Vec<(u32, String)>,
-    /// The client acknowledged every stanza up to this number.
-    pub acked: u32,
-}
+/// What one session tells its peers after a burst of writes (its wire
+/// form is the mesh's: a `HINT` envelope carries it as JSON).
+pub use crate::mesh::Hint;
 
 struct Entry {
     bare: String,

@@ -12,7 +12,8 @@
 //!   unknown outcome until it knows; the sender's XEP-0198 `h` counts the
 //!   message only then (`c2s::sm`). So an acknowledged message is in a
 //!   majority of the nodes' logs before the sender hears "ack", whatever
-//!   happens to the live copy. A definite refusal (queue full, account
+//!   happens to the live copy. A definite refusal (queue full: its message
+//!   or byte cap, or the byte cap of all queues, see [`QueueCaps`]; account
 //!   deleted) goes back to the sender as a stanza error *before* its ack.
 //! - [`Remover`] takes the ids of messages the recipient's client has
 //!   (acknowledged with XEP-0198, or written to a session without it) and
@@ -25,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starling_raft::command::{Command, Enqueue, OfflineMessage, Response};
+use starling_raft::command::{Budget, ByteCaps, Command, Enqueue, OfflineMessage, Response};
 use starling_raft::ClusterHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
@@ -51,11 +52,38 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 const PIPELINE_BATCH: usize = 256;
 const PIPELINE_BYTES: usize = 512 * 1024;
 
+/// The caps a message is queued under (`xmpp.max_offline_messages`,
+/// `max_offline_bytes`, `max_offline_bytes_total`): they go in each
+/// enqueue command, so every node's apply decides alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCaps {
+    /// Messages in one account's queue.
+    pub messages: u32,
+    /// Bytes in one account's queue, and in all queues.
+    pub bytes: ByteCaps,
+}
+
+impl QueueCaps {
+    /// The caps for a message that also goes live (or a custody copy):
+    /// the per-account caps count double, as a recipient that reads keeps
+    /// its queue short and a live copy should not be refused because older
+    /// ones are still unacknowledged. The cap of all queues stays.
+    pub fn live(self) -> QueueCaps {
+        QueueCaps {
+            messages: self.messages.saturating_mul(2),
+            bytes: ByteCaps {
+                per_user: self.bytes.per_user.saturating_mul(2),
+                total: self.bytes.total,
+            },
+        }
+    }
+}
+
 /// One message to guard, and where its outcome goes.
 pub struct GuardJob {
     pub to: String,
     pub message: OfflineMessage,
-    pub max_queue: u32,
+    pub caps: QueueCaps,
     /// Called with the outcome (in the order the jobs were submitted).
     pub done: Box<dyn FnOnce(Guarded) + Send>,
 }
@@ -112,7 +140,8 @@ async fn run_pipeline(
             Command::EnqueueOffline {
                 to: jobs[0].to.clone(),
                 message: jobs[0].message.clone(),
-                max_queue: jobs[0].max_queue,
+                max_queue: jobs[0].caps.messages,
+                max_bytes: jobs[0].caps.bytes,
             }
         } else {
             Command::EnqueueMany {
@@ -121,7 +150,8 @@ async fn run_pipeline(
                     .map(|j| Enqueue {
                         to: j.to.clone(),
                         message: j.message.clone(),
-                        max_queue: j.max_queue,
+                        max_queue: j.caps.messages,
+                        max_bytes: j.caps.bytes,
                     })
                     .collect(),
             }
@@ -179,6 +209,16 @@ fn outcome_of(r: Response) -> Guarded {
         Response::QueueFull { cap } => Guarded::Refused(StanzaError::with_text(
             StanzaCondition::ResourceConstraint,
             format!("the recipient's offline queue is full ({cap} messages)"),
+        )),
+        // RFC 6120 §8.3.3.18: the server lacks the resources to store it.
+        Response::OverBudget { budget, cap } => Guarded::Refused(StanzaError::with_text(
+            StanzaCondition::ResourceConstraint,
+            match budget {
+                Budget::TotalQueueBytes => {
+                    format!("the server's offline storage is full ({cap} bytes)")
+                }
+                _ => format!("the recipient's offline queue is full ({cap} bytes)"),
+            },
         )),
         Response::NoSuchUser => {
             Guarded::Refused(StanzaError::new(StanzaCondition::ServiceUnavailable))

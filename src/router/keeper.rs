@@ -15,7 +15,7 @@ use super::custody::{Book, Effect, Key};
 use super::parked::{Parked, Write};
 use super::{inbox, GuardDone, Guarded, Inner, Router, Target};
 use crate::clock::now_ms;
-use crate::mesh::Tag;
+use crate::mesh::{Notice, Tag};
 use crate::xmpp::Element;
 
 /// Most bytes of messages this node keeps in custody (beyond, messages
@@ -38,57 +38,6 @@ pub struct Waiter {
 }
 
 pub type CustodyBook = Book<Waiter>;
-
-/// What one holder tells another (a `DONE` mesh envelope, as JSON).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Notice {
-    /// The recipient's client has these.
-    #[serde(default)]
-    pub delivered: Vec<Key>,
-    /// These are in the recipient's queue now.
-    #[serde(default)]
-    pub stored: Vec<Key>,
-    /// These are safe: write them to the recipient's sessions.
-    #[serde(default)]
-    pub safe: Vec<Key>,
-    /// The sender was told these failed: drop them, write them nowhere.
-    #[serde(default)]
-    pub failed: Vec<Key>,
-    /// Your confirmations of these came after their commit began: wait
-    /// for its outcome (`stored` or `failed`), not for `acks_seen`.
-    #[serde(default)]
-    pub late: Vec<Key>,
-}
-
-impl Notice {
-    /// Adds `other`'s keys to this notice.
-    pub fn merge(&mut self, other: Notice) {
-        self.delivered.extend(other.delivered);
-        self.stored.extend(other.stored);
-        self.safe.extend(other.safe);
-        self.failed.extend(other.failed);
-        self.late.extend(other.late);
-    }
-
-    /// How many keys it carries.
-    pub fn len(&self) -> usize {
-        self.delivered.len()
-            + self.stored.len()
-            + self.safe.len()
-            + self.failed.len()
-            + self.late.len()
-    }
-
-    /// Whether the peer should have it at once (someone waits for `safe`),
-    /// not after the batching delay.
-    pub fn is_urgent(&self) -> bool {
-        !self.safe.is_empty() || !self.failed.is_empty() || !self.late.is_empty()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// The holders a message of `bare` needs besides this node, when custody
 /// can take it: the nodes of `chosen` and, if those are too few for a
@@ -269,10 +218,7 @@ impl Router {
     pub(super) async fn custody_keepers(&self, key: &Key, stanza: &str, plan: &Plan) {
         for n in &plan.keepers {
             let tag = plan.tag(key, *n);
-            self.0
-                .mesh
-                .send_hold(self.clone(), *n, tag, stanza.to_string())
-                .await;
+            self.0.mesh.send_hold(*n, tag, stanza.to_string()).await;
         }
     }
 
@@ -488,7 +434,7 @@ impl Router {
                         to,
                         message,
                         // As for a live message (see `route_message`).
-                        max_queue: self.0.max_offline.saturating_mul(2),
+                        caps: self.0.queue_caps.live(),
                         done: Box::new(move |outcome| {
                             if let Guarded::Refused(e) = &outcome {
                                 warn!(to = %key.0, error = %e.condition, "custody: queue refused a message");
@@ -550,7 +496,7 @@ impl Router {
             }
         }
         for (node, notice) in notices {
-            self.0.mesh.send_done(self, node, notice);
+            self.0.mesh.send_done(node, notice);
         }
     }
 }

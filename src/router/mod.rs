@@ -26,13 +26,13 @@ pub mod hints;
 pub mod inbox;
 mod keeper;
 pub mod liveness;
+mod mesh_host;
 mod parked;
 mod route;
 mod stanza;
 pub mod takeover;
 
-pub use inbox::{GuardPipeline, Guarded, Remover};
-pub use keeper::Notice;
+pub use inbox::{GuardPipeline, Guarded, QueueCaps, Remover};
 pub use stanza::{queued_id, queued_key, stanza_id_of, strip_stanza_ids};
 
 use crate::mesh::MeshLinks;
@@ -113,7 +113,8 @@ struct Inner {
     cluster: ClusterHandle,
     local: RwLock<HashMap<String, LocalSession>>,
     mesh: MeshLinks,
-    max_offline: u32,
+    /// The caps of the replicated queue (from the config).
+    queue_caps: inbox::QueueCaps,
     remover: Remover,
     shutdown: watch::Receiver<bool>,
     /// Guards still running (a graceful stop waits for them).
@@ -148,7 +149,7 @@ impl Router {
         cluster: ClusterHandle,
         domain: &str,
         mesh: MeshLinks,
-        max_offline: u32,
+        queue_caps: inbox::QueueCaps,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let custody_pipeline = GuardPipeline::start(
@@ -165,7 +166,7 @@ impl Router {
             cluster,
             local: RwLock::new(HashMap::new()),
             mesh,
-            max_offline,
+            queue_caps,
             shutdown,
             guards: tokio_util::task::TaskTracker::new(),
             // As long as a resumption could come (the default resume window).
@@ -225,7 +226,11 @@ impl Router {
             .collect();
         let mut asks: futures::stream::FuturesUnordered<_> = peers
             .into_iter()
-            .map(|n| self.0.mesh.request_takeover(n, bare, previd, h))
+            .map(|n| {
+                self.0
+                    .mesh
+                    .request_takeover(n, bare, previd, h, takeover::HANDOFF_LIMIT)
+            })
             .collect();
         use futures::StreamExt;
         while let Some(r) = asks.next().await {
@@ -251,7 +256,7 @@ impl Router {
         let mut acks = futures::stream::FuturesUnordered::new();
         for node in peers {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            self.0.mesh.send_hint(self, node, hint, tx);
+            self.0.mesh.send_hint(node, hint, tx);
             acks.push(rx);
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -407,7 +412,6 @@ impl Router {
         self.0
             .mesh
             .send_stanza(
-                self.clone(),
                 target.binding.node,
                 &target.full,
                 target.binding.session,

@@ -203,14 +203,12 @@ impl Router {
                         custody = Some((key, plan, stanza));
                     }
                     None => {
-                        // With a live target the cap is doubled: a
-                        // recipient that reads keeps its queue short, and a
-                        // live copy should not be refused because older
-                        // ones are still unacknowledged.
-                        let cap = if chosen.is_empty() {
-                            self.0.max_offline
+                        // With a live target the per-account caps count
+                        // double (see `QueueCaps::live`).
+                        let caps = if chosen.is_empty() {
+                            self.0.queue_caps
                         } else {
-                            self.0.max_offline.saturating_mul(2)
+                            self.0.queue_caps.live()
                         };
                         // The live copies go once the queue has it: a copy
                         // written before could be acknowledged on a node
@@ -220,7 +218,7 @@ impl Router {
                         // voters in reach; the message waits for raft.)
                         let live: Vec<(Target, Element)> =
                             chosen.iter().map(|t| ((*t).clone(), el.clone())).collect();
-                        self.spawn_guard(bare, id, stanza, &el, cap, n, live);
+                        self.spawn_guard(bare, id, stanza, &el, caps, n, live);
                         deferred = true;
                     }
                 }
@@ -268,7 +266,6 @@ impl Router {
                     self.0
                         .mesh
                         .send_custody(
-                            self.clone(),
                             t.binding.node,
                             &t.full,
                             t.binding.session,
@@ -299,7 +296,7 @@ impl Router {
         id: String,
         stanza: String,
         el: &Element,
-        cap: u32,
+        caps: inbox::QueueCaps,
         notify: Notify,
         live: Vec<(Target, Element)>,
     ) {
@@ -314,7 +311,7 @@ impl Router {
         notify.pipeline.submit(inbox::GuardJob {
             to: bare.to_string(),
             message,
-            max_queue: cap,
+            caps,
             done: Box::new(move |outcome| {
                 if outcome == Guarded::Safe && !live.is_empty() {
                     // In the sender's order (outcomes come in order): a

@@ -79,7 +79,11 @@ impl StateData {
                 sessions::update(self, full_jid, binding)
             }
             Command::DropNodeSessions { node, term } => sessions::drop_node(self, node, term),
-            Command::SetRosterItem { owner, item } => roster::set_item(self, owner, item),
+            Command::SetRosterItem {
+                owner,
+                item,
+                max_items,
+            } => roster::set_item(self, owner, item, max_items),
             Command::RemoveRosterItem { owner, contact } => {
                 roster::remove_item(self, owner, contact)
             }
@@ -87,12 +91,14 @@ impl StateData {
                 user,
                 contact,
                 action,
-            } => roster::subscription(self, user, contact, action),
+                max_items,
+            } => roster::subscription(self, user, contact, action, max_items),
             Command::EnqueueOffline {
                 to,
                 message,
                 max_queue,
-            } => offline::enqueue(self, to, message, max_queue),
+                max_bytes,
+            } => offline::enqueue(self, to, message, max_queue, max_bytes),
             Command::EnqueueMany { items } => offline::enqueue_many(self, items),
             Command::AckOffline { to, up_to } => offline::ack(self, to, up_to),
             Command::RemoveOffline { to, ids } => offline::remove(self, to, ids),

@@ -1,15 +1,19 @@
 //! Offline queue commands (XEP-0160 offline message storage): enqueue,
-//! ack by sequence number, remove by message id.
-use crate::command::{Enqueue, OfflineMessage, Response};
+//! ack by sequence number, remove by message id. An enqueue is refused,
+//! with nothing changed, past its account's message cap or byte cap or the
+//! byte cap of all queues together (the caps are in the command).
+use crate::command::{Budget, ByteCaps, Enqueue, OfflineMessage, Response};
 use crate::state::{StateData, MAX_DONE};
 
 /// [`crate::Command::EnqueueOffline`]: a message id queued already, or
-/// removed already, is a retry and is not queued again.
+/// removed already, is a retry and is not queued again (and answered as
+/// queued, whatever the budgets say now).
 pub(super) fn enqueue(
     data: &mut StateData,
     to: String,
     message: OfflineMessage,
     max_queue: u32,
+    max_bytes: ByteCaps,
 ) -> Response {
     if data.users.get(&to).is_none() {
         return Response::NoSuchUser;
@@ -34,6 +38,19 @@ pub(super) fn enqueue(
     if data.queue_depth(&to) >= max_queue as usize {
         return Response::QueueFull { cap: max_queue };
     }
+    let size = message.stanza.len() as u64;
+    if data.queue_bytes(&to).saturating_add(size) > max_bytes.per_user {
+        return Response::OverBudget {
+            budget: Budget::QueueBytes,
+            cap: max_bytes.per_user,
+        };
+    }
+    if data.total_queue_bytes().saturating_add(size) > max_bytes.total {
+        return Response::OverBudget {
+            budget: Budget::TotalQueueBytes,
+            cap: max_bytes.total,
+        };
+    }
     let t = &mut data.tracker;
     let seq = data.offline_next.get(&to).copied().unwrap_or(1);
     data.offline_next.insert(to.clone(), seq + 1, t);
@@ -51,7 +68,7 @@ pub(super) fn enqueue_many(data: &mut StateData, items: Vec<Enqueue>) -> Respons
     Response::Batch {
         responses: items
             .into_iter()
-            .map(|i| enqueue(data, i.to, i.message, i.max_queue))
+            .map(|i| enqueue(data, i.to, i.message, i.max_queue, i.max_bytes))
             .collect(),
     }
 }

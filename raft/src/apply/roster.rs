@@ -1,12 +1,37 @@
 //! Roster commands (RFC 6121 §2): set or remove one item, and a presence
 //! subscription stanza, which changes both users' items at once by the
 //! state tables of RFC 6121 Appendix A (see [`crate::subscription`]).
-use crate::command::{Response, RosterItem, SubAction};
+//!
+//! Rosters are bounded: a command that would add an item (a stub of a
+//! pending request included) to a roster holding `max_items` already is
+//! refused whole, with [`Response::OverBudget`]. Changing or removing an
+//! item is never refused.
+use crate::command::{Budget, Response, RosterItem, SubAction};
 use crate::state::StateData;
 
+/// Whether `owner`'s roster has no room for one more item.
+fn is_full(data: &StateData, owner: &str, max_items: u32) -> bool {
+    data.roster_len(owner) >= u64::from(max_items)
+}
+
+fn refused(max_items: u32) -> Response {
+    Response::OverBudget {
+        budget: Budget::RosterItems,
+        cap: u64::from(max_items),
+    }
+}
+
 /// [`crate::Command::SetRosterItem`].
-pub(super) fn set_item(data: &mut StateData, owner: String, item: RosterItem) -> Response {
+pub(super) fn set_item(
+    data: &mut StateData,
+    owner: String,
+    item: RosterItem,
+    max_items: u32,
+) -> Response {
     let key = (owner, item.jid.clone());
+    if data.roster.get(&key).is_none() && is_full(data, &key.0, max_items) {
+        return refused(max_items);
+    }
     let previous = data.roster.insert(key, item, &mut data.tracker);
     Response::RosterUpdated { previous }
 }
@@ -27,6 +52,7 @@ pub(super) fn subscription(
     user: String,
     contact: String,
     action: SubAction,
+    max_items: u32,
 ) -> Response {
     if data.users.get(&user).is_none() || data.users.get(&contact).is_none() {
         return Response::NoSuchUser;
@@ -40,6 +66,16 @@ pub(super) fn subscription(
         data.roster.get(&ukey).cloned(),
         data.roster.get(&ckey).cloned(),
     );
+    // Both rosters are checked before either changes.
+    for (key, item, changed) in [
+        (&ukey, &o.user_item, o.user_changed),
+        (&ckey, &o.contact_item, o.contact_changed),
+    ] {
+        let adds = changed && item.is_some() && data.roster.get(key).is_none();
+        if adds && is_full(data, &key.0, max_items) {
+            return refused(max_items);
+        }
+    }
     let t = &mut data.tracker;
     for (key, item, changed) in [
         (ukey, &o.user_item, o.user_changed),
