@@ -43,17 +43,25 @@ pub struct Config {
     pub domain: String,
     /// Intra-cluster address: raft RPCs and forwarded proposals. Required.
     pub raft_addr: SocketAddr,
-    /// Admin gRPC address. Default: `127.0.0.1:7101`. A non-loopback address
-    /// requires `admin_token`.
+    /// Admin gRPC address. Default: `127.0.0.1:7101`.
     #[serde(default = "default_admin_addr")]
     pub admin_addr: SocketAddr,
     /// Shared secret every node presents to the others on the raft port
     /// (at least 16 printable ASCII characters). Required.
     pub cluster_secret: String,
-    /// When set, admin calls must carry `authorization: Bearer <token>`.
-    /// Default: unset (only allowed while `admin_addr` is loopback).
+    /// Admin calls must carry `authorization: Bearer <token>` (the scheme
+    /// in any case, RFC 6750 §2.1). Required, even on loopback: any local
+    /// user can reach a loopback port, and the admin API creates accounts
+    /// and changes membership. Keep the config file mode 0600 (`starling
+    /// dev` writes it so). Default: unset, which refuses to start unless
+    /// `admin_insecure_no_token` is set.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Serve the admin API without a token, to anyone who can reach
+    /// `admin_addr`. Only allowed while `admin_addr` is loopback, and only
+    /// for a machine with no other users. Default: `false`.
+    #[serde(default)]
+    pub admin_insecure_no_token: bool,
     /// The members that form a new cluster, as in etcd's `--initial-cluster`.
     /// The member with the lowest id initializes the cluster, once, when every
     /// listed member is reachable and none has any raft state. Leave empty on
@@ -85,8 +93,24 @@ pub struct XmppSection {
     /// Allow SASL (PLAIN included) on a connection without TLS. Only for
     /// benchmarks on loopback. Default: `false` (TLS is required first).
     pub allow_plaintext: bool,
-    /// XEP-0077 in-band registration of new accounts. Default: `false`.
-    pub registration: bool,
+    /// XEP-0077 in-band registration of new accounts: `"off"` (or
+    /// `false`), `"open"` (or `true`): anyone may register, limited per
+    /// address by `registrations_per_address`; `"token"`: only a client
+    /// that presents an invitation token first (XEP-0445; tokens from
+    /// `starling ctl invite create`), for apps that create accounts from
+    /// their own backend; each token allows its number of accounts, so the
+    /// per-address limit does not apply to it. Default: `"off"` (XEP-0479,
+    /// IM suite: "should be supported, but not enabled in default server
+    /// configurations"); `starling dev` sets `"open"`.
+    pub registration: Registration,
+    /// Accounts one address (IPv4 address or IPv6 /64) may register in
+    /// `registration_interval_secs` (with `registration = "open"`); further attempts get `not-acceptable`
+    /// (XEP-0077 §3.1.1) until the oldest leaves the interval. Addresses in
+    /// `limits_exempt` are not limited. 0: no limit. Default: 1 (one per
+    /// 10 minutes, as ejabberd's `registration_timeout`).
+    pub registrations_per_address: u32,
+    /// The interval of `registrations_per_address`, seconds. Default: 600.
+    pub registration_interval_secs: u64,
     /// Largest stanza accepted, bytes (larger: `policy-violation` stream
     /// error). Default: 262144 (256 KiB).
     pub max_stanza_bytes: usize,
@@ -121,8 +145,8 @@ pub struct XmppSection {
     /// `accepts_per_second_per_address` applies. Default: 20.
     pub accept_burst_per_address: u32,
     /// Addresses or ranges (`203.0.113.0/24`, `2001:db8::/48`) that the
-    /// per-address connection limits and the authentication throttling do
-    /// not apply to. Behind a proxy on this host every client would look
+    /// per-address connection limits, the authentication throttling and the
+    /// registration limit do not apply to. Behind a proxy on this host every client would look
     /// like one of these: the proxy must then do the limiting.
     /// Default: `["127.0.0.1", "::1"]` (local tools, benchmarks and
     /// `starling dev`; the rest of 127.0.0.0/8 is limited like any address).
@@ -224,7 +248,9 @@ impl Default for XmppSection {
             tls_cert: None,
             tls_key: None,
             allow_plaintext: false,
-            registration: false,
+            registration: Registration::Off,
+            registrations_per_address: 1,
+            registration_interval_secs: 600,
             max_stanza_bytes: 256 * 1024,
             max_depth: 32,
             max_connections: 10_000,
@@ -254,6 +280,63 @@ impl Default for XmppSection {
             sm_max_unacked: 1000,
             node_dead_after_ms: 3000,
             write_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[xmpp] registration`: who may create an account by XEP-0077.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Registration {
+    /// Nobody: accounts come from the admin API.
+    #[default]
+    Off,
+    /// Anyone, limited per address.
+    Open,
+    /// A client that presented a valid invitation token (XEP-0445).
+    Token,
+}
+
+impl Registration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Registration::Off => "off",
+            Registration::Open => "open",
+            Registration::Token => "token",
+        }
+    }
+
+    /// Whether XEP-0077 account creation is offered at all.
+    pub fn enabled(self) -> bool {
+        self != Registration::Off
+    }
+}
+
+impl Serialize for Registration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Registration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// `true`/`false` are what the field took before the modes.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Name(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Flag(false) => Ok(Registration::Off),
+            Given::Flag(true) => Ok(Registration::Open),
+            Given::Name(n) => match n.as_str() {
+                "off" => Ok(Registration::Off),
+                "open" => Ok(Registration::Open),
+                "token" => Ok(Registration::Token),
+                other => Err(serde::de::Error::custom(format!(
+                    "registration {other:?}: expected \"off\", \"open\" or \"token\""
+                ))),
+            },
         }
     }
 }
@@ -377,11 +460,25 @@ impl Config {
                     "must be non-empty printable ASCII without spaces",
                 ));
             }
+            Some(_) if self.admin_insecure_no_token => {
+                return Err(invalid(
+                    "admin_insecure_no_token",
+                    "cannot be set together with admin_token",
+                ));
+            }
+            None if !self.admin_insecure_no_token => {
+                return Err(invalid(
+                    "admin_token",
+                    "required: set admin_token (a random string; keep this file mode 0600), \
+                     or admin_insecure_no_token = true to let every local user administer the cluster",
+                ));
+            }
             None if !self.admin_addr.ip().is_loopback() => {
                 return Err(invalid(
                     "admin_token",
                     format!(
-                        "required when admin_addr ({}) is not a loopback address",
+                        "required when admin_addr ({}) is not a loopback address \
+                         (admin_insecure_no_token is only for loopback)",
                         self.admin_addr
                     ),
                 ));
@@ -483,6 +580,10 @@ impl Config {
             ("xmpp.write_timeout_secs", x.write_timeout_secs),
             ("xmpp.auth_window_secs", x.auth_window_secs),
             ("xmpp.auth_block_secs", x.auth_block_secs),
+            (
+                "xmpp.registration_interval_secs",
+                x.registration_interval_secs,
+            ),
             ("xmpp.node_dead_after_ms", x.node_dead_after_ms),
         ] {
             if v == 0 {
@@ -574,6 +675,7 @@ data_dir = "/tmp/n1"
 raft_addr = "127.0.0.1:7001"
 admin_addr = "127.0.0.1:7101"
 cluster_secret = "0123456789abcdef"
+admin_token = "test-admin-token"
 [[initial_cluster]]
 id = 1
 raft_addr = "127.0.0.1:7001"
@@ -610,12 +712,30 @@ admin_addr = "127.0.0.1:7102"
             field_of(&GOOD.replace("0123456789abcdef", "short")),
             "cluster_secret"
         );
+        let no_token = GOOD.replace("admin_token = \"test-admin-token\"\n", "");
+        assert_eq!(field_of(&no_token), "admin_token");
+        let opted_out = no_token.replace(
+            "[[initial_cluster]]\nid = 1",
+            "admin_insecure_no_token = true\n[[initial_cluster]]\nid = 1",
+        );
+        assert_eq!(field_of(&opted_out), "ok");
         assert_eq!(
-            field_of(&GOOD.replace(
+            field_of(&opted_out.replace(
                 "admin_addr = \"127.0.0.1:7101\"\ncluster",
                 "admin_addr = \"0.0.0.0:7101\"\ncluster"
             )),
             "admin_token"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace(
+                "[[initial_cluster]]\nid = 1",
+                "admin_insecure_no_token = true\n[[initial_cluster]]\nid = 1",
+            )),
+            "admin_insecure_no_token"
+        );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nregistration_interval_secs = 0\n")),
+            "xmpp.registration_interval_secs"
         );
         assert_eq!(
             field_of(&GOOD.replace("node_id = 1", "node_id = 3")),
@@ -653,6 +773,32 @@ admin_addr = "127.0.0.1:7102"
             field_of(&format!("{GOOD}\n[xmpp]\nmax_roster_items = 0\n")),
             "xmpp.max_roster_items"
         );
+    }
+
+    #[test]
+    fn registration_takes_a_mode_or_the_old_flag() {
+        let with = |v: &str| Config::parse(&format!("{GOOD}\n[xmpp]\nregistration = {v}\n"));
+        assert_eq!(
+            Config::parse(GOOD).unwrap().xmpp.registration,
+            Registration::Off
+        );
+        for (v, want) in [
+            ("false", Registration::Off),
+            ("true", Registration::Open),
+            ("\"off\"", Registration::Off),
+            ("\"open\"", Registration::Open),
+            ("\"token\"", Registration::Token),
+        ] {
+            assert_eq!(with(v).unwrap().xmpp.registration, want, "{v}");
+        }
+        let e = with("\"invite\"").unwrap_err().to_string();
+        assert!(e.contains("registration") && e.contains("token"), "{e}");
+        // Written back as the mode's name.
+        let mut c = Config::parse(GOOD).unwrap();
+        c.xmpp.registration = Registration::Token;
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("registration = \"token\""), "{text}");
+        assert_eq!(Config::parse(&text).unwrap(), c);
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! Prints a readable table by default and JSON with `--json`. Every failure
 //! (node unreachable, not authorized, no such user, no quorum) prints one
 //! clear line on stderr and exits non-zero.
+//!
+//! Secrets never go on the command line, where every local user sees them
+//! (`ps`, `/proc/*/cmdline`): passwords are typed at a prompt without echo
+//! or piped on standard input; the admin token comes from a file only its
+//! owner can read (`--token-file`, or the one `--cluster` names), or from
+//! `STARLING_ADMIN_TOKEN`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,9 +29,14 @@ pub struct CtlArgs {
     /// A `cluster.json` written by `starling dev`: try its nodes in order.
     #[arg(long)]
     pub cluster: Option<PathBuf>,
-    /// Admin token, when the nodes require one.
+    /// Admin token. Prefer `--token-file` or the environment: a value
+    /// here is visible to other local users while ctl runs.
     #[arg(long, env = "STARLING_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the admin token (mode 0600: refused if other users
+    /// can read it). Default: the `admin_token_file` of `--cluster`.
+    #[arg(long, env = "STARLING_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -67,36 +78,176 @@ pub enum CtlCmd {
     },
     /// Offline queue depth and oldest age per user.
     Queues,
+    /// Registration invitations (XEP-0401/0445), for nodes running with
+    /// `registration = "token"`.
+    #[command(subcommand)]
+    Invite(InviteCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InviteCmd {
+    /// Create an invitation; prints its token (shown once: only its hash
+    /// is stored) and its `xmpp:DOMAIN?register;preauth=TOKEN` URI.
+    Create {
+        /// Accounts it may create.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Seconds after which it is refused; 0: never.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        expires: u64,
+    },
+    /// Revoke an invitation; its token is read from standard input (or
+    /// asked for without echo).
+    Delete,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum UserCmd {
-    /// Create an account (`alice` or `alice@domain`).
+    /// Create an account (`alice` or `alice@domain`). The password is
+    /// asked for (without echo), or read from standard input when it is
+    /// not a terminal: `printf '%s\n' "$PW" | starling ctl user create alice`.
     Create {
         jid: String,
-        #[arg(long, env = "STARLING_PASSWORD", hide_env_values = true)]
-        password: String,
+        /// Refused: a password in argv is visible to every local user.
+        #[arg(long, hide = true)]
+        password: Option<String>,
     },
     /// Delete an account, its roster and its offline queue.
     Delete { jid: String },
-    /// Change an account's password.
+    /// Change an account's password (asked for, or read from standard
+    /// input, as for `create`).
     Passwd {
         jid: String,
-        #[arg(long, env = "STARLING_PASSWORD", hide_env_values = true)]
-        password: String,
+        /// Refused, as for `create`.
+        #[arg(long, hide = true)]
+        password: Option<String>,
     },
     /// List accounts.
     List,
+}
+
+/// The admin token: `--token` (or `STARLING_ADMIN_TOKEN`), else the file of
+/// `--token-file`, else the `admin_token_file` that `--cluster` names.
+fn token(args: &CtlArgs) -> Result<Option<String>, String> {
+    if let Some(t) = &args.token {
+        return Ok(Some(t.clone()));
+    }
+    let file = match (&args.token_file, &args.cluster) {
+        (Some(f), _) => Some(f.clone()),
+        (None, Some(cluster)) => {
+            let v = cluster_json(cluster)?;
+            v["admin_token_file"].as_str().map(|f| {
+                let f = PathBuf::from(f);
+                match cluster.parent() {
+                    Some(dir) if f.is_relative() => dir.join(f),
+                    _ => f,
+                }
+            })
+        }
+        (None, None) => None,
+    };
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    if let Some(mode) = crate::private_files::loose_mode(&path) {
+        return Err(format!(
+            "{} holds the admin token but other users can read it (mode {mode:o}); chmod 600 it",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("the admin token file {} is empty", path.display()));
+    }
+    Ok(Some(t.to_string()))
+}
+
+fn cluster_json(path: &std::path::Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// A password for `jid`: refused from argv; asked for twice without echo
+/// on a terminal; otherwise the first line of standard input.
+fn password(jid: &str, given: &Option<String>) -> Result<String, String> {
+    if given.is_some() {
+        return Err(
+            "passwords are not taken on the command line, where other users can see \
+                    them (ps); leave out --password to be asked for it, or pipe it on \
+                    standard input"
+                .into(),
+        );
+    }
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let pw = if stdin.is_terminal() {
+        let first = prompt_hidden(&format!("password for {jid}: "))?;
+        let again = prompt_hidden("again: ")?;
+        if first != again {
+            return Err("the two passwords differ".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if pw.is_empty() {
+        return Err("the password must not be empty".into());
+    }
+    Ok(pw)
+}
+
+/// One secret line: asked for without echo on a terminal, else the first
+/// line of standard input.
+fn secret_line(what: &str) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let s = if stdin.is_terminal() {
+        prompt_hidden(&format!("{what}: "))?
+    } else {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the {what} from standard input: {e}"))?;
+        line.trim().to_string()
+    };
+    if s.is_empty() {
+        return Err(format!("no {what} given"));
+    }
+    Ok(s)
+}
+
+/// Reads one line from the terminal on standard input with echo off.
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::Write;
+    let stdin = std::io::stdin();
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{prompt}");
+    let _ = err.flush();
+    let saved = tcgetattr(&stdin).map_err(|e| format!("cannot use the terminal: {e}"))?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).map_err(|e| format!("cannot turn echo off: {e}"))?;
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    let _ = writeln!(err);
+    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Admin addresses from `--addr`, `--cluster`, or the default.
 fn addresses(args: &CtlArgs) -> Result<Vec<String>, String> {
     let mut addrs = args.addr.clone();
     if let Some(path) = &args.cluster {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+        let v = cluster_json(path)?;
         let nodes = v["nodes"]
             .as_array()
             .ok_or_else(|| format!("{} has no \"nodes\" list", path.display()))?;
@@ -117,7 +268,7 @@ pub fn describe(status: &Status) -> String {
     let msg = status.message();
     match status.code() {
         Code::Unauthenticated => {
-            format!("not authorized: {msg} (give --token or STARLING_ADMIN_TOKEN)")
+            format!("not authorized: {msg} (give --token-file, --cluster or STARLING_ADMIN_TOKEN)")
         }
         Code::NotFound | Code::AlreadyExists | Code::InvalidArgument | Code::FailedPrecondition => {
             msg.to_string()
@@ -143,8 +294,20 @@ pub async fn run(args: CtlArgs) -> ExitCode {
 
 async fn run_inner(args: &CtlArgs) -> Result<String, String> {
     let addrs = addresses(args)?;
+    let token = token(args)?;
+    // Asked before connecting, so a prompt does not wait on the network.
+    let new_password = match &args.cmd {
+        CtlCmd::User(UserCmd::Create { jid, password: p })
+        | CtlCmd::User(UserCmd::Passwd { jid, password: p }) => Some(password(jid, p)?),
+        _ => None,
+    };
+    let new_password = new_password.unwrap_or_default();
+    let invite_token = match &args.cmd {
+        CtlCmd::Invite(InviteCmd::Delete) => secret_line("invitation token")?,
+        _ => String::new(),
+    };
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let conn = AdminConn::connect(&addrs, args.token.as_deref(), timeout)
+    let conn = AdminConn::connect(&addrs, token.as_deref(), timeout)
         .await
         .map_err(|e| e.to_string())?;
     let mut c = conn.client.clone();
@@ -183,11 +346,11 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
                 .into_inner();
             membership_output(&r)
         }
-        CtlCmd::User(UserCmd::Create { jid, password }) => {
+        CtlCmd::User(UserCmd::Create { jid, .. }) => {
             let r = c
                 .create_user(conn.req(CreateUserRequest {
                     jid: jid.clone(),
-                    password: password.clone(),
+                    password: new_password.clone(),
                 }))
                 .await
                 .map_err(|s| describe(&s))?
@@ -202,11 +365,11 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
                 .into_inner();
             user_output("deleted", &r)
         }
-        CtlCmd::User(UserCmd::Passwd { jid, password }) => {
+        CtlCmd::User(UserCmd::Passwd { jid, .. }) => {
             let r = c
                 .set_password(conn.req(SetPasswordRequest {
                     jid: jid.clone(),
-                    password: password.clone(),
+                    password: new_password.clone(),
                 }))
                 .await
                 .map_err(|s| describe(&s))?
@@ -248,6 +411,45 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
                 .collect();
             let v = json!({"sessions": r.sessions.iter().map(|s| json!({"full_jid": s.full_jid, "node_id": s.node_id, "priority": s.priority, "bound_unix_ms": s.bound_unix_ms})).collect::<Vec<_>>()});
             (v, table(&["FULL_JID", "NODE", "PRIORITY"], &rows))
+        }
+        CtlCmd::Invite(InviteCmd::Create { uses, expires }) => {
+            let r = c
+                .create_invite(conn.req(CreateInviteRequest {
+                    uses: *uses,
+                    expires_in_secs: *expires,
+                }))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let v = json!({"token": r.token, "uri": r.uri, "uses": r.uses,
+                "expires_unix_ms": (r.expires_unix_ms != 0).then_some(r.expires_unix_ms),
+                "log_index": r.log_index});
+            let expires = if r.expires_unix_ms == 0 {
+                "never".to_string()
+            } else {
+                format!("{} (Unix ms)", r.expires_unix_ms)
+            };
+            let out = format!(
+                "token:   {}\nuri:     {}\nuses:    {}\nexpires: {expires}\n",
+                r.token, r.uri, r.uses
+            );
+            (v, out)
+        }
+        CtlCmd::Invite(InviteCmd::Delete) => {
+            let r = c
+                .delete_invite(conn.req(DeleteInviteRequest {
+                    token: invite_token.clone(),
+                }))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            if !r.existed {
+                return Err("no such invitation (used up, expired or never made)".into());
+            }
+            (
+                json!({"deleted": true, "log_index": r.log_index}),
+                format!("invitation revoked (log index {})\n", r.log_index),
+            )
         }
         CtlCmd::Queues => {
             let r = c

@@ -2,6 +2,11 @@
 //! process of this one (so any can be `kill -9`ed), with its configs, data,
 //! logs and a `cluster.json` in one directory. Run again on the same
 //! directory, it brings the same cluster back with its data.
+//!
+//! The directory is its owner's only (0700; configs and the admin token
+//! file 0600): the configs hold the cluster secret and the admin token,
+//! which `dev` generates and writes to `DIR/admin-token` for
+//! `starling ctl --cluster DIR/cluster.json` to read.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -63,11 +68,8 @@ pub fn plan(
     if u64::from(base_port) + 300 + n > 65535 {
         bail!("--base-port {base_port} leaves no room for {n} nodes");
     }
-    let secret: String = rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
+    let secret = random_secret(32);
+    let token = random_secret(32);
     let addr = |port: u64| SocketAddr::from(([127, 0, 0, 1], port as u16));
     let members: Vec<Member> = (1..=n)
         .map(|i| Member {
@@ -85,13 +87,14 @@ pub fn plan(
             raft_addr: m.raft_addr,
             admin_addr: m.admin_addr,
             cluster_secret: secret.clone(),
-            admin_token: None,
+            admin_token: Some(token.clone()),
+            admin_insecure_no_token: false,
             initial_cluster: members.clone(),
             raft: raft.clone(),
             xmpp: XmppSection {
                 client_addr: addr(u64::from(base_port) + 200 + m.id),
                 direct_tls_addr: Some(addr(u64::from(base_port) + 300 + m.id)),
-                registration: true,
+                registration: crate::config::Registration::Open,
                 ..XmppSection::default()
             },
         })
@@ -102,19 +105,61 @@ pub fn plan(
     Ok(configs)
 }
 
+/// `n` random alphanumeric characters (about 5.95 bits each).
+pub fn random_secret(n: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
 pub fn config_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("node{id}.toml"))
 }
 
-/// Writes `configs` as `DIR/node<i>.toml`.
+/// The file `dev` writes the admin token to (0600), named in cluster.json.
+pub fn token_path(dir: &Path) -> PathBuf {
+    dir.join("admin-token")
+}
+
+/// Writes `configs` as `DIR/node<i>.toml` (0600, in a 0700 `DIR`), and the
+/// admin token, if any, as `DIR/admin-token` (0600).
 pub fn write_configs(dir: &Path, configs: &[Config]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::private_files::create_private_dir(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     for c in configs {
         let text = toml::to_string_pretty(c)?;
         let path = config_path(dir, c.node_id);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::private_files::write_private(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(token) = configs.iter().find_map(|c| c.admin_token.as_deref()) {
+        let path = token_path(dir);
+        crate::private_files::write_private(&path, format!("{token}\n").as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Gives configs from before the admin token was required one token
+/// (shared by the cluster): they could not start otherwise.
+fn ensure_token(configs: &mut [Config]) {
+    let missing = configs
+        .iter()
+        .any(|c| c.admin_token.is_none() && !c.admin_insecure_no_token);
+    if !missing {
+        return;
+    }
+    let token = configs
+        .iter()
+        .find_map(|c| c.admin_token.clone())
+        .unwrap_or_else(|| random_secret(32));
+    for c in configs.iter_mut() {
+        if c.admin_token.is_none() && !c.admin_insecure_no_token {
+            c.admin_token = Some(token.clone());
+        }
+    }
 }
 
 /// Loads the `node<i>.toml` files already in `dir`, if any.
@@ -130,10 +175,19 @@ fn existing_configs(dir: &Path) -> anyhow::Result<Vec<Config>> {
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         if name.starts_with("node") && name.ends_with(".toml") {
-            out.push(Config::load(&path)?);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let c: Config =
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+            out.push(c);
         }
     }
     out.sort_by_key(|c| c.node_id);
+    ensure_token(&mut out);
+    for c in &out {
+        c.validate()
+            .with_context(|| format!("node{}.toml", c.node_id))?;
+    }
     Ok(out)
 }
 
@@ -223,12 +277,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         write_configs(&dir, &configs)?;
         println!("new {}-node cluster in {}", configs.len(), dir.display());
     } else {
+        // Rewritten every time: a directory from an older version gets
+        // its admin token and its files made private.
+        write_configs(&dir, &configs)?;
+        crate::private_files::tighten_tree(&dir)
+            .with_context(|| format!("cannot secure {}", dir.display()))?;
         println!(
             "restarting the {}-node cluster in {} with its data",
             configs.len(),
             dir.display()
         );
     }
+    let token = configs.iter().find_map(|c| c.admin_token.clone());
     for c in &configs {
         let listen = [c.raft_addr, c.admin_addr, c.xmpp.client_addr]
             .into_iter()
@@ -252,7 +312,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
 
     let ready = tokio::select! {
-        r = wait_for_cluster(&admin_addrs, None, Duration::from_secs(60)) => r,
+        r = wait_for_cluster(&admin_addrs, token.as_deref(), Duration::from_secs(60)) => r,
         dead = first_exit(&mut children) => Err(dead),
     };
     let leader = match ready {
@@ -286,8 +346,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .first()
         .map(|(c, _, _)| c.domain.clone())
         .unwrap_or_default();
-    let doc = serde_json::json!({ "domain": domain, "leader_at_start": leader, "nodes": entries });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    let token_file = token.as_ref().map(|_| token_path(&dir));
+    let doc = serde_json::json!({
+        "domain": domain,
+        "leader_at_start": leader,
+        "admin_token_file": token_file,
+        "nodes": entries,
+    });
+    crate::private_files::write_private(&json_path, serde_json::to_string_pretty(&doc)?.as_bytes())
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
 
     let rows: Vec<Vec<String>> = entries
         .iter()

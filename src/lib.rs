@@ -18,6 +18,8 @@
 //!   handing what arrives to the router through the `mesh::Host` trait.
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
 //! - [`dev`]: `starling dev`, a local N-node cluster as child processes.
+//! - [`private_files`]: configs and data only their owner may read (0600
+//!   files, 0700 directories, umask 0077).
 //! - [`raft_bench`]: `starling raft-bench`, replicated write latency,
 //!   throughput and failover time, printed as figures.
 //!
@@ -35,6 +37,7 @@ pub mod dev;
 pub mod im;
 pub mod mesh;
 pub mod node;
+pub mod private_files;
 pub mod raft_bench;
 pub mod router;
 pub mod xmpp;

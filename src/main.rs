@@ -77,6 +77,9 @@ fn no_huge_pages() {
 
 fn main() -> ExitCode {
     no_huge_pages();
+    // Everything this process writes (data, configs, logs, the admin
+    // token of `dev`) is for its owner only.
+    starling::private_files::restrict_umask();
     let cli = Cli::parse();
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -94,10 +97,10 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
     match cmd {
         Cmd::Serve {
-            config,
+            config: config_path,
             exit_on_stdin_eof,
         } => {
-            let config = match starling::config::Config::load(&config) {
+            let config = match starling::config::Config::load(&config_path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -105,6 +108,14 @@ fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
                 }
             };
             init_tracing();
+            if let Some(mode) = starling::private_files::loose_mode(&config_path) {
+                tracing::warn!(
+                    config = %config_path.display(),
+                    mode = format_args!("{mode:o}"),
+                    "the config file holds the cluster secret and admin token but other users \
+                     can read it; chmod 600 it"
+                );
+            }
             let result = rt.block_on(starling::node::run(
                 config,
                 shutdown_signal(exit_on_stdin_eof),

@@ -21,7 +21,7 @@ use crate::config::Config;
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot create data_dir {path}: {source}")]
+    #[error("cannot create or secure data_dir {path}: {source}")]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -83,10 +83,21 @@ async fn run_inner(
 ) -> Result<(), NodeError> {
     let id = config.node_id;
     let raft_config = Arc::new(config.openraft()?);
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+    // The data dir holds SCRAM keys, rosters and messages: owner only.
+    // A tree an older version left 0755/0644 is tightened.
+    let data_dir_error = |source| NodeError::DataDir {
         path: config.data_dir.clone(),
         source,
-    })?;
+    };
+    crate::private_files::create_private_dir(&config.data_dir).map_err(data_dir_error)?;
+    let tightened = crate::private_files::tighten_tree(&config.data_dir).map_err(data_dir_error)?;
+    if tightened > 0 {
+        warn!(
+            data_dir = %config.data_dir.display(),
+            entries = tightened,
+            "took group and other access away from files in data_dir"
+        );
+    }
     let (log_store, sm) = store::open(&config.data_dir.join("db"), id)?;
     let reader = sm.reader();
     let peers =
@@ -191,8 +202,16 @@ async fn run_inner(
         )),
         admission: std::sync::Mutex::new(crate::c2s::Gate::new(admission_config(
             &config.xmpp,
-            exempt,
+            exempt.clone(),
         ))),
+        registrations: std::sync::Mutex::new(crate::c2s::register_limit::RegistrationLimiter::new(
+            crate::c2s::register_limit::RegistrationLimitConfig {
+                per_address: config.xmpp.registrations_per_address,
+                interval: Duration::from_secs(config.xmpp.registration_interval_secs),
+                exempt,
+                ..Default::default()
+            },
+        )),
         resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
         shutdown: c2s_stop_rx,
     });

@@ -70,6 +70,10 @@ impl Bench {
             .unwrap_or_default()
     }
 
+    fn token(&self) -> Option<&str> {
+        self.configs.first().and_then(|c| c.admin_token.as_deref())
+    }
+
     fn admin_addrs(&self) -> Vec<String> {
         self.configs
             .iter()
@@ -92,7 +96,7 @@ impl Bench {
     }
 
     async fn leader(&self) -> anyhow::Result<u64> {
-        dev::wait_for_cluster(&self.admin_addrs(), None, Duration::from_secs(30)).await
+        dev::wait_for_cluster(&self.admin_addrs(), self.token(), Duration::from_secs(30)).await
     }
 
     /// Waits until every node has applied the same index with the same
@@ -101,7 +105,8 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let conn =
-                AdminConn::connect(&self.admin_addrs(), None, Duration::from_secs(2)).await?;
+                AdminConn::connect(&self.admin_addrs(), self.token(), Duration::from_secs(2))
+                    .await?;
             let s = conn
                 .client
                 .clone()

@@ -365,15 +365,11 @@ async fn unknown_node_and_no_quorum_are_clear_failures() {
     let (ok, _, err) = ctl(&["--addr", &admin, "user", "delete", "nobody"]);
     assert!(!ok);
     assert!(err.contains("no such user nobody@localhost"), "{err}");
-    let (ok, _, err) = ctl(&[
-        "--addr",
-        &admin,
-        "user",
-        "create",
-        "x@elsewhere",
-        "--password",
-        "p",
-    ]);
+    let (ok, _, err) = ctl_as(
+        &["--addr", &admin, "user", "create", "x@elsewhere"],
+        Some(ADMIN_TOKEN),
+        "p\n",
+    );
     assert!(!ok);
     assert!(err.contains("not in this server's domain"), "{err}");
 
@@ -400,17 +396,11 @@ async fn unknown_node_and_no_quorum_are_clear_failures() {
         err.contains("no quorum") || err.contains("outcome unknown"),
         "{err}"
     );
-    let (ok, _, err) = ctl(&[
-        "--addr",
-        &admin,
-        "--timeout",
-        "20",
-        "user",
-        "create",
-        "q",
-        "--password",
-        "p",
-    ]);
+    let (ok, _, err) = ctl_as(
+        &["--addr", &admin, "--timeout", "20", "user", "create", "q"],
+        Some(ADMIN_TOKEN),
+        "p\n",
+    );
     assert!(!ok);
     assert!(
         err.contains("no quorum") || err.contains("outcome unknown"),
@@ -454,7 +444,7 @@ async fn admin_token_and_cluster_secret_are_enforced() {
         assert!(std::time::Instant::now() < deadline, "no leader: {out}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (ok, _, err) = ctl(&["--addr", &admin, "status"]);
+    let (ok, _, err) = ctl_as(&["--addr", &admin, "status"], None, "");
     assert!(!ok);
     assert!(err.contains("not authorized"), "{err}");
     let (ok, _, err) = ctl(&["--addr", &admin, "--token", "wrong", "user", "list"]);
@@ -463,18 +453,76 @@ async fn admin_token_and_cluster_secret_are_enforced() {
         err.contains("not authorized") && err.contains("wrong admin token"),
         "{err}"
     );
-    let (ok, out, err) = ctl(&[
-        "--addr",
-        &admin,
-        "--token",
-        "s3cret-token",
-        "user",
-        "create",
-        "tok",
-        "--password",
-        "p",
-    ]);
+    // The password comes on standard input, never in argv.
+    let (ok, out, err) = ctl_as(
+        &[
+            "--addr",
+            &admin,
+            "--token",
+            "s3cret-token",
+            "user",
+            "create",
+            "tok",
+        ],
+        None,
+        "p\n",
+    );
     assert!(ok, "{out}{err}");
+    let (ok, _, err) = ctl_as(
+        &[
+            "--addr",
+            &admin,
+            "--token",
+            "s3cret-token",
+            "user",
+            "create",
+            "argv",
+            "--password",
+            "p",
+        ],
+        None,
+        "",
+    );
+    assert!(
+        !ok && err.contains("not taken on the command line"),
+        "{err}"
+    );
+    // A token file others can read is refused; a 0600 one is used.
+    let file = cluster.dir.path().join("token");
+    std::fs::write(&file, "s3cret-token\n").unwrap();
+    let set_mode = |m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    set_mode(0o644);
+    let file_s = file.to_str().unwrap();
+    let (ok, _, err) = ctl_as(
+        &["--addr", &admin, "--token-file", file_s, "status"],
+        None,
+        "",
+    );
+    assert!(!ok && err.contains("chmod 600"), "{err}");
+    set_mode(0o600);
+    let (ok, out, err) = ctl_as(
+        &["--addr", &admin, "--token-file", file_s, "user", "list"],
+        None,
+        "",
+    );
+    assert!(ok && out.contains("tok@localhost"), "{out}{err}");
+    // RFC 6750 §2.1: the scheme is case-insensitive (`bearer` was refused).
+    for scheme in ["bearer", "BEARER"] {
+        let mut admin_client =
+            starling_proto::admin::admin_client::AdminClient::connect(format!("http://{admin}"))
+                .await
+                .unwrap();
+        let mut req = tonic::Request::new(starling_proto::admin::ListUsersRequest {});
+        req.metadata_mut().insert(
+            "authorization",
+            format!("{scheme} s3cret-token").parse().unwrap(),
+        );
+        let users = admin_client.list_users(req).await.unwrap().into_inner();
+        assert!(users.users.iter().any(|u| u.jid == "tok@localhost"));
+    }
 
     // The raft port: a caller without the cluster secret gets nothing.
     let stranger = starling_raft::network::Peers::new("not-the-cluster-secret").unwrap();
@@ -515,6 +563,10 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"nope\"\ncluster_secret = \"0123456789abcdef\"\n", "raft_addr"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"short\"\n", "`cluster_secret`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_addr = \"0.0.0.0:7101\"\n", "`admin_token`"),
+        // No token on loopback either, unless the operator opts out.
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\n", "`admin_token`: required"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_insecure_no_token = true\nadmin_addr = \"0.0.0.0:7101\"\n", "`admin_token`"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_token = \"t\"\n[xmpp]\nregistration_interval_secs = 0\n", "`xmpp.registration_interval_secs`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\ncolour = 1\n", "colour"),
         ("this is not toml", "config file"),
     ];

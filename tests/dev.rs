@@ -131,18 +131,37 @@ fn dev_starts_stops_and_restarts_the_same_cluster() {
     let first = pids(&json);
     assert!(first.iter().all(|(_, p)| alive(*p)));
 
+    // Issue 10 item 7: the secrets are the owner's only. The configs hold
+    // the cluster secret and the admin token; ctl --cluster reads the token
+    // from the file cluster.json names (no token in the environment here),
+    // and the password from standard input.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    for id in 1..=3 {
+        let config = dir.path().join(format!("node{id}.toml"));
+        assert_eq!(mode(&config), 0o600, "{}", config.display());
+        assert!(std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("admin_token = "));
+        assert_eq!(mode(&dir.path().join(format!("node{id}"))), 0o700);
+    }
+    let token_file = v["admin_token_file"].as_str().unwrap();
+    assert_eq!(mode(std::path::Path::new(token_file)), 0o600);
     let json_s = json.to_str().unwrap();
-    let (ok, out, err) = ctl(&[
-        "--cluster",
-        json_s,
-        "user",
-        "create",
-        "dave",
-        "--password",
-        "pw",
-    ]);
+    let (ok, _, err) = ctl_as(
+        &["--addr", nodes[0]["admin_addr"].as_str().unwrap(), "status"],
+        None,
+        "",
+    );
+    assert!(!ok && err.contains("not authorized"), "{err}");
+    let (ok, out, err) = ctl_as(
+        &["--cluster", json_s, "user", "create", "dave"],
+        None,
+        "pw\n",
+    );
     assert!(ok, "{out}{err}");
-    let (ok, out, _) = ctl(&["--cluster", json_s, "status"]);
+    let (ok, out, _) = ctl_as(&["--cluster", json_s, "status"], None, "");
     assert!(ok && out.contains("leader:"), "{out}");
 
     // kill -9 one node: dev reports it and keeps the others running.
@@ -154,15 +173,11 @@ fn dev_starts_stops_and_restarts_the_same_cluster() {
     .unwrap();
     let seen = dev.wait_line(&format!("node {victim_id} exited"), Duration::from_secs(10));
     assert!(seen.last().unwrap().contains("serve --config"), "{seen:?}");
-    let (ok, out, err) = ctl(&[
-        "--cluster",
-        json_s,
-        "user",
-        "create",
-        "erin",
-        "--password",
-        "pw",
-    ]);
+    let (ok, out, err) = ctl_as(
+        &["--cluster", json_s, "user", "create", "erin"],
+        None,
+        "pw\n",
+    );
     assert!(ok, "two of three nodes still form a quorum: {out}{err}");
 
     let status = dev.sigterm_and_wait();
@@ -178,7 +193,7 @@ fn dev_starts_stops_and_restarts_the_same_cluster() {
         out.join("\n").contains("restarting the 3-node cluster"),
         "{out:?}"
     );
-    let (ok, out, _) = ctl(&["--cluster", json_s, "user", "list"]);
+    let (ok, out, _) = ctl_as(&["--cluster", json_s, "user", "list"], None, "");
     assert!(ok);
     assert!(
         out.contains("dave@localhost") && out.contains("erin@localhost"),

@@ -112,6 +112,22 @@ pub enum Command {
     /// is in the log before it (a "read barrier", raft §6.4's read index
     /// done the simple way).
     Barrier,
+    /// Store a registration invitation (XEP-0401/0445) under the SHA-256 of
+    /// its token ([`invite_hash`]); invitations expired before
+    /// `invite.created_ms` are dropped at the same time.
+    CreateInvite { hash: String, invite: Invite },
+    /// Revoke an invitation.
+    DeleteInvite { hash: String },
+    /// Create an account with one use of invitation `invite` (its hash), in
+    /// one step: no account without a use, no use without an account. The
+    /// expiry was checked when the client presented the token (XEP-0445
+    /// §5: not again afterwards); here only the uses left count.
+    RegisterWithInvite {
+        jid: String,
+        credentials: Credentials,
+        created_ms: u64,
+        invite: String,
+    },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -127,6 +143,7 @@ impl Command {
         !matches!(
             self,
             Command::CreateUser { .. }
+                | Command::RegisterWithInvite { .. }
                 | Command::DeleteUser { .. }
                 | Command::Subscription { .. }
                 | Command::Batch { .. }
@@ -144,7 +161,9 @@ impl Command {
             Command::RemoveOffline { ids, .. } => {
                 64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
             }
-            Command::CreateUser { .. } | Command::SetPassword { .. } => 256,
+            Command::CreateUser { .. }
+            | Command::SetPassword { .. }
+            | Command::RegisterWithInvite { .. } => 256,
             _ => 128,
         }
     }
@@ -221,6 +240,13 @@ pub enum Response {
         /// on the contact's behalf (RFC 6121 §3.1.3).
         auto_approved: bool,
     },
+    InviteCreated,
+    InviteDeleted {
+        existed: bool,
+    },
+    /// Result of [`Command::RegisterWithInvite`]: the invitation is unknown
+    /// or used up (the account was not created).
+    InviteInvalid,
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,
@@ -371,4 +397,34 @@ pub struct SessionBinding {
 pub struct UserRecord {
     pub credentials: Credentials,
     pub created_ms: u64,
+}
+
+/// A registration invitation (XEP-0401/0445), stored under the hash of its
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// Accounts it may still create.
+    pub uses_left: u32,
+    /// Presented after this (ms since the Unix epoch) it is refused; 0:
+    /// never expires.
+    pub expires_ms: u64,
+    pub created_ms: u64,
+}
+
+impl Invite {
+    /// Whether a client presenting it at `now_ms` may register with it.
+    pub fn usable_at(&self, now_ms: u64) -> bool {
+        self.uses_left > 0 && (self.expires_ms == 0 || now_ms < self.expires_ms)
+    }
+}
+
+/// The key an invitation token is stored under: its SHA-256, in hex. The
+/// tokens are random (at least 128 bits), so a plain hash is enough: a
+/// stolen copy of the state gives no usable token.
+pub fn invite_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

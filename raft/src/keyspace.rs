@@ -133,6 +133,15 @@ pub const OFFLINE_DONE: TableSpec = TableSpec {
     value: "log index of the removal, u64",
 };
 
+/// Registration invitations (XEP-0401/0445 tokens), by the token's hash:
+/// the token itself is never stored.
+pub const INVITES: TableSpec = TableSpec {
+    prefix: b'v',
+    name: "invites",
+    key: "SHA-256 of the token, 64 hex digits",
+    value: "Invite",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -143,6 +152,7 @@ pub const TABLES: &[TableSpec] = &[
     OFFLINE_NEXT,
     OFFLINE_IDS,
     OFFLINE_DONE,
+    INVITES,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

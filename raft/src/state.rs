@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::command::{OfflineMessage, RosterItem, SessionBinding, UserRecord};
+use crate::command::{Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
 use crate::keyspace::{self, TABLES};
 use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
@@ -43,6 +43,8 @@ pub struct StateData {
     /// enqueue (an outcome that was unknown, proposed again) does not queue
     /// them a second time. At most [`MAX_DONE`] per account, oldest pruned.
     pub offline_done: Table<(String, String), u64>,
+    /// Registration invitations by the SHA-256 of their token.
+    pub invites: Table<String, Invite>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -60,6 +62,7 @@ impl Default for StateData {
             offline_next: Table::new(keyspace::OFFLINE_NEXT.prefix),
             offline_ids: Table::new(keyspace::OFFLINE_IDS.prefix),
             offline_done: Table::new(keyspace::OFFLINE_DONE.prefix),
+            invites: Table::new(keyspace::INVITES.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -130,6 +133,7 @@ impl StateData {
             &self.offline_next,
             &self.offline_ids,
             &self.offline_done,
+            &self.invites,
         ]
     }
 
@@ -143,6 +147,7 @@ impl StateData {
             &mut self.offline_next,
             &mut self.offline_ids,
             &mut self.offline_done,
+            &mut self.invites,
         ]
     }
 

@@ -29,9 +29,22 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 /// How long `Status` waits for each member's report.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(700);
 
-/// Checks `authorization: Bearer <token>` when a token is configured.
+/// Checks `authorization: Bearer <token>`; `None` only when the config
+/// opted out (`admin_insecure_no_token`).
 #[derive(Clone)]
 pub struct CheckToken(Option<std::sync::Arc<[u8]>>);
+
+/// The token of an `authorization` value `Bearer <token>`: the scheme in
+/// any case and one or more spaces after it (RFC 6750 §2.1, whose scheme
+/// is case-insensitive as every HTTP auth scheme, RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
 
 impl Interceptor for CheckToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
@@ -42,7 +55,7 @@ impl Interceptor for CheckToken {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         match given {
             Some(g) if bool::from(g.as_bytes().ct_eq(token)) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong admin token")),
@@ -361,6 +374,60 @@ impl Admin for AdminService {
         }
     }
 
+    async fn create_invite(
+        &self,
+        req: Request<CreateInviteRequest>,
+    ) -> Result<tonic::Response<InviteReply>, Status> {
+        let r = req.into_inner();
+        let uses = r.uses.max(1);
+        let now = now_ms();
+        let expires_ms = match r.expires_in_secs {
+            0 => 0,
+            s => now.saturating_add(s.saturating_mul(1000)),
+        };
+        // 32 alphanumerics: about 190 bits, so the stored hash needs no salt.
+        let token = crate::dev::random_secret(32);
+        let (log_index, resp) = self
+            .write(Command::CreateInvite {
+                hash: starling_raft::command::invite_hash(&token),
+                invite: starling_raft::command::Invite {
+                    uses_left: uses,
+                    expires_ms,
+                    created_ms: now,
+                },
+            })
+            .await?;
+        match resp {
+            Response::InviteCreated => Ok(tonic::Response::new(InviteReply {
+                uri: format!("xmpp:{}?register;preauth={token}", self.domain),
+                token,
+                uses,
+                expires_unix_ms: expires_ms,
+                log_index,
+            })),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    async fn delete_invite(
+        &self,
+        req: Request<DeleteInviteRequest>,
+    ) -> Result<tonic::Response<DeleteInviteReply>, Status> {
+        let token = req.into_inner().token;
+        let (log_index, resp) = self
+            .write(Command::DeleteInvite {
+                hash: starling_raft::command::invite_hash(token.trim()),
+            })
+            .await?;
+        match resp {
+            Response::InviteDeleted { existed } => Ok(tonic::Response::new(DeleteInviteReply {
+                existed,
+                log_index,
+            })),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
     async fn list_users(
         &self,
         _req: Request<ListUsersRequest>,
@@ -420,5 +487,34 @@ impl Admin for AdminService {
             }
         }
         Ok(tonic::Response::new(ListQueuesReply { queues }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t0k", "bearer t0k", "BEARER t0k", "bEaReR   t0k"] {
+            assert_eq!(bearer_token(v), Some("t0k"), "{v}");
+        }
+        for v in ["Basic t0k", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn the_interceptor_takes_any_case_and_refuses_the_rest() {
+        let mut check = CheckToken(Some(std::sync::Arc::from(&b"s3cret"[..])));
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("authorization", v.parse().unwrap());
+            r
+        };
+        assert!(check.call(with("bearer s3cret")).is_ok());
+        assert!(check.call(with("Bearer s3cret")).is_ok());
+        assert!(check.call(with("Bearer wrong")).is_err());
+        assert!(check.call(Request::new(())).is_err());
     }
 }

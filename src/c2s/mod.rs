@@ -15,6 +15,8 @@
 //! - [`admission`]: which accepted connections are served (pre-auth and
 //!   session pools, per-address and per-/64 limits, accept rate), without
 //!   I/O; [`addr`]: what an address is for these limits.
+//! - [`register_limit`]: XEP-0077 registrations per address per interval,
+//!   without I/O.
 //!
 //! The accept loop ([`serve`]) asks [`admission`] about every connection
 //! before anything else: a refused one is closed at once, before TLS, with
@@ -26,6 +28,7 @@ pub mod admission;
 pub mod auth_limit;
 pub mod handoff;
 pub mod negotiate;
+pub mod register_limit;
 pub mod sasl;
 mod seen;
 pub mod session;
@@ -60,6 +63,7 @@ pub struct Shared {
     pub tls: tls::TlsConfigs,
     pub limiter: Mutex<auth_limit::AuthLimiter>,
     pub admission: Mutex<Gate>,
+    pub registrations: Mutex<register_limit::RegistrationLimiter>,
     /// XEP-0198 resumable sessions on this node: SM id -> (bare JID, handle).
     pub resumable: Mutex<HashMap<String, (String, ResumeSender)>>,
     pub shutdown: watch::Receiver<bool>,
@@ -70,7 +74,7 @@ impl Shared {
     pub fn im(&self) -> crate::im::Ctx<'_> {
         crate::im::Ctx {
             domain: &self.domain,
-            registration: self.config.registration,
+            registration: self.config.registration.enabled(),
             router: &self.router,
             cluster: &self.cluster,
             max_roster_items: self.config.max_roster_items,

@@ -1,6 +1,9 @@
 //! In-band registration (XEP-0077): account creation before
-//! authentication (when enabled in the config), and for an authenticated
-//! user: password change and account removal.
+//! authentication (when enabled in the config), with one use of an
+//! invitation when the connection presented one (XEP-0445), and for an
+//! authenticated user: password change and account removal. Who may
+//! register (the per-address limit, the token requirement) is decided
+//! before this, in `c2s::negotiate`.
 use starling_raft::command::{Command, Response};
 use starling_raft::credentials::{Credentials, DEFAULT_ITERATIONS};
 use tracing::info;
@@ -32,8 +35,10 @@ async fn derive(password: String) -> Option<Credentials> {
         .ok()
 }
 
-/// XEP-0077 §3.1 before authentication.
-pub async fn handle_unauthenticated(ctx: &Ctx<'_>, iq: &Element) -> Element {
+/// XEP-0077 §3.1 before authentication; `invite`: the hash of the
+/// invitation token the connection presented (XEP-0445), one use of which
+/// the account takes.
+pub async fn handle_unauthenticated(ctx: &Ctx<'_>, iq: &Element, invite: Option<&str>) -> Element {
     if !ctx.registration {
         return error(iq, StanzaError::new(StanzaCondition::ServiceUnavailable));
     }
@@ -72,19 +77,35 @@ pub async fn handle_unauthenticated(ctx: &Ctx<'_>, iq: &Element) -> Element {
             let Some(credentials) = derive(password).await else {
                 return error(iq, StanzaError::new(StanzaCondition::InternalServerError));
             };
-            let cmd = Command::CreateUser {
-                jid: bare.clone(),
-                credentials,
-                created_ms: now_ms(),
+            let cmd = match invite {
+                Some(hash) => Command::RegisterWithInvite {
+                    jid: bare.clone(),
+                    credentials,
+                    created_ms: now_ms(),
+                    invite: hash.to_string(),
+                },
+                None => Command::CreateUser {
+                    jid: bare.clone(),
+                    credentials,
+                    created_ms: now_ms(),
+                },
             };
             match ctx.cluster.write(cmd).await {
                 Ok(a) => match a.response {
                     Response::UserCreated => {
-                        info!(jid = %bare, "account registered");
+                        info!(jid = %bare, invited = invite.is_some(), "account registered");
                         result(iq)
                     }
                     // XEP-0077 §3.1: the username is taken.
                     Response::UserExists => error(iq, StanzaError::new(StanzaCondition::Conflict)),
+                    // Used up (or revoked) since the client presented it.
+                    Response::InviteInvalid => error(
+                        iq,
+                        StanzaError::with_text(
+                            StanzaCondition::Forbidden,
+                            "the invitation token is used up or was revoked",
+                        ),
+                    ),
                     _ => error(iq, StanzaError::new(StanzaCondition::InternalServerError)),
                 },
                 Err(_) => error(iq, StanzaError::new(StanzaCondition::InternalServerError)),

@@ -155,6 +155,9 @@ impl StreamError {
 pub struct StanzaError {
     pub condition: StanzaCondition,
     pub text: Option<String>,
+    /// The error type when not the condition's default (RFC 6120 §8.3.2),
+    /// e.g. `wait` for a limit that lifts with time.
+    pub kind: Option<&'static str>,
 }
 
 impl StanzaError {
@@ -162,6 +165,7 @@ impl StanzaError {
         StanzaError {
             condition,
             text: None,
+            kind: None,
         }
     }
 
@@ -169,13 +173,21 @@ impl StanzaError {
         StanzaError {
             condition,
             text: Some(text.into()),
+            kind: None,
         }
+    }
+
+    /// The same error with type `kind` (`auth`, `cancel`, `continue`,
+    /// `modify` or `wait`) instead of the condition's default.
+    pub fn of_type(mut self, kind: &'static str) -> Self {
+        self.kind = Some(kind);
+        self
     }
 
     /// The `<error/>` child.
     pub fn element(&self, by: Option<&str>) -> Element {
         let mut e = Element::new("error", ns::CLIENT)
-            .with_attr("type", self.condition.default_type())
+            .with_attr("type", self.kind.unwrap_or(self.condition.default_type()))
             .with_opt_attr("by", by)
             .with_child(Element::new(self.condition.as_str(), ns::STANZA_ERRORS));
         if let Some(t) = &self.text {

@@ -16,6 +16,10 @@ pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+/// XEP-0445: the stream feature of pre-authenticated registration.
+pub const IBR_TOKEN: &str = "urn:xmpp:ibr-token:0";
+/// XEP-0445/XEP-0379: the `<preauth token=''/>` element.
+pub const PARS: &str = "urn:xmpp:pars:0";
 pub const VERSION: &str = "jabber:iq:version";
 pub const PING: &str = "urn:xmpp:ping";
 pub const SM: &str = "urn:xmpp:sm:3";

@@ -16,6 +16,9 @@ pub mod xmpp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
 
+/// The admin token of every test cluster (the nodes require one).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// Loopback ports that were free a moment ago, all distinct.
 ///
 /// They are taken below the kernel's ephemeral range (32768-60999 by
@@ -97,12 +100,13 @@ pub fn node_config(
         raft_addr: addr(raft),
         admin_addr: addr(admin),
         cluster_secret: secret.into(),
-        admin_token: None,
+        admin_token: Some(ADMIN_TOKEN.into()),
+        admin_insecure_no_token: false,
         initial_cluster: initial.to_vec(),
         raft: raft_section.clone(),
         xmpp: XmppSection {
             client_addr: addr(free_ports(1)[0]),
-            registration: true,
+            registration: starling::config::Registration::Open,
             ..XmppSection::default()
         },
     }
@@ -172,7 +176,11 @@ impl TestCluster {
     /// Registers a node config (written to disk) without starting it.
     pub fn add_config(&mut self, c: Config) {
         let path = self.dir.path().join(format!("node{}.toml", c.node_id));
-        std::fs::write(&path, toml::to_string_pretty(&c).unwrap()).unwrap();
+        starling::private_files::write_private(
+            &path,
+            toml::to_string_pretty(&c).unwrap().as_bytes(),
+        )
+        .unwrap();
         let log = self.dir.path().join(format!("node{}.log", c.node_id));
         self.nodes.push(TestNode {
             config: c,
@@ -274,10 +282,15 @@ impl TestCluster {
 
     pub async fn conn(&self, id: u64) -> AdminConn {
         let addr = self.admin_addr(id);
+        let token = self.nodes[self.index(id)].config.admin_token.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match AdminConn::connect(std::slice::from_ref(&addr), None, Duration::from_secs(10))
-                .await
+            match AdminConn::connect(
+                std::slice::from_ref(&addr),
+                token.as_deref(),
+                Duration::from_secs(10),
+            )
+            .await
             {
                 Ok(c) => return c,
                 Err(e) if Instant::now() > deadline => {
@@ -379,9 +392,32 @@ pub fn fast_raft() -> RaftSection {
     }
 }
 
-/// Runs `starling ctl ARGS` and returns (success, stdout, stderr).
+/// Runs `starling ctl ARGS` with the test clusters' admin token in the
+/// environment and returns (success, stdout, stderr).
 pub fn ctl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).arg("ctl").args(args).output().unwrap();
+    ctl_as(args, Some(ADMIN_TOKEN), "")
+}
+
+/// Runs `starling ctl ARGS` with `token` (if any) in `STARLING_ADMIN_TOKEN`
+/// and `stdin` on its standard input (how passwords are given).
+pub fn ctl_as(args: &[&str], token: Option<&str>, stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.arg("ctl")
+        .args(args)
+        .env_remove("STARLING_ADMIN_TOKEN")
+        .env_remove("STARLING_ADMIN_TOKEN_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("STARLING_ADMIN_TOKEN", t);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -7,7 +7,8 @@
 //! - `accounts`: create, delete, set password;
 //! - `sessions`: bind, unbind, update, drop a node's bindings;
 //! - `roster`: set or remove an item, presence subscriptions;
-//! - `offline`: enqueue (one or many), ack, remove by id.
+//! - `offline`: enqueue (one or many), ack, remove by id;
+//! - `invites`: create and delete invitations, register with one.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -15,6 +16,7 @@ use crate::command::{Command, Response};
 use crate::state::StateData;
 
 mod accounts;
+mod invites;
 mod offline;
 mod roster;
 mod sessions;
@@ -100,6 +102,14 @@ impl StateData {
             Command::EnqueueMany { items } => offline::enqueue_many(self, items),
             Command::AckOffline { to, up_to } => offline::ack(self, to, up_to),
             Command::RemoveOffline { to, ids } => offline::remove(self, to, ids),
+            Command::CreateInvite { hash, invite } => invites::create(self, hash, invite),
+            Command::DeleteInvite { hash } => invites::delete(self, hash),
+            Command::RegisterWithInvite {
+                jid,
+                credentials,
+                created_ms,
+                invite,
+            } => invites::register(self, jid, credentials, created_ms, invite),
         }
     }
 }
