@@ -130,6 +130,16 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// Moves the slot into a new ticket (for a connection that goes on in
+    /// another task: a resumption handed to its detached session); this
+    /// one is left empty.
+    pub fn take(&mut self) -> Ticket {
+        Ticket {
+            shared: self.shared.clone(),
+            slot: self.slot.take(),
+        }
+    }
+
     /// The connection authenticated: it takes a session slot.
     pub fn promote(&mut self) -> Result<(), admission::Refusal> {
         let Some(slot) = self.slot.as_mut() else {
@@ -297,7 +307,12 @@ async fn handle(
     };
     let conn = stream::Conn::new(io, shared.limits(), peer, direct_tls);
     match negotiate::negotiate(&shared, conn, &mut ticket).await {
-        Some(negotiate::Negotiated::Bound(session)) => session.run().await,
+        Some(negotiate::Negotiated::Bound(mut session)) => {
+            // The slot goes with the session's connection: a resumption on
+            // a new connection swaps in that one's (`Session::resume`).
+            session.admission = Some(ticket.take());
+            session.run().await
+        }
         Some(negotiate::Negotiated::Resumed) | None => {}
     }
 }

@@ -43,6 +43,9 @@ pub struct Resumption {
     /// The client's count of stanzas it received (`h`).
     pub h: u32,
     pub previd: String,
+    /// The connection's admission slot: it goes with the connection to the
+    /// session that takes it, and is given back when that connection ends.
+    pub ticket: super::Ticket,
 }
 
 /// SASL failures on one connection before it is closed (RFC 6120 §6.4.5
@@ -138,7 +141,12 @@ pub async fn negotiate(
         Outcome::Resume { permit, h, previd } => {
             // The session may have ended since the slot was reserved; then
             // the connection is dropped with it and the client reconnects.
-            permit.send(Resumption { conn, h, previd });
+            permit.send(Resumption {
+                conn,
+                h,
+                previd,
+                ticket: ticket.take(),
+            });
             Some(Negotiated::Resumed)
         }
     }

@@ -145,6 +145,7 @@ impl Session {
             directed: HashSet::new(),
             sm: None,
             resume_rx: None,
+            admission: None,
             takeover_rx: None,
             seen,
             written_unflushed: Vec::new(),

@@ -65,6 +65,10 @@ pub struct Session {
     pub(crate) directed: HashSet<String>,
     pub(crate) sm: Option<StreamMgmt>,
     pub(super) resume_rx: Option<mpsc::Receiver<Resumption>>,
+    /// The admission slot of the connection this session runs on (the
+    /// one it was bound on, then the one it last resumed on): given back
+    /// when that connection is replaced or the session ends.
+    pub(super) admission: Option<super::Ticket>,
     /// A peer asks this resumable session to move there (the client
     /// resumes it on that node; see `router::takeover`).
     pub(super) takeover_rx: Option<mpsc::Receiver<Takeover>>,

@@ -55,6 +55,7 @@ impl Session {
 
     pub(super) async fn resume(&mut self, r: Resumption) -> bool {
         self.conn = r.conn;
+        self.admission = Some(r.ticket);
         let Some(sm) = self.sm.as_mut() else {
             return false;
         };
