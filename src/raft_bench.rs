@@ -285,7 +285,12 @@ pub async fn run(args: RaftBenchArgs) -> anyhow::Result<()> {
         RaftSection::default(),
     )?;
     dev::write_configs(&dir, &configs)?;
-    let peers = Peers::new(&configs[0].cluster_secret)?;
+    // The bench speaks to the raft ports as a member would: with node 1's
+    // certificate when the cluster runs mTLS (dev::plan turns it on).
+    let mut peers = Peers::new(&configs[0].cluster_secret)?;
+    if let Some(section) = &configs[0].cluster_tls {
+        peers = peers.with_tls(&crate::cluster_tls::load(section)?);
+    }
     let mut bench = Bench {
         configs: configs.clone(),
         children: Vec::new(),
