@@ -190,7 +190,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&sections[0].key).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&sections[0].key)
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -130,8 +130,10 @@ impl Peers {
             Some(c) => c.clone(),
             None => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
-                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-                    .map_err(|e| Status::invalid_argument(format!("bad peer address {addr}: {e}")))?;
+                let mut endpoint =
+                    Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+                        Status::invalid_argument(format!("bad peer address {addr}: {e}"))
+                    })?;
                 if let Some(tls) = &self.tls {
                     endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
                         Status::invalid_argument(format!("cluster TLS for {addr}: {e}"))

@@ -123,7 +123,10 @@ pub fn write_cluster_tls(dir: &Path) {
 
 /// Node `id`'s `[cluster_tls]` from [`write_cluster_tls`].
 pub fn cluster_tls_of(dir: &Path, id: u64) -> starling::config::ClusterTlsSection {
-    assert!(TLS_NODE_IDS.contains(&id), "no test certificate for node {id}");
+    assert!(
+        TLS_NODE_IDS.contains(&id),
+        "no test certificate for node {id}"
+    );
     let tls = dir.join("cluster-tls");
     starling::config::ClusterTlsSection {
         ca: tls.join("ca.pem"),
