@@ -87,6 +87,14 @@ async fn run_inner(
 ) -> Result<(), NodeError> {
     let id = config.node_id;
     let raft_config = Arc::new(config.openraft()?);
+    // Cluster certificates are read before anything is created or bound.
+    let cluster_tls = match &config.cluster_tls {
+        Some(section) => Some(crate::cluster_tls::load(section)?),
+        None => {
+            warn!(raft_addr = %config.raft_addr, "no [cluster_tls]: cluster links in clear text");
+            None
+        }
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -100,13 +108,6 @@ async fn run_inner(
         })?;
     // mTLS between nodes, or (validated: loopback or explicitly insecure)
     // plaintext.
-    let cluster_tls = match &config.cluster_tls {
-        Some(section) => Some(crate::cluster_tls::load(section)?),
-        None => {
-            warn!(raft_addr = %config.raft_addr, "no [cluster_tls]: cluster links in clear text");
-            None
-        }
-    };
     if let Some(tls) = &cluster_tls {
         peers = peers.with_tls(tls);
     }

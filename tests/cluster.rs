@@ -641,6 +641,7 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"short\"\n", "`cluster_secret`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_addr = \"0.0.0.0:7101\"\n", "`admin_token`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\ncolour = 1\n", "colour"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"10.9.9.9:1\"\ncluster_secret = \"0123456789abcdef\"\n", "`cluster_tls`"),
         ("this is not toml", "config file"),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
@@ -659,6 +660,19 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
             "nothing may be created for a bad config"
         );
     }
+    // Cluster certificates that cannot be read: refused before anything
+    // is created, naming the file.
+    let path = dir.path().join("nocert.toml");
+    std::fs::write(&path, "node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\n[cluster_tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    assert!(!dir.path().join("d").exists());
     let out = std::process::Command::new(BIN)
         .args(["serve", "--config", "/nonexistent/node.toml"])
         .output()
