@@ -75,6 +75,41 @@ pub struct Config {
     /// Client connections and IM behaviour.
     #[serde(default)]
     pub xmpp: XmppSection,
+    /// Mutual TLS on the raft port (raft and mesh traffic between nodes).
+    /// Default: unset, which is allowed only while `raft_addr` is loopback
+    /// or `insecure_plaintext_cluster` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_tls: Option<ClusterTlsSection>,
+    /// Run the cluster links without TLS on a non-loopback `raft_addr`:
+    /// session bindings, SCRAM keys, stanzas and the cluster secret then
+    /// cross the network in clear. Only for a network you trust entirely.
+    /// Ignored when `cluster_tls` is set. Default: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plaintext_cluster: bool,
+}
+
+/// `[cluster_tls]`: mutual TLS between nodes. Every node presents `cert`,
+/// signed by the cluster CA `ca`, and accepts only peers whose certificate
+/// chains to `ca`. See README "Cluster TLS" for making them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsSection {
+    /// PEM certificate of the cluster CA. Required.
+    pub ca: PathBuf,
+    /// PEM certificate chain of this node, signed by `ca`, with the DNS
+    /// subject alternative name `server_name`. Required.
+    pub cert: PathBuf,
+    /// PEM private key of `cert` (keep it mode 0600). Required.
+    pub key: PathBuf,
+    /// The DNS name every node certificate carries and peers check (they
+    /// dial IP addresses, so this name, not the address, is verified).
+    /// Default: `"starling-cluster"`.
+    #[serde(default = "default_cluster_server_name")]
+    pub server_name: String,
+}
+
+fn default_cluster_server_name() -> String {
+    starling_raft::tls::DEFAULT_SERVER_NAME.to_string()
 }
 
 /// `[xmpp]`: client-to-server listeners, TLS, authentication, limits.
@@ -484,6 +519,27 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if self.cluster_tls.is_none()
+            && !self.insecure_plaintext_cluster
+            && !self.raft_addr.ip().is_loopback()
+        {
+            return Err(invalid(
+                "cluster_tls",
+                format!(
+                    "required when raft_addr ({}) is not a loopback address \
+                     (or set insecure_plaintext_cluster = true to send cluster traffic in clear)",
+                    self.raft_addr
+                ),
+            ));
+        }
+        if let Some(t) = &self.cluster_tls {
+            if rustls::pki_types::ServerName::try_from(t.server_name.as_str()).is_err() {
+                return Err(invalid(
+                    "cluster_tls.server_name",
+                    format!("{:?} is not a valid DNS name", t.server_name),
+                ));
+            }
         }
         if self.raft_addr == self.admin_addr {
             return Err(invalid("admin_addr", "must differ from raft_addr"));

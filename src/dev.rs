@@ -78,9 +78,14 @@ pub fn plan(
             admin_addr: addr(u64::from(base_port) + 100 + i),
         })
         .collect();
+    // A cluster CA and node certificates for mTLS between the nodes, in
+    // DIR/cluster-tls (every file 0600), as production would run.
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let tls = crate::cluster_tls::write_cluster(&dir.join("cluster-tls"), &ids)?;
     let configs = members
         .iter()
-        .map(|m| Config {
+        .zip(tls)
+        .map(|(m, tls)| Config {
             node_id: m.id,
             data_dir: dir.join(format!("node{}", m.id)),
             domain: domain.to_string(),
@@ -97,6 +102,8 @@ pub fn plan(
                 registration: crate::config::Registration::Open,
                 ..XmppSection::default()
             },
+            cluster_tls: Some(tls),
+            insecure_plaintext_cluster: false,
         })
         .collect::<Vec<_>>();
     for c in &configs {

@@ -8,6 +8,8 @@
 //!   client that `ctl` and `dev` use.
 //! - [`xmpp`]: the XMPP wire protocol without I/O: element tree, framer,
 //!   namespaces, typed JIDs, ids, RFC 6120 error conditions.
+//! - [`cluster_tls`]: mutual TLS between nodes: loading `[cluster_tls]`,
+//!   and a cluster CA with node certificates for `dev` and tests.
 //! - [`clock`]: Unix milliseconds and XEP-0082 date-times.
 //! - [`c2s`]: client connections: listeners, TLS, SASL, binding, sessions.
 //! - [`im`]: roster, presence, subscriptions, offline messages, disco,
@@ -31,6 +33,7 @@
 pub mod admin;
 pub mod c2s;
 pub mod clock;
+pub mod cluster_tls;
 pub mod config;
 pub mod ctl;
 pub mod dev;

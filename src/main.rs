@@ -40,6 +40,18 @@ enum Cmd {
     /// Measure replicated write latency, throughput and failover time on a
     /// fresh local cluster.
     RaftBench(starling::raft_bench::RaftBenchArgs),
+    /// Make a cluster CA and one certificate per node for `[cluster_tls]`
+    /// (mTLS between nodes) in DIR: ca.pem, ca-key.pem, node<ID>.pem,
+    /// node<ID>-key.pem, every file mode 0600. Copy ca.pem and a node's
+    /// pair to that node; keep ca-key.pem off the nodes.
+    ClusterCerts {
+        /// Directory to write into (created if missing; files overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids to issue certificates for, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+    },
 }
 
 fn init_tracing() {
@@ -134,6 +146,23 @@ fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
         }
         Cmd::Ctl(args) => rt.block_on(starling::ctl::run(args)),
         Cmd::RaftBench(args) => report(rt.block_on(starling::raft_bench::run(args))),
+        Cmd::ClusterCerts { dir, nodes } => {
+            match starling::cluster_tls::write_cluster(&dir, &nodes) {
+                Ok(sections) => {
+                    for (id, s) in nodes.iter().zip(sections) {
+                        println!(
+                            "node {id}: [cluster_tls] ca = {:?} cert = {:?} key = {:?}",
+                            s.ca, s.cert, s.key
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

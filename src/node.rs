@@ -38,6 +38,10 @@ pub enum NodeError {
     Raft(String),
     #[error("TLS: {0}")]
     Tls(#[from] crate::c2s::tls::TlsError),
+    #[error(transparent)]
+    ClusterTls(#[from] crate::cluster_tls::ClusterTlsError),
+    #[error("cluster_tls: {0}")]
+    ClusterTlsConfig(tonic::transport::Error),
     #[error("{what} server failed: {source}")]
     Serve {
         what: &'static str,
@@ -83,6 +87,14 @@ async fn run_inner(
 ) -> Result<(), NodeError> {
     let id = config.node_id;
     let raft_config = Arc::new(config.openraft()?);
+    // Cluster certificates are read before anything is created or bound.
+    let cluster_tls = match &config.cluster_tls {
+        Some(section) => Some(crate::cluster_tls::load(section)?),
+        None => {
+            warn!(raft_addr = %config.raft_addr, "no [cluster_tls]: cluster links in clear text");
+            None
+        }
+    };
     // The data dir holds SCRAM keys, rosters and messages: owner only.
     // A tree an older version left 0755/0644 is tightened.
     let data_dir_error = |source| NodeError::DataDir {
@@ -100,11 +112,16 @@ async fn run_inner(
     }
     let (log_store, sm) = store::open(&config.data_dir.join("db"), id)?;
     let reader = sm.reader();
-    let peers =
+    let mut peers =
         Peers::new(&config.cluster_secret).map_err(|e| crate::config::ConfigError::Invalid {
             field: "cluster_secret".into(),
             message: e.to_string(),
         })?;
+    // mTLS between nodes, or (validated: loopback or explicitly insecure)
+    // plaintext.
+    if let Some(tls) = &cluster_tls {
+        peers = peers.with_tls(tls);
+    }
     let tls = crate::c2s::tls::load_or_create(&crate::c2s::tls::TlsSettings {
         cert: config.xmpp.tls_cert.as_deref(),
         key: config.xmpp.tls_key.as_deref(),
@@ -162,7 +179,13 @@ async fn run_inner(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let raft_server = tonic::transport::Server::builder()
+    let mut raft_server = tonic::transport::Server::builder();
+    if let Some(tls) = &cluster_tls {
+        raft_server = raft_server
+            .tls_config(tls.server())
+            .map_err(NodeError::ClusterTlsConfig)?;
+    }
+    let raft_server = raft_server
         .tcp_nodelay(true)
         .add_service(serve_raft(cluster.clone(), &config.cluster_secret))
         .add_service(crate::mesh::serve_mesh(

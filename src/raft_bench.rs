@@ -51,6 +51,10 @@ pub struct RaftBenchArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Run the cluster links in clear text instead of mTLS (to measure
+    /// what TLS costs; the cluster is on loopback).
+    #[arg(long)]
+    pub plain_cluster: bool,
 }
 
 struct Bench {
@@ -282,15 +286,25 @@ pub async fn run(args: RaftBenchArgs) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let configs = dev::plan(
+    let mut configs = dev::plan(
         &dir,
         args.nodes,
         args.base_port,
         "bench",
         RaftSection::default(),
     )?;
+    if args.plain_cluster {
+        for c in &mut configs {
+            c.cluster_tls = None;
+        }
+    }
     dev::write_configs(&dir, &configs)?;
-    let peers = Peers::new(&configs[0].cluster_secret)?;
+    // The bench speaks to the raft ports as a member would: with node 1's
+    // certificate when the cluster runs mTLS (dev::plan turns it on).
+    let mut peers = Peers::new(&configs[0].cluster_secret)?;
+    if let Some(section) = &configs[0].cluster_tls {
+        peers = peers.with_tls(&crate::cluster_tls::load(section)?);
+    }
     let mut bench = Bench {
         configs: configs.clone(),
         children: Vec::new(),

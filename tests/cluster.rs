@@ -524,8 +524,12 @@ async fn admin_token_and_cluster_secret_are_enforced() {
         assert!(users.users.iter().any(|u| u.jid == "tok@localhost"));
     }
 
-    // The raft port: a caller without the cluster secret gets nothing.
-    let stranger = starling_raft::network::Peers::new("not-the-cluster-secret").unwrap();
+    // The raft port: a member's certificate without the cluster secret gets
+    // nothing (the secret is still checked, inside TLS).
+    let tls = member_tls(&cluster, 1);
+    let stranger = starling_raft::network::Peers::new("not-the-cluster-secret")
+        .unwrap()
+        .with_tls(&tls);
     let mut client = stranger.client(&cluster.raft_addr(1)).unwrap();
     let e = client
         .node_info(starling_proto::raft::Empty {})
@@ -540,7 +544,9 @@ async fn admin_token_and_cluster_secret_are_enforced() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     // With the secret but garbage in the payload: a clear error, no crash.
-    let insider = starling_raft::network::Peers::new(&cluster.secret).unwrap();
+    let insider = starling_raft::network::Peers::new(&cluster.secret)
+        .unwrap()
+        .with_tls(&tls);
     let mut client = insider.client(&cluster.raft_addr(1)).unwrap();
     let e = client
         .append_entries(starling_proto::raft::Payload {
@@ -553,6 +559,125 @@ async fn admin_token_and_cluster_secret_are_enforced() {
         .node_info(starling_proto::raft::Empty {})
         .await
         .unwrap();
+}
+
+/// Node `id`'s certificate, key and the cluster CA, as a member holds them.
+fn member_tls(cluster: &TestCluster, id: u64) -> starling_raft::tls::ClusterTls {
+    starling::cluster_tls::load(&cluster_tls_of(cluster.dir.path(), id)).unwrap()
+}
+
+/// Issue 10 item 6: the raft port (raft and mesh) speaks only mutual TLS
+/// with certificates of the cluster CA. A caller in clear text, or with a
+/// certificate from another CA, is refused before any RPC, even holding the
+/// cluster secret; the cluster itself works through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_port_refuses_callers_without_a_cluster_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::start(3, fast_raft());
+    cluster.wait_leader(1, T).await;
+    for via in 1..=3 {
+        cluster
+            .create_user(via, &format!("tls{via}"))
+            .await
+            .unwrap();
+    }
+    let raft = cluster.raft_addr(2);
+
+    // Clear text: an HTTP/2 client preface and SETTINGS frame get no HTTP/2
+    // answer (today's main answers with its own SETTINGS frame: the secret
+    // header would follow in clear). TLS answers a non-handshake with an
+    // alert record (0x15) or closes.
+    let mut tcp = tokio::net::TcpStream::connect(&raft).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("the raft port neither answered nor closed")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || buf[0] == 0x15,
+        "the raft port answered clear text: {:02x?}",
+        &buf[..n]
+    );
+
+    // A gRPC client in clear text, holding the secret: every call fails.
+    let plain = starling_raft::network::Peers::new(&cluster.secret).unwrap();
+    let mut client = plain.client(&raft).unwrap();
+    assert!(client
+        .node_info(starling_proto::raft::Empty {})
+        .await
+        .is_err());
+    assert!(client
+        .append_entries(starling_proto::raft::Payload { data: vec![1] })
+        .await
+        .is_err());
+    assert!(client
+        .propose(starling_proto::raft::Payload { data: vec![1] })
+        .await
+        .is_err());
+    let mut mesh = starling_proto::mesh::mesh_client::MeshClient::with_interceptor(
+        plain.channel(&raft).unwrap(),
+        plain.add_secret(),
+    );
+    assert!(mesh
+        .link(futures::stream::empty::<starling_proto::mesh::Envelope>())
+        .await
+        .is_err());
+
+    // TLS with a certificate of another CA (the secret right, the cluster
+    // CA trusted): the server refuses the client certificate.
+    let other = tempfile::tempdir().unwrap();
+    write_cluster_tls(other.path());
+    let foreign = starling::cluster_tls::load(&cluster_tls_of(other.path(), 1)).unwrap();
+    let mut forged = member_tls(&cluster, 1);
+    forged.cert_pem = foreign.cert_pem.clone();
+    forged.key_pem = foreign.key_pem.clone();
+    for tls in [forged, foreign] {
+        let peers = starling_raft::network::Peers::new(&cluster.secret)
+            .unwrap()
+            .with_tls(&tls);
+        let mut client = peers.client(&raft).unwrap();
+        assert!(client
+            .node_info(starling_proto::raft::Empty {})
+            .await
+            .is_err());
+        assert!(client
+            .propose(starling_proto::raft::Payload { data: vec![1] })
+            .await
+            .is_err());
+        let mut mesh = starling_proto::mesh::mesh_client::MeshClient::with_interceptor(
+            peers.channel(&raft).unwrap(),
+            peers.add_secret(),
+        );
+        assert!(mesh
+            .link(futures::stream::empty::<starling_proto::mesh::Envelope>())
+            .await
+            .is_err());
+    }
+
+    // A member's certificate works, and the cluster still takes writes
+    // through any node.
+    let member = starling_raft::network::Peers::new(&cluster.secret)
+        .unwrap()
+        .with_tls(&member_tls(&cluster, 3));
+    member
+        .client(&raft)
+        .unwrap()
+        .node_info(starling_proto::raft::Empty {})
+        .await
+        .unwrap();
+    for via in 1..=3 {
+        cluster
+            .create_user(via, &format!("after{via}"))
+            .await
+            .unwrap();
+    }
+    let users = cluster.users(2).await;
+    for name in ["tls1", "tls3", "after1", "after3"] {
+        assert!(users.iter().any(|u| u.starts_with(name)), "{users:?}");
+    }
 }
 
 #[test]
@@ -568,6 +693,7 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_insecure_no_token = true\nadmin_addr = \"0.0.0.0:7101\"\n", "`admin_token`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_token = \"t\"\n[xmpp]\nregistration_interval_secs = 0\n", "`xmpp.registration_interval_secs`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\ncolour = 1\n", "colour"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"10.9.9.9:1\"\ncluster_secret = \"0123456789abcdef\"\n", "`cluster_tls`"),
         ("this is not toml", "config file"),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
@@ -586,6 +712,19 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
             "nothing may be created for a bad config"
         );
     }
+    // Cluster certificates that cannot be read: refused before anything
+    // is created, naming the file.
+    let path = dir.path().join("nocert.toml");
+    std::fs::write(&path, "node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\n[cluster_tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    assert!(!dir.path().join("d").exists());
     let out = std::process::Command::new(BIN)
         .args(["serve", "--config", "/nonexistent/node.toml"])
         .output()

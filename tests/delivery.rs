@@ -139,6 +139,10 @@ async fn three_nodes() -> TestCluster {
     for u in ["alice", "bob"] {
         c.create_user(1, u).await.unwrap();
     }
+    // Every node has applied the accounts before anyone logs in there (a
+    // follower one entry behind answered not-authorized, now and then,
+    // under load).
+    c.wait_converged(1, &[1, 2, 3], Duration::from_secs(20)).await;
     c
 }
 

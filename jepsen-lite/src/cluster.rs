@@ -82,6 +82,25 @@ impl Cluster {
                 addr(id, ADMIN_PORT)
             ));
         }
+        // mTLS between the nodes, as production runs: a fresh cluster CA
+        // and node certificates from the binary under test.
+        let certs = dir.join("cluster-tls");
+        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let made = std::process::Command::new(&binary)
+            .arg("cluster-certs")
+            .arg("--dir")
+            .arg(&certs)
+            .arg("--nodes")
+            .arg(&list)
+            .output()
+            .with_context(|| format!("cannot run {} cluster-certs", binary.display()))?;
+        if !made.status.success() {
+            bail!(
+                "{} cluster-certs failed: {}",
+                binary.display(),
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
         let mut nodes = Vec::new();
         for &id in &ids {
             let data = dir.join(format!("n{id}-data"));
@@ -113,6 +132,12 @@ impl Cluster {
                 // storms on purpose, which the per-address limits would
                 // refuse (they are tested in tests/hardening.rs).
                 net.addr_of(crate::net::CLIENT_ID),
+            );
+            let text = format!(
+                "{text}\n[cluster_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                certs.join("ca.pem").display(),
+                certs.join(format!("node{id}.pem")).display(),
+                certs.join(format!("node{id}-key.pem")).display(),
             );
             std::fs::write(&config, text)
                 .with_context(|| format!("cannot write {}", config.display()))?;

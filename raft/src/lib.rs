@@ -20,6 +20,8 @@
 //! - [`store`]: the sled log store and state machine store (openraft storage v2).
 //! - [`network`]: raft RPCs over tonic, authenticated by a cluster secret; the
 //!   server side of those RPCs and of forwarded proposals.
+//! - [`tls`]: mutual TLS between nodes (the cluster CA, this node's
+//!   certificate) as tonic client and server configurations.
 //! - [`cluster`]: [`cluster::ClusterHandle`], what the rest of Starling uses:
 //!   propose a command (forwarded to the leader when needed), read the state,
 //!   report on the node. The proposal types and outcomes are in `proposal`,
@@ -40,6 +42,7 @@ pub mod state;
 pub mod store;
 pub mod subscription;
 pub mod table;
+pub mod tls;
 pub mod types;
 
 pub use cluster::{ClusterHandle, ProposeError};

@@ -1,7 +1,8 @@
 //! Raft RPCs between nodes over tonic, both directions.
 //!
 //! - [`Peers`]: one lazily connected gRPC channel per peer address, every
-//!   call stamped with the cluster secret.
+//!   call stamped with the cluster secret; with [`Peers::with_tls`], over
+//!   mutual TLS (see [`crate::tls`]), so the secret never travels in clear.
 //! - [`RaftNet`]: openraft's `RaftNetworkFactory` over [`Peers`].
 //! - [`RaftRpc`]: the server side: hands incoming RPCs to the local `Raft`
 //!   and answers forwarded proposals and reports. Wrapped by [`serve_raft`]
@@ -30,11 +31,12 @@ use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 use crate::cluster::{ClusterHandle, ForwardedProposal};
 use crate::codec;
+use crate::tls::ClusterTls;
 use crate::types::{NodeId, StarlingNode, TypeConfig};
 
 /// The metadata key that carries the cluster secret on every intra-cluster call.
@@ -93,6 +95,7 @@ pub type PeerClient = RaftServiceClient<InterceptedService<Channel, AddSecret>>;
 #[derive(Clone)]
 pub struct Peers {
     secret: MetadataValue<Ascii>,
+    tls: Option<ClientTlsConfig>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -101,8 +104,16 @@ impl Peers {
         let secret = MetadataValue::try_from(secret).map_err(|_| InvalidSecret)?;
         Ok(Peers {
             secret,
+            tls: None,
             channels: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Channels made from now on use mutual TLS: our certificate, and only
+    /// a server certificate signed by the cluster CA is accepted.
+    pub fn with_tls(mut self, tls: &ClusterTls) -> Self {
+        self.tls = Some(tls.client());
+        self
     }
 
     /// The interceptor that stamps the secret, for other services on the
@@ -118,8 +129,17 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Status::invalid_argument(format!("bad peer address {addr}: {e}")))?
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint =
+                    Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+                        Status::invalid_argument(format!("bad peer address {addr}: {e}"))
+                    })?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.clone()).map_err(|e| {
+                        Status::invalid_argument(format!("cluster TLS for {addr}: {e}"))
+                    })?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))

@@ -109,6 +109,34 @@ pub fn node_config(
             registration: starling::config::Registration::Open,
             ..XmppSection::default()
         },
+        cluster_tls: Some(cluster_tls_of(dir, id)),
+        insecure_plaintext_cluster: false,
+    }
+}
+
+/// Node ids a test cluster has certificates for (members joining later
+/// included): see [`write_cluster_tls`].
+pub const TLS_NODE_IDS: std::ops::RangeInclusive<u64> = 1..=9;
+
+/// A cluster CA and node certificates for ids [`TLS_NODE_IDS`] in
+/// `dir/cluster-tls`: test clusters run mTLS between nodes, as production.
+pub fn write_cluster_tls(dir: &Path) {
+    let ids: Vec<u64> = TLS_NODE_IDS.collect();
+    starling::cluster_tls::write_cluster(&dir.join("cluster-tls"), &ids).unwrap();
+}
+
+/// Node `id`'s `[cluster_tls]` from [`write_cluster_tls`].
+pub fn cluster_tls_of(dir: &Path, id: u64) -> starling::config::ClusterTlsSection {
+    assert!(
+        TLS_NODE_IDS.contains(&id),
+        "no test certificate for node {id}"
+    );
+    let tls = dir.join("cluster-tls");
+    starling::config::ClusterTlsSection {
+        ca: tls.join("ca.pem"),
+        cert: tls.join(format!("node{id}.pem")),
+        key: tls.join(format!("node{id}-key.pem")),
+        server_name: starling_raft::tls::DEFAULT_SERVER_NAME.into(),
     }
 }
 
@@ -140,6 +168,7 @@ impl TestCluster {
 
     pub fn start_with(n: u64, raft: RaftSection, tweak: impl Fn(&mut Config)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        write_cluster_tls(dir.path());
         let secret = "test-cluster-secret-0123456789".to_string();
         let ports = free_ports(2 * n as usize);
         let members: Vec<Member> = (0..n)
