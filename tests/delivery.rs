@@ -142,7 +142,8 @@ async fn three_nodes() -> TestCluster {
     // Every node has applied the accounts before anyone logs in there (a
     // follower one entry behind answered not-authorized, now and then,
     // under load).
-    c.wait_converged(1, &[1, 2, 3], Duration::from_secs(20)).await;
+    c.wait_converged(1, &[1, 2, 3], Duration::from_secs(20))
+        .await;
     c
 }
 
