@@ -693,7 +693,7 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_insecure_no_token = true\nadmin_addr = \"0.0.0.0:7101\"\n", "`admin_token`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_token = \"t\"\n[xmpp]\nregistration_interval_secs = 0\n", "`xmpp.registration_interval_secs`"),
         ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\ncolour = 1\n", "colour"),
-        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"10.9.9.9:1\"\ncluster_secret = \"0123456789abcdef\"\n", "`cluster_tls`"),
+        ("node_id = 1\ndata_dir = \"d\"\nraft_addr = \"10.9.9.9:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_token = \"t\"\n", "`cluster_tls`"),
         ("this is not toml", "config file"),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
@@ -715,7 +715,7 @@ fn malformed_configs_exit_non_zero_naming_the_field() {
     // Cluster certificates that cannot be read: refused before anything
     // is created, naming the file.
     let path = dir.path().join("nocert.toml");
-    std::fs::write(&path, "node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\n[cluster_tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"\n").unwrap();
+    std::fs::write(&path, "node_id = 1\ndata_dir = \"d\"\nraft_addr = \"127.0.0.1:1\"\ncluster_secret = \"0123456789abcdef\"\nadmin_token = \"t\"\n[cluster_tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"\n").unwrap();
     let out = std::process::Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&path)
