@@ -152,10 +152,22 @@ impl ClusterHandle {
         let fresh_ms = (self.0.raft.config().heartbeat_interval * 10).max(300);
         let m = self.0.raft.metrics();
         let m = m.borrow();
+        self.heard_leader_within(&m, Duration::from_millis(fresh_ms))
+    }
+
+    /// A leader a quorum acknowledged within `within` (or the only voter),
+    /// or a follower (learner) that knows its leader and took an append
+    /// from it within as long.
+    fn heard_leader_within(
+        &self,
+        m: &openraft::RaftMetrics<NodeId, StarlingNode>,
+        within: Duration,
+    ) -> bool {
         match m.state {
             ServerState::Leader => {
                 m.membership_config.membership().voter_ids().count() <= 1
-                    || m.millis_since_quorum_ack.is_some_and(|ms| ms < fresh_ms)
+                    || m.millis_since_quorum_ack
+                        .is_some_and(|ms| u128::from(ms) < within.as_millis())
             }
             ServerState::Follower | ServerState::Learner => {
                 m.current_leader.is_some()
@@ -164,7 +176,7 @@ impl ClusterHandle {
                         .leader_contact
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .is_some_and(|t| t.elapsed() < Duration::from_millis(fresh_ms))
+                        .is_some_and(|t| t.elapsed() < within)
             }
             _ => false,
         }
@@ -180,35 +192,24 @@ impl ClusterHandle {
     /// is not: its accounts and passwords may be stale (an account created
     /// meanwhile refused there, an old password still taken).
     pub async fn caught_up(&self, within: Duration, slack: u64, limit: Duration) -> bool {
-        let within_ms = within.as_millis() as u64;
         let target = {
             let m = self.0.raft.metrics();
             let m = m.borrow();
-            match m.state {
-                ServerState::Leader => {
-                    return m.membership_config.membership().voter_ids().count() <= 1
-                        || m.millis_since_quorum_ack.is_some_and(|ms| ms < within_ms);
-                }
-                ServerState::Follower | ServerState::Learner => {
-                    let heard = m.current_leader.is_some()
-                        && self
-                            .0
-                            .leader_contact
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .is_some_and(|t| t.elapsed() < within);
-                    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-                    let commit = self.0.leader_commit.load(Ordering::Relaxed);
-                    if !heard || applied + slack < commit {
-                        return false;
-                    }
-                    if applied >= commit {
-                        return true;
-                    }
-                    commit
-                }
-                _ => return false,
+            if !self.heard_leader_within(&m, within) {
+                return false;
             }
+            if m.state == ServerState::Leader {
+                return true;
+            }
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            let commit = self.0.leader_commit.load(Ordering::Relaxed);
+            if applied + slack < commit {
+                return false;
+            }
+            if applied >= commit {
+                return true;
+            }
+            commit
         };
         self.0
             .raft
