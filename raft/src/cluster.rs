@@ -307,7 +307,23 @@ impl ClusterHandle {
                 tokio::time::sleep(Duration::from_millis(25)).await;
                 continue;
             };
-            match tokio::time::timeout(attempt, self.forward(&node, proposal.clone())).await {
+            let forwarded = self.forward(&node, proposal.clone());
+            let outcome = if retry {
+                // A leader paused or cut off after the proposal left is
+                // not waited on for the whole attempt: once this node
+                // hears of another leader, the command goes there.
+                let leader = leader.unwrap_or_default();
+                tokio::select! {
+                    r = tokio::time::timeout(attempt, forwarded) => r,
+                    () = self.leader_moved_from(leader) => {
+                        unknown = true;
+                        continue;
+                    }
+                }
+            } else {
+                tokio::time::timeout(attempt, forwarded).await
+            };
+            match outcome {
                 Err(_) if retry => unknown = true,
                 Err(_) => {
                     return Err(ProposeError::Unknown(
@@ -322,6 +338,23 @@ impl ClusterHandle {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
                 Ok(other) => return other,
+            }
+        }
+    }
+
+    /// Returns once this node knows of a leader other than `from`.
+    async fn leader_moved_from(&self, from: NodeId) {
+        let mut m = self.0.raft.metrics();
+        loop {
+            if m.borrow_and_update()
+                .current_leader
+                .is_some_and(|l| l != from)
+            {
+                return;
+            }
+            if m.changed().await.is_err() {
+                // Raft stopped: the attempt's own timeout decides.
+                std::future::pending::<()>().await;
             }
         }
     }

@@ -55,6 +55,11 @@ pub struct SessionHandoff {
     pub held_presence: Vec<(String, String)>,
     /// RFC 6121 §4.6 directed presence targets.
     pub directed: Vec<String>,
+    /// Queued messages the client has and whose removal the old node had
+    /// not committed yet (its leader paused, say): the new node skips them
+    /// and removes them too (removal is idempotent).
+    #[serde(default)]
+    pub removing: Vec<String>,
 }
 
 impl SessionHandoff {
@@ -135,6 +140,7 @@ impl Session {
                 .map(|(from, el)| (from, el.to_standalone_xml()))
                 .collect(),
             directed: self.directed.drain().collect(),
+            removing: router.remover().pending_of(self.bare.as_str()),
         };
         info!(
             unacked = state.sm.unacked.len(),
@@ -219,6 +225,12 @@ impl Session {
         }
         tracing::Span::current().record("jid", full.to_string());
         let mut seen = Seen::default();
+        // What the client has and the old node is still removing: never
+        // written again here, and removed from here as well.
+        for id in &state.removing {
+            seen.insert(id);
+            router.remover().delivered(bare, id.clone());
+        }
         let unacked: Vec<Outbound> = state
             .sm
             .unacked
@@ -320,6 +332,7 @@ mod tests {
             inactive: false,
             held_presence: Vec::new(),
             directed: vec!["alice@x/pc".into()],
+            removing: vec!["q1".into()],
         };
         let json = serde_json::to_string(&state).unwrap();
         let back = SessionHandoff::from_json(&json).unwrap();

@@ -286,6 +286,20 @@ impl Remover {
         let _ = self.tx.send(ToRemover::Tombstone(bare.to_string(), id));
     }
 
+    /// The ids of `bare` delivered and not yet removed: a session moving to
+    /// another node takes them along, so the new node neither pulls them
+    /// again nor leaves them queued if this node cannot commit their
+    /// removal (a leader paused just then).
+    pub fn pending_of(&self, bare: &str) -> Vec<String> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(b, _)| b == bare)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
     /// Whether message `id` of `bare` was delivered and is being removed.
     pub fn is_pending(&self, bare: &str, id: &str) -> bool {
         self.pending
