@@ -604,27 +604,7 @@ async fn raft_port_refuses_callers_without_a_cluster_certificate() {
 
     // A gRPC client in clear text, holding the secret: every call fails.
     let plain = starling_raft::network::Peers::new(&cluster.secret).unwrap();
-    let mut client = plain.client(&raft).unwrap();
-    assert!(client
-        .node_info(starling_proto::raft::Empty {})
-        .await
-        .is_err());
-    assert!(client
-        .append_entries(starling_proto::raft::Payload { data: vec![1] })
-        .await
-        .is_err());
-    assert!(client
-        .propose(starling_proto::raft::Payload { data: vec![1] })
-        .await
-        .is_err());
-    let mut mesh = starling_proto::mesh::mesh_client::MeshClient::with_interceptor(
-        plain.channel(&raft).unwrap(),
-        plain.add_secret(),
-    );
-    assert!(mesh
-        .link(futures::stream::empty::<starling_proto::mesh::Envelope>())
-        .await
-        .is_err());
+    assert_refused(&plain, &raft).await;
 
     // TLS with a certificate of another CA (the secret right, the cluster
     // CA trusted): the server refuses the client certificate.
@@ -638,23 +618,7 @@ async fn raft_port_refuses_callers_without_a_cluster_certificate() {
         let peers = starling_raft::network::Peers::new(&cluster.secret)
             .unwrap()
             .with_tls(&tls);
-        let mut client = peers.client(&raft).unwrap();
-        assert!(client
-            .node_info(starling_proto::raft::Empty {})
-            .await
-            .is_err());
-        assert!(client
-            .propose(starling_proto::raft::Payload { data: vec![1] })
-            .await
-            .is_err());
-        let mut mesh = starling_proto::mesh::mesh_client::MeshClient::with_interceptor(
-            peers.channel(&raft).unwrap(),
-            peers.add_secret(),
-        );
-        assert!(mesh
-            .link(futures::stream::empty::<starling_proto::mesh::Envelope>())
-            .await
-            .is_err());
+        assert_refused(&peers, &raft).await;
     }
 
     // A member's certificate works, and the cluster still takes writes
@@ -678,6 +642,31 @@ async fn raft_port_refuses_callers_without_a_cluster_certificate() {
     for name in ["tls1", "tls3", "after1", "after3"] {
         assert!(users.iter().any(|u| u.starts_with(name)), "{users:?}");
     }
+}
+
+/// Every raft call and the mesh link from `peers` to `raft` fail.
+async fn assert_refused(peers: &starling_raft::network::Peers, raft: &str) {
+    let mut client = peers.client(raft).unwrap();
+    assert!(client
+        .node_info(starling_proto::raft::Empty {})
+        .await
+        .is_err());
+    assert!(client
+        .append_entries(starling_proto::raft::Payload { data: vec![1] })
+        .await
+        .is_err());
+    assert!(client
+        .propose(starling_proto::raft::Payload { data: vec![1] })
+        .await
+        .is_err());
+    let mut mesh = starling_proto::mesh::mesh_client::MeshClient::with_interceptor(
+        peers.channel(raft).unwrap(),
+        peers.add_secret(),
+    );
+    assert!(mesh
+        .link(futures::stream::empty::<starling_proto::mesh::Envelope>())
+        .await
+        .is_err());
 }
 
 #[test]

@@ -328,13 +328,10 @@ fn an_acknowledged_message_survives_its_senders_node_dying_before_the_live_copy_
 #[test]
 fn a_full_offline_queue_drains_with_stream_management() {
     rt().block_on(async {
-        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+        let c = TestCluster::one_node(&["alice", "bob"], |cfg| {
             cfg.xmpp.max_stanzas_per_second = 100_000;
-        });
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        for u in ["alice", "bob"] {
-            c.create_user(1, u).await.unwrap();
-        }
+        })
+        .await;
         let addr = c.client_addr(1);
         let mut alice = RawClient::login(addr, "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
@@ -381,11 +378,7 @@ fn a_full_offline_queue_drains_with_stream_management() {
 #[test]
 fn the_server_asks_for_an_ack_after_each_burst() {
     rt().block_on(async {
-        let c = TestCluster::start(1, fast_raft());
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        for u in ["alice", "bob"] {
-            c.create_user(1, u).await.unwrap();
-        }
+        let c = TestCluster::one_node(&["alice", "bob"], |_| {}).await;
         let addr = c.client_addr(1);
         let mut bob = RawClient::login(addr, "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
@@ -638,9 +631,7 @@ fn contacts_see_no_presence_change_when_a_session_moves() {
 #[test]
 fn resumption_takes_over_a_half_open_connection() {
     rt().block_on(async {
-        let c = TestCluster::start(1, fast_raft());
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        c.create_user(1, "bob").await.unwrap();
+        let c = TestCluster::one_node(&["bob"], |_| {}).await;
         let addr = c.client_addr(1);
         let mut old = RawClient::login(addr, "bob", "pw-bob", "phone").await;
         let previd = enable_sm(&mut old, true).await;
@@ -701,14 +692,11 @@ fn a_graceful_stop_keeps_what_detached_sessions_had_not_acknowledged() {
 #[test]
 fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     rt().block_on(async {
-        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+        let c = TestCluster::one_node(&["alice", "bob"], |cfg| {
             cfg.xmpp.write_timeout_secs = 2;
             cfg.xmpp.max_stanzas_per_second = 10_000;
-        });
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        for u in ["alice", "bob"] {
-            c.create_user(1, u).await.unwrap();
-        }
+        })
+        .await;
         let addr = c.client_addr(1);
         let mut bob = RawClient::login(addr, "bob", "pw-bob", "stuck").await;
         // With stream management, what the socket took but bob never
@@ -762,11 +750,10 @@ fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
 #[test]
 fn directed_presence_targets_are_bounded() {
     rt().block_on(async {
-        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+        let c = TestCluster::one_node(&["alice"], |cfg| {
             cfg.xmpp.max_stanzas_per_second = 100_000;
-        });
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        c.create_user(1, "alice").await.unwrap();
+        })
+        .await;
         let mut alice = RawClient::login(c.client_addr(1), "alice", "pw-alice", "desk").await;
         let mut out = String::new();
         for i in 0..1000 {

@@ -49,9 +49,7 @@ async fn owner_logs_in(addr: SocketAddr, what: &str) -> Duration {
 #[test]
 fn brute_force_blocks_the_address_never_the_owner() {
     rt().block_on(async {
-        let c = TestCluster::start(1, fast_raft());
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        c.create_user(1, "alice").await.unwrap();
+        let c = TestCluster::one_node(&["alice"], |_| {}).await;
         let addr = c.client_addr(1);
 
         // 1. Six wrong passwords from two addresses (the old code locked
@@ -147,11 +145,10 @@ fn held_open(s: &tokio::net::TcpStream) -> bool {
 #[test]
 fn a_flood_of_idle_connections_does_not_refuse_a_real_user() {
     rt().block_on(async {
-        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+        let c = TestCluster::one_node(&["alice"], |cfg| {
             cfg.xmpp.max_connections = 300;
-        });
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        c.create_user(1, "alice").await.unwrap();
+        })
+        .await;
         let addr = c.client_addr(1);
         // The node serves clients once its cluster is up.
         let ready = Instant::now() + Duration::from_secs(15);
@@ -287,7 +284,7 @@ fn the_data_dir_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     rt().block_on(async {
-        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+        let c = TestCluster::one_node(&["alice"], |cfg| {
             // As an older version left it.
             std::fs::create_dir_all(&cfg.data_dir).unwrap();
             let old = cfg.data_dir.join("left-by-an-old-version");
@@ -295,9 +292,8 @@ fn the_data_dir_is_private() {
             for (p, m) in [(&cfg.data_dir, 0o755), (&old, 0o644)] {
                 std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
             }
-        });
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        c.create_user(1, "alice").await.unwrap();
+        })
+        .await;
         let data = c.nodes[0].config.data_dir.clone();
         assert_eq!(mode(&data), 0o700);
         let mut stack = vec![data];
@@ -439,11 +435,7 @@ fn registration_by_invitation_token() {
 #[test]
 fn an_offline_queue_has_a_byte_budget() {
     rt().block_on(async {
-        let c = TestCluster::start(1, fast_raft());
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        for u in ["alice", "bob"] {
-            c.create_user(1, u).await.unwrap();
-        }
+        let c = TestCluster::one_node(&["alice", "bob"], |_| {}).await;
         let addr = c.client_addr(1);
         let mut alice = RawClient::login(addr, "alice", "pw-alice", "desk").await;
         alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
@@ -532,13 +524,10 @@ async fn answer_to(c: &mut RawClient, id: &str) -> starling::xmpp::Element {
 #[test]
 fn a_roster_has_an_item_budget() {
     rt().block_on(async {
-        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+        let c = TestCluster::one_node(&["alice", "bob"], |cfg| {
             cfg.xmpp.max_stanzas_per_second = 100_000;
-        });
-        c.wait_leader(1, Duration::from_secs(20)).await;
-        for u in ["alice", "bob"] {
-            c.create_user(1, u).await.unwrap();
-        }
+        })
+        .await;
         let addr = c.client_addr(1);
         let mut alice = RawClient::login(addr, "alice", "pw-alice", "desk").await;
         let set = |id: &str, jid: &str, name: &str| {

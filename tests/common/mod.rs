@@ -340,6 +340,18 @@ impl TestCluster {
             .into_inner()
     }
 
+    /// One node (raft timings of [`fast_raft`], config changed by
+    /// `tweak`) with a leader and the accounts `users` (password
+    /// `pw-<name>`).
+    pub async fn one_node(users: &[&str], tweak: impl Fn(&mut Config)) -> TestCluster {
+        let c = TestCluster::start_with(1, fast_raft(), tweak);
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in users {
+            c.create_user(1, u).await.unwrap();
+        }
+        c
+    }
+
     /// Waits until node `via` sees a leader, and returns its id.
     pub async fn wait_leader(&self, via: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
