@@ -2,6 +2,7 @@
 //! module per feature:
 //!
 //! - [`roster`]: roster get/set/remove and pushes (RFC 6121 §2).
+//! - [`blocking`]: XEP-0191 block lists (what they stop: `router::blocking`).
 //! - [`presence`]: presence broadcast, probes, directed presence and
 //!   subscriptions (RFC 6121 §3, §4).
 //! - [`offline`]: the XEP-0203 stamp of messages from the replicated queue
@@ -22,6 +23,7 @@
 //! changes (presence, carbons, directed presence, its binding). The session
 //! (`c2s::session::effects`) carries them out in order. So `im` does not
 //! depend on `c2s`, and a handler's decisions can be tested as data.
+pub mod blocking;
 pub mod disco;
 pub mod effect;
 pub mod offline;
@@ -50,6 +52,8 @@ pub struct Ctx<'a> {
     pub cluster: &'a ClusterHandle,
     /// Most items in one roster (`xmpp.max_roster_items`).
     pub max_roster_items: u32,
+    /// Most items in one block list (`xmpp.max_block_items`).
+    pub max_block_items: u32,
 }
 
 /// What a handler may know of the session that sent the stanza.
@@ -99,16 +103,33 @@ pub(crate) fn addressee(domain: &str, me: &Me<'_>, el: &Element) -> Result<Addre
 
 /// The error reply for `el`, for the client itself (none for a stanza that
 /// must not be answered with an error, RFC 6120 §8.3.1).
-pub(crate) fn error_reply(domain: &str, me: &Me<'_>, el: &Element, err: StanzaError) -> Effects {
+///
+/// The error comes from where the stanza was going: its `to`, or, for a
+/// stanza without one, nobody. RFC 6120 §10.3.3: a stanza with no `to` is
+/// handled by the server on behalf of the account, and §8.1.2.1: what the
+/// server sends on the account's behalf "MUST either (a) not include a
+/// 'from' attribute or (b) include a 'from' attribute whose value is the
+/// account's bare JID" (a reply from the domain is dropped by clients
+/// that check, aioxmpp among them). `_domain` is kept for the callers.
+pub(crate) fn error_reply(_domain: &str, me: &Me<'_>, el: &Element, err: StanzaError) -> Effects {
     let Some(mut reply) = err.reply_to(el) else {
         return Effects::none();
     };
-    // The error comes from where the stanza was going.
-    if reply.attr("from").is_none() {
-        reply.set_attr("from", domain);
-    }
     reply.set_attr("to", me.full.to_string());
     Effects::write(reply)
+}
+
+/// XEP-0191 §3.3 for a stanza from this session to `to`: the effects when
+/// a block list (the user's, or the recipient's) stops it. Also checked
+/// where stanzas are routed; here it comes first, so a refused message
+/// makes no carbons and an iq to a bare JID is not answered for a user
+/// who blocked its sender.
+pub(crate) fn blocked(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element, to: &str) -> Option<Effects> {
+    let b = ctx.router.blocked(me.full.as_str(), to)?;
+    Some(match crate::router::blocking::refusal(el, b) {
+        Some(err) => error_reply(ctx.domain, me, el, err),
+        None => Effects::none(),
+    })
 }
 
 /// An empty `result` for an iq.
@@ -155,6 +176,9 @@ async fn handle_message(ctx: &Ctx<'_>, me: &Me<'_>, mut el: Element) -> Effects 
         Addressee::Other(j) => j.to_string(),
     };
     el.set_attr("to", to.clone());
+    if let Some(refused) = blocked(ctx, me, &el, &to) {
+        return refused;
+    }
     // XEP-0359 §5: a client must not set the recipient's stanza id.
     strip_stanza_ids(&mut el, crate::xmpp::jid::bare_of(&to));
     ctx.router.sent_carbons(me.full.as_str(), &el).await;
@@ -194,12 +218,16 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                 // Results and errors for the server (roster push acks...).
                 return Effects::none();
             }
-            let own = matches!(target, Addressee::OwnAccount);
+            // RFC 6120 §10.3.3: no `to` is the account itself.
+            let own = matches!(target, Addressee::OwnAccount) || el.attr("to").is_none();
             handle_server_iq(ctx, me, el, own).await
         }
         Addressee::Account(bare) => {
             if !is_request {
                 return Effects::none();
+            }
+            if let Some(refused) = blocked(ctx, me, &el, bare.as_str()) {
+                return refused;
             }
             // RFC 6121 §8.5.2.1.3 / §8.5.1: an iq to a bare JID is answered
             // by the server on the account's behalf.
@@ -213,9 +241,7 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             }
             let child = el.children().next().map(|c| (c.name(), c.ns()));
             match child {
-                Some(("query", ns::DISCO_INFO)) if ty == "get" => {
-                    Effects::write(disco::account_info(me, &el))
-                }
+                Some(("query", ns::DISCO_INFO)) if ty == "get" => disco::account_info(ctx, me, &el),
                 Some(("ping", ns::PING)) if ty == "get" => Effects::write(iq_result(me, &el)),
                 _ => error_reply(
                     ctx.domain,
@@ -244,12 +270,20 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         ("ping", ns::PING, "get") => Effects::write(iq_result(me, &el)),
         // RFC 3921 session establishment: a no-op today.
         ("session", ns::SESSION, "set") => Effects::write(iq_result(me, &el)),
-        ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
-        ("query", ns::DISCO_INFO, "get") => Effects::write(if own {
-            disco::account_info(me, &el)
-        } else {
-            disco::server_info(ctx, me, &el)
-        }),
+        ("blocklist" | "block" | "unblock", ns::BLOCKING, _) => blocking::handle(ctx, me, el).await,
+        // XEP-0092 asks the server; a client without `to` means it too.
+        ("query", ns::VERSION, "get") if !matches!(el.attr("to"), Some(t) if t != ctx.domain) => {
+            Effects::write(disco::version(me, &el))
+        }
+        // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks
+        // about the account; the domain, about the server.
+        ("query", ns::DISCO_INFO, "get") => {
+            if own {
+                disco::account_info(ctx, me, &el)
+            } else {
+                disco::server_info(ctx, me, &el)
+            }
+        }
         ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(me, &el)),
         ("query", ns::REGISTER, _) => register::handle_authenticated(ctx, me, el).await,
         ("enable" | "disable", ns::CARBONS, "set") => {
