@@ -516,7 +516,8 @@ mod tests {
             panic!("one error reply expected, got {effects:?}");
         };
         assert_eq!(err.attr("type"), Some("error"));
-        assert_eq!(err.attr("from"), Some("localhost"));
+        // No `to`: handled for the account, so from nobody (RFC 6120 §8.1.2.1).
+        assert_eq!(err.attr("from"), None);
         assert_eq!(err.attr("to"), Some("juliet@localhost/balcony"));
         assert!(err.to_xml(ns::CLIENT).contains("bad-request"));
     }
