@@ -114,7 +114,7 @@ pub struct StreamError {
     pub text: Option<String>,
     /// An application-specific condition (RFC 6120 §4.9.4), after the
     /// defined one and the text.
-    pub app: Option<Element>,
+    pub app: Option<Box<Element>>,
 }
 
 impl StreamError {
@@ -128,7 +128,7 @@ impl StreamError {
 
     /// The same error with an application-specific condition element.
     pub fn with_app(mut self, app: Element) -> Self {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -174,7 +174,7 @@ pub struct StanzaError {
     pub kind: Option<&'static str>,
     /// An application-specific condition (RFC 6120 §8.3.2), e.g. XEP-0191's
     /// `<blocked/>`.
-    pub app: Option<Element>,
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -205,7 +205,7 @@ impl StanzaError {
 
     /// The same error with an application-specific condition element.
     pub fn with_app(mut self, app: Element) -> Self {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -223,7 +223,7 @@ impl StanzaError {
             );
         }
         if let Some(app) = &self.app {
-            e.push(app.clone());
+            e.push((**app).clone());
         }
         e
     }
