@@ -557,7 +557,7 @@ mod tests {
         let xml = sm.on_ack(6).expect_err("too high").stream_error().to_xml();
         assert!(xml.contains("<undefined-condition "), "{xml}");
         assert!(
-            xml.contains("<handled-count-too-high xmlns='urn:xmpp:sm:3' h='6' send-count='5'/>"),
+            xml.contains(r#"<handled-count-too-high xmlns="urn:xmpp:sm:3" h="6" send-count="5"/>"#),
             "{xml}"
         );
         assert_eq!(ids(&sm.on_ack(5).unwrap()), ["3", "4", "5"]);
