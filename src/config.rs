@@ -836,6 +836,10 @@ admin_addr = "127.0.0.1:7102"
             field_of(&format!("{GOOD}\n[xmpp]\nmax_roster_items = 0\n")),
             "xmpp.max_roster_items"
         );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nmax_block_items = 0\n")),
+            "xmpp.max_block_items"
+        );
     }
 
     #[test]
