@@ -218,8 +218,7 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                 // Results and errors for the server (roster push acks...).
                 return Effects::none();
             }
-            // RFC 6120 §10.3.3: no `to` is the account itself.
-            let own = matches!(target, Addressee::OwnAccount) || el.attr("to").is_none();
+            let own = matches!(target, Addressee::OwnAccount);
             handle_server_iq(ctx, me, el, own).await
         }
         Addressee::Account(bare) => {
@@ -259,7 +258,11 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     }
 }
 
+/// An iq for the server or for the account itself (`own`: addressed to
+/// the user's bare JID).
 async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) -> Effects {
+    // RFC 6120 §10.3.3: no `to` is handled on behalf of the account.
+    let account = own || el.attr("to").is_none();
     let ty = el.attr("type").unwrap_or("").to_string();
     let Some(child) = el.children().next() else {
         return Effects::none();
@@ -271,14 +274,12 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         // RFC 3921 session establishment: a no-op today.
         ("session", ns::SESSION, "set") => Effects::write(iq_result(me, &el)),
         ("blocklist" | "block" | "unblock", ns::BLOCKING, _) => blocking::handle(ctx, me, el).await,
-        // XEP-0092 asks the server; a client without `to` means it too.
-        ("query", ns::VERSION, "get") if !matches!(el.attr("to"), Some(t) if t != ctx.domain) => {
-            Effects::write(disco::version(me, &el))
-        }
+        // XEP-0092 asks the server (clients also send it without `to`).
+        ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
         // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks
         // about the account; the domain, about the server.
         ("query", ns::DISCO_INFO, "get") => {
-            if own {
+            if account {
                 disco::account_info(ctx, me, &el)
             } else {
                 disco::server_info(ctx, me, &el)
