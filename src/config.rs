@@ -214,6 +214,11 @@ pub struct XmppSection {
     /// Changing or removing an item is never refused. This also bounds the
     /// size of one roster result. Default: 1000.
     pub max_roster_items: u32,
+    /// JIDs in one account's XEP-0191 block list; a block that would add
+    /// more is answered with `resource-constraint` and changes nothing.
+    /// Unblocking is never refused. This also bounds the size of one
+    /// blocklist result. Default: 1000.
+    pub max_block_items: u32,
     /// Time allowed from connect to a bound resource, seconds. Default: 30.
     pub negotiation_timeout_secs: u64,
     /// A connection silent this long gets a whitespace ping; silent twice
@@ -302,6 +307,7 @@ impl Default for XmppSection {
             max_offline_bytes: 10 << 20,
             max_offline_bytes_total: 2 << 30,
             max_roster_items: 1000,
+            max_block_items: 1000,
             negotiation_timeout_secs: 30,
             idle_timeout_secs: 120,
             auth_failures_per_address: 20,
@@ -631,6 +637,7 @@ impl Config {
                 u64::from(x.max_offline_messages),
             ),
             ("xmpp.max_roster_items", u64::from(x.max_roster_items)),
+            ("xmpp.max_block_items", u64::from(x.max_block_items)),
             ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
             ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
             ("xmpp.write_timeout_secs", x.write_timeout_secs),
@@ -828,6 +835,10 @@ admin_addr = "127.0.0.1:7102"
         assert_eq!(
             field_of(&format!("{GOOD}\n[xmpp]\nmax_roster_items = 0\n")),
             "xmpp.max_roster_items"
+        );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nmax_block_items = 0\n")),
+            "xmpp.max_block_items"
         );
     }
 

@@ -1,7 +1,7 @@
 //! Interop with slixmpp, a third-party Python XMPP library: in-band
 //! registration, STARTTLS + SCRAM login, roster, subscriptions both ways,
-//! presence, chat on one node and across nodes, disco, ping
-//! (`tests/interop/slixmpp_scenario.py`).
+//! presence, chat on one node and across nodes, disco, ping, XEP-0191
+//! blocking across nodes (`tests/interop/slixmpp_scenario.py`).
 //!
 //! The interpreter comes from `STARLING_TEST_PYTHON`, which the README's
 //! test command (`scripts/test`) sets after installing slixmpp; without it

@@ -128,6 +128,19 @@ pub enum Command {
         created_ms: u64,
         invite: String,
     },
+    /// Add `jids` to `owner`'s block list (XEP-0191 §3.3). JIDs already
+    /// there are left alone, so a retry changes nothing. Refused whole
+    /// ([`Response::OverBudget`]) when the new ones would take the list
+    /// over `max_items`.
+    Block {
+        owner: String,
+        jids: Vec<String>,
+        /// Per-user cap on block list items, from the proposer's config.
+        max_items: u32,
+    },
+    /// Remove `jids` from `owner`'s block list; no JIDs: every item
+    /// (XEP-0191 §3.5, "unblock all"). JIDs not there are ignored.
+    Unblock { owner: String, jids: Vec<String> },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -158,7 +171,9 @@ impl Command {
                 items.iter().map(|i| 128 + i.message.stanza.len()).sum()
             }
             Command::Batch { commands } => commands.iter().map(Command::size_hint).sum(),
-            Command::RemoveOffline { ids, .. } => {
+            Command::RemoveOffline { ids, .. }
+            | Command::Block { jids: ids, .. }
+            | Command::Unblock { jids: ids, .. } => {
                 64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
             }
             Command::CreateUser { .. }
@@ -239,6 +254,11 @@ pub enum Response {
         /// or both, or pre-approved), so the server answers `subscribed`
         /// on the contact's behalf (RFC 6121 §3.1.3).
         auto_approved: bool,
+    },
+    /// Result of [`Command::Block`] and [`Command::Unblock`]: how many
+    /// items were added or removed (0 for a retry).
+    BlockListChanged {
+        changed: u32,
     },
     InviteCreated,
     InviteDeleted {
@@ -352,6 +372,8 @@ pub enum Budget {
     TotalQueueBytes,
     /// The items of a roster (`max_items`).
     RosterItems,
+    /// The items of a block list (`max_items` of [`Command::Block`]).
+    BlockItems,
 }
 
 fn no_cap_u32() -> u32 {

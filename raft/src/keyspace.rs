@@ -142,6 +142,14 @@ pub const INVITES: TableSpec = TableSpec {
     value: "Invite",
 };
 
+/// Block lists (XEP-0191): one row per blocked JID of an account.
+pub const BLOCKLIST: TableSpec = TableSpec {
+    prefix: b'b',
+    name: "blocklist",
+    key: "owner bare JID \\0 blocked JID (full, bare or domain)",
+    value: "nothing (unit)",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -153,6 +161,7 @@ pub const TABLES: &[TableSpec] = &[
     OFFLINE_IDS,
     OFFLINE_DONE,
     INVITES,
+    BLOCKLIST,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

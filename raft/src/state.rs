@@ -45,6 +45,8 @@ pub struct StateData {
     pub offline_done: Table<(String, String), u64>,
     /// Registration invitations by the SHA-256 of their token.
     pub invites: Table<String, Invite>,
+    /// Block lists (XEP-0191): (owner, blocked JID), counted per owner.
+    pub blocklist: Measured<(String, String), ()>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -63,6 +65,7 @@ impl Default for StateData {
             offline_ids: Table::new(keyspace::OFFLINE_IDS.prefix),
             offline_done: Table::new(keyspace::OFFLINE_DONE.prefix),
             invites: Table::new(keyspace::INVITES.prefix),
+            blocklist: Measured::new(keyspace::BLOCKLIST.prefix, |_| 1),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -134,6 +137,7 @@ impl StateData {
             &self.offline_ids,
             &self.offline_done,
             &self.invites,
+            &self.blocklist,
         ]
     }
 
@@ -148,6 +152,7 @@ impl StateData {
             &mut self.offline_ids,
             &mut self.offline_done,
             &mut self.invites,
+            &mut self.blocklist,
         ]
     }
 
@@ -189,6 +194,29 @@ impl StateData {
     /// Number of roster items of `owner` (stubs included).
     pub fn roster_len(&self, owner: &str) -> u64 {
         self.roster.of_owner(owner)
+    }
+
+    /// Number of items in `owner`'s block list.
+    pub fn blocklist_len(&self, owner: &str) -> u64 {
+        self.blocklist.of_owner(owner)
+    }
+
+    /// Whether `owner`'s block list holds exactly `jid` (matching a
+    /// sender against the list is the server's: `router::blocking`).
+    pub fn blocklist_has(&self, owner: &str, jid: &str) -> bool {
+        self.blocklist
+            .get(&(owner.to_string(), jid.to_string()))
+            .is_some()
+    }
+
+    /// The JIDs of `owner`'s block list, in key order.
+    pub fn blocklist_of<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a String> + 'a {
+        let start = (owner.to_string(), String::new());
+        let owner = owner.to_string();
+        self.blocklist
+            .range(start..)
+            .take_while(move |((o, _), _)| *o == owner)
+            .map(|((_, jid), _)| jid)
     }
 
     /// The offline queue of `to`, oldest first, with sequence numbers.

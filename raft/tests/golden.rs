@@ -413,3 +413,77 @@ fn invite_bytes_are_unchanged() {
     ];
     assert_eq!(got.map(|s| s.to_string()), want.map(|s| s.to_string()));
 }
+
+/// The block list commands (added after the scripts above were pinned, so
+/// pinned apart).
+fn block_script() -> Vec<Command> {
+    let block = |owner: &str, jids: &[&str], max_items| Command::Block {
+        owner: owner.into(),
+        jids: jids.iter().map(|j| j.to_string()).collect(),
+        max_items,
+    };
+    let unblock = |owner: &str, jids: &[&str]| Command::Unblock {
+        owner: owner.into(),
+        jids: jids.iter().map(|j| j.to_string()).collect(),
+    };
+    vec![
+        Command::CreateUser {
+            jid: "a@x".into(),
+            credentials: creds("a@x"),
+            created_ms: 5,
+        },
+        block("a@x", &["b@x", "evil.example", "c@x/r"], 3),
+        block("a@x", &["b@x"], 3),
+        block("a@x", &["d@x"], 3),
+        block("nobody@x", &["b@x"], 3),
+        unblock("a@x", &["evil.example", "zz@x"]),
+        block("a@x", &["x"], 3),
+        Command::CreateUser {
+            jid: "b@x".into(),
+            credentials: creds("b@x"),
+            created_ms: 6,
+        },
+        block("b@x", &["a@x", "q@y"], 5),
+        unblock("b@x", &[]),
+        block("b@x", &["a@x"], 5),
+    ]
+}
+
+const BLOCK_DIGEST: &str = "d1c39a848db2148386c88a79f79d83f5";
+const BLOCK_RESPONSES: &str = "03fad909286c2dbed1823176164d10e0ba45dd997a090e8731e58507b24a8133";
+const BLOCK_WRITES: &str = "01e348f289b0b433aa6a7e1b5bbbcee8cf93b384b1be1a130e196c283f72dc78";
+const BLOCK_SNAPSHOT: &str = "86041fef4d6ffb0430d5c4aaef2714d9a632c1fec30c9eed0784b3cb92f49ad2";
+
+#[test]
+fn block_list_bytes_are_unchanged() {
+    let mut data = StateData::default();
+    let mut writes = Vec::new();
+    let mut responses = Vec::new();
+    for (i, cmd) in block_script().into_iter().enumerate() {
+        let r = data.apply_entry(cmd, 1, 10 + i as u64);
+        responses.push(serde_json::to_vec(&r).expect("json"));
+        for (k, v) in data.take_writes().expect("writes").ops {
+            writes.push(k);
+            writes.push(v.unwrap_or_else(|| b"<deleted>".to_vec()));
+        }
+    }
+    assert_eq!(
+        data.blocklist_of("a@x").cloned().collect::<Vec<_>>(),
+        ["b@x", "c@x/r", "x"]
+    );
+    assert_eq!(
+        data.blocklist_of("b@x").cloned().collect::<Vec<_>>(),
+        ["a@x"]
+    );
+    let snapshot = data.to_snapshot().expect("snapshot");
+    let reloaded = StateData::from_snapshot(&snapshot).expect("reload");
+    assert_eq!(reloaded.digest_hex(), data.digest_hex());
+    let got = [
+        data.digest_hex(),
+        sha(responses),
+        sha(writes),
+        sha([snapshot]),
+    ];
+    let want = [BLOCK_DIGEST, BLOCK_RESPONSES, BLOCK_WRITES, BLOCK_SNAPSHOT];
+    assert_eq!(got.map(|s| s.to_string()), want.map(|s| s.to_string()));
+}

@@ -78,6 +78,7 @@ impl Shared {
             router: &self.router,
             cluster: &self.cluster,
             max_roster_items: self.config.max_roster_items,
+            max_block_items: self.config.max_block_items,
         }
     }
 

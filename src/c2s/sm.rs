@@ -20,7 +20,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::xmpp::Element;
+use crate::xmpp::{ns, Element, StreamCondition, StreamError};
 
 /// How long an `<r/>` waits for unsafe stanzas before it is answered with
 /// what is safe so far (the rest is acknowledged later, unasked: §4 lets
@@ -39,9 +39,36 @@ pub struct Outbound {
 /// Protocol errors a client can make (each ends the stream).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SmError {
-    /// §4: an `h` higher than the number of stanzas sent.
+    /// §4: an `h` higher than the number of stanzas sent (`send_count`,
+    /// mod 2^32, as on the wire).
     #[error("acknowledged {acked} stanzas, only {unacked} were unacknowledged")]
-    HandledCountTooHigh { acked: u32, unacked: u32 },
+    HandledCountTooHigh {
+        acked: u32,
+        unacked: u32,
+        h: u32,
+        send_count: u32,
+    },
+}
+
+impl SmError {
+    /// The stream error that ends the stream. XEP-0198 §4: "the server
+    /// MUST respond with an 'undefined-condition' stream error that
+    /// includes a <handled-count-too-high/> element qualified by the
+    /// 'urn:xmpp:sm:3' namespace, whose 'h' attribute is the value of 'h'
+    /// received and whose 'send-count' attribute is the number of stanzas
+    /// the server sent".
+    pub fn stream_error(&self) -> StreamError {
+        match self {
+            SmError::HandledCountTooHigh { h, send_count, .. } => {
+                StreamError::with_text(StreamCondition::UndefinedCondition, self.to_string())
+                    .with_app(
+                        Element::new("handled-count-too-high", ns::SM)
+                            .with_attr("h", h.to_string())
+                            .with_attr("send-count", send_count.to_string()),
+                    )
+            }
+        }
+    }
 }
 
 /// The stream management state of one session.
@@ -259,7 +286,12 @@ impl StreamMgmt {
                 // Behind: an older count (a resumption's h can be).
                 return Ok(0);
             }
-            return Err(SmError::HandledCountTooHigh { acked: n, unacked });
+            return Err(SmError::HandledCountTooHigh {
+                acked: n,
+                unacked,
+                h,
+                send_count: self.sent as u32,
+            });
         }
         Ok(n as usize)
     }
@@ -517,8 +549,16 @@ mod tests {
             sm.on_ack(6).err(),
             Some(SmError::HandledCountTooHigh {
                 acked: 4,
-                unacked: 3
+                unacked: 3,
+                h: 6,
+                send_count: 5,
             })
+        );
+        let xml = sm.on_ack(6).expect_err("too high").stream_error().to_xml();
+        assert!(xml.contains("<undefined-condition "), "{xml}");
+        assert!(
+            xml.contains(r#"<handled-count-too-high xmlns="urn:xmpp:sm:3" h="6" send-count="5"/>"#),
+            "{xml}"
         );
         assert_eq!(ids(&sm.on_ack(5).unwrap()), ["3", "4", "5"]);
     }

@@ -1,14 +1,39 @@
 //! Service discovery (XEP-0030) for the server and for accounts, software
 //! version (XEP-0092).
-use super::{iq_result, Ctx, Me};
-use crate::xmpp::{ns, Element};
+//!
+//! Which entity a disco#info asks about: the domain is the server; the
+//! user's own bare JID, or no `to` at all (RFC 6120 §10.3.3: handled by
+//! the server on behalf of the account), is the account (identity
+//! `account/registered`); another user's bare JID is that account. Neither
+//! has any node: a request for one is `item-not-found` (XEP-0030 §3.1,
+//! "If the JID ... or node ... does not exist, the responding entity MUST
+//! return an <item-not-found/> error").
+use super::{error_reply, iq_result, Ctx, Effects, Me};
+use crate::xmpp::{ns, Element, StanzaCondition, StanzaError};
 
 fn feature(var: &str) -> Element {
     Element::new("feature", ns::DISCO_INFO).with_attr("var", var)
 }
 
+/// `item-not-found` for a disco#info naming a node (none exist here).
+fn unknown_node(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Option<Effects> {
+    iq.get_child("query", ns::DISCO_INFO)
+        .and_then(|q| q.attr("node"))
+        .map(|_| {
+            error_reply(
+                ctx.domain,
+                me,
+                iq,
+                StanzaError::new(StanzaCondition::ItemNotFound),
+            )
+        })
+}
+
 /// disco#info of the server (XEP-0030 §3.1).
-pub fn server_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Element {
+pub fn server_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
+    if let Some(e) = unknown_node(ctx, me, iq) {
+        return e;
+    }
     let mut q = Element::new("query", ns::DISCO_INFO).with_child(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "server")
@@ -23,6 +48,8 @@ pub fn server_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Element {
         ns::CARBONS,
         ns::SID,
         ns::DELAY,
+        // XEP-0191 §3.1: clients ask the server.
+        ns::BLOCKING,
         "msgoffline",
     ];
     if ctx.registration {
@@ -31,11 +58,14 @@ pub fn server_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Element {
     for f in features {
         q.push(feature(f));
     }
-    iq_result(me, iq).with_child(q)
+    Effects::write(iq_result(me, iq).with_child(q))
 }
 
 /// disco#info of an account (XEP-0030 §3, identity account/registered).
-pub fn account_info(me: &Me<'_>, iq: &Element) -> Element {
+pub fn account_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
+    if let Some(e) = unknown_node(ctx, me, iq) {
+        return e;
+    }
     let q = Element::new("query", ns::DISCO_INFO)
         .with_child(
             Element::new("identity", ns::DISCO_INFO)
@@ -43,8 +73,9 @@ pub fn account_info(me: &Me<'_>, iq: &Element) -> Element {
                 .with_attr("type", "registered"),
         )
         .with_child(feature(ns::DISCO_INFO))
-        .with_child(feature(ns::SID));
-    iq_result(me, iq).with_child(q)
+        .with_child(feature(ns::SID))
+        .with_child(feature(ns::BLOCKING));
+    Effects::write(iq_result(me, iq).with_child(q))
 }
 
 /// disco#items: no items (no components yet).

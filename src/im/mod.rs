@@ -2,6 +2,7 @@
 //! module per feature:
 //!
 //! - [`roster`]: roster get/set/remove and pushes (RFC 6121 §2).
+//! - [`blocking`]: XEP-0191 block lists (what they stop: `router::blocking`).
 //! - [`presence`]: presence broadcast, probes, directed presence and
 //!   subscriptions (RFC 6121 §3, §4).
 //! - [`offline`]: the XEP-0203 stamp of messages from the replicated queue
@@ -22,6 +23,7 @@
 //! changes (presence, carbons, directed presence, its binding). The session
 //! (`c2s::session::effects`) carries them out in order. So `im` does not
 //! depend on `c2s`, and a handler's decisions can be tested as data.
+pub mod blocking;
 pub mod disco;
 pub mod effect;
 pub mod offline;
@@ -50,6 +52,8 @@ pub struct Ctx<'a> {
     pub cluster: &'a ClusterHandle,
     /// Most items in one roster (`xmpp.max_roster_items`).
     pub max_roster_items: u32,
+    /// Most items in one block list (`xmpp.max_block_items`).
+    pub max_block_items: u32,
 }
 
 /// What a handler may know of the session that sent the stanza.
@@ -99,16 +103,33 @@ pub(crate) fn addressee(domain: &str, me: &Me<'_>, el: &Element) -> Result<Addre
 
 /// The error reply for `el`, for the client itself (none for a stanza that
 /// must not be answered with an error, RFC 6120 §8.3.1).
-pub(crate) fn error_reply(domain: &str, me: &Me<'_>, el: &Element, err: StanzaError) -> Effects {
+///
+/// The error comes from where the stanza was going: its `to`, or, for a
+/// stanza without one, nobody. RFC 6120 §10.3.3: a stanza with no `to` is
+/// handled by the server on behalf of the account, and §8.1.2.1: what the
+/// server sends on the account's behalf "MUST either (a) not include a
+/// 'from' attribute or (b) include a 'from' attribute whose value is the
+/// account's bare JID" (a reply from the domain is dropped by clients
+/// that check, aioxmpp among them). `_domain` is kept for the callers.
+pub(crate) fn error_reply(_domain: &str, me: &Me<'_>, el: &Element, err: StanzaError) -> Effects {
     let Some(mut reply) = err.reply_to(el) else {
         return Effects::none();
     };
-    // The error comes from where the stanza was going.
-    if reply.attr("from").is_none() {
-        reply.set_attr("from", domain);
-    }
     reply.set_attr("to", me.full.to_string());
     Effects::write(reply)
+}
+
+/// XEP-0191 §3.3 for a stanza from this session to `to`: the effects when
+/// a block list (the user's, or the recipient's) stops it. Also checked
+/// where stanzas are routed; here it comes first, so a refused message
+/// makes no carbons and an iq to a bare JID is not answered for a user
+/// who blocked its sender.
+pub(crate) fn blocked(ctx: &Ctx<'_>, me: &Me<'_>, el: &Element, to: &str) -> Option<Effects> {
+    let b = ctx.router.blocked(me.full.as_str(), to)?;
+    Some(match crate::router::blocking::refusal(el, b) {
+        Some(err) => error_reply(ctx.domain, me, el, err),
+        None => Effects::none(),
+    })
 }
 
 /// An empty `result` for an iq.
@@ -155,6 +176,9 @@ async fn handle_message(ctx: &Ctx<'_>, me: &Me<'_>, mut el: Element) -> Effects 
         Addressee::Other(j) => j.to_string(),
     };
     el.set_attr("to", to.clone());
+    if let Some(refused) = blocked(ctx, me, &el, &to) {
+        return refused;
+    }
     // XEP-0359 §5: a client must not set the recipient's stanza id.
     strip_stanza_ids(&mut el, crate::xmpp::jid::bare_of(&to));
     ctx.router.sent_carbons(me.full.as_str(), &el).await;
@@ -201,6 +225,9 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             if !is_request {
                 return Effects::none();
             }
+            if let Some(refused) = blocked(ctx, me, &el, bare.as_str()) {
+                return refused;
+            }
             // RFC 6121 §8.5.2.1.3 / §8.5.1: an iq to a bare JID is answered
             // by the server on the account's behalf.
             if !ctx.router.user_exists(&bare) {
@@ -213,9 +240,7 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             }
             let child = el.children().next().map(|c| (c.name(), c.ns()));
             match child {
-                Some(("query", ns::DISCO_INFO)) if ty == "get" => {
-                    Effects::write(disco::account_info(me, &el))
-                }
+                Some(("query", ns::DISCO_INFO)) if ty == "get" => disco::account_info(ctx, me, &el),
                 Some(("ping", ns::PING)) if ty == "get" => Effects::write(iq_result(me, &el)),
                 _ => error_reply(
                     ctx.domain,
@@ -233,7 +258,11 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     }
 }
 
+/// An iq for the server or for the account itself (`own`: addressed to
+/// the user's bare JID).
 async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) -> Effects {
+    // RFC 6120 §10.3.3: no `to` is handled on behalf of the account.
+    let account = own || el.attr("to").is_none();
     let ty = el.attr("type").unwrap_or("").to_string();
     let Some(child) = el.children().next() else {
         return Effects::none();
@@ -244,12 +273,18 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         ("ping", ns::PING, "get") => Effects::write(iq_result(me, &el)),
         // RFC 3921 session establishment: a no-op today.
         ("session", ns::SESSION, "set") => Effects::write(iq_result(me, &el)),
+        ("blocklist" | "block" | "unblock", ns::BLOCKING, _) => blocking::handle(ctx, me, el).await,
+        // XEP-0092 asks the server (clients also send it without `to`).
         ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
-        ("query", ns::DISCO_INFO, "get") => Effects::write(if own {
-            disco::account_info(me, &el)
-        } else {
-            disco::server_info(ctx, me, &el)
-        }),
+        // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks
+        // about the account; the domain, about the server.
+        ("query", ns::DISCO_INFO, "get") => {
+            if account {
+                disco::account_info(ctx, me, &el)
+            } else {
+                disco::server_info(ctx, me, &el)
+            }
+        }
         ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(me, &el)),
         ("query", ns::REGISTER, _) => register::handle_authenticated(ctx, me, el).await,
         ("enable" | "disable", ns::CARBONS, "set") => {
@@ -335,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn error_replies_come_from_the_target_or_the_domain_and_never_answer_errors() {
+    fn error_replies_come_from_the_target_or_nobody_and_never_answer_errors() {
         let (full, bare, directed) = me_parts();
         let me = Me {
             full: &full,
@@ -369,7 +404,9 @@ mod tests {
         )
         .into_write()
         .expect("an error reply");
-        assert_eq!(reply.attr("from"), Some("localhost"));
+        // RFC 6120 §8.1.2.1: on the account's behalf, no `from` (a reply
+        // from the domain is dropped by clients that check).
+        assert_eq!(reply.attr("from"), None);
         // RFC 6120 §8.3.1: an error is never answered with an error.
         let err = Element::new("message", ns::CLIENT).with_attr("type", "error");
         assert!(error_reply(

@@ -5,6 +5,12 @@
 //! (§4.3.2) and bare-JID message routing (§8.5.2) sees every node's
 //! resources. Subscription changes are one replicated command that updates
 //! both roster items (see `starling_raft::subscription`).
+//!
+//! XEP-0191 block lists stop presence both ways (§3.3): a contact on the
+//! user's list, or whose list has the user, neither gets the user's
+//! broadcasts, subscription stanzas and probe answers nor sends any; the
+//! checks are where presence is addressed to a session (`to_available_sessions`,
+//! `presences_of`) and where a client's typed presence starts.
 use starling_raft::command::{Command, Response, RosterItem, SubAction};
 use tracing::warn;
 
@@ -41,6 +47,12 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
         Addressee::Account(b) => Jid::from(b),
         Addressee::Other(j) => j,
     };
+    // XEP-0191 §3.3: presence (subscriptions and probes included) to or
+    // from a blocked JID: the user gets `not-acceptable`, the blocked
+    // sender nothing.
+    if let Some(refused) = super::blocked(ctx, me, &el, &to.to_string()) {
+        return refused;
+    }
     match ty.as_deref() {
         Some(kind @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
             let action = match kind {
@@ -122,12 +134,13 @@ fn directed(domain: &str, me: &Me<'_>, mut el: Element, to: String, ty: Option<&
 }
 
 /// The current presence of every available session of `contact`, addressed
-/// to `to` (answering a probe from the shared table, §4.3.2).
+/// to `to` (answering a probe from the shared table, §4.3.2); none across
+/// a block list (XEP-0191 §3.3: probes from the blocked are not answered).
 pub fn presences_of(router: &Router, contact: &str, to: &str) -> Vec<Element> {
     router
         .sessions_of(contact, None)
         .into_iter()
-        .filter(|t| t.binding.available)
+        .filter(|t| t.binding.available && router.blocked(&t.full, to).is_none())
         .map(|t| stored_presence(&t, to))
         .collect()
 }
@@ -162,10 +175,15 @@ fn watched(router: &Router, bare: &str) -> Vec<RosterItem> {
     state.data.roster_of(bare).cloned().collect()
 }
 
-/// Sends `p` (from this session) to every available session of `bare`.
+/// Sends `p` (from this session) to every available session of `bare`,
+/// but not across a block list (XEP-0191 §3.3).
 async fn to_available_sessions(router: &Router, bare: &str, p: &Element, skip: Option<&str>) {
+    let from = p.attr("from").unwrap_or_default();
     for t in router.sessions_of(bare, None) {
         if !t.binding.available || Some(t.full.as_str()) == skip {
+            continue;
+        }
+        if router.blocked(from, &t.full).is_some() {
             continue;
         }
         let mut copy = p.clone();
@@ -258,7 +276,10 @@ pub fn initial_presence(router: &Router, bare: &str, full: &str) -> Vec<Element>
             .into_iter()
             .filter(|p| p.attr("from") != Some(full)),
     );
-    for item in items.iter().filter(|i| i.pending_in) {
+    for item in items
+        .iter()
+        .filter(|i| i.pending_in && router.blocked(&i.jid, full).is_none())
+    {
         out.push(
             Element::new("presence", ns::CLIENT)
                 .with_attr("type", "subscribe")
@@ -495,7 +516,8 @@ mod tests {
             panic!("one error reply expected, got {effects:?}");
         };
         assert_eq!(err.attr("type"), Some("error"));
-        assert_eq!(err.attr("from"), Some("localhost"));
+        // No `to`: handled for the account, so from nobody (RFC 6120 §8.1.2.1).
+        assert_eq!(err.attr("from"), None);
         assert_eq!(err.attr("to"), Some("juliet@localhost/balcony"));
         assert!(err.to_xml(ns::CLIENT).contains("bad-request"));
     }

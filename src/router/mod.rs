@@ -20,6 +20,7 @@ use starling_raft::command::SessionBinding;
 use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, watch};
 
+pub mod blocking;
 pub mod contact;
 pub mod custody;
 pub mod hints;

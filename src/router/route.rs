@@ -48,6 +48,16 @@ impl Router {
                 .await;
             return false;
         };
+        // XEP-0191 §3.3: neither routed, nor delivered, nor queued across a
+        // block list (the sender's or the recipient's); read here, on the
+        // sender's node, from the replicated lists.
+        if let Some(blocked) = el.attr("from").and_then(|f| self.blocked(f, &to)) {
+            debug!(to = %to, ?blocked, "blocked");
+            if let Some(err) = super::blocking::refusal(&el, blocked) {
+                self.bounce(&el, err).await;
+            }
+            return false;
+        }
         if jid.domain().as_str() != self.0.domain {
             // No server-to-server connections: RFC 6120 §8.3.3.16.
             self.bounce(

@@ -112,6 +112,9 @@ impl StanzaCondition {
 pub struct StreamError {
     pub condition: StreamCondition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §4.9.4), after the
+    /// defined one and the text.
+    pub app: Option<Box<Element>>,
 }
 
 impl StreamError {
@@ -119,13 +122,21 @@ impl StreamError {
         StreamError {
             condition,
             text: None,
+            app: None,
         }
+    }
+
+    /// The same error with an application-specific condition element.
+    pub fn with_app(mut self, app: Element) -> Self {
+        self.app = Some(Box::new(app));
+        self
     }
 
     pub fn with_text(condition: StreamCondition, text: impl Into<String>) -> Self {
         StreamError {
             condition,
             text: Some(text.into()),
+            app: None,
         }
     }
 
@@ -144,6 +155,9 @@ impl StreamError {
                 super::element::escape(t)
             ));
         }
+        if let Some(app) = &self.app {
+            out.push_str(&app.to_standalone_xml());
+        }
         out.push_str("</stream:error>");
         out
     }
@@ -158,6 +172,9 @@ pub struct StanzaError {
     /// The error type when not the condition's default (RFC 6120 §8.3.2),
     /// e.g. `wait` for a limit that lifts with time.
     pub kind: Option<&'static str>,
+    /// An application-specific condition (RFC 6120 §8.3.2), e.g. XEP-0191's
+    /// `<blocked/>`.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -166,6 +183,7 @@ impl StanzaError {
             condition,
             text: None,
             kind: None,
+            app: None,
         }
     }
 
@@ -174,6 +192,7 @@ impl StanzaError {
             condition,
             text: Some(text.into()),
             kind: None,
+            app: None,
         }
     }
 
@@ -181,6 +200,12 @@ impl StanzaError {
     /// `modify` or `wait`) instead of the condition's default.
     pub fn of_type(mut self, kind: &'static str) -> Self {
         self.kind = Some(kind);
+        self
+    }
+
+    /// The same error with an application-specific condition element.
+    pub fn with_app(mut self, app: Element) -> Self {
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -196,6 +221,9 @@ impl StanzaError {
                     .with_attr("xml:lang", "en")
                     .with_text(t.clone()),
             );
+        }
+        if let Some(app) = &self.app {
+            e.push((**app).clone());
         }
         e
     }

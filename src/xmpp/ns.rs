@@ -22,6 +22,10 @@ pub const IBR_TOKEN: &str = "urn:xmpp:ibr-token:0";
 pub const PARS: &str = "urn:xmpp:pars:0";
 pub const VERSION: &str = "jabber:iq:version";
 pub const PING: &str = "urn:xmpp:ping";
+/// XEP-0191 block lists, and the application-specific error of a stanza
+/// to a JID the sender blocked.
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 pub const SM: &str = "urn:xmpp:sm:3";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
 pub const FORWARD: &str = "urn:xmpp:forward:0";

@@ -22,7 +22,7 @@ def fail(msg):
 
 def client(jid, password):
     c = slixmpp.ClientXMPP(jid, password)
-    for p in ("xep_0030", "xep_0077", "xep_0199"):
+    for p in ("xep_0030", "xep_0077", "xep_0191", "xep_0199"):
         c.register_plugin(p)
     # The test servers use self-signed certificates.
     c.ssl_context.check_hostname = False
@@ -141,6 +141,37 @@ async def main():
             fail(f"disco#info lacks {f}: {feats}")
     await alice["xep_0199"].ping(jid=DOMAIN, timeout=TIMEOUT)
     print("disco and ping", flush=True)
+
+    # XEP-0191 across nodes: bob (node 2) blocks carol (node 1) with
+    # slixmpp's plugin; the push reaches bob, the list reads back, carol's
+    # message is refused with service-unavailable and not delivered;
+    # unblocking restores delivery.
+    if "urn:xmpp:blocking" not in feats:
+        fail(f"disco#info lacks urn:xmpp:blocking: {feats}")
+    pushes = []
+    bob.add_event_handler("blocked", lambda iq: pushes.append(iq))
+    await bob["xep_0191"].block(f"carol@{DOMAIN}", timeout=TIMEOUT)
+    await wait_for("bob's block push", lambda: len(pushes) > 0)
+    res = await bob["xep_0191"].get_blocked(timeout=TIMEOUT)
+    listed = {str(j) for j in res["blocklist"]["items"]}
+    if listed != {f"carol@{DOMAIN}"}:
+        fail(f"blocklist is {listed}")
+    # The list is replicated: give node 1 a moment to apply it.
+    await asyncio.sleep(1)
+    errors = []
+    carol.add_event_handler("message_error", lambda m: errors.append(m))
+    carol.send_message(mto=f"bob@{DOMAIN}", mbody="from the blocked", mtype="chat")
+    await wait_for("carol's error", lambda: len(errors) > 0)
+    if errors[0]["error"]["condition"] != "service-unavailable":
+        fail(f"carol got {errors[0]}")
+    await asyncio.sleep(0.5)
+    if any(m["body"] == "from the blocked" for m in bob.inbox):
+        fail("a message from a blocked JID was delivered")
+    await bob["xep_0191"].unblock(f"carol@{DOMAIN}", timeout=TIMEOUT)
+    await asyncio.sleep(1)
+    carol.send_message(mto=f"bob@{DOMAIN}", mbody="unblocked now", mtype="chat")
+    await expect_message(bob, "unblocked now")
+    print("blocking (XEP-0191) across nodes", flush=True)
 
     # Unavailable presence when bob leaves.
     bob.disconnect()

@@ -8,7 +8,8 @@
 //! - `sessions`: bind, unbind, update, drop a node's bindings;
 //! - `roster`: set or remove an item, presence subscriptions;
 //! - `offline`: enqueue (one or many), ack, remove by id;
-//! - `invites`: create and delete invitations, register with one.
+//! - `invites`: create and delete invitations, register with one;
+//! - `blocking`: block and unblock JIDs (XEP-0191 block lists).
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -16,6 +17,7 @@ use crate::command::{Command, Response};
 use crate::state::StateData;
 
 mod accounts;
+mod blocking;
 mod invites;
 mod offline;
 mod roster;
@@ -110,6 +112,12 @@ impl StateData {
                 created_ms,
                 invite,
             } => invites::register(self, jid, credentials, created_ms, invite),
+            Command::Block {
+                owner,
+                jids,
+                max_items,
+            } => blocking::block(self, owner, jids, max_items),
+            Command::Unblock { owner, jids } => blocking::unblock(self, owner, jids),
         }
     }
 }

@@ -162,12 +162,7 @@ impl Session {
         let Some(sm) = self.sm.as_mut() else {
             return Ok(());
         };
-        let released = sm.on_ack(h).map_err(|e| {
-            Ended::Error(StreamError::with_text(
-                StreamCondition::UndefinedCondition,
-                e.to_string(),
-            ))
-        })?;
+        let released = sm.on_ack(h).map_err(|e| Ended::Error(e.stream_error()))?;
         let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
         self.shared.router.delivered(self.bare.as_str(), ids);
         if self.more_queued && self.available && self.pull_room() > 0 {

@@ -9,7 +9,7 @@ use tracing::{debug, info};
 use super::{recv_resumption, recv_takeover, stopped, Ended, Session};
 use crate::c2s::negotiate::Resumption;
 use crate::router::ToSession;
-use crate::xmpp::{ns, StreamCondition, StreamError};
+use crate::xmpp::ns;
 
 impl Session {
     /// Detached (XEP-0198 §5): keep the session for `sm_resume_timeout_secs`
@@ -68,13 +68,7 @@ impl Session {
         let (released, again) = match sm.on_resume(r.h) {
             Ok(x) => x,
             Err(e) => {
-                let _ = self
-                    .conn
-                    .fail(
-                        &StreamError::with_text(StreamCondition::UndefinedCondition, e.to_string()),
-                        &self.shared.domain,
-                    )
-                    .await;
+                let _ = self.conn.fail(&e.stream_error(), &self.shared.domain).await;
                 return false;
             }
         };
