@@ -21,8 +21,33 @@ fn pid_of(c: &TestCluster, id: u64) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(n.child.as_ref().expect("running").id() as i32)
 }
 
+/// Sends `sig` to node `id`; a SIGSTOP returns once every thread of the
+/// node is stopped (kill(2) returns before that: a node still running for
+/// a moment answered a custody copy the test meant to go unanswered).
 fn signal(c: &TestCluster, id: u64, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(pid_of(c, id), sig).unwrap();
+    let pid = pid_of(c, id);
+    nix::sys::signal::kill(pid, sig).unwrap();
+    if sig != nix::sys::signal::Signal::SIGSTOP {
+        return;
+    }
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                // The state follows the command name's closing parenthesis.
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    .is_some_and(|st| st == 'T' || st == 't')
+            })
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(2);
+    while !stopped() {
+        assert!(Instant::now() < until, "node {id} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn chat(to: &str, body: &str) -> String {
