@@ -9,7 +9,10 @@
 //! - [`sm`]: XEP-0198 stream management state, without I/O.
 //! - [`handoff`]: a resumable session moving to the node its client
 //!   resumed it on.
-//! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
+//! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O;
+//!   `auth`: one SASL exchange over a connection, for both profiles.
+//! - [`sasl2`]: XEP-0388 SASL2 with inline XEP-0386 Bind 2 and XEP-0198
+//!   (its elements without I/O; `sasl2::flow` over a connection).
 //! - [`auth_limit`]: authentication throttling per address (slowed, then
 //!   blocked; never the account), without I/O.
 //! - [`admission`]: which accepted connections are served (pre-auth and
@@ -25,11 +28,13 @@
 //! pool when SASL succeeds and frees its slots when it ends.
 pub mod addr;
 pub mod admission;
+mod auth;
 pub mod auth_limit;
 pub mod handoff;
 pub mod negotiate;
 pub mod register_limit;
 pub mod sasl;
+pub mod sasl2;
 mod seen;
 pub mod session;
 pub mod sm;
