@@ -645,6 +645,15 @@ fn inline_resumption_on_another_node_and_the_freshness_gate() {
             "the old node handed the session over"
         );
 
+        // A FAST token issued on one node logs in on another (the tokens'
+        // verifiers are replicated).
+        let (token, _) = token_after_password(c.client_addr(old_node), "alice").await;
+        c.wait_converged(1, &[1, 2, 3], Duration::from_secs(20))
+            .await;
+        let (mut cl, _) = tls_stream(c.client_addr(new_node)).await;
+        let s = fast_login(&mut cl, "alice", &token, UA_ID, "", "").await;
+        assert!(s.is("success", SASL2), "a token from another node: {s}");
+
         // The freshness gate applies to SASL2: new_node, out of touch with
         // the leader for longer than 5 s, does not check passwords.
         use nix::sys::signal::Signal;
@@ -656,5 +665,170 @@ fn inline_resumption_on_another_node_and_the_freshness_gate() {
         signal(&c, leader, Signal::SIGCONT);
         signal(&c, old_node, Signal::SIGCONT);
         assert_eq!(failure_condition(&r), "temporary-auth-failure", "{r}");
+    });
+}
+
+const FAST: &str = "urn:xmpp:fast:0";
+const UA_ID: &str = "d4565fa7-4d72-4749-b3d3-740edbf87770";
+
+/// The `<token/>` of a success, if any: (token, expiry).
+fn token_of(s: &Element) -> Option<(String, String)> {
+    let t = s.get_child("token", FAST)?;
+    Some((t.attr("token")?.to_string(), t.attr("expiry")?.to_string()))
+}
+
+/// A FAST (HT-SHA-256-NONE) login with `token` from user-agent `ua_id`;
+/// `fast_attrs` go on `<fast/>`. Returns the answer; on success the
+/// server's HT answer is checked.
+async fn fast_login(
+    c: &mut RawClient,
+    user: &str,
+    token: &str,
+    ua_id: &str,
+    fast_attrs: &str,
+    inline: &str,
+) -> Element {
+    let mut msg = format!("{user}\0").into_bytes();
+    msg.extend(hmac(ScramHash::Sha256, token.as_bytes(), b"Initiator"));
+    c.send(&format!(
+        "<authenticate xmlns='{SASL2}' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>\
+         <user-agent id='{ua_id}'><software>sasl2-test</software></user-agent>\
+         <fast xmlns='{FAST}'{fast_attrs}/>{inline}</authenticate>",
+        b64(&msg)
+    ))
+    .await;
+    let r = c.next().await;
+    if r.is("success", SASL2) {
+        let data = r.get_child("additional-data", SASL2).expect("HT answer");
+        let want = hmac(ScramHash::Sha256, token.as_bytes(), b"Responder");
+        assert_eq!(unb64(&data.text()), want, "the server's HT answer");
+    }
+    r
+}
+
+/// A password login that asks for a FAST token; returns it.
+async fn token_after_password(addr: std::net::SocketAddr, user: &str) -> (String, String) {
+    let (mut c, f) = tls_stream(addr).await;
+    let fast = f
+        .get_child("authentication", SASL2)
+        .and_then(|a| a.get_child("inline", SASL2))
+        .and_then(|i| i.get_child("fast", FAST))
+        .unwrap_or_else(|| panic!("FAST offered inline: {f}"));
+    assert_eq!(
+        fast.get_child("mechanism", FAST)
+            .map(|m| m.text())
+            .as_deref(),
+        Some("HT-SHA-256-NONE")
+    );
+    let s = auth_scram2(
+        &mut c,
+        ScramHash::Sha256,
+        user,
+        &format!("pw-{user}"),
+        &format!("<request-token xmlns='{FAST}' mechanism='HT-SHA-256-NONE'/>"),
+    )
+    .await;
+    assert!(s.is("success", SASL2), "{s}");
+    token_of(&s).unwrap_or_else(|| panic!("no token: {s}"))
+}
+
+/// Item 4: a token issued after a password login logs in with one
+/// message (and Bind 2 inline); each use rotates it (the next token comes
+/// in `<success/>`, the used one stays valid until the next is used, then
+/// goes); a wrong token, another client's id and an invalidated token are
+/// refused.
+#[test]
+fn fast_tokens_log_in_rotate_and_are_refused_when_wrong_or_invalidated() {
+    rt().block_on(async {
+        let c = one_node().await;
+        let addr = c.client_addr(1);
+        let (t1, expiry) = token_after_password(addr, "alice").await;
+        assert!(
+            expiry.ends_with('Z') && expiry.as_str() > "2026",
+            "{expiry}"
+        );
+
+        // t1 logs in, with a bind; t2 comes with the success.
+        let (mut cl, _) = tls_stream(addr).await;
+        let s = fast_login(
+            &mut cl,
+            "alice",
+            &t1,
+            UA_ID,
+            "",
+            &format!("<bind xmlns='{BIND2}'><tag>fast</tag></bind>"),
+        )
+        .await;
+        assert!(s.is("success", SASL2), "{s}");
+        assert!(authz(&s).starts_with("alice@localhost/fast/"), "{s}");
+        assert!(s.has_child("bound", BIND2), "{s}");
+        let (t2, _) = token_of(&s).expect("the rotated token");
+        assert_ne!(t1, t2);
+        let f = cl.next().await;
+        assert!(f.is("features", ns::STREAM), "{f}");
+        cl.sync().await;
+
+        // Wrong: another token, another client, a password as a token.
+        let (mut cl, _) = tls_stream(addr).await;
+        let r = fast_login(&mut cl, "alice", "not-a-token", UA_ID, "", "").await;
+        assert_eq!(failure_condition(&r), "not-authorized");
+        let other = "0e9f4e63-1b7c-4e8c-9d50-3c6b1c7a2f11";
+        let r = fast_login(&mut cl, "alice", &t2, other, "", "").await;
+        assert_eq!(failure_condition(&r), "not-authorized");
+        let (mut cl, _) = tls_stream(addr).await;
+        let r = fast_login(&mut cl, "bob", &t2, UA_ID, "", "").await;
+        assert_eq!(failure_condition(&r), "not-authorized");
+
+        // t1 still works (t2 may never have reached the client); t3 then.
+        let (mut cl, _) = tls_stream(addr).await;
+        let s = fast_login(&mut cl, "alice", &t1, UA_ID, "", "").await;
+        assert!(
+            s.is("success", SASL2),
+            "t1 until a newer token is used: {s}"
+        );
+        let (t3, _) = token_of(&s).expect("token");
+        // t3 used: t1 goes (and t2, replaced by t3 unused).
+        let (mut cl, _) = tls_stream(addr).await;
+        let s = fast_login(&mut cl, "alice", &t3, UA_ID, "", "").await;
+        assert!(s.is("success", SASL2), "{s}");
+        let (t4, _) = token_of(&s).expect("token");
+        for (name, old) in [("t1", &t1), ("t2", &t2)] {
+            let (mut cl, _) = tls_stream(addr).await;
+            let r = fast_login(&mut cl, "alice", old, UA_ID, "", "").await;
+            assert!(
+                r.is("failure", SASL2),
+                "{name} after a newer token was used: {r}"
+            );
+        }
+
+        // Invalidation: success without a new token, then refused.
+        let (mut cl, _) = tls_stream(addr).await;
+        let s = fast_login(&mut cl, "alice", &t4, UA_ID, " invalidate='true'", "").await;
+        assert!(s.is("success", SASL2), "{s}");
+        assert!(token_of(&s).is_none(), "no token after invalidate: {s}");
+        let (mut cl, _) = tls_stream(addr).await;
+        let r = fast_login(&mut cl, "alice", &t4, UA_ID, "", "").await;
+        assert!(r.is("failure", SASL2), "an invalidated token: {r}");
+    });
+}
+
+/// Item 4: an expired token is refused with `credentials-expired`
+/// (XEP-0484 §"Server responsibilities"), and a password login works.
+#[test]
+fn an_expired_fast_token_is_refused() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            cfg.xmpp.fast_token_lifetime_secs = 1;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        c.create_user(1, "alice").await.unwrap();
+        let addr = c.client_addr(1);
+        let (t1, _) = token_after_password(addr, "alice").await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let (mut cl, _) = tls_stream(addr).await;
+        let r = fast_login(&mut cl, "alice", &t1, UA_ID, "", "").await;
+        assert_eq!(failure_condition(&r), "credentials-expired");
+        let s = auth_plain2(&mut cl, "alice", "pw-alice", "").await;
+        assert!(s.is("success", SASL2), "{s}");
     });
 }

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::command::{Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
+use crate::command::{FastClient, Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
 use crate::keyspace::{self, TABLES};
 use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
@@ -45,6 +45,8 @@ pub struct StateData {
     pub offline_done: Table<(String, String), u64>,
     /// Registration invitations by the SHA-256 of their token.
     pub invites: Table<String, Invite>,
+    /// XEP-0484 FAST tokens by (account, user-agent id).
+    pub fast_tokens: Table<(String, String), FastClient>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -63,6 +65,7 @@ impl Default for StateData {
             offline_ids: Table::new(keyspace::OFFLINE_IDS.prefix),
             offline_done: Table::new(keyspace::OFFLINE_DONE.prefix),
             invites: Table::new(keyspace::INVITES.prefix),
+            fast_tokens: Table::new(keyspace::FAST_TOKENS.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -134,6 +137,7 @@ impl StateData {
             &self.offline_ids,
             &self.offline_done,
             &self.invites,
+            &self.fast_tokens,
         ]
     }
 
@@ -148,6 +152,7 @@ impl StateData {
             &mut self.offline_ids,
             &mut self.offline_done,
             &mut self.invites,
+            &mut self.fast_tokens,
         ]
     }
 

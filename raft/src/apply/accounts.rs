@@ -63,6 +63,7 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     for k in &sessions {
         data.sessions.remove(k, t);
     }
+    super::fast::remove_all(data, &jid);
     Response::UserDeleted {
         roster_items: roster.len() as u32,
         queued,

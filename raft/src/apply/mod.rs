@@ -8,7 +8,8 @@
 //! - `sessions`: bind, unbind, update, drop a node's bindings;
 //! - `roster`: set or remove an item, presence subscriptions;
 //! - `offline`: enqueue (one or many), ack, remove by id;
-//! - `invites`: create and delete invitations, register with one.
+//! - `invites`: create and delete invitations, register with one;
+//! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -16,6 +17,7 @@ use crate::command::{Command, Response};
 use crate::state::StateData;
 
 mod accounts;
+mod fast;
 mod invites;
 mod offline;
 mod roster;
@@ -110,6 +112,22 @@ impl StateData {
                 created_ms,
                 invite,
             } => invites::register(self, jid, credentials, created_ms, invite),
+            Command::IssueFastToken {
+                user,
+                client,
+                token,
+            } => fast::issue(self, user, client, token),
+            Command::UseFastToken {
+                user,
+                client,
+                verifier,
+                next,
+            } => fast::use_token(self, user, client, verifier, next),
+            Command::RevokeFastTokens {
+                user,
+                client,
+                verifier,
+            } => fast::revoke(self, user, client, verifier),
         }
     }
 }

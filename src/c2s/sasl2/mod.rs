@@ -10,7 +10,9 @@
 //! a connection with the same mechanisms (`c2s::sasl`), throttling
 //! (`c2s::auth_limit`) and freshness gate as RFC 6120 SASL (`c2s::auth`),
 //! and the same binding and resumption paths (`c2s::session`,
-//! `c2s::handoff`).
+//! `c2s::handoff`). XEP-0484 FAST tokens, a SASL2 inline feature and
+//! their own mechanism, are `fast.rs`.
+pub mod fast;
 pub(super) mod flow;
 
 use super::sasl::{decode_payload, Mechanism, SaslFailure};
@@ -25,7 +27,7 @@ const MAX_AGENT_CHARS: usize = 128;
 /// XEP-0388 §"Initiation": what the client sent in `<authenticate/>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticate {
-    pub mechanism: Mechanism,
+    pub mechanism: Mech,
     /// The decoded `<initial-response/>`; `None` when absent (§"SASL Data
     /// Encoding": "To indicate the absence of an initial response ... the
     /// element is simply not included"), `Some(vec![])` when empty.
@@ -35,6 +37,18 @@ pub struct Authenticate {
     pub resume: Option<Result<ResumeRequest, ()>>,
     /// XEP-0386 `<bind/>`.
     pub bind: Option<BindRequest>,
+    /// XEP-0484 `<request-token mechanism/>`: the mechanism named.
+    pub request_token: Option<String>,
+    /// XEP-0484 `<fast/>` of a token login.
+    pub fast: Option<fast::FastUse>,
+}
+
+/// The mechanism of an `<authenticate/>`: a password mechanism of
+/// `c2s::sasl`, or XEP-0484 FAST's HT-SHA-256-NONE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mech {
+    Password(Mechanism),
+    Fast,
 }
 
 /// XEP-0388 `<user-agent/>`: "The 'id' attribute is RECOMMENDED, and if
@@ -74,10 +88,13 @@ impl Authenticate {
     /// by the server in the stream feature, the server MUST fail the
     /// authentication."
     pub fn parse(el: &Element) -> Result<Authenticate, SaslFailure> {
-        let mechanism = el
-            .attr("mechanism")
-            .and_then(Mechanism::from_name)
-            .ok_or(SaslFailure::InvalidMechanism)?;
+        let mechanism = match el.attr("mechanism") {
+            Some(fast::HT_SHA_256_NONE) => Mech::Fast,
+            Some(m) => {
+                Mech::Password(Mechanism::from_name(m).ok_or(SaslFailure::InvalidMechanism)?)
+            }
+            None => return Err(SaslFailure::InvalidMechanism),
+        };
         let initial = match el.get_child("initial-response", ns::SASL2) {
             // An empty element is an empty response (§"SASL Data
             // Encoding": `<element/>` is the empty string), not "=".
@@ -118,12 +135,20 @@ impl Authenticate {
             carbons: b.has_child("enable", ns::CARBONS),
             inactive: b.has_child("inactive", ns::CSI),
         });
+        let request_token = el
+            .get_child("request-token", fast::NS)
+            .map(|r| r.attr("mechanism").unwrap_or_default().to_string());
+        let fast = el.get_child("fast", fast::NS).map(|f| fast::FastUse {
+            invalidate: matches!(f.attr("invalidate"), Some("true" | "1")),
+        });
         Ok(Authenticate {
             mechanism,
             initial,
             user_agent,
             resume,
             bind,
+            request_token,
+            fast,
         })
     }
 }
@@ -154,7 +179,8 @@ pub fn feature() -> String {
         f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
     }
     f.push_str(&format!(
-        "<inline><sm xmlns='{}'/><bind xmlns='{}'><inline>",
+        "<inline>{}<sm xmlns='{}'/><bind xmlns='{}'><inline>",
+        fast::feature(),
         ns::SM,
         ns::BIND2
     ));
@@ -255,7 +281,11 @@ fn b64(data: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResumeReply {
     Sm,
-    Sasl2 { additional: Vec<u8> },
+    /// `extra`: other results of inline features (a FAST token).
+    Sasl2 {
+        additional: Vec<u8>,
+        extra: String,
+    },
 }
 
 impl ResumeReply {
@@ -264,7 +294,9 @@ impl ResumeReply {
     pub fn wrap(&self, resumed: &str, full: &str) -> String {
         match self {
             ResumeReply::Sm => resumed.to_string(),
-            ResumeReply::Sasl2 { additional } => success(additional, full, resumed),
+            ResumeReply::Sasl2 { additional, extra } => {
+                success(additional, full, &format!("{extra}{resumed}"))
+            }
         }
     }
 }
@@ -292,7 +324,7 @@ mod tests {
              </authenticate>",
         )
         .unwrap();
-        assert_eq!(a.mechanism, Mechanism::ScramSha256);
+        assert_eq!(a.mechanism, Mech::Password(Mechanism::ScramSha256));
         assert_eq!(a.initial.as_deref(), Some(&b"n,,n=user,r=abc"[..]));
         let ua = a.user_agent.unwrap();
         assert_eq!(
@@ -322,11 +354,22 @@ mod tests {
     #[test]
     fn a_bare_authenticate() {
         let a = parse("<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'/>").unwrap();
-        assert_eq!(a.mechanism, Mechanism::Plain);
+        assert_eq!(a.mechanism, Mech::Password(Mechanism::Plain));
         assert_eq!(a.initial, None);
         assert_eq!(a.user_agent, None);
         assert_eq!(a.resume, None);
         assert_eq!(a.bind, None);
+        assert_eq!((a.request_token, a.fast), (None, None));
+        // A FAST login, a token request.
+        let a = parse(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+             <fast xmlns='urn:xmpp:fast:0' count='3' invalidate='true'/>\
+             <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>",
+        )
+        .unwrap();
+        assert_eq!(a.mechanism, Mech::Fast);
+        assert_eq!(a.fast, Some(fast::FastUse { invalidate: true }));
+        assert_eq!(a.request_token.as_deref(), Some("HT-SHA-256-NONE"));
         // An empty initial response is present and empty.
         let a = parse(
             "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response/></authenticate>",
@@ -394,6 +437,11 @@ mod tests {
         assert!(mechs.contains(&"SCRAM-SHA-256".to_string()), "{mechs:?}");
         let inline = f.get_child("inline", ns::SASL2).unwrap();
         assert!(inline.has_child("sm", ns::SM));
+        let fast = inline.get_child("fast", fast::NS).unwrap();
+        assert_eq!(
+            fast.get_child("mechanism", fast::NS).unwrap().text(),
+            "HT-SHA-256-NONE"
+        );
         let vars: Vec<&str> = inline
             .get_child("bind", ns::BIND2)
             .and_then(|b| b.get_child("inline", ns::BIND2))
@@ -437,8 +485,14 @@ mod tests {
 
         let resumed = "<resumed xmlns='urn:xmpp:sm:3' h='1' previd='p'/>";
         assert_eq!(ResumeReply::Sm.wrap(resumed, "a@x/r"), resumed);
-        let w = parse_stanza(&ResumeReply::Sasl2 { additional: vec![] }.wrap(resumed, "a@x/r"))
-            .unwrap();
+        let w = parse_stanza(
+            &ResumeReply::Sasl2 {
+                additional: vec![],
+                extra: String::new(),
+            }
+            .wrap(resumed, "a@x/r"),
+        )
+        .unwrap();
         assert!(w.is("success", ns::SASL2) && w.has_child("resumed", ns::SM));
 
         assert!(!bound_features(true).contains("urn:xmpp:sm:3"));
