@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::xmpp::{body_of, RawClient, WAIT};
-use common::{fast_raft, rt, TestCluster};
+use common::{ctl, fast_raft, rt, TestCluster};
 use starling::xmpp::{ns, Element};
 use starling_raft::credentials::{h, hmac, salted_password, ScramHash};
 
@@ -830,5 +830,50 @@ fn an_expired_fast_token_is_refused() {
         assert_eq!(failure_condition(&r), "credentials-expired");
         let s = auth_plain2(&mut cl, "alice", "pw-alice", "").await;
         assert!(s.is("success", SASL2), "{s}");
+    });
+}
+
+/// Item 4: `starling ctl user tokens list|revoke`: the operator sees an
+/// account's tokens per client (never the token) and revokes them; a
+/// revoked token is refused; a new password revokes them too.
+#[test]
+fn ctl_lists_and_revokes_fast_tokens() {
+    rt().block_on(async {
+        let c = one_node().await;
+        let addr = c.client_addr(1);
+        let admin = c.admin_addr(1);
+        let (t1, _) = token_after_password(addr, "alice").await;
+        let (ok, out, err) = ctl(&[
+            "--addr", &admin, "--json", "user", "tokens", "list", "alice",
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let tokens = v["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 1, "{out}");
+        assert_eq!(tokens[0]["client"], UA_ID);
+        assert_eq!(tokens[0]["slot"], "new");
+        assert!(!out.contains(&t1), "the token itself is never shown");
+        let (ok, out, err) = ctl(&["--addr", &admin, "user", "tokens", "revoke", "alice"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("revoked 1"), "{out}");
+        let (mut cl, _) = tls_stream(addr).await;
+        let r = fast_login(&mut cl, "alice", &t1, UA_ID, "", "").await;
+        assert_eq!(failure_condition(&r), "not-authorized", "a revoked token");
+
+        // A password change revokes them as well.
+        let (t2, _) = token_after_password(addr, "alice").await;
+        let (ok, _, err) = common::ctl_as(
+            &["--addr", &admin, "user", "passwd", "alice"],
+            Some(common::ADMIN_TOKEN),
+            "pw-alice\n",
+        );
+        assert!(ok, "{err}");
+        let (mut cl, _) = tls_stream(addr).await;
+        let r = fast_login(&mut cl, "alice", &t2, UA_ID, "", "").await;
+        assert_eq!(
+            failure_condition(&r),
+            "not-authorized",
+            "after a new password"
+        );
     });
 }

@@ -21,7 +21,7 @@ pub enum Command {
     },
     /// Delete an account with its roster, offline queue and session bindings.
     DeleteUser { jid: String },
-    /// Replace an account's credentials.
+    /// Replace an account's credentials (its FAST tokens are revoked).
     SetPassword {
         jid: String,
         credentials: Credentials,

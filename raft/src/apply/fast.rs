@@ -229,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn revocation_by_token_client_or_account_and_with_the_account() {
+    fn revocation_by_token_client_or_account_and_with_the_password_or_account() {
         let mut s = state();
         s.apply(issue("t1", 10));
         s.apply(use_("t1", Some(token("t2", 20))));
@@ -248,6 +248,16 @@ mod tests {
         assert_eq!(s.apply(all), Response::FastTokensRevoked { count: 1 });
         assert!(s.fast_tokens.is_empty());
         s.apply(issue("t3", 30));
+        let creds = s.users.get(&"a@x".to_string()).unwrap().credentials.clone();
+        s.apply(Command::SetPassword {
+            jid: "a@x".into(),
+            credentials: creds,
+        });
+        assert!(
+            s.fast_tokens.is_empty(),
+            "a new password revokes the tokens"
+        );
+        s.apply(issue("t4", 40));
         s.apply(Command::DeleteUser { jid: "a@x".into() });
         assert!(s.fast_tokens.is_empty());
     }
