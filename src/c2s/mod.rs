@@ -2,8 +2,9 @@
 //! resource binding and the session loop.
 //!
 //! - [`stream`]: a connection's socket, framer and output buffer.
-//! - [`negotiate`]: stream header, STARTTLS, SASL, in-band registration,
-//!   resource binding and XEP-0198 resumption, up to a bound session.
+//! - [`negotiate`]: stream header, STARTTLS, SASL, in-band registration
+//!   (`preauth`), resource binding and XEP-0198 resumption, up to a bound
+//!   session.
 //! - [`session`]: the bound session's loop: client stanzas in, routed
 //!   stanzas out, stream management, keepalives.
 //! - [`sm`]: XEP-0198 stream management state, without I/O.
@@ -32,6 +33,7 @@ mod auth;
 pub mod auth_limit;
 pub mod handoff;
 pub mod negotiate;
+mod preauth;
 pub mod register_limit;
 pub mod sasl;
 pub mod sasl2;
