@@ -5,6 +5,11 @@
 use crate::command::{FastClient, FastToken, Response};
 use crate::state::StateData;
 
+/// Clients (user-agent ids) with tokens per account, at most: a token for
+/// one more replaces the tokens of the client whose newest token is the
+/// oldest (any authenticated client may name a new id at each login).
+pub const MAX_FAST_CLIENTS: usize = 32;
+
 /// [`crate::Command::IssueFastToken`]: only for an existing account.
 pub(super) fn issue(
     data: &mut StateData,
@@ -16,6 +21,25 @@ pub(super) fn issue(
         return Response::NoSuchUser;
     }
     let key = (user, client);
+    if data.fast_tokens.get(&key).is_none() {
+        let clients = keys_of(data, &key.0);
+        if clients.len() >= MAX_FAST_CLIENTS {
+            let newest = |k: &(String, String)| {
+                data.fast_tokens.get(k).map_or(0, |c| {
+                    let issued = |t: &Option<FastToken>| t.as_ref().map_or(0, |t| t.issued_ms);
+                    issued(&c.current).max(issued(&c.new))
+                })
+            };
+            // The least recently issued; ties broken by key (deterministic).
+            let evict = clients
+                .iter()
+                .min_by_key(|k| (newest(k), (*k).clone()))
+                .cloned();
+            if let Some(evict) = evict {
+                data.fast_tokens.remove(&evict, &mut data.tracker);
+            }
+        }
+    }
     let mut slots = data.fast_tokens.get(&key).cloned().unwrap_or_default();
     // A `current` token that expired before this one was issued can never
     // be used again: dropped now rather than kept forever.
@@ -214,6 +238,22 @@ mod tests {
             token: token("t9", 1),
         };
         assert_eq!(s.apply(nobody), Response::NoSuchUser);
+    }
+
+    #[test]
+    fn clients_per_account_are_bounded_the_least_recent_goes() {
+        let mut s = state();
+        for i in 0..super::MAX_FAST_CLIENTS as u64 + 1 {
+            let cmd = Command::IssueFastToken {
+                user: "a@x".into(),
+                client: format!("c{i:02}"),
+                token: token(&format!("t{i}"), 100 + i),
+            };
+            assert_eq!(s.apply(cmd), Response::FastTokenIssued);
+        }
+        assert_eq!(s.fast_tokens.len(), super::MAX_FAST_CLIENTS);
+        assert!(s.fast_tokens.get(&("a@x".into(), "c00".into())).is_none());
+        assert!(s.fast_tokens.get(&("a@x".into(), "c32".into())).is_some());
     }
 
     #[test]
