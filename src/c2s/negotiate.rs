@@ -441,6 +441,12 @@ async fn steps(
                     }
                 }
                 ("response", ns::SASL) if authed.is_none() && sasl2.is_none() => {
+                    if sasl.is_none() {
+                        // No exchange to answer: not a try of a password.
+                        let f = Profile::Legacy.failure(SaslFailure::MalformedRequest, None);
+                        conn.send(&f).await?;
+                        continue;
+                    }
                     let step = match decode_payload(&el) {
                         Ok(bytes) => {
                             auth::continue_sasl(shared, &mut sasl, bytes.unwrap_or_default()).await
