@@ -253,6 +253,9 @@ pub struct XmppSection {
     pub auth_max_delay_ms: u64,
     /// XEP-0198: how long a lost session can be resumed, seconds. Default: 300.
     pub sm_resume_timeout_secs: u64,
+    /// XEP-0484 FAST: how long a token is valid after it is issued (each
+    /// FAST login issues the next one), seconds. Default: 1209600 (14 days).
+    pub fast_token_lifetime_secs: u64,
     /// XEP-0198: most unacknowledged stanzas kept for one session; beyond it
     /// the session is closed with `policy-violation`. Default: 1000.
     pub sm_max_unacked: usize,
@@ -318,6 +321,7 @@ impl Default for XmppSection {
             auth_max_block_secs: 86_400,
             auth_max_delay_ms: 2000,
             sm_resume_timeout_secs: 300,
+            fast_token_lifetime_secs: 14 * 86_400,
             sm_max_unacked: 1000,
             node_dead_after_ms: 3000,
             write_timeout_secs: 30,

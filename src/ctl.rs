@@ -124,6 +124,21 @@ pub enum UserCmd {
     },
     /// List accounts.
     List,
+    /// XEP-0484 FAST tokens of an account (never the tokens themselves).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Per client (SASL2 user-agent id): slot, mechanism, issue and expiry.
+    List { jid: String },
+    /// Revoke the account's tokens: one client's (`--client`), or all.
+    Revoke {
+        jid: String,
+        #[arg(long)]
+        client: Option<String>,
+    },
 }
 
 /// The admin token: `--token` (or `STARLING_ADMIN_TOKEN`), else the file of
@@ -389,6 +404,53 @@ async fn run_inner(args: &CtlArgs) -> Result<String, String> {
                 .collect();
             let v = json!({"users": r.users.iter().map(|u| json!({"jid": u.jid, "created_unix_ms": u.created_unix_ms})).collect::<Vec<_>>()});
             (v, table(&["JID", "CREATED_UNIX_MS"], &rows))
+        }
+        CtlCmd::User(UserCmd::Tokens(TokensCmd::List { jid })) => {
+            let r = c
+                .list_fast_tokens(conn.req(ListFastTokensRequest { jid: jid.clone() }))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let rows: Vec<Vec<String>> = r
+                .tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.client.clone(),
+                        t.slot.clone(),
+                        t.mechanism.clone(),
+                        t.issued_unix_ms.to_string(),
+                        t.expires_unix_ms.to_string(),
+                    ]
+                })
+                .collect();
+            let v = json!({"tokens": r.tokens.iter().map(|t| json!({"client": t.client, "slot": t.slot, "mechanism": t.mechanism, "issued_unix_ms": t.issued_unix_ms, "expires_unix_ms": t.expires_unix_ms})).collect::<Vec<_>>()});
+            let headers = [
+                "CLIENT",
+                "SLOT",
+                "MECHANISM",
+                "ISSUED_UNIX_MS",
+                "EXPIRES_UNIX_MS",
+            ];
+            (v, table(&headers, &rows))
+        }
+        CtlCmd::User(UserCmd::Tokens(TokensCmd::Revoke { jid, client })) => {
+            let r = c
+                .revoke_fast_tokens(conn.req(RevokeFastTokensRequest {
+                    jid: jid.clone(),
+                    client: client.clone().unwrap_or_default(),
+                }))
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let v = json!({"revoked": r.revoked, "log_index": r.log_index});
+            (
+                v,
+                format!(
+                    "revoked {} token(s) at log index {}",
+                    r.revoked, r.log_index
+                ),
+            )
         }
         CtlCmd::Sessions { node } => {
             let r = c

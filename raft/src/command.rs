@@ -21,7 +21,7 @@ pub enum Command {
     },
     /// Delete an account with its roster, offline queue and session bindings.
     DeleteUser { jid: String },
-    /// Replace an account's credentials.
+    /// Replace an account's credentials (its FAST tokens are revoked).
     SetPassword {
         jid: String,
         credentials: Credentials,
@@ -141,6 +141,38 @@ pub enum Command {
     /// Remove `jids` from `owner`'s block list; no JIDs: every item
     /// (XEP-0191 §3.5, "unblock all"). JIDs not there are ignored.
     Unblock { owner: String, jids: Vec<String> },
+    /// XEP-0484 FAST: put `token` in the `new` slot of client `client` (its
+    /// SASL2 user-agent id) of account `user`, replacing a token issued
+    /// there and never used (§"Server initiates token rotation": "the
+    /// server SHOULD invalidate any tokens previously generated that have
+    /// not been used"). The token itself is never stored (see
+    /// [`FastToken`]).
+    IssueFastToken {
+        user: String,
+        client: String,
+        token: FastToken,
+    },
+    /// XEP-0484 FAST: the client logged in with the token whose verifier is
+    /// `verifier`. A token in the `new` slot moves to `current` (the older
+    /// one is invalidated, §"Server initiates token rotation": "Upon
+    /// successful use of any token, the server MUST invalidate all tokens
+    /// issued to the same client with an earlier expiry"); then `next`, if
+    /// any, goes into the `new` slot (rotation). Applied twice, the second
+    /// time finds the token in `current` and changes nothing more.
+    UseFastToken {
+        user: String,
+        client: String,
+        verifier: String,
+        next: Option<FastToken>,
+    },
+    /// XEP-0484 FAST: invalidate tokens of `user`: the one with `verifier`
+    /// (client-requested invalidation), else every token of `client`,
+    /// else every token of the account.
+    RevokeFastTokens {
+        user: String,
+        client: Option<String>,
+        verifier: Option<String>,
+    },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -267,6 +299,15 @@ pub enum Response {
     /// Result of [`Command::RegisterWithInvite`]: the invitation is unknown
     /// or used up (the account was not created).
     InviteInvalid,
+    FastTokenIssued,
+    /// Result of [`Command::UseFastToken`]: `found` false when the token is
+    /// not (any more) valid for that client; nothing changed then.
+    FastTokenUsed {
+        found: bool,
+    },
+    FastTokensRevoked {
+        count: u32,
+    },
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,
@@ -446,6 +487,42 @@ impl Invite {
 pub fn invite_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An XEP-0484 FAST token as stored: neither the token nor anything a
+/// client could log in with. For HT-SHA-256-NONE (draft-schmaus-kitten-
+/// sasl-ht) the client proves the token with `HMAC-SHA-256(token,
+/// "Initiator")`; the state keeps only the SHA-256 of that proof
+/// (`verifier`), and the server's answer `HMAC-SHA-256(token,
+/// "Responder")` (`responder`, hex), which proves the server to the client
+/// and lets nobody log in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastToken {
+    /// SHA-256 of the initiator proof, 64 hex digits ([`fast_verifier`]).
+    pub verifier: String,
+    pub responder: String,
+    /// The mechanism it was issued for: used with another it is refused.
+    pub mechanism: String,
+    pub issued_ms: u64,
+    /// Refused from then on (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// XEP-0484 §"Server-side handling of multiple active tokens": the two
+/// slots of one client (account, user-agent id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastClient {
+    pub current: Option<FastToken>,
+    pub new: Option<FastToken>,
+}
+
+/// The verifier of an HT initiator proof: its SHA-256, in hex.
+pub fn fast_verifier(proof: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(proof)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

@@ -150,6 +150,14 @@ pub const BLOCKLIST: TableSpec = TableSpec {
     value: "nothing (unit)",
 };
 
+/// XEP-0484 FAST tokens per client: their verifiers, never the tokens.
+pub const FAST_TOKENS: TableSpec = TableSpec {
+    prefix: b'f',
+    name: "fast_tokens",
+    key: "bare JID \\0 SASL2 user-agent id",
+    value: "FastClient (current and new FastToken)",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -162,6 +170,7 @@ pub const TABLES: &[TableSpec] = &[
     OFFLINE_DONE,
     INVITES,
     BLOCKLIST,
+    FAST_TOKENS,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::command::{Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
+use crate::command::{FastClient, Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
 use crate::keyspace::{self, TABLES};
 use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
@@ -47,6 +47,8 @@ pub struct StateData {
     pub invites: Table<String, Invite>,
     /// Block lists (XEP-0191): (owner, blocked JID), counted per owner.
     pub blocklist: Measured<(String, String), ()>,
+    /// XEP-0484 FAST tokens by (account, user-agent id).
+    pub fast_tokens: Table<(String, String), FastClient>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -66,6 +68,7 @@ impl Default for StateData {
             offline_done: Table::new(keyspace::OFFLINE_DONE.prefix),
             invites: Table::new(keyspace::INVITES.prefix),
             blocklist: Measured::new(keyspace::BLOCKLIST.prefix, |_| 1),
+            fast_tokens: Table::new(keyspace::FAST_TOKENS.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -138,6 +141,7 @@ impl StateData {
             &self.offline_done,
             &self.invites,
             &self.blocklist,
+            &self.fast_tokens,
         ]
     }
 
@@ -153,6 +157,7 @@ impl StateData {
             &mut self.offline_done,
             &mut self.invites,
             &mut self.blocklist,
+            &mut self.fast_tokens,
         ]
     }
 

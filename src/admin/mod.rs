@@ -428,6 +428,60 @@ impl Admin for AdminService {
         }
     }
 
+    async fn list_fast_tokens(
+        &self,
+        req: Request<ListFastTokensRequest>,
+    ) -> Result<tonic::Response<ListFastTokensReply>, Status> {
+        let jid = self.user_jid(&req.into_inner().jid)?;
+        self.read_barrier().await?;
+        let st = self.cluster.state().read();
+        let mut tokens = Vec::new();
+        for ((_, client), slots) in st
+            .data
+            .fast_tokens
+            .range((jid.clone(), String::new())..)
+            .take_while(|((u, _), _)| *u == jid)
+        {
+            for (slot, t) in [("current", &slots.current), ("new", &slots.new)] {
+                if let Some(t) = t {
+                    tokens.push(FastToken {
+                        client: client.clone(),
+                        slot: slot.into(),
+                        mechanism: t.mechanism.clone(),
+                        issued_unix_ms: t.issued_ms,
+                        expires_unix_ms: t.expires_ms,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ListFastTokensReply { tokens }))
+    }
+
+    async fn revoke_fast_tokens(
+        &self,
+        req: Request<RevokeFastTokensRequest>,
+    ) -> Result<tonic::Response<RevokeFastTokensReply>, Status> {
+        let r = req.into_inner();
+        let jid = self.user_jid(&r.jid)?;
+        let client = Some(r.client).filter(|c| !c.is_empty());
+        let (log_index, resp) = self
+            .write(Command::RevokeFastTokens {
+                user: jid,
+                client,
+                verifier: None,
+            })
+            .await?;
+        match resp {
+            Response::FastTokensRevoked { count } => {
+                Ok(tonic::Response::new(RevokeFastTokensReply {
+                    revoked: count,
+                    log_index,
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
     async fn list_users(
         &self,
         _req: Request<ListUsersRequest>,

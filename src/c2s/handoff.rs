@@ -22,6 +22,7 @@ use starling_raft::command::SessionBinding;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::sasl2::ResumeReply;
 use super::seen::Seen;
 use super::session::Session;
 use super::sm::{Outbound, SmHandoff, StreamMgmt};
@@ -171,6 +172,7 @@ impl Session {
         mut conn: Conn,
         bare: &str,
         state: SessionHandoff,
+        reply: ResumeReply,
     ) -> Option<Session> {
         // `belongs_to` checked it names the account; a JID that does not
         // parse was not sent by a Starling node.
@@ -249,12 +251,15 @@ impl Session {
         let again: Vec<Element> = unacked.iter().map(|o| o.el.clone()).collect();
         let sm_id = state.sm.id.clone();
         let sm = StreamMgmt::adopt(sm_id.clone(), state.sm.received, state.sm.sent, unacked);
-        let reply = format!(
+        let resumed = format!(
             "<resumed xmlns='{}' h='{}' previd='{}'/>",
             ns::SM,
             sm.h(),
             sm_id
         );
+        // Inside SASL2's `<success/>` when resumed inline (XEP-0198
+        // §"Inline Stream Resumption").
+        let reply = reply.wrap(&resumed, full.as_str());
         let mut s = Session::new(shared.clone(), conn, full, id, rx, seen);
         s.available = state.available;
         s.priority = state.priority;

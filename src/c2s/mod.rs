@@ -2,14 +2,18 @@
 //! resource binding and the session loop.
 //!
 //! - [`stream`]: a connection's socket, framer and output buffer.
-//! - [`negotiate`]: stream header, STARTTLS, SASL, in-band registration,
-//!   resource binding and XEP-0198 resumption, up to a bound session.
+//! - [`negotiate`]: stream header, STARTTLS, SASL, in-band registration
+//!   (`preauth`), resource binding and XEP-0198 resumption, up to a bound
+//!   session.
 //! - [`session`]: the bound session's loop: client stanzas in, routed
 //!   stanzas out, stream management, keepalives.
 //! - [`sm`]: XEP-0198 stream management state, without I/O.
 //! - [`handoff`]: a resumable session moving to the node its client
 //!   resumed it on.
-//! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O.
+//! - [`sasl`], [`tls`]: the mechanisms and the certificate, without I/O;
+//!   `auth`: one SASL exchange over a connection, for both profiles.
+//! - [`sasl2`]: XEP-0388 SASL2 with inline XEP-0386 Bind 2 and XEP-0198
+//!   (its elements without I/O; `sasl2::flow` over a connection).
 //! - [`auth_limit`]: authentication throttling per address (slowed, then
 //!   blocked; never the account), without I/O.
 //! - [`admission`]: which accepted connections are served (pre-auth and
@@ -25,11 +29,14 @@
 //! pool when SASL succeeds and frees its slots when it ends.
 pub mod addr;
 pub mod admission;
+mod auth;
 pub mod auth_limit;
 pub mod handoff;
 pub mod negotiate;
+mod preauth;
 pub mod register_limit;
 pub mod sasl;
+pub mod sasl2;
 mod seen;
 pub mod session;
 pub mod sm;

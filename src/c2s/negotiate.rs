@@ -1,32 +1,36 @@
 //! Stream negotiation up to a bound resource (RFC 6120 §4-§7), XEP-0077
 //! registration before authentication (limited per address, or only with
-//! an XEP-0445 invitation token) and XEP-0198 resumption.
+//! an XEP-0445 invitation token) and XEP-0198 resumption. SASL itself
+//! (both profiles' shared steps) is `auth`; XEP-0388 SASL2 with its inline
+//! Bind 2 and resumption is `sasl2`, entered from here.
 //!
 //! Each stream (the first, the one after STARTTLS, the one after SASL)
 //! starts with the client's header, answered by ours and the features that
-//! fit the state: TLS first (unless plaintext is allowed), then SASL, then
-//! bind. Anything else before authentication is a `not-authorized` stream
-//! error; before binding, stanzas are refused the same way (§7.1).
+//! fit the state: TLS first (unless plaintext is allowed), then SASL (and
+//! SASL2, which needs no new stream), then bind. Anything else before
+//! authentication is a `not-authorized` stream error; before binding,
+//! stanzas are refused the same way (§7.1).
 //!
-//! Why one file of ~640 lines: it is one async state machine over one
+//! Why one file of ~580 lines: it is one async state machine over one
 //! connection (the loop in `negotiate` and the steps it calls); the pure
-//! parts already live elsewhere (`sasl/`, `auth_limit`, `handoff`), and
-//! cutting the loop across files would hide its order of steps.
+//! parts already live elsewhere (`sasl/`, `sasl2/`, `auth_limit`,
+//! `handoff`), and cutting the loop across files would hide its order of
+//! steps.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine;
-use starling_raft::credentials::Credentials;
 use tracing::{debug, info, warn};
 
+use super::auth::{self, Profile};
 use super::handoff::{belongs_to, SessionHandoff};
-use super::sasl::{CredentialStore, Mechanism, SaslSession, Step};
+use super::preauth;
+use super::sasl::{Mechanism, SaslFailure, SaslSession, Step};
+use super::sasl2::{self, BindRequest, ResumeReply};
 use super::session::Session;
 use super::stream::{stream_header, Conn, ConnError};
 use super::{Shared, Ticket};
 use crate::config::Registration;
 use crate::xmpp::framer::Event;
-use crate::xmpp::jid::account_jid;
 use crate::xmpp::{ns, Element, StanzaCondition, StanzaError, StreamCondition, StreamError};
 
 /// How a negotiation ended well.
@@ -46,34 +50,11 @@ pub struct Resumption {
     /// The connection's admission slot: it goes with the connection to the
     /// session that takes it, and is given back when that connection ends.
     pub ticket: super::Ticket,
+    /// `<resumed/>` alone, or inside SASL2's `<success/>`.
+    pub reply: ResumeReply,
 }
 
-/// SASL failures on one connection before it is closed (RFC 6120 §6.4.5
-/// asks for at least 2 retries).
-const MAX_SASL_TRIES: u32 = 3;
-
-/// Passwords are checked only against fresh replicated state (see
-/// `ClusterHandle::caught_up`): a leader with a quorum heard within this
-/// long (ten election timeouts at the defaults)...
-const FRESH_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
-/// ...and, on a follower, the leader's last commit index applied, waiting
-/// at most `FRESH_WAIT` for the last `FRESH_SLACK` entries (a follower
-/// applies within milliseconds of a commit; one catching up after a
-/// restart is thousands behind, and is refused at once).
-const FRESH_SLACK: u64 = 512;
-const FRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-struct Store<'a>(&'a Shared);
-
-impl CredentialStore for Store<'_> {
-    fn credentials(&self, username: &str) -> Option<Credentials> {
-        let bare = account_jid(username, &self.0.domain)?;
-        let state = self.0.cluster.state().read();
-        state.data.users.get(&bare).map(|u| u.credentials.clone())
-    }
-}
-
-enum Outcome {
+pub(super) enum Outcome {
     Bind {
         bare: String,
         iq: Element,
@@ -85,6 +66,17 @@ enum Outcome {
     Adopt {
         bare: String,
         state: Box<SessionHandoff>,
+        reply: ResumeReply,
+    },
+    /// XEP-0386: bind inside SASL2's `<success/>`, which carries
+    /// `additional` and, before `<bound/>`, `inline` (a failed inline
+    /// resumption).
+    Bind2 {
+        bare: String,
+        request: BindRequest,
+        additional: Vec<u8>,
+        inline: String,
+        had: Vec<String>,
     },
     /// A detached (or half-open) session of this node takes the
     /// connection; its slot is reserved.
@@ -92,6 +84,7 @@ enum Outcome {
         permit: tokio::sync::mpsc::OwnedPermit<Resumption>,
         h: u32,
         previd: String,
+        reply: ResumeReply,
     },
 }
 
@@ -135,10 +128,34 @@ pub async fn negotiate(
         Outcome::Bind { bare, iq, had } => Session::bind(shared.clone(), conn, &bare, iq, had)
             .await
             .map(|s| Negotiated::Bound(Box::new(s))),
-        Outcome::Adopt { bare, state } => Session::adopt(shared.clone(), conn, &bare, *state)
-            .await
-            .map(|s| Negotiated::Bound(Box::new(s))),
-        Outcome::Resume { permit, h, previd } => {
+        Outcome::Adopt { bare, state, reply } => {
+            Session::adopt(shared.clone(), conn, &bare, *state, reply)
+                .await
+                .map(|s| Negotiated::Bound(Box::new(s)))
+        }
+        Outcome::Bind2 {
+            bare,
+            request,
+            additional,
+            inline,
+            had,
+        } => Session::bind2(
+            shared.clone(),
+            conn,
+            &bare,
+            request,
+            &additional,
+            &inline,
+            had,
+        )
+        .await
+        .map(|s| Negotiated::Bound(Box::new(s))),
+        Outcome::Resume {
+            permit,
+            h,
+            previd,
+            reply,
+        } => {
             // The session may have ended since the slot was reserved; then
             // the connection is dropped with it and the client reconnects.
             permit.send(Resumption {
@@ -146,30 +163,10 @@ pub async fn negotiate(
                 h,
                 previd,
                 ticket: ticket.take(),
+                reply,
             });
             Some(Negotiated::Resumed)
         }
-    }
-}
-
-/// Starts a SASL exchange; PLAIN (which hashes the password with PBKDF2
-/// when it has an initial response) runs on a blocking thread.
-async fn start_sasl(
-    shared: &Arc<Shared>,
-    mech: Mechanism,
-    initial: Option<Vec<u8>>,
-) -> (SaslSession, Step) {
-    if mech != Mechanism::Plain || initial.is_none() {
-        return SaslSession::start(mech, &shared.domain, initial.as_deref(), &Store(shared));
-    }
-    let shared2 = shared.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        SaslSession::start(mech, &shared2.domain, initial.as_deref(), &Store(&shared2))
-    })
-    .await;
-    match r {
-        Ok(x) => x,
-        Err(_) => SaslSession::start(mech, &shared.domain, None, &Store(shared)),
     }
 }
 
@@ -188,6 +185,47 @@ fn reserve_resumption(
             .map(|(_, tx)| tx.clone())?
     };
     tx.try_reserve_owned().ok()
+}
+
+/// Where the session a client resumes is (XEP-0198 §5).
+pub(super) enum Located {
+    /// Detached (or half-open) on this node: its slot is reserved.
+    Here(tokio::sync::mpsc::OwnedPermit<Resumption>),
+    /// Another node handed it over (see `router::takeover`).
+    Moved(Box<SessionHandoff>),
+    /// Gone: it ended, or its node is unreachable or could not hand it
+    /// over. The queued messages the client had (its `h` and the delivery
+    /// hints) are not sent again.
+    Gone { had: Vec<String> },
+}
+
+/// Finds session `previd` of `bare` for a client that counted `h`
+/// stanzas, here or on another node.
+pub(super) async fn locate_session(shared: &Shared, bare: &str, previd: &str, h: u32) -> Located {
+    if let Some(permit) = reserve_resumption(shared, bare, previd) {
+        return Located::Here(permit);
+    }
+    let moved = shared
+        .router
+        .take_over_remote(bare, previd, h)
+        .await
+        .and_then(|json| SessionHandoff::from_json(&json));
+    if let Some(state) = moved {
+        if belongs_to(&state, bare, previd) {
+            return Located::Moved(Box::new(state));
+        }
+        warn!("a peer handed over a session that is not the one asked for");
+    }
+    // XEP-0198 §5: the client may bind a new session on this stream;
+    // everything it did not acknowledge is in its replicated queue and
+    // comes after its initial presence.
+    let had = shared.router.hints().take(previd, bare, h);
+    info!(
+        h,
+        known = had.len(),
+        "resumption failed: the session is not here and no peer handed it over"
+    );
+    Located::Gone { had }
 }
 
 fn header_error(
@@ -236,7 +274,7 @@ fn header_error(
     None
 }
 
-fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
+pub(super) fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
     let mut f = String::from("<stream:features>");
     let tls_ok = conn.secure || shared.config.allow_plaintext;
     if !conn.secure {
@@ -257,6 +295,12 @@ fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
             f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
         }
         f.push_str("</mechanisms>");
+        if conn.secure {
+            // XEP-0388 §"Security Considerations": "SASL2 MUST only be
+            // used by Clients or offered by Servers after TLS
+            // negotiation" (so not on plaintext even where allowed).
+            f.push_str(&sasl2::feature());
+        }
         if shared.config.registration == Registration::Token {
             // XEP-0445 §4: invitations are accepted.
             f.push_str(&format!("<register xmlns='{}'/>", ns::IBR_TOKEN));
@@ -279,26 +323,6 @@ fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
     f
 }
 
-fn sasl_failure(condition: &str, text: Option<&str>) -> String {
-    let mut s = format!("<failure xmlns='{}'><{condition}/>", ns::SASL);
-    if let Some(t) = text {
-        s.push_str("<text xml:lang='en'>");
-        crate::xmpp::element::escape_into(&mut s, t, false);
-        s.push_str("</text>");
-    }
-    s.push_str("</failure>");
-    s
-}
-
-fn b64(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        // RFC 6120 §6.4.2: an empty response is sent as "=".
-        "=".into()
-    } else {
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    }
-}
-
 /// SASL payload: absent, "=" (empty) or base64 (RFC 6120 §6.4.2).
 fn decode_payload(el: &Element) -> Result<Option<Vec<u8>>, super::sasl::SaslFailure> {
     let text: String = el.text().chars().filter(|c| !c.is_whitespace()).collect();
@@ -313,6 +337,8 @@ async fn steps(
     let mut authed: Option<String> = None;
     let mut had: Vec<String> = Vec::new();
     let mut sasl: Option<SaslSession> = None;
+    // A SASL2 exchange in progress: its inline requests (see `sasl2`).
+    let mut sasl2: Option<sasl2::Authenticate> = None;
     let mut sasl_failures = 0u32;
     // The hash of the invitation token this connection presented and the
     // server accepted (XEP-0445), until an account is registered with it.
@@ -375,123 +401,107 @@ async fn steps(
                     continue 'stream;
                 }
                 ("auth", ns::SASL) if authed.is_none() => {
+                    let legacy = Profile::Legacy;
+                    sasl2 = None;
                     if !tls_ok {
-                        conn.send(&sasl_failure("encryption-required", None))
-                            .await?;
+                        let f = legacy.failure(SaslFailure::EncryptionRequired, None);
+                        conn.send(&f).await?;
                         continue;
                     }
-                    // The address, not the account, is what gets blocked
-                    // (see `auth_limit`): answered before any password is
-                    // looked at, and counted as a try of this connection.
-                    if auth_blocked(shared, ip) {
-                        conn.send(&sasl_failure(
-                            "temporary-auth-failure",
-                            Some("too many failed attempts from your address; try again later"),
-                        ))
-                        .await?;
-                        sasl_failures += 1;
-                        if sasl_failures >= MAX_SASL_TRIES {
-                            return Err(ConnError::Closed);
-                        }
-                        continue;
-                    }
-                    // A node catching up (restarted after writes it
-                    // missed) or cut off from the leader would check the
-                    // password against stale accounts. RFC 6120 §6.5.12:
-                    // temporary-auth-failure, "try again later"; the
-                    // client's next try may pick another node. Counted as
-                    // a try of this connection, not as a wrong password.
-                    if !shared
-                        .cluster
-                        .caught_up(FRESH_WITHIN, FRESH_SLACK, FRESH_WAIT)
-                        .await
-                    {
-                        conn.send(&sasl_failure(
-                            "temporary-auth-failure",
-                            Some("this node is catching up with the cluster; try again shortly or use another node"),
-                        ))
-                        .await?;
-                        sasl_failures += 1;
-                        if sasl_failures >= MAX_SASL_TRIES {
-                            return Err(ConnError::Closed);
-                        }
+                    if let Some(why) = auth::refusal(shared, ip).await {
+                        auth::refuse(conn, legacy, why, &mut sasl_failures).await?;
                         continue;
                     }
                     let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
-                        conn.send(&sasl_failure("invalid-mechanism", None)).await?;
+                        let f = legacy.failure(SaslFailure::InvalidMechanism, None);
+                        conn.send(&f).await?;
                         continue;
                     };
                     let Ok(initial) = decode_payload(&el) else {
-                        conn.send(&sasl_failure("incorrect-encoding", None)).await?;
+                        let f = legacy.failure(SaslFailure::IncorrectEncoding, None);
+                        conn.send(&f).await?;
                         continue;
                     };
-                    let (session, step) = start_sasl(shared, mech, initial).await;
+                    let (session, step) = auth::start_sasl(shared, mech, initial).await;
                     sasl = Some(session);
-                    if let Some(bare) =
-                        sasl_step(shared, conn, ticket, &mut sasl, step, &mut sasl_failures).await?
-                    {
-                        authed = Some(bare);
+                    let done = auth::sasl_step(
+                        shared,
+                        conn,
+                        ticket,
+                        &mut sasl,
+                        step,
+                        &mut sasl_failures,
+                        legacy,
+                    )
+                    .await?;
+                    if let Some(a) = done {
+                        authed = Some(a.bare);
                         conn.restart();
                         continue 'stream;
                     }
                 }
-                ("response", ns::SASL) if authed.is_none() => {
-                    let Some(mech) = sasl.as_ref().map(|s| s.mechanism()) else {
-                        conn.send(&sasl_failure("malformed-request", None)).await?;
+                ("response", ns::SASL) if authed.is_none() && sasl2.is_none() => {
+                    if sasl.is_none() {
+                        // No exchange to answer: not a try of a password.
+                        let f = Profile::Legacy.failure(SaslFailure::MalformedRequest, None);
+                        conn.send(&f).await?;
                         continue;
-                    };
+                    }
                     let step = match decode_payload(&el) {
-                        Ok(bytes) if mech == Mechanism::Plain => {
-                            // PLAIN derives the password's key (PBKDF2):
-                            // on a blocking thread, not an async worker.
-                            let shared2 = shared.clone();
-                            let mut moved = sasl.take();
-                            let r = tokio::task::spawn_blocking(move || {
-                                let step = moved
-                                    .as_mut()
-                                    .map(|s| s.step(&bytes.unwrap_or_default(), &Store(&shared2)));
-                                (moved, step)
-                            })
-                            .await;
-                            match r {
-                                Ok((back, Some(step))) => {
-                                    sasl = back;
-                                    step
-                                }
-                                _ => Step::Failure(super::sasl::SaslFailure::TemporaryAuthFailure),
-                            }
+                        Ok(bytes) => {
+                            auth::continue_sasl(shared, &mut sasl, bytes.unwrap_or_default()).await
                         }
-                        Ok(bytes) => match sasl.as_mut() {
-                            Some(s) => s.step(&bytes.unwrap_or_default(), &Store(shared)),
-                            None => Step::Failure(super::sasl::SaslFailure::MalformedRequest),
-                        },
                         Err(f) => Step::Failure(f),
                     };
-                    if let Some(bare) =
-                        sasl_step(shared, conn, ticket, &mut sasl, step, &mut sasl_failures).await?
-                    {
-                        authed = Some(bare);
+                    let done = auth::sasl_step(
+                        shared,
+                        conn,
+                        ticket,
+                        &mut sasl,
+                        step,
+                        &mut sasl_failures,
+                        Profile::Legacy,
+                    )
+                    .await?;
+                    if let Some(a) = done {
+                        authed = Some(a.bare);
                         conn.restart();
                         continue 'stream;
                     }
                 }
-                ("abort", ns::SASL) => {
+                ("abort", ns::SASL) if sasl2.is_none() => {
                     sasl = None;
-                    conn.send(&sasl_failure("aborted", None)).await?;
+                    let f = Profile::Legacy.failure(SaslFailure::Aborted, None);
+                    conn.send(&f).await?;
+                }
+                ("authenticate" | "response" | "abort", ns::SASL2) if authed.is_none() => {
+                    let mut st = sasl2::flow::Exchange {
+                        sasl: &mut sasl,
+                        pending: &mut sasl2,
+                        failures: &mut sasl_failures,
+                    };
+                    match sasl2::flow::handle(shared, conn, ticket, &mut st, &el).await? {
+                        sasl2::flow::Next::Continue => {}
+                        sasl2::flow::Next::Authenticated { bare, had: h } => {
+                            authed = Some(bare);
+                            had = h;
+                        }
+                        sasl2::flow::Next::Done(o) => return Ok(*o),
+                    }
                 }
                 ("iq", ns::CLIENT)
                     if authed.is_none()
                         && tls_ok
                         && el.children().any(|c| c.ns() == ns::REGISTER) =>
                 {
-                    let reply = register(shared, ip, &el, &mut preauth).await;
+                    let reply = preauth::register(shared, ip, &el, &mut preauth).await;
                     let xml = reply.to_xml(ns::CLIENT);
                     conn.send(&xml).await?;
                 }
                 ("iq", ns::CLIENT)
                     if authed.is_none() && tls_ok && el.has_child("preauth", ns::PARS) =>
                 {
-                    let reply = present_invite(shared, &el, &mut preauth);
+                    let reply = preauth::present_invite(shared, &el, &mut preauth);
                     conn.send(&reply.to_xml(ns::CLIENT)).await?;
                 }
                 ("iq", ns::CLIENT) if authed.is_some() && el.has_child("bind", ns::BIND) => {
@@ -512,54 +522,28 @@ async fn steps(
                 ("resume", ns::SM) if authed.is_some() => {
                     let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
                     let previd = el.attr("previd").map(str::to_string);
-                    match (h, previd) {
-                        (Some(h), Some(previd)) => {
-                            let bare = authed.clone().unwrap_or_default();
-                            if let Some(permit) = reserve_resumption(shared, &bare, &previd) {
-                                return Ok(Outcome::Resume { permit, h, previd });
-                            }
-                            // Not here: the node that has it hands it over
-                            // (see `router::takeover`).
-                            let moved = shared
-                                .router
-                                .take_over_remote(&bare, &previd, h)
-                                .await
-                                .and_then(|json| SessionHandoff::from_json(&json));
-                            if let Some(state) = moved {
-                                if belongs_to(&state, &bare, &previd) {
-                                    return Ok(Outcome::Adopt {
-                                        bare,
-                                        state: Box::new(state),
-                                    });
-                                }
-                                warn!("a peer handed over a session that is not the one asked for");
-                            }
-                            // XEP-0198 §5: the session is gone (it ended, or
-                            // its node is unreachable or could not hand it
-                            // over). The client may bind a new session on
-                            // this stream; everything it did not acknowledge
-                            // is in its replicated queue and comes after its
-                            // initial presence.
-                            had = shared.router.hints().take(&previd, &bare, h);
-                            info!(
+                    let (Some(h), Some(previd)) = (h, previd) else {
+                        conn.send(&sasl2::sm_failed("bad-request")).await?;
+                        continue;
+                    };
+                    let bare = authed.clone().unwrap_or_default();
+                    match locate_session(shared, &bare, &previd, h).await {
+                        Located::Here(permit) => {
+                            let reply = ResumeReply::Sm;
+                            return Ok(Outcome::Resume {
+                                permit,
                                 h,
-                                known = had.len(),
-                                "resumption failed: the session is not here and no peer handed it over"
-                            );
-                            conn.send(&format!(
-                                "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
-                                ns::SM,
-                                ns::STANZA_ERRORS
-                            ))
-                            .await?;
+                                previd,
+                                reply,
+                            });
                         }
-                        _ => {
-                            conn.send(&format!(
-                                "<failed xmlns='{}'><bad-request xmlns='{}'/></failed>",
-                                ns::SM,
-                                ns::STANZA_ERRORS
-                            ))
-                            .await?;
+                        Located::Moved(state) => {
+                            let reply = ResumeReply::Sm;
+                            return Ok(Outcome::Adopt { bare, state, reply });
+                        }
+                        Located::Gone { had: h } => {
+                            had = h;
+                            conn.send(&sasl2::sm_failed("item-not-found")).await?;
                         }
                     }
                 }
@@ -593,225 +577,6 @@ async fn steps(
                     .into());
                 }
             }
-        }
-    }
-}
-
-fn error_reply(iq: &Element, e: StanzaError) -> Element {
-    e.reply_to(iq)
-        .unwrap_or_else(|| Element::new("iq", ns::CLIENT))
-}
-
-/// XEP-0445 §5: the client presents an invitation token before
-/// registering. Checked against this node's replicated state, expiry
-/// included (and only here: §5 says a later step must not fail for it);
-/// not used up until an account is registered with it.
-fn present_invite(shared: &Shared, iq: &Element, preauth: &mut Option<String>) -> Element {
-    if shared.config.registration != Registration::Token {
-        return error_reply(iq, StanzaError::new(StanzaCondition::ServiceUnavailable));
-    }
-    if iq.attr("type") != Some("set") {
-        return error_reply(iq, StanzaError::new(StanzaCondition::BadRequest));
-    }
-    let token = iq
-        .get_child("preauth", ns::PARS)
-        .and_then(|p| p.attr("token"))
-        .unwrap_or_default();
-    let hash = starling_raft::command::invite_hash(token);
-    let usable = !token.is_empty() && {
-        let state = shared.cluster.state().read();
-        state
-            .data
-            .invites
-            .get(&hash)
-            .is_some_and(|i| i.usable_at(crate::clock::now_ms()))
-    };
-    if !usable {
-        debug!("an invitation token was refused");
-        return error_reply(
-            iq,
-            StanzaError::with_text(
-                StanzaCondition::ItemNotFound,
-                "The provided token is invalid or expired",
-            ),
-        );
-    }
-    *preauth = Some(hash);
-    Element::new("iq", ns::CLIENT)
-        .with_attr("type", "result")
-        .with_opt_attr("id", iq.attr("id"))
-}
-
-/// XEP-0077 before authentication. `open`: within the address's
-/// registration limit (`register_limit`): a new account takes a slot first
-/// and gives it back if it was not created. `token`: only with the
-/// invitation the connection presented (`preauth`), which is the limit.
-async fn register(
-    shared: &Arc<Shared>,
-    ip: std::net::IpAddr,
-    iq: &Element,
-    preauth: &mut Option<String>,
-) -> Element {
-    let creates = shared.config.registration.enabled()
-        && iq.attr("type") == Some("set")
-        && iq
-            .get_child("query", ns::REGISTER)
-            .is_some_and(|q| !q.has_child("remove", ns::REGISTER));
-    if !creates {
-        return crate::im::register::handle_unauthenticated(&shared.im(), iq, None).await;
-    }
-    if shared.config.registration == Registration::Token {
-        let Some(hash) = preauth.clone() else {
-            return error_reply(
-                iq,
-                StanzaError::with_text(
-                    StanzaCondition::Forbidden,
-                    "registration needs an invitation token (XEP-0445): \
-                     present it with <preauth xmlns='urn:xmpp:pars:0' token='...'/> first",
-                ),
-            );
-        };
-        let reply =
-            crate::im::register::handle_unauthenticated(&shared.im(), iq, Some(&hash)).await;
-        if reply.attr("type") == Some("result") {
-            // One account per presentation.
-            *preauth = None;
-        }
-        return reply;
-    }
-    let taken = {
-        let mut l = shared
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        l.take(ip, Instant::now())
-    };
-    let slot = match taken {
-        Ok(slot) => slot,
-        Err(wait) => {
-            debug!(
-                retry_secs = wait.as_secs(),
-                "registration refused: the address's limit is reached"
-            );
-            // XEP-0077 §3.1.1 (Registration with a Server): "a server MAY
-            // return a <not-acceptable/> stanza error if an unregistered
-            // entity attempts to register too many times before
-            // authenticating". Type `wait` (RFC 6120 §8.3.2): the limit
-            // lifts with time, and the text says when.
-            let e = StanzaError::with_text(
-                StanzaCondition::NotAcceptable,
-                format!(
-                    "too many accounts registered from your address; try again in {} s",
-                    wait.as_secs().max(1)
-                ),
-            )
-            .of_type("wait");
-            return error_reply(iq, e);
-        }
-    };
-    let reply = crate::im::register::handle_unauthenticated(&shared.im(), iq, None).await;
-    if reply.attr("type") != Some("result") {
-        let mut l = shared
-            .registrations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        l.give_back(slot);
-    }
-    reply
-}
-
-/// Whether `ip`'s address is blocked for failed authentications.
-fn auth_blocked(shared: &Shared, ip: std::net::IpAddr) -> bool {
-    let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-    l.check(ip, Instant::now()).is_err()
-}
-
-/// Answers one SASL step; returns the account's bare JID on success.
-async fn sasl_step(
-    shared: &Arc<Shared>,
-    conn: &mut Conn,
-    ticket: &mut Ticket,
-    sasl: &mut Option<SaslSession>,
-    step: Step,
-    failures: &mut u32,
-) -> Result<Option<String>, ConnError> {
-    let ip = conn.peer.ip();
-    match step {
-        Step::Challenge(bytes) => {
-            conn.send(&format!(
-                "<challenge xmlns='{}'>{}</challenge>",
-                ns::SASL,
-                b64(&bytes)
-            ))
-            .await?;
-            Ok(None)
-        }
-        Step::Success {
-            username,
-            additional,
-        } => {
-            *sasl = None;
-            let Some(bare) = account_jid(&username, &shared.domain) else {
-                conn.send(&sasl_failure("not-authorized", None)).await?;
-                return Ok(None);
-            };
-            {
-                let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                l.record_success(&bare, ip, Instant::now());
-            }
-            // Authenticated: the connection leaves the pre-auth pool for a
-            // session slot, if one is free (RFC 6120 §4.9.3.17).
-            if let Err(why) = ticket.promote() {
-                // Counted in the summarized refusal log line, not here.
-                debug!(jid = %bare, reason = why.as_str(), "authenticated, but no session slot");
-                return Err(StreamError::with_text(why.condition(), why.as_str()).into());
-            }
-            let payload = if additional.is_empty() {
-                String::new()
-            } else {
-                base64::engine::general_purpose::STANDARD.encode(&additional)
-            };
-            conn.send(&format!(
-                "<success xmlns='{}'>{payload}</success>",
-                ns::SASL
-            ))
-            .await?;
-            info!(jid = %bare, "authenticated");
-            tracing::Span::current().record("jid", bare.as_str());
-            Ok(Some(bare))
-        }
-        Step::Failure(f) => {
-            let account = sasl
-                .as_ref()
-                .and_then(|s| s.authcid())
-                .and_then(|u| account_jid(u, &shared.domain));
-            *sasl = None;
-            *failures += 1;
-            let failure = {
-                let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
-                l.record_failure(account.as_deref().unwrap_or(""), ip, Instant::now())
-            };
-            if let Some(b) = failure.blocked {
-                // One line per block (at most one per address per
-                // `auth_block_secs`), never per attempt.
-                warn!(
-                    address = %b.key,
-                    block_secs = b.duration.as_secs(),
-                    strike = b.strike,
-                    "address blocked after repeated authentication failures"
-                );
-                // Every node blocks it: a guesser gets one node's
-                // allowance, not one per node (see `auth_limit`).
-                shared.router.mesh().broadcast_auth_block(b.key, b.duration);
-            }
-            // Slow down guessing: the failure is answered after a delay
-            // that grows with the address's recent failures.
-            tokio::time::sleep(failure.delay).await;
-            conn.send(&sasl_failure(f.condition(), None)).await?;
-            if *failures >= MAX_SASL_TRIES {
-                return Err(ConnError::Closed);
-            }
-            Ok(None)
         }
     }
 }

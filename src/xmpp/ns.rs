@@ -27,6 +27,10 @@ pub const PING: &str = "urn:xmpp:ping";
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0388 Extensible SASL Profile (SASL2).
+pub const SASL2: &str = "urn:xmpp:sasl:2";
+/// XEP-0386 Bind 2, inline in SASL2.
+pub const BIND2: &str = "urn:xmpp:bind:0";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
 pub const FORWARD: &str = "urn:xmpp:forward:0";
 pub const CSI: &str = "urn:xmpp:csi:0";

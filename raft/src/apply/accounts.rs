@@ -64,6 +64,7 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     for k in &sessions {
         data.sessions.remove(k, t);
     }
+    super::fast::remove_all(data, &jid);
     Response::UserDeleted {
         roster_items: roster.len() as u32,
         queued,
@@ -71,7 +72,9 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     }
 }
 
-/// [`crate::Command::SetPassword`].
+/// [`crate::Command::SetPassword`]. The account's XEP-0484 FAST tokens go
+/// with the old password: a password is changed after it leaked, and the
+/// tokens a thief got with it must not outlive it.
 pub(super) fn set_password(
     data: &mut StateData,
     jid: String,
@@ -82,7 +85,8 @@ pub(super) fn set_password(
         return Response::NoSuchUser;
     };
     user.credentials = credentials;
-    data.users.insert(jid, user, t);
+    data.users.insert(jid.clone(), user, t);
+    super::fast::remove_all(data, &jid);
     Response::PasswordChanged
 }
 

@@ -9,7 +9,8 @@
 //! - `roster`: set or remove an item, presence subscriptions;
 //! - `offline`: enqueue (one or many), ack, remove by id;
 //! - `invites`: create and delete invitations, register with one;
-//! - `blocking`: block and unblock JIDs (XEP-0191 block lists).
+//! - `blocking`: block and unblock JIDs (XEP-0191 block lists);
+//! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -18,6 +19,7 @@ use crate::state::StateData;
 
 mod accounts;
 mod blocking;
+mod fast;
 mod invites;
 mod offline;
 mod roster;
@@ -118,6 +120,22 @@ impl StateData {
                 max_items,
             } => blocking::block(self, owner, jids, max_items),
             Command::Unblock { owner, jids } => blocking::unblock(self, owner, jids),
+            Command::IssueFastToken {
+                user,
+                client,
+                token,
+            } => fast::issue(self, user, client, token),
+            Command::UseFastToken {
+                user,
+                client,
+                verifier,
+                next,
+            } => fast::use_token(self, user, client, verifier, next),
+            Command::RevokeFastTokens {
+                user,
+                client,
+                verifier,
+            } => fast::revoke(self, user, client, verifier),
         }
     }
 }

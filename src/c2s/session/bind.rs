@@ -47,42 +47,20 @@ impl Session {
                 return None;
             }
         };
-        let id: u64 = rand::random::<u64>() | 1;
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let router = shared.router.clone();
-        if let Some(old) = router.register(
-            &full,
-            LocalSession {
-                id,
-                tx,
-                since: Instant::now(),
-            },
-        ) {
-            // §7.7.2.2: the older session of the same full JID ends.
-            old.kick(crate::router::replaced());
-        }
-        let binding = SessionBinding {
-            node: router.node(),
-            session: id,
-            priority: 0,
-            available: false,
-            carbons: false,
-            presence: None,
-            bound_ms: now_ms(),
+        let (id, rx) = match attach(&shared, &full, false).await {
+            Ok(x) => x,
+            Err(()) => {
+                let reply = StanzaError::with_text(
+                    StanzaCondition::InternalServerError,
+                    "the cluster cannot bind sessions right now",
+                )
+                .reply_to(&iq)
+                .unwrap_or(iq);
+                let _ = conn.send(&reply.to_xml(ns::CLIENT)).await;
+                conn.close().await;
+                return None;
+            }
         };
-        if let Err(e) = commit_binding(&shared, &full, binding).await {
-            warn!(error = %e, "cannot commit the session binding");
-            router.unregister(&full, id);
-            let reply = StanzaError::with_text(
-                StanzaCondition::InternalServerError,
-                "the cluster cannot bind sessions right now",
-            )
-            .reply_to(&iq)
-            .unwrap_or(iq);
-            let _ = conn.send(&reply.to_xml(ns::CLIENT)).await;
-            conn.close().await;
-            return None;
-        }
         let reply = Element::new("iq", ns::CLIENT)
             .with_attr("type", "result")
             .with_opt_attr("id", iq.attr("id"))
@@ -91,22 +69,23 @@ impl Session {
                     .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
             );
         conn.queue(&reply.to_xml(ns::CLIENT));
-        if conn.flush().await.is_err() {
-            router.unregister(&full, id);
-            let _ = shared
-                .cluster
-                .write(Command::UnbindSession {
-                    full_jid: full.to_string(),
-                    node: router.node(),
-                    session: id,
-                })
-                .await;
-            return None;
-        }
-        tracing::Span::current().record("jid", full.to_string());
-        info!("session bound");
-        // Queued messages the client already had on a stream it could not
-        // resume: not written again, and removed from the queue.
+        Session::bound(shared, conn, full, id, rx, had)
+            .flushed()
+            .await
+    }
+
+    /// The session of `full`, bound (see [`attach`]) as session `id`, its
+    /// answer queued on `conn`. `had`: queued messages the client already
+    /// had on a stream it could not resume: not written again, and removed
+    /// from the queue.
+    pub(super) fn bound(
+        shared: Arc<Shared>,
+        conn: Conn,
+        full: FullJid,
+        id: u64,
+        rx: mpsc::Receiver<ToSession>,
+        had: Vec<String>,
+    ) -> Session {
         let mut seen = Seen::default();
         if !had.is_empty() {
             debug!(count = had.len(), "skipping queued messages the client had");
@@ -114,8 +93,30 @@ impl Session {
         for id in &had {
             seen.insert(id);
         }
-        router.delivered(bare, had);
-        Some(Session::new(shared, conn, full, id, rx, seen))
+        shared.router.delivered(full.to_bare().as_str(), had);
+        Session::new(shared, conn, full, id, rx, seen)
+    }
+
+    /// Sends what a just-bound session queued (its bind answer); a session
+    /// whose client is gone already is unbound again.
+    pub(super) async fn flushed(mut self) -> Option<Session> {
+        if self.conn.flush().await.is_err() {
+            let router = &self.shared.router;
+            router.unregister(&self.full, self.id);
+            let _ = self
+                .shared
+                .cluster
+                .write(Command::UnbindSession {
+                    full_jid: self.full.to_string(),
+                    node: router.node(),
+                    session: self.id,
+                })
+                .await;
+            return None;
+        }
+        tracing::Span::current().record("jid", self.full.to_string());
+        info!("session bound");
+        Some(self)
     }
 
     /// A bound session, not yet available, without stream management.
@@ -163,6 +164,44 @@ impl Session {
             rate_window: (Instant::now(), 0),
         }
     }
+}
+
+/// Registers a new session of `full` on this node (ending a local one of
+/// the same full JID, RFC 6120 §7.7.2.2) and commits its binding, not yet
+/// available, with XEP-0280 carbons on when `carbons`. `Err`: the cluster
+/// could not commit it (logged; nothing is left registered).
+pub(super) async fn attach(
+    shared: &Shared,
+    full: &FullJid,
+    carbons: bool,
+) -> Result<(u64, mpsc::Receiver<ToSession>), ()> {
+    let id: u64 = rand::random::<u64>() | 1;
+    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+    let router = &shared.router;
+    let local = LocalSession {
+        id,
+        tx,
+        since: Instant::now(),
+    };
+    if let Some(old) = router.register(full, local) {
+        // §7.7.2.2: the older session of the same full JID ends.
+        old.kick(crate::router::replaced());
+    }
+    let binding = SessionBinding {
+        node: router.node(),
+        session: id,
+        priority: 0,
+        available: false,
+        carbons,
+        presence: None,
+        bound_ms: now_ms(),
+    };
+    if let Err(e) = commit_binding(shared, full, binding).await {
+        warn!(error = %e, "cannot commit the session binding");
+        router.unregister(full, id);
+        return Err(());
+    }
+    Ok((id, rx))
 }
 
 /// Commits `binding` for `full` and kicks the session it replaced, if that

@@ -123,6 +123,13 @@ impl Session {
             return;
         }
         let resume = matches!(el.attr("resume"), Some("true" | "1"));
+        let reply = self.start_sm(resume);
+        self.conn.queue(&reply);
+    }
+
+    /// Turns XEP-0198 on (resumable when `resume`: here, and movable to
+    /// another node); returns the `<enabled/>` to send.
+    pub(super) fn start_sm(&mut self, resume: bool) -> String {
         let id = random_id();
         if resume {
             let (tx, resume_rx) = mpsc::channel(1);
@@ -149,10 +156,10 @@ impl Session {
         } else {
             format!("<enabled xmlns='{}' id='{id}'/>", ns::SM)
         };
-        self.conn.queue(&reply);
         // Stanzas written before SM was on count as delivered (their
         // queued copies go once the write is flushed).
         self.sm = Some(StreamMgmt::new(id, resume));
+        reply
     }
 
     /// The client acknowledged everything up to its count `h`: what it has

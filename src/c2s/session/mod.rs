@@ -8,9 +8,10 @@
 //! of a session for any reason (unavailable presence, binding removed).
 //!
 //! This file is the session's loop and its shared helpers; binding
-//! (`bind`), the client's side (`client`), local resumption (`resume`) and
+//! (`bind`, and XEP-0386 Bind 2 in `bind2`), the client's side (`client`), local resumption (`resume`) and
 //! the end (`end`) are its child modules.
 mod bind;
+mod bind2;
 mod client;
 mod effects;
 mod end;

@@ -59,12 +59,15 @@ impl Session {
         let Some(sm) = self.sm.as_mut() else {
             return false;
         };
-        let reply = format!(
+        let resumed = format!(
             "<resumed xmlns='{}' h='{}' previd='{}'/>",
             ns::SM,
             sm.h(),
             sm.id()
         );
+        // Inside SASL2's `<success/>` when resumed inline (XEP-0198
+        // §"Inline Stream Resumption").
+        let reply = r.reply.wrap(&resumed, self.full.as_str());
         let (released, again) = match sm.on_resume(r.h) {
             Ok(x) => x,
             Err(e) => {
