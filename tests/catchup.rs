@@ -18,12 +18,6 @@ use common::{fast_raft, rt, TestCluster};
 use nix::sys::signal::Signal;
 use starling::xmpp::{ns, Element};
 
-fn signal(c: &TestCluster, id: u64, sig: Signal) {
-    let n = c.nodes.iter().find(|n| n.config.node_id == id).unwrap();
-    let pid = nix::unistd::Pid::from_raw(n.child.as_ref().expect("running").id() as i32);
-    nix::sys::signal::kill(pid, sig).unwrap();
-}
-
 /// STARTTLS and PLAIN at `id`; the server's answer (success or failure).
 async fn try_auth(c: &TestCluster, id: u64, user: &str) -> Element {
     let mut cl = RawClient::connect(c.client_addr(id)).await;
@@ -94,16 +88,16 @@ fn a_follower_catches_up_after_tens_of_megabytes_and_refuses_stale_logins() {
         // Now it misses an account while paused, and wakes up cut off from
         // the other two (paused in turn): a follower that last heard a
         // leader seconds ago, its accounts stale.
-        signal(&c, follower, Signal::SIGSTOP);
+        c.signal(follower, Signal::SIGSTOP);
         c.create_user(leader, "late").await.unwrap();
         tokio::time::sleep(Duration::from_secs(6)).await;
-        signal(&c, leader, Signal::SIGSTOP);
-        signal(&c, third, Signal::SIGSTOP);
-        signal(&c, follower, Signal::SIGCONT);
+        c.signal(leader, Signal::SIGSTOP);
+        c.signal(third, Signal::SIGSTOP);
+        c.signal(follower, Signal::SIGCONT);
         let r = try_auth(&c, follower, "late").await;
         let stale = condition(&r);
-        signal(&c, leader, Signal::SIGCONT);
-        signal(&c, third, Signal::SIGCONT);
+        c.signal(leader, Signal::SIGCONT);
+        c.signal(third, Signal::SIGCONT);
         assert!(
             r.is("failure", ns::SASL) && stale == "temporary-auth-failure",
             "a node out of touch with the cluster answered a login from its stale state: {r}"

@@ -12,141 +12,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::xmpp::{body_of, RawClient, WAIT};
+use common::xmpp::{
+    body_of, chat, enable_sm, read_counting, read_messages, send_acked, RawClient, WAIT,
+};
 use common::{fast_raft, rt, TestCluster};
 use starling::xmpp::{ns, Element};
-
-fn pid_of(c: &TestCluster, id: u64) -> nix::unistd::Pid {
-    let n = c.nodes.iter().find(|n| n.config.node_id == id).unwrap();
-    nix::unistd::Pid::from_raw(n.child.as_ref().expect("running").id() as i32)
-}
-
-/// Sends `sig` to node `id`; a SIGSTOP returns once every thread of the
-/// node is stopped (kill(2) returns before that: a node still running for
-/// a moment answered a custody copy the test meant to go unanswered).
-fn signal(c: &TestCluster, id: u64, sig: nix::sys::signal::Signal) {
-    let pid = pid_of(c, id);
-    nix::sys::signal::kill(pid, sig).unwrap();
-    if sig != nix::sys::signal::Signal::SIGSTOP {
-        return;
-    }
-    let stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-                // The state follows the command name's closing parenthesis.
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.trim_start().chars().next())
-                    .is_some_and(|st| st == 'T' || st == 't')
-            })
-        })
-    };
-    let until = Instant::now() + Duration::from_secs(2);
-    while !stopped() {
-        assert!(Instant::now() < until, "node {id} did not stop");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn chat(to: &str, body: &str) -> String {
-    format!("<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>")
-}
-
-fn stanza_id(el: &Element, by: &str) -> Option<String> {
-    el.children()
-        .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by))
-        .and_then(|c| c.attr("id"))
-        .map(str::to_string)
-}
-
-/// Enables XEP-0198 (resumable when asked); returns the SM id.
-async fn enable_sm(c: &mut RawClient, resume: bool) -> String {
-    let attr = if resume { " resume='true'" } else { "" };
-    c.send(&format!("<enable xmlns='urn:xmpp:sm:3'{attr}/>"))
-        .await;
-    let e = c.expect("enabled", |e| e.is("enabled", ns::SM)).await;
-    e.attr("id").unwrap_or_default().to_string()
-}
-
-/// Sends `bodies` to `to` then `<r/>`, and waits for the server's ack
-/// counting all of them (`base` stanzas were counted before).
-async fn send_acked(c: &mut RawClient, to: &str, bodies: &[String], base: u32) {
-    let mut out = String::new();
-    for b in bodies {
-        out.push_str(&chat(to, b));
-    }
-    out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
-    c.send(&out).await;
-    let want = base + bodies.len() as u32;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "no ack for {want} stanzas");
-        let a = c.expect("sm ack", |e| e.is("a", ns::SM)).await;
-        let h: u32 = a.attr("h").and_then(|h| h.parse().ok()).unwrap();
-        if h == want {
-            return;
-        }
-        assert!(h < want, "acked more than was sent: {a}");
-    }
-}
-
-/// Reads until `n` messages arrived (answering the server's `<r/>` with
-/// the count of stanzas read when `ack`), returns (body, stanza id) pairs.
-async fn read_messages(
-    c: &mut RawClient,
-    n: usize,
-    by: &str,
-    ack: bool,
-    within: Duration,
-) -> Vec<(String, String)> {
-    let mut stanzas = 0u32;
-    read_counting(c, n, by, ack, within, &mut stanzas).await
-}
-
-/// As [`read_messages`], counting the stanzas read in `stanzas` (the `h`
-/// for a final acknowledgement).
-async fn read_counting(
-    c: &mut RawClient,
-    n: usize,
-    by: &str,
-    ack: bool,
-    within: Duration,
-    stanzas: &mut u32,
-) -> Vec<(String, String)> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + within;
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let el = match tokio::time::timeout(left, c.next()).await {
-            Ok(el) => el,
-            Err(_) => panic!("{} of {n} messages within {within:?}: {got:?}", got.len()),
-        };
-        assert!(
-            !el.is("error", ns::STREAM),
-            "stream error after {} messages: {el}",
-            got.len()
-        );
-        if el.is("r", ns::SM) {
-            if ack {
-                c.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{stanzas}'/>"))
-                    .await;
-            }
-            continue;
-        }
-        if matches!(el.name(), "message" | "presence" | "iq") && el.ns() == ns::CLIENT {
-            *stanzas += 1;
-        }
-        if el.name() == "message" {
-            if let Some(b) = body_of(&el) {
-                let id = stanza_id(&el, by).unwrap_or_else(|| panic!("no stanza id: {el}"));
-                got.push((b, id));
-            }
-        }
-    }
-    got
-}
 
 /// The cluster's leader and the two other nodes.
 async fn roles(c: &TestCluster) -> (u64, u64, u64) {
@@ -275,7 +145,7 @@ fn no_ack_and_no_write_while_a_majority_cannot_hold_the_message() {
         enable_sm(&mut alice, false).await;
         let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != node).collect();
         for n in &others {
-            signal(&c, *n, nix::sys::signal::Signal::SIGSTOP);
+            c.signal(*n, nix::sys::signal::Signal::SIGSTOP);
         }
         alice
             .send(&format!(
@@ -297,7 +167,7 @@ fn no_ack_and_no_write_while_a_majority_cannot_hold_the_message() {
             }
         }
         for n in &others {
-            signal(&c, *n, nix::sys::signal::Signal::SIGCONT);
+            c.signal(*n, nix::sys::signal::Signal::SIGCONT);
         }
         let got = read_messages(&mut bob, 1, "bob@localhost", false, WAIT).await;
         assert_eq!(got[0].0, "held", "delivered once the others are back");
@@ -336,10 +206,10 @@ fn an_acknowledged_message_survives_its_senders_node_dying_before_the_live_copy_
             RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
 
-        signal(&c, recipient_node, nix::sys::signal::Signal::SIGSTOP);
+        c.signal(recipient_node, nix::sys::signal::Signal::SIGSTOP);
         send_acked(&mut alice, "bob@localhost", &["paused".to_string()], 0).await;
         c.kill(sender_node);
-        signal(&c, recipient_node, nix::sys::signal::Signal::SIGCONT);
+        c.signal(recipient_node, nix::sys::signal::Signal::SIGCONT);
 
         let got = read_messages(&mut bob, 1, "bob@localhost", false, Duration::from_secs(20)).await;
         assert_eq!(got[0].0, "paused");
@@ -884,7 +754,7 @@ fn an_unknown_raft_outcome_is_retried_never_bounced() {
         let mut alice =
             RawClient::login(c.client_addr(sender_node), "alice", "pw-alice", "desk").await;
         enable_sm(&mut alice, false).await;
-        signal(&c, leader, nix::sys::signal::Signal::SIGSTOP);
+        c.signal(leader, nix::sys::signal::Signal::SIGSTOP);
         let bodies: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
         let mut out = String::new();
         for b in &bodies {
@@ -915,7 +785,7 @@ fn an_unknown_raft_outcome_is_retried_never_bounced() {
         }
         // The old leader wakes up: whatever it had is now a stale term's.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        signal(&c, leader, nix::sys::signal::Signal::SIGCONT);
+        c.signal(leader, nix::sys::signal::Signal::SIGCONT);
         let mut bob = RawClient::login(c.client_addr(other), "bob", "pw-bob", "phone").await;
         enable_sm(&mut bob, false).await;
         bob.send("<presence/>").await;
@@ -982,7 +852,7 @@ fn what_a_client_acknowledged_while_the_leader_paused_does_not_come_again_after_
                 n += 1;
             }
         }
-        signal(&c, leader, nix::sys::signal::Signal::SIGSTOP);
+        c.signal(leader, nix::sys::signal::Signal::SIGSTOP);
         bob.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{n}'/>"))
             .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1000,6 +870,6 @@ fn what_a_client_acknowledged_while_the_leader_paused_does_not_come_again_after_
             .await;
         assert!(r.is("resumed", ns::SM), "expected <resumed/>: {r}");
         no_message_within(&mut bob, Duration::from_secs(4), "a second copy").await;
-        signal(&c, leader, nix::sys::signal::Signal::SIGCONT);
+        c.signal(leader, nix::sys::signal::Signal::SIGCONT);
     });
 }

@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use common::xmpp::{body_of, RawClient, WAIT};
+use common::xmpp::{body_of, chat, read_counting, send_acked, RawClient, WAIT};
 use common::{ctl, fast_raft, rt, TestCluster};
 use starling::xmpp::{ns, Element};
 use starling_raft::credentials::{h, hmac, salted_password, ScramHash};
@@ -147,75 +147,6 @@ fn failure_condition(el: &Element) -> String {
         .find(|c| c.ns() == ns::SASL)
         .map(|c| c.name().to_string())
         .unwrap_or_else(|| panic!("no RFC 6120 condition: {el}"))
-}
-
-fn chat(to: &str, body: &str) -> String {
-    format!("<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>")
-}
-
-fn stanza_id(el: &Element, by: &str) -> Option<String> {
-    el.children()
-        .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by))
-        .and_then(|c| c.attr("id"))
-        .map(str::to_string)
-}
-
-/// Sends `bodies` then `<r/>`; waits for the ack counting all of them.
-async fn send_acked(c: &mut RawClient, to: &str, bodies: &[String], base: u32) {
-    let mut out = String::new();
-    for b in bodies {
-        out.push_str(&chat(to, b));
-    }
-    out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
-    c.send(&out).await;
-    let want = base + bodies.len() as u32;
-    loop {
-        let a = c.expect("sm ack", |e| e.is("a", ns::SM)).await;
-        let h: u32 = a.attr("h").and_then(|h| h.parse().ok()).unwrap();
-        if h == want {
-            return;
-        }
-        assert!(h < want, "acked more than was sent: {a}");
-    }
-}
-
-/// Reads `n` messages with a body, counting stanzas in `count`, answering
-/// `<r/>` when `ack`; returns (body, stanza id) pairs. Fails on stream
-/// features (none may come after an inline resumption).
-async fn read_counting(
-    c: &mut RawClient,
-    n: usize,
-    by: &str,
-    ack: bool,
-    count: &mut u32,
-) -> Vec<(String, String)> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let el = tokio::time::timeout(left, c.next())
-            .await
-            .unwrap_or_else(|_| panic!("{} of {n} messages: {got:?}", got.len()));
-        assert!(!el.is("error", ns::STREAM), "stream error: {el}");
-        assert!(!el.is("features", ns::STREAM), "stream features: {el}");
-        if el.is("r", ns::SM) {
-            if ack {
-                c.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{count}'/>"))
-                    .await;
-            }
-            continue;
-        }
-        if matches!(el.name(), "message" | "presence" | "iq") && el.ns() == ns::CLIENT {
-            *count += 1;
-        }
-        if el.name() == "message" {
-            if let Some(b) = body_of(&el) {
-                let id = stanza_id(&el, by).unwrap_or_else(|| panic!("no stanza id: {el}"));
-                got.push((b, id));
-            }
-        }
-    }
-    got
 }
 
 async fn no_message_within(c: &mut RawClient, within: Duration) {
@@ -482,7 +413,7 @@ fn inline_resumption_on_the_same_node() {
         alice.expect("enabled", |e| e.is("enabled", ns::SM)).await;
         let bodies: Vec<String> = (1..=3).map(|i| format!("s{i}")).collect();
         send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
-        let got = read_counting(&mut bob, 3, "bob@localhost", false, &mut n).await;
+        let got = read_counting(&mut bob, 3, "bob@localhost", false, WAIT, &mut n).await;
         drop(bob);
 
         let (mut bob, _) = tls_stream(addr).await;
@@ -506,13 +437,13 @@ fn inline_resumption_on_the_same_node() {
         assert!(!s.has_child("bound", BIND2), "the bind is ignored: {s}");
         assert_eq!(authz(&s), full);
         let mut m = h;
-        let again = read_counting(&mut bob, 2, "bob@localhost", true, &mut m).await;
+        let again = read_counting(&mut bob, 2, "bob@localhost", true, WAIT, &mut m).await;
         assert_eq!(again, got[1..].to_vec(), "what bob had not acknowledged");
         bob.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{m}'/>"))
             .await;
         no_message_within(&mut bob, Duration::from_millis(1000)).await;
         send_acked(&mut alice, "bob@localhost", &["s4".to_string()], 3).await;
-        let live = read_counting(&mut bob, 1, "bob@localhost", true, &mut m).await;
+        let live = read_counting(&mut bob, 1, "bob@localhost", true, WAIT, &mut m).await;
         assert_eq!(live[0].0, "s4");
     });
 }
@@ -565,12 +496,6 @@ fn a_failed_inline_resumption_then_binds() {
     });
 }
 
-fn signal(c: &TestCluster, id: u64, sig: nix::sys::signal::Signal) {
-    let n = c.nodes.iter().find(|n| n.config.node_id == id).unwrap();
-    let pid = nix::unistd::Pid::from_raw(n.child.as_ref().expect("running").id() as i32);
-    nix::sys::signal::kill(pid, sig).unwrap();
-}
-
 /// Item 3 on another node: bob's session (Bind 2, inline SM) is on one
 /// node; his phone resumes it inline on another while the old node is
 /// alive. The old node hands it over: `<success>` with `<resumed/>`, then
@@ -606,7 +531,7 @@ fn inline_resumption_on_another_node_and_the_freshness_gate() {
         alice.expect("enabled", |e| e.is("enabled", ns::SM)).await;
         let bodies: Vec<String> = (1..=3).map(|i| format!("m{i}")).collect();
         send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
-        let got = read_counting(&mut bob, 3, "bob@localhost", false, &mut n).await;
+        let got = read_counting(&mut bob, 3, "bob@localhost", false, WAIT, &mut n).await;
         drop(bob);
 
         let (mut bob, _) = tls_stream(c.client_addr(new_node)).await;
@@ -627,7 +552,7 @@ fn inline_resumption_on_another_node_and_the_freshness_gate() {
         assert_eq!(r.attr("h"), Some("2"), "{r}");
         assert_eq!(authz(&s), full);
         let mut m = h;
-        let again = read_counting(&mut bob, 2, "bob@localhost", true, &mut m).await;
+        let again = read_counting(&mut bob, 2, "bob@localhost", true, WAIT, &mut m).await;
         assert_eq!(
             again,
             got[1..].to_vec(),
@@ -637,7 +562,7 @@ fn inline_resumption_on_another_node_and_the_freshness_gate() {
             .await;
         no_message_within(&mut bob, Duration::from_millis(1500)).await;
         send_acked(&mut alice, "bob@localhost", &["m4".to_string()], 3).await;
-        let live = read_counting(&mut bob, 1, "bob@localhost", true, &mut m).await;
+        let live = read_counting(&mut bob, 1, "bob@localhost", true, WAIT, &mut m).await;
         assert_eq!(live[0].0, "m4");
         assert!(
             c.log_of(old_node)
@@ -657,13 +582,13 @@ fn inline_resumption_on_another_node_and_the_freshness_gate() {
         // The freshness gate applies to SASL2: new_node, out of touch with
         // the leader for longer than 5 s, does not check passwords.
         use nix::sys::signal::Signal;
-        signal(&c, leader, Signal::SIGSTOP);
-        signal(&c, old_node, Signal::SIGSTOP);
+        c.signal(leader, Signal::SIGSTOP);
+        c.signal(old_node, Signal::SIGSTOP);
         tokio::time::sleep(Duration::from_secs(6)).await;
         let (mut cl, _) = tls_stream(c.client_addr(new_node)).await;
         let r = auth_plain2(&mut cl, "alice", "pw-alice", "").await;
-        signal(&c, leader, Signal::SIGCONT);
-        signal(&c, old_node, Signal::SIGCONT);
+        c.signal(leader, Signal::SIGCONT);
+        c.signal(old_node, Signal::SIGCONT);
         assert_eq!(failure_condition(&r), "temporary-auth-failure", "{r}");
     });
 }

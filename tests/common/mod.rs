@@ -251,6 +251,41 @@ impl TestCluster {
         self.spawn_index(i);
     }
 
+    /// The process id of node `id` (running).
+    pub fn pid_of(&self, id: u64) -> nix::unistd::Pid {
+        let n = self.nodes.iter().find(|n| n.config.node_id == id).unwrap();
+        nix::unistd::Pid::from_raw(n.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends `sig` to node `id`; a SIGSTOP returns once every thread of the
+    /// node is stopped (kill(2) returns before that: a node still running for
+    /// a moment answered a custody copy the test meant to go unanswered).
+    pub fn signal(&self, id: u64, sig: nix::sys::signal::Signal) {
+        let pid = self.pid_of(id);
+        nix::sys::signal::kill(pid, sig).unwrap();
+        if sig != nix::sys::signal::Signal::SIGSTOP {
+            return;
+        }
+        let stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return false;
+            };
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                    // The state follows the command name's closing parenthesis.
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.trim_start().chars().next())
+                        .is_some_and(|st| st == 'T' || st == 't')
+                })
+            })
+        };
+        let until = Instant::now() + Duration::from_secs(2);
+        while !stopped() {
+            assert!(Instant::now() < until, "node {id} did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self, id: u64) {
         let i = self.index(id);

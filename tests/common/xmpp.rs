@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use starling::c2s::stream::BoxIo;
@@ -354,4 +354,107 @@ impl RawClient {
             .expect("timed out waiting for the ping result");
         before
     }
+}
+
+// Messages: what the delivery, resumption and SASL2 tests send and read.
+
+pub fn chat(to: &str, body: &str) -> String {
+    format!("<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>")
+}
+
+pub fn stanza_id(el: &Element, by: &str) -> Option<String> {
+    el.children()
+        .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(by))
+        .and_then(|c| c.attr("id"))
+        .map(str::to_string)
+}
+
+/// Enables XEP-0198 (resumable when asked); returns the SM id.
+pub async fn enable_sm(c: &mut RawClient, resume: bool) -> String {
+    let attr = if resume { " resume='true'" } else { "" };
+    c.send(&format!("<enable xmlns='urn:xmpp:sm:3'{attr}/>"))
+        .await;
+    let e = c.expect("enabled", |e| e.is("enabled", ns::SM)).await;
+    e.attr("id").unwrap_or_default().to_string()
+}
+
+/// Sends `bodies` to `to` then `<r/>`, and waits for the server's ack
+/// counting all of them (`base` stanzas were counted before).
+pub async fn send_acked(c: &mut RawClient, to: &str, bodies: &[String], base: u32) {
+    let mut out = String::new();
+    for b in bodies {
+        out.push_str(&chat(to, b));
+    }
+    out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+    c.send(&out).await;
+    let want = base + bodies.len() as u32;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no ack for {want} stanzas");
+        let a = c.expect("sm ack", |e| e.is("a", ns::SM)).await;
+        let h: u32 = a.attr("h").and_then(|h| h.parse().ok()).unwrap();
+        if h == want {
+            return;
+        }
+        assert!(h < want, "acked more than was sent: {a}");
+    }
+}
+
+/// Reads until `n` messages arrived (answering the server's `<r/>` with
+/// the count of stanzas read when `ack`), returns (body, stanza id) pairs.
+pub async fn read_messages(
+    c: &mut RawClient,
+    n: usize,
+    by: &str,
+    ack: bool,
+    within: Duration,
+) -> Vec<(String, String)> {
+    let mut stanzas = 0u32;
+    read_counting(c, n, by, ack, within, &mut stanzas).await
+}
+
+/// As [`read_messages`], counting the stanzas read in `stanzas` (the `h`
+/// for a final acknowledgement).
+pub async fn read_counting(
+    c: &mut RawClient,
+    n: usize,
+    by: &str,
+    ack: bool,
+    within: Duration,
+    stanzas: &mut u32,
+) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let el = match tokio::time::timeout(left, c.next()).await {
+            Ok(el) => el,
+            Err(_) => panic!("{} of {n} messages within {within:?}: {got:?}", got.len()),
+        };
+        assert!(
+            !el.is("error", ns::STREAM),
+            "stream error after {} messages: {el}",
+            got.len()
+        );
+        // None come in the middle of a session (after an inline XEP-0388
+        // resumption, say).
+        assert!(!el.is("features", ns::STREAM), "stream features: {el}");
+        if el.is("r", ns::SM) {
+            if ack {
+                c.send(&format!("<a xmlns='urn:xmpp:sm:3' h='{stanzas}'/>"))
+                    .await;
+            }
+            continue;
+        }
+        if matches!(el.name(), "message" | "presence" | "iq") && el.ns() == ns::CLIENT {
+            *stanzas += 1;
+        }
+        if el.name() == "message" {
+            if let Some(b) = body_of(&el) {
+                let id = stanza_id(&el, by).unwrap_or_else(|| panic!("no stanza id: {el}"));
+                got.push((b, id));
+            }
+        }
+    }
+    got
 }
