@@ -4,7 +4,11 @@
 //! (RFC 5929 §4), in RFC 6120 SASL and XEP-0388 SASL2; the XEP-0440
 //! channel-binding types in the features; a client whose binding data is
 //! not the server's (a man in the middle) and a client that says "y" while
-//! -PLUS is offered (a stripped mechanism list) are refused.
+//! -PLUS is offered (a stripped mechanism list) are refused; a -PLUS
+//! mechanism with "n" (slixmpp without `tls-exporter`, XEP-0474 rule 6)
+//! logs in unbound, and "y" where nothing was offered (plaintext) is no
+//! downgrade. The rule and its reasons: `channel_binding_data` in
+//! src/c2s/sasl/scram.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -33,7 +37,11 @@ fn unb64(s: &str) -> Vec<u8> {
 }
 
 async fn one_node() -> TestCluster {
-    let c = TestCluster::start_with(1, fast_raft(), |_| {});
+    one_node_with(|_| {}).await
+}
+
+async fn one_node_with(tweak: impl Fn(&mut starling::config::Config)) -> TestCluster {
+    let c = TestCluster::start_with(1, fast_raft(), tweak);
     c.wait_leader(1, Duration::from_secs(20)).await;
     c.create_user(1, "alice").await.unwrap();
     c
@@ -334,5 +342,68 @@ fn y_flag_while_plus_is_offered_is_refused() {
                 assert_eq!(r.name(), "success", "{mech} with n: {r}");
             }
         }
+    });
+}
+
+/// The exchange slixmpp 1.8.5 makes on a Python whose ssl module has no
+/// `tls-exporter` (TLS 1.3): it picks SCRAM-SHA-256-PLUS, sends "n,," and
+/// `c=biws`. XEP-0474 rule 6 asks a client without a mutual type for
+/// exactly that; it logs in, unbound, in both profiles. "y" with a -PLUS
+/// mechanism contradicts itself: malformed-request.
+#[test]
+fn plus_mechanism_with_n_flag_logs_in_unbound() {
+    rt().block_on(async {
+        let c = one_node().await;
+        let addr = c.client_addr(1);
+        for profile in [Profile::Legacy, Profile::Sasl2] {
+            for (mech, hash) in [
+                ("SCRAM-SHA-256-PLUS", ScramHash::Sha256),
+                ("SCRAM-SHA-1-PLUS", ScramHash::Sha1),
+            ] {
+                let (mut cl, _) = tls_stream(addr).await;
+                let r = scram(
+                    &mut cl, profile, mech, hash, "y,,", b"", "alice", "pw-alice",
+                )
+                .await;
+                assert_eq!(condition(&r), "malformed-request", "{mech} with y: {r}");
+                let r = scram(
+                    &mut cl, profile, mech, hash, "n,,", b"", "alice", "pw-alice",
+                )
+                .await;
+                assert_eq!(r.name(), "success", "{mech} with n: {r}");
+            }
+        }
+    });
+}
+
+/// RFC 5802 §6 fails "y" only where "the server supports channel
+/// binding": on a connection where no -PLUS mechanism and no XEP-0440
+/// type was offered (plaintext, allowed here), "y" is what an honest
+/// client sends (XEP-0440 §"Business Rules") and logs in.
+#[test]
+fn y_flag_where_no_channel_binding_is_offered_logs_in() {
+    rt().block_on(async {
+        let c = one_node_with(|cfg| cfg.xmpp.allow_plaintext = true).await;
+        let mut cl = RawClient::connect(c.client_addr(1)).await;
+        let f = cl.open().await;
+        let (legacy, _) = mechanisms(&f);
+        assert!(legacy.iter().any(|m| m == "SCRAM-SHA-256"), "{f}");
+        assert!(!legacy.iter().any(|m| m.ends_with("-PLUS")), "{f}");
+        assert!(
+            f.get_child("sasl-channel-binding", SASL_CB).is_none(),
+            "{f}"
+        );
+        let r = scram(
+            &mut cl,
+            Profile::Legacy,
+            "SCRAM-SHA-256",
+            ScramHash::Sha256,
+            "y,,",
+            b"",
+            "alice",
+            "pw-alice",
+        )
+        .await;
+        assert!(r.is("success", ns::SASL), "y without -PLUS offered: {r}");
     });
 }

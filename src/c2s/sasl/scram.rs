@@ -188,6 +188,65 @@ impl Scram {
 
     /// The channel-binding data the client's gs2-cbind-flag asks for, if
     /// the flag fits the mechanism and the connection.
+    ///
+    /// # The rule for "y" and "n" (decided here)
+    ///
+    /// RFC 5802 gives "y" to a client that supports channel binding but
+    /// thinks the server does not (§5.1, §7), and §6 says: "If the flag
+    /// is set to "y" and the server supports channel binding, the server
+    /// MUST fail authentication. This is because if the client sets the channel
+    /// binding flag to "y", then the client must have believed that the
+    /// server did not support channel binding -- if the server did in fact
+    /// support channel binding, then this is an indication that there has
+    /// been a downgrade attack (e.g., an attacker changed the server's
+    /// mechanism list to exclude the -PLUS suffixed SCRAM mechanism
+    /// name(s))."
+    ///
+    /// "Supports" is judged per connection, by what this server offered on
+    /// it: the -PLUS mechanisms and the XEP-0440 types are advertised
+    /// exactly when the connection has channel-binding data (never on
+    /// plaintext, nor on TLS 1.2 with a certificate RFC 5929 gives no
+    /// end-point hash), so "y" is refused exactly there.
+    ///
+    /// Relaxing "y" for a client that supports none of the advertised
+    /// types is not what the XEPs ask for, and the server could not tell
+    /// such a client anyway ("y" names no type). XEP-0440 (1.0.0)
+    /// §"Business Rules" has the client send "y" only in this case: "If
+    /// the client supports channel-binding, but the server announced
+    /// neither SASL mechanisms supporting channel-binding nor
+    /// channel-binding types (via this specification), it MUST send "y"";
+    /// a client that saw them but shares no type with them must abort,
+    /// "if tls-server-end-point is also not advertised by the server"
+    /// (which Starling advertises wherever RFC 5929 defines it, as
+    /// XEP-0440 requires: "Servers MUST implement tls-server-end-point and
+    /// enable/advertise it"). Its Security Considerations assume servers
+    /// refuse: "the client can't send "y" in the GSS-header, because the
+    /// server would then abort the authentication because it advertised
+    /// channel-bindings. Sending "n" and continuing without
+    /// channel-binding is fine in this case". So a "y" on a connection
+    /// where -PLUS was offered always means the client did not see the
+    /// offer: the stripped list the flag exists to catch. Prosody
+    /// (util/sasl/scram.lua: "y" fails wherever the connection has a
+    /// channel-binding handler), ejabberd (xmpp_sasl_scram.erl: "y" fails
+    /// on an encrypted stream unless every -PLUS mechanism is disabled)
+    /// and Openfire refuse it the same way.
+    ///
+    /// "n" with a -PLUS mechanism is accepted and runs unbound, as in
+    /// Prosody (which only logs "Client unexpectedly doesn't support
+    /// channel binding"). XEP-0474 (0.5.0) §"Business Rules", new rule 6,
+    /// asks this of a client that "would pick a 'SCRAM-*-PLUS' method, but
+    /// none of these announced channel-binding types are supported by it,
+    /// it SHOULD continue authentication by sending "n" in the GSS-header"
+    /// (and then check the XEP-0474 hash, which Starling does not send
+    /// yet). slixmpp 1.8.5 does exactly this where Python's ssl module
+    /// has no `tls-exporter` (3.11: `CHANNEL_BINDING_TYPES` is only
+    /// `tls-unique`, undefined on TLS 1.3): it picks SCRAM-SHA-256-PLUS
+    /// and sends "n,,". Refusing it would protect nothing: the mechanism
+    /// name is not covered by the client proof, so an attacker
+    /// could as well rename the mechanism to SCRAM-SHA-256, where "n" is
+    /// accepted over TLS, and "n" cannot be put in place of a client's
+    /// "p=" either, since `c=` carries the gs2-header the client really
+    /// sent (checked in [`finish_scram`]).
     fn channel_binding_data(&self, flag: &CbFlag) -> Result<&[u8], SaslFailure> {
         match (flag, self.plus) {
             (CbFlag::Required(name), true) => {
@@ -200,22 +259,20 @@ impl Scram {
                     .and_then(|t| self.bindings.get(t))
                     .ok_or(SaslFailure::NotAuthorized)
             }
-            // A -PLUS mechanism is the client's request for channel
-            // binding (RFC 5802 §6): "n" or "y" with it contradicts
-            // itself; "p=" with a non-PLUS mechanism as well.
-            (CbFlag::No | CbFlag::Supported, true) | (CbFlag::Required(_), false) => {
+            // "p=" asks for channel binding, which only the -PLUS
+            // mechanisms do (RFC 5802 §6); "y" with a -PLUS mechanism says
+            // the client thinks the server cannot bind while naming the
+            // server's binding mechanism. Both contradict themselves.
+            (CbFlag::Required(_), false) | (CbFlag::Supported, true) => {
                 Err(SaslFailure::MalformedRequest)
             }
-            // RFC 5802 §6: "If the flag is set to "y" and the server
-            // supports channel binding, the server MUST fail
-            // authentication." The server supports it where it offered the
-            // -PLUS mechanisms: on a connection with channel-binding data.
-            // A client that saw them and still says "y" had its list
-            // stripped by an attacker (a downgrade).
+            // The downgrade RFC 5802 §6 detects (see above).
             (CbFlag::Supported, false) if !self.bindings.is_empty() => {
                 Err(SaslFailure::NotAuthorized)
             }
-            (CbFlag::No | CbFlag::Supported, false) => Ok(&[]),
+            // "n" on any SCRAM mechanism (unbound, see above), and "y"
+            // where this connection offered no channel binding.
+            (CbFlag::No, _) | (CbFlag::Supported, false) => Ok(&[]),
         }
     }
 }
@@ -724,6 +781,39 @@ mod tests {
         }
     }
 
+    /// XEP-0474 rule 6, slixmpp on a Python without `tls-exporter`: a
+    /// -PLUS mechanism with "n" runs unbound and logs in; `c=` must then
+    /// be the bare "n,," (no binding data, nor another gs2-header).
+    #[test]
+    fn plus_with_n_flag_logs_in_unbound() {
+        for (mech, hash) in plus_mechs() {
+            let password = random_password();
+            for gs2 in ["n,,", "n,a=juliet@example.org,"] {
+                let client = Client::new(hash, gs2, "juliet");
+                let (step, expected) =
+                    run_bound(mech, tls_bindings(), &client, &password, gs2.as_bytes());
+                assert_eq!(
+                    step,
+                    Step::Success {
+                        username: "juliet".into(),
+                        additional: expected
+                    },
+                    "{mech} {gs2}"
+                );
+            }
+            let client = Client::new(hash, "n,,", "juliet");
+            for cbind in [
+                [b"n,,".as_slice(), &EXPORTER].concat(),
+                [b"n,,".as_slice(), &END_POINT].concat(),
+                [b"p=tls-exporter,,".as_slice(), &EXPORTER].concat(),
+                b"y,,".to_vec(),
+            ] {
+                let (step, _) = run_bound(mech, tls_bindings(), &client, &password, &cbind);
+                assert_eq!(step, Step::Failure(SaslFailure::NotAuthorized), "{mech}");
+            }
+        }
+    }
+
     #[test]
     fn y_flag_is_a_downgrade_where_plus_is_offered() {
         for (mech, _) in scram_mechs() {
@@ -756,7 +846,9 @@ mod tests {
     #[test]
     fn plus_flag_must_fit_the_mechanism_and_connection() {
         for (mech, _) in plus_mechs() {
-            for gs2 in ["n,,", "y,,"] {
+            // "y" names the server's binding mechanism while saying the
+            // server cannot bind.
+            for gs2 in ["y,,", "y,a=juliet,"] {
                 assert_eq!(
                     start_step(mech, tls_bindings(), gs2),
                     Step::Failure(SaslFailure::MalformedRequest),
