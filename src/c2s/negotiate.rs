@@ -205,11 +205,11 @@ pub(super) async fn locate_session(shared: &Shared, bare: &str, previd: &str, h:
     if let Some(permit) = reserve_resumption(shared, bare, previd) {
         return Located::Here(permit);
     }
-    let moved = shared
-        .router
-        .take_over_remote(bare, previd, h)
-        .await
-        .and_then(|json| SessionHandoff::from_json(&json));
+    let answer = shared.router.take_over_remote(bare, previd, h).await;
+    let moved = answer
+        .session
+        .as_deref()
+        .and_then(SessionHandoff::from_json);
     if let Some(state) = moved {
         if belongs_to(&state, bare, previd) {
             return Located::Moved(Box::new(state));
@@ -218,8 +218,9 @@ pub(super) async fn locate_session(shared: &Shared, bare: &str, previd: &str, h:
     }
     // XEP-0198 §5: the client may bind a new session on this stream;
     // everything it did not acknowledge is in its replicated queue and
-    // comes after its initial presence.
-    let had = shared.router.hints().take(previd, bare, h);
+    // comes after its initial presence. What it had of that is known from
+    // its `h` and the delivery hints, this node's and its peers'.
+    let had = answer.had;
     info!(
         h,
         known = had.len(),
