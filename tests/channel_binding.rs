@@ -407,3 +407,83 @@ fn y_flag_where_no_channel_binding_is_offered_logs_in() {
         assert!(r.is("success", ns::SASL), "y without -PLUS offered: {r}");
     });
 }
+
+/// The XEP-0474 (SSDP) string a client builds from the features it saw:
+/// the mechanisms of `list` (`<mechanisms/>` or `<authentication/>`),
+/// sorted, joined by U+001E; then U+001F and the XEP-0440 types, sorted.
+fn ssdp_from_features(features: &Element, list: &Element) -> String {
+    let mut mechs: Vec<String> = list
+        .children()
+        .filter(|c| c.name() == "mechanism")
+        .map(|c| c.text())
+        .collect();
+    mechs.sort();
+    let mut s = mechs.join("\u{1e}");
+    if let Some(cb) = features.get_child("sasl-channel-binding", SASL_CB) {
+        let mut types: Vec<String> = cb
+            .children()
+            .filter_map(|c| c.attr("type").map(str::to_string))
+            .collect();
+        types.sort();
+        s.push('\u{1f}');
+        s.push_str(&types.join("\u{1e}"));
+    }
+    s
+}
+
+/// XEP-0474: SCRAM's server-first carries `h`, the hash of the mechanisms
+/// and channel-binding types the stream offered, computed as a client
+/// computes it from the features it read, in RFC 6120 SASL and in SASL2,
+/// for SCRAM-SHA-1 and SCRAM-SHA-256. A client whose lists an attacker
+/// trimmed (no -PLUS, no tls-exporter) gets another hash and stops before
+/// it sends a proof.
+#[test]
+fn scram_server_first_signs_what_was_offered() {
+    rt().block_on(async {
+        let c = one_node().await;
+        for (mech, hash) in [
+            ("SCRAM-SHA-256", ScramHash::Sha256),
+            ("SCRAM-SHA-1", ScramHash::Sha1),
+        ] {
+            for profile in [Profile::Legacy, Profile::Sasl2] {
+                let (mut cl, f) = tls_stream(c.client_addr(1)).await;
+                let list = match profile {
+                    Profile::Legacy => f.get_child("mechanisms", ns::SASL),
+                    Profile::Sasl2 => f.get_child("authentication", SASL2),
+                }
+                .unwrap_or_else(|| panic!("no mechanism list: {f}"))
+                .clone();
+                let want = h(hash, ssdp_from_features(&f, &list).as_bytes());
+                assert!(
+                    ssdp_from_features(&f, &list).contains("-PLUS\u{1e}")
+                        && f.has_child("sasl-channel-binding", SASL_CB),
+                    "-PLUS and XEP-0440 offered over TLS: {f}"
+                );
+                let first = b64(b"n,,n=alice,r=ssdp-client-nonce");
+                match profile {
+                    Profile::Legacy => {
+                        cl.send(&format!(
+                            "<auth xmlns='{}' mechanism='{mech}'>{first}</auth>",
+                            ns::SASL
+                        ))
+                        .await
+                    }
+                    Profile::Sasl2 => {
+                        cl.send(&format!(
+                            "<authenticate xmlns='{SASL2}' mechanism='{mech}'><initial-response>{first}</initial-response>{UA}</authenticate>"
+                        ))
+                        .await
+                    }
+                }
+                let ch = cl.next().await;
+                assert_eq!(ch.name(), "challenge", "{ch}");
+                let server_first = String::from_utf8(unb64(&ch.text())).unwrap();
+                let got = server_first
+                    .split(',')
+                    .find_map(|a| a.strip_prefix("h="))
+                    .unwrap_or_else(|| panic!("no h in {server_first}"));
+                assert_eq!(unb64(got), want, "{mech} {server_first}");
+            }
+        }
+    });
+}

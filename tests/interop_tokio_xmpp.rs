@@ -18,11 +18,12 @@
 //! `localhost`. It also records every byte of the stream in clear text so a
 //! failure shows what the server sent.
 //!
-//! The connector tells SASL that no channel binding is in use: tokio-xmpp
-//! would otherwise look for the `-PLUS` SCRAM variants, which Starling does
-//! not offer, and fall back to PLAIN. alice and carol send the GS2 flag `y`
-//! ("I could bind, the server does not offer it", RFC 5802 §6), bob sends
-//! `n`; all three must log in with SCRAM-SHA-256.
+//! alice and carol bind to the channel as tokio-xmpp's own connector does
+//! over TLS 1.3: SCRAM-SHA-256-PLUS with `p=tls-exporter` (RFC 9266, the
+//! exporter value from rustls); bob's connector says no channel binding
+//! is in use, and he logs in with SCRAM-SHA-256 and the GS2 flag `n`. (A
+//! client that sends `y` while `-PLUS` is offered is refused, RFC 5802 §6:
+//! tests/channel_binding.rs.)
 //!
 //! Set `STARLING_INTEROP_WIRE=1` to print the wire traffic as it happens; on
 //! a failure it is printed anyway, with the node logs.
@@ -201,8 +202,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 enum Gs2 {
     /// `n`: the client does not support channel binding.
     N,
-    /// `y`: the client supports it but the server offered no `-PLUS`.
-    Y,
+    /// `p=tls-exporter`: SCRAM-*-PLUS bound to the TLS 1.3 exporter.
+    Exporter,
 }
 
 #[derive(Clone, Debug)]
@@ -291,15 +292,23 @@ impl PinnedStartTls {
                 conn.negotiated_cipher_suite().map(|s| s.suite())
             ));
         }
+        let cb = match self.gs2 {
+            Gs2::N => ChannelBinding::None,
+            Gs2::Exporter => {
+                // RFC 9266 §2: 32 bytes, label "EXPORTER-Channel-Binding",
+                // no context.
+                let (_, conn) = tls.get_ref();
+                let data = conn
+                    .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .map_err(io::Error::other)?;
+                ChannelBinding::TlsExporter(data)
+            }
+        };
         let tap = Tap {
             inner: tls,
             wire: self.wire.clone(),
         };
         let pending = initiate_stream(BufStream::new(tap), ns, header(&domain), timeouts).await?;
-        let cb = match self.gs2 {
-            Gs2::N => ChannelBinding::None,
-            Gs2::Y => ChannelBinding::Unsupported,
-        };
         Ok((pending, cb))
     }
 }
@@ -769,9 +778,10 @@ async fn wait_serving(cluster: &TestCluster) {
 }
 
 /// STARTTLS was required and offered alone (RFC 6120 §5.3.1), SASL came
-/// after TLS with SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN and no `-PLUS`
-/// variant, and the client logged in with SCRAM-SHA-256 and GS2 flag `gs2`.
-fn negotiated_scram_after_starttls(p: &Peer, gs2: &str) {
+/// after TLS with SCRAM-SHA-256(-PLUS), SCRAM-SHA-1(-PLUS) and PLAIN and
+/// the XEP-0440 channel-binding types, and the client logged in with `mech`
+/// and GS2 flag `gs2`.
+fn negotiated_scram_after_starttls(p: &Peer, mech: &str, gs2: &str) {
     let (pre, post) = p.wire.split_at_tls(Dir::FromServer);
     assert!(
         pre.contains("urn:ietf:params:xml:ns:xmpp-tls") && pre.contains("<required"),
@@ -783,7 +793,13 @@ fn negotiated_scram_after_starttls(p: &Peer, gs2: &str) {
         "{}: SASL offered before TLS although TLS is mandatory (RFC 6120 §5.3.1):\n{pre}",
         p.name
     );
-    for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
+    for m in [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+    ] {
         assert!(
             post.contains(&format!("<mechanism>{m}</mechanism>")),
             "{}: {m} not offered after TLS:\n{post}",
@@ -791,13 +807,13 @@ fn negotiated_scram_after_starttls(p: &Peer, gs2: &str) {
         );
     }
     assert!(
-        !post.contains("-PLUS"),
-        "{}: a -PLUS mechanism is offered, so GS2 'y' would signal a downgrade:\n{post}",
+        post.contains("<channel-binding type='tls-exporter'/>"),
+        "{}: XEP-0440 tls-exporter not announced over TLS 1.3:\n{post}",
         p.name
     );
     assert_eq!(
         p.sasl_used(),
-        ("SCRAM-SHA-256".to_string(), gs2.to_string()),
+        (mech.to_string(), gs2.to_string()),
         "{}: SASL mechanism and GS2 flag",
         p.name
     );
@@ -860,14 +876,21 @@ async fn tokio_xmpp_clients_subscribe_and_chat_across_nodes() {
     let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
 
     // 2. alice on node 1, bob on node 2.
-    let mut alice =
-        Peer::connect("alice", "alice@localhost", "pw-alice", n1, Gs2::Y, &report).await;
+    let mut alice = Peer::connect(
+        "alice",
+        "alice@localhost",
+        "pw-alice",
+        n1,
+        Gs2::Exporter,
+        &report,
+    )
+    .await;
     let mut bob = Peer::connect("bob", "bob@localhost", "pw-bob", n2, Gs2::N, &report).await;
     assert_eq!(alice.bare().to_string(), "alice@localhost");
     assert_eq!(bob.bare().to_string(), "bob@localhost");
 
-    negotiated_scram_after_starttls(&alice, "y");
-    negotiated_scram_after_starttls(&bob, "n");
+    negotiated_scram_after_starttls(&alice, "SCRAM-SHA-256-PLUS", "p=tls-exporter");
+    negotiated_scram_after_starttls(&bob, "SCRAM-SHA-256", "n");
 
     // 3. Roster (empty), then initial presence, which comes back to the
     // sending resource too (RFC 6121 §4.2.2).
@@ -1024,7 +1047,7 @@ async fn tokio_xmpp_clients_subscribe_and_chat_across_nodes() {
         "carol@localhost/interop",
         "pw-carol",
         n1,
-        Gs2::Y,
+        Gs2::Exporter,
         &report,
     )
     .await;
@@ -1033,7 +1056,7 @@ async fn tokio_xmpp_clients_subscribe_and_chat_across_nodes() {
         "carol@localhost/interop",
         "requested resource (RFC 6120 §7.7.2.2)"
     );
-    negotiated_scram_after_starttls(&carol, "y");
+    negotiated_scram_after_starttls(&carol, "SCRAM-SHA-256-PLUS", "p=tls-exporter");
     let r = carol.roster().await;
     assert!(r.items.is_empty(), "carol: {r:?}");
     carol.send(Presence::available()).await;

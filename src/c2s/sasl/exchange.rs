@@ -45,6 +45,9 @@ pub struct Context {
     /// Non-empty also means the -PLUS mechanisms were offered, which
     /// decides the RFC 5802 §6 "y" flag.
     pub bindings: ChannelBindings,
+    /// XEP-0474: SCRAM's server-first carries the hash of what was offered
+    /// (off only for the RFC test vectors, which predate it).
+    pub downgrade_protection: bool,
 }
 
 /// The server side of one mechanism for one negotiation: decoded client

@@ -275,6 +275,7 @@ impl SaslSession {
         let unavailable = mechanism.requires_channel_binding() && bindings.is_empty();
         let context = Context {
             domain: domain.to_owned(),
+            downgrade_protection: server_nonce.is_none(),
             server_nonce,
             bindings,
         };

@@ -18,6 +18,25 @@ use super::exchange::{
 use super::fake::fake_keys;
 use super::message::{parse_client_final, parse_client_first, CbFlag};
 
+/// XEP-0474's SSDP string: the mechanisms offered (RFC 6120 SASL and SASL2
+/// offer the same, [`super::Mechanism::offered`]), sorted and joined by
+/// U+001E, then, where XEP-0440 announced channel-binding types, U+001F
+/// and those types, sorted and joined by U+001E.
+pub(super) fn ssdp_string(bindings: &ChannelBindings) -> String {
+    let mut mechanisms: Vec<&str> = super::Mechanism::offered(bindings)
+        .map(|m| m.name())
+        .collect();
+    mechanisms.sort_unstable();
+    let mut s = mechanisms.join("\u{1e}");
+    let mut types: Vec<&str> = bindings.types().map(CbType::name).collect();
+    if !types.is_empty() {
+        types.sort_unstable();
+        s.push('\u{1f}');
+        s.push_str(&types.join("\u{1e}"));
+    }
+    s
+}
+
 /// Length of the server part of the SCRAM nonce, in random bytes (encoded
 /// as base64, so 24 characters).
 const SERVER_NONCE_BYTES: usize = 18;
@@ -73,6 +92,8 @@ struct Scram {
     domain: String,
     /// Server nonce to use instead of a random one (test vectors).
     server_nonce: Option<String>,
+    /// XEP-0474's `h` in server-first.
+    downgrade_protection: bool,
     authcid: Option<String>,
     state: State,
 }
@@ -133,6 +154,7 @@ impl Scram {
             bindings: context.bindings,
             domain: context.domain,
             server_nonce: context.server_nonce,
+            downgrade_protection: context.downgrade_protection,
             authcid: None,
             state: State::First,
         }
@@ -167,11 +189,21 @@ impl Scram {
         // the server's appended ("server-first-message = [reserved-mext ","]
         // nonce "," salt "," iteration-count ["," extensions]").
         let nonce = format!("{}{}", first.client_nonce, server_nonce);
-        let server_first = format!(
+        let mut server_first = format!(
             "r={nonce},s={},i={}",
             B64.encode(&keys.salt),
             keys.iterations
         );
+        if self.downgrade_protection {
+            // XEP-0474 (SSDP): the hash of the mechanisms and channel-binding
+            // types this connection offered, inside the AuthMessage both
+            // proofs sign: a client that saw a list an attacker trimmed (no
+            // -PLUS, no tls-exporter) notices before it sends its proof.
+            server_first.push_str(&format!(
+                ",h={}",
+                B64.encode(h(hash, ssdp_string(&self.bindings).as_bytes()))
+            ));
+        }
         let challenge = server_first.clone().into_bytes();
         self.state = State::Final(Box::new(ScramPending {
             hash,
@@ -841,6 +873,54 @@ mod tests {
                 Step::Challenge(_)
             ));
         }
+    }
+
+    /// XEP-0474: server-first hashes (with the mechanism's hash) the sorted
+    /// mechanisms this connection offered and, where XEP-0440 announced
+    /// them, the sorted channel-binding types; a client with a trimmed
+    /// list computes another hash. Inside the AuthMessage, so signed.
+    #[test]
+    fn server_first_carries_the_downgrade_protection_hash() {
+        let over_tls = "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-1-PLUS\u{1e}SCRAM-SHA-256\u{1e}SCRAM-SHA-256-PLUS\u{1f}tls-exporter\u{1e}tls-server-end-point";
+        assert_eq!(ssdp_string(&tls_bindings()), over_tls);
+        assert_eq!(
+            ssdp_string(&ChannelBindings::default()),
+            "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-256"
+        );
+        for (mech, hash) in scram_mechs() {
+            for (bindings, want) in [
+                (tls_bindings(), over_tls.to_string()),
+                (
+                    ChannelBindings::default(),
+                    ssdp_string(&ChannelBindings::default()),
+                ),
+            ] {
+                let store = store_with("juliet", Credentials::derive("pw", 16));
+                let client = Client::new(hash, "n,,", "juliet");
+                let (_, step) =
+                    SaslSession::start_bound(mech, DOMAIN, Some(&client.first()), &store, bindings);
+                let parsed = client.parse_server_first(&challenge(step));
+                assert_eq!(parsed.ssdp, Some(h(hash, want.as_bytes())), "{mech}");
+            }
+        }
+        // A whole exchange still logs in with it (the client signs
+        // server-first as sent).
+        let store = store_with("juliet", Credentials::derive("pw", 16));
+        let client = Client::new(ScramHash::Sha256, "n,,", "juliet");
+        let (mut session, step) = SaslSession::start_bound(
+            Mechanism::ScramSha256,
+            DOMAIN,
+            Some(&client.first()),
+            &store,
+            tls_bindings(),
+        );
+        let sf = client.parse_server_first(&challenge(step));
+        assert!(sf.ssdp.is_some());
+        let (last, _) = client.last(&sf, "pw", b"n,,", &sf.nonce);
+        assert!(matches!(
+            session.respond(&last, &store),
+            Step::Success { .. }
+        ));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub(super) struct ServerFirst {
     pub(super) nonce: String,
     pub(super) salt: Vec<u8>,
     pub(super) iterations: u32,
+    /// XEP-0474's `h`, decoded.
+    pub(super) ssdp: Option<Vec<u8>>,
     pub(super) raw: String,
 }
 
@@ -83,12 +85,14 @@ impl Client {
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
+        let mut ssdp = None;
         for attr in server_first.split(',') {
             let (k, v) = attr.split_once('=').unwrap();
             match k {
                 "r" => nonce = Some(v.to_owned()),
                 "s" => salt = Some(B64.decode(v).unwrap()),
                 "i" => iterations = Some(v.parse().unwrap()),
+                "h" => ssdp = Some(B64.decode(v).unwrap()),
                 _ => panic!("unexpected attribute {attr}"),
             }
         }
@@ -99,6 +103,7 @@ impl Client {
             nonce,
             salt: salt.unwrap(),
             iterations: iterations.unwrap(),
+            ssdp,
             raw: server_first.to_owned(),
         }
     }
