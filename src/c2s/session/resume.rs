@@ -39,7 +39,11 @@ impl Session {
                     }
                 }
                 m = self.rx.recv() => match m {
-                    Some(ToSession::Stanza(el)) => self.write_stanza(*el),
+                    Some(ToSession::Stanza(el)) => {
+                        // XEP-0357: detached, so a message may be pushed.
+                        self.push_if_worthy(&el);
+                        self.write_stanza(*el);
+                    }
                     Some(ToSession::Kick(_)) | None => return Some(Ended::Lost),
                 },
                 d = self.guard_rx.recv() => {
