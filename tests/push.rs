@@ -153,10 +153,7 @@ fn enable_and_disable_on_the_wire_with_their_errors_and_the_cap() {
         )
         .await;
         let q = info.get_child("query", ns::DISCO_INFO).expect("disco");
-        assert!(
-            q.children().any(|f| f.attr("var") == Some(PUSH)),
-            "{info}"
-        );
+        assert!(q.children().any(|f| f.attr("var") == Some(PUSH)), "{info}");
 
         // Errors: no jid, no node, a malformed jid, another domain, this
         // account, no such account, the domain, a form that is no submit.
@@ -171,8 +168,19 @@ fn enable_and_disable_on_the_wire_with_their_errors_and_the_cap() {
                 "remote-server-not-found",
             ),
             ("e5", "jid='alice@localhost' node='n1'", "", "bad-request"),
-            ("e6", "jid='nobody@localhost/x' node='n1'", "", "item-not-found"),
+            (
+                "e6",
+                "jid='nobody@localhost/x' node='n1'",
+                "",
+                "item-not-found",
+            ),
             ("e7", "jid='localhost' node='n1'", "", "service-unavailable"),
+            (
+                "e7b",
+                "jid='app@localhost' node='n1'",
+                "",
+                "service-unavailable",
+            ),
             (
                 "e8",
                 "jid='app@localhost/push' node='n1'",
@@ -217,6 +225,22 @@ fn enable_and_disable_on_the_wire_with_their_errors_and_the_cap() {
         }
         nodes.sort();
         assert_eq!(nodes, ["n1", "n3"]);
+
+        // The app server's resource is gone for a while: the pushes meant
+        // for it are lost (this server's own error), the registrations
+        // stay.
+        drop(app);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bob.send(&chat("alice@localhost", "lost")).await;
+        bob.sync().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut app = online(&c, 1, "app", "push").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bob.send(&chat("alice@localhost", "back")).await;
+        for _ in 0..2 {
+            let p = expect_push(&mut app).await;
+            answer(&mut app, &p, None).await;
+        }
 
         // Disabling every node of the JID stops them.
         let r = disable(&mut alice, "x2", &format!("jid='{APP}'")).await;

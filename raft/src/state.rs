@@ -210,10 +210,7 @@ impl StateData {
     }
 
     /// `owner`'s push registrations (XEP-0357), in key order.
-    pub fn push_of<'a>(
-        &'a self,
-        owner: &str,
-    ) -> impl Iterator<Item = &'a PushRegistration> + 'a {
+    pub fn push_of<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a PushRegistration> + 'a {
         let start = (owner.to_string(), String::new());
         let owner = owner.to_string();
         self.push

@@ -21,10 +21,11 @@
 //!
 //! # The app server's address
 //! Without server-to-server connections or components, an app server is
-//! reached only as a local account (best a full JID, which the router
-//! delivers to that resource): a JID on another domain is refused with
-//! `remote-server-not-found`, this server's own domain (no pubsub
-//! service) with `service-unavailable`.
+//! reached only as a local account's full JID, which the router delivers
+//! the pushes to: a JID on another domain is refused with
+//! `remote-server-not-found`; this server's own domain (no pubsub
+//! service), or an account's bare JID (its iqs are the server's to
+//! answer, RFC 6121 §8.5.2.1.3), with `service-unavailable`.
 use starling_raft::command::{Budget, Command, FormField, PushRegistration, Response};
 use tracing::{info, warn};
 
@@ -120,6 +121,14 @@ fn check_service(ctx: &Ctx<'_>, me: &Me<'_>, jid: &Jid) -> Result<(), StanzaErro
             "this server has no pubsub service",
         ));
     }
+    if jid.resource().is_none() {
+        // RFC 6121 §8.5.2.1.3: an iq to a bare JID is answered by the
+        // server on the account's behalf, never by the app server.
+        return Err(StanzaError::with_text(
+            StanzaCondition::ServiceUnavailable,
+            "a local app server is addressed by its full JID",
+        ));
+    }
     let bare = jid.to_bare();
     if !ctx.router.user_exists(&bare) {
         return Err(StanzaError::with_text(
@@ -135,7 +144,9 @@ fn check_service(ctx: &Ctx<'_>, me: &Me<'_>, jid: &Jid) -> Result<(), StanzaErro
 /// publish-options form (XEP-0357 §5, XEP-0060 §7.1.5), and small.
 pub fn options(x: &Element) -> Result<(Vec<FormField>, bool), StanzaError> {
     if x.attr("type").is_some_and(|t| t != "submit") {
-        return Err(bad_request("the publish-options form must be of type submit"));
+        return Err(bad_request(
+            "the publish-options form must be of type submit",
+        ));
     }
     let mut out = Vec::new();
     let mut include_body = false;
@@ -234,7 +245,9 @@ mod tests {
             .expect_err("bad jid");
         assert_eq!(e.condition, StanzaCondition::JidMalformed);
         assert_eq!(
-            parse_disable(&stanza("<disable xmlns='urn:xmpp:push:0' jid='App@Localhost/p'/>")),
+            parse_disable(&stanza(
+                "<disable xmlns='urn:xmpp:push:0' jid='App@Localhost/p'/>"
+            )),
             Ok(("app@localhost/p".to_string(), None))
         );
         assert_eq!(

@@ -38,7 +38,8 @@
 //! registration without any state kept. An error reply of any type but
 //! `wait` disables the registration (replicated), as ejabberd's mod_push
 //! does (Prosody's counts 16 first); `wait` (and a result) changes
-//! nothing.
+//! nothing, nor does an error this server made itself (the app server's
+//! resource not connected: only that push is lost).
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -309,7 +310,12 @@ impl Router {
         let limits = self.0.pushes.limits;
         let mut armed = Vec::new();
         {
-            let mut slots = self.0.pushes.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = self
+                .0
+                .pushes
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if slots.len() > 4096 {
                 slots.retain(|_, s| !s.idle(now, limits));
             }
@@ -333,10 +339,13 @@ impl Router {
     /// there.
     async fn push_due(&self, key: SlotKey) {
         let fired = {
-            let mut slots = self.0.pushes.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots
-                .get_mut(&key)
-                .and_then(|s| s.on_due(Instant::now()))
+            let mut slots = self
+                .0
+                .pushes
+                .slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            slots.get_mut(&key).and_then(|s| s.on_due(Instant::now()))
         };
         let Some((count, last)) = fired else {
             return;
@@ -358,6 +367,13 @@ impl Router {
     /// answers one of its pushes, handled here (an error other than
     /// `wait` disables the registration). Returns whether it was one.
     pub fn push_reply(&self, el: &Element) -> bool {
+        self.push_answered(el, false)
+    }
+
+    /// As [`Router::push_reply`]; `local`: the error is this server's own
+    /// (the app server's resource is not connected, say), which only
+    /// drops this push: an app server that restarts keeps its devices.
+    pub(crate) fn push_answered(&self, el: &Element, local: bool) -> bool {
         let (Some(id), Some(to), Some(from)) = (el.attr("id"), el.attr("to"), el.attr("from"))
         else {
             return false;
@@ -384,8 +400,8 @@ impl Router {
             .get_child("error", ns::CLIENT)
             .and_then(|e| e.attr("type"))
             .unwrap_or("cancel");
-        if kind == "wait" {
-            debug!(owner = %to, service = %from, "push deferred by the app server");
+        if kind == "wait" || local {
+            debug!(owner = %to, service = %from, local, "push not taken, registration kept");
             return true;
         }
         info!(owner = %to, service = %from, kind, "push refused: registration disabled");
@@ -490,8 +506,8 @@ mod tests {
                 values: vec!["s3".into()],
             },
         ];
-        let xml = notification("a@localhost", &reg(true, opts), "push-1", 1, &last)
-            .to_standalone_xml();
+        let xml =
+            notification("a@localhost", &reg(true, opts), "push-1", 1, &last).to_standalone_xml();
         assert!(xml.contains("secret words"), "{xml}");
         assert!(xml.contains("publish-options"), "{xml}");
         assert!(xml.contains("<value>s3</value>"), "{xml}");

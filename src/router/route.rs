@@ -382,7 +382,7 @@ impl Router {
             return;
         };
         debug!(to = %to, condition = %err.condition, "bounce");
-        if self.push_reply(&reply) {
+        if self.push_answered(&reply, true) {
             // A push the app server's address could not take.
             return;
         }

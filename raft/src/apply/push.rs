@@ -121,18 +121,31 @@ mod tests {
         });
         let empty = d.digest();
         let enabled = |replaced| Response::PushEnabled { replaced };
-        assert_eq!(enable(&mut d, reg("p@x/a", "n1", "a@x/r"), 2), enabled(false));
-        assert_eq!(enable(&mut d, reg("p@x/a", "n2", "a@x/r"), 2), enabled(false));
+        assert_eq!(
+            enable(&mut d, reg("p@x/a", "n1", "a@x/r"), 2),
+            enabled(false)
+        );
+        assert_eq!(
+            enable(&mut d, reg("p@x/a", "n2", "a@x/r"), 2),
+            enabled(false)
+        );
         // At the cap: a new one is refused, a replacement is not.
         let full = Response::OverBudget {
             budget: Budget::PushRegistrations,
             cap: 2,
         };
         assert_eq!(enable(&mut d, reg("q@x", "n1", "a@x/r"), 2), full);
-        assert_eq!(enable(&mut d, reg("p@x/a", "n1", "a@x/s"), 2), enabled(true));
+        assert_eq!(
+            enable(&mut d, reg("p@x/a", "n1", "a@x/s"), 2),
+            enabled(true)
+        );
         assert_eq!(d.push_len("a@x"), 2);
         let first = d.push_of("a@x").next().map(|r| r.resource.clone());
-        assert_eq!(first.as_deref(), Some("a@x/s"), "replaced with the new session");
+        assert_eq!(
+            first.as_deref(),
+            Some("a@x/s"),
+            "replaced with the new session"
+        );
         // Disable one node, then every node of a JID.
         assert_eq!(
             disable(&mut d, "p@x/a", Some("n1")),
@@ -167,7 +180,10 @@ mod tests {
         let bytes = d.to_snapshot().expect("snapshot");
         let back = StateData::from_snapshot(&bytes).expect("restore");
         assert_eq!(back.digest(), d.digest());
-        assert_eq!(back.push_of("a@x").cloned().collect::<Vec<_>>(), [reg("p@x", "n1", "a@x/r")]);
+        assert_eq!(
+            back.push_of("a@x").cloned().collect::<Vec<_>>(),
+            [reg("p@x", "n1", "a@x/r")]
+        );
         assert_eq!(back.push_len("a@x"), 1);
     }
 }
