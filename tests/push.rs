@@ -11,7 +11,8 @@
 //!   recipient's node (the routing node pushes for the queued message);
 //! - an inactive (XEP-0352) recipient: pushes with the body when asked,
 //!   the publish-options, a burst coalesced into one push with its count,
-//!   none once active again, and an error reply disables the registration.
+//!   none once active again, a `wait` error keeps the registration and
+//!   any other error disables it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -403,11 +404,22 @@ fn an_inactive_recipient_gets_bodies_when_asked_bursts_coalesce_and_errors_disab
         let got = pushes_within(&mut app, Duration::from_millis(2000)).await;
         assert!(got.is_empty(), "a push while active: {got:?}");
 
-        // An error from the app server (not `wait`) disables it.
+        // A `wait` error from the app server keeps the registration; any
+        // other disables it.
         alice.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
         alice.sync().await;
         bob.send(&chat("alice@localhost", "b8")).await;
         let p = expect_push(&mut app).await;
+        answer(&mut app, &p, Some("wait")).await;
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        bob.send(&chat("alice@localhost", "b8b")).await;
+        let p = expect_push(&mut app).await;
+        let (_, fields) = summary(&p);
+        assert_eq!(
+            fields.get("last-message-body").map(String::as_str),
+            Some("b8b"),
+            "{p}"
+        );
         answer(&mut app, &p, Some("cancel")).await;
         tokio::time::sleep(Duration::from_millis(2000)).await;
         bob.send(&chat("alice@localhost", "b9")).await;
