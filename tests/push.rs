@@ -6,8 +6,9 @@
 //!
 //! - enable/disable on the wire, their errors, the per-account cap, disco;
 //! - a detached (XEP-0198) recipient, a sender and the app server on three
-//!   different nodes: exactly one push, with the summary and no body; none
-//!   while the recipient was active; the registration survives killing the
+//!   different nodes: none while the recipient was active; one push at
+//!   detach for the message it had not acknowledged; exactly one push for
+//!   a message to the detached session, with the summary and no body; the registration survives killing the
 //!   recipient's node (the routing node pushes for the queued message);
 //! - an inactive (XEP-0352) recipient: pushes with the body when asked,
 //!   the publish-options, a burst coalesced into one push with its count,
@@ -286,9 +287,16 @@ fn a_detached_recipient_gets_exactly_one_push_and_the_registration_survives_its_
         let got = pushes_within(&mut app, Duration::from_millis(800)).await;
         assert!(got.is_empty(), "a push while active: {got:?}");
 
-        // Detached (the TCP connection dies without a stream close).
+        // Detached (the TCP connection dies without a stream close): m0,
+        // written but never acknowledged, is pushed at once.
         drop(alice);
+        let p = expect_push(&mut app).await;
+        answer(&mut app, &p, None).await;
+        let (node, fields) = summary(&p);
+        assert_eq!(node, "dev1");
+        assert_eq!(fields.get("message-count").map(String::as_str), Some("1"));
         tokio::time::sleep(Duration::from_millis(700)).await;
+        // A message to the detached session: pushed by its node.
         bob.send(&chat("alice@localhost", "m1")).await;
         let p = expect_push(&mut app).await;
         answer(&mut app, &p, None).await;

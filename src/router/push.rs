@@ -9,7 +9,8 @@
 //! node decides for each registration, by where the message goes:
 //! - the registration's session (the full JID that enabled it) holds the
 //!   message: that session's node decides, when the session is *dormant*
-//!   (XEP-0198 detached, or XEP-0352 inactive) as the message reaches it
+//!   (XEP-0198 detached, or XEP-0352 inactive) as the message reaches it,
+//!   or when it detaches with the message written but not acknowledged
 //!   ([`Router::push_for_session`]); a `received` carbon counts, as in
 //!   Prosody's mod_cloud_notify. One full JID has one session, so one
 //!   node;

@@ -20,6 +20,19 @@ impl Session {
         let timeout = Duration::from_secs(self.shared.config.sm_resume_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
         debug!("session detached, waiting for resumption");
+        // XEP-0357: messages written but not acknowledged may never have
+        // reached the client; pushed now (as mod_cloud_notify does when
+        // mod_smacks hibernates a session), coalesced into one push.
+        let unacked: Vec<_> = self
+            .sm
+            .iter()
+            .flat_map(|sm| sm.unacked())
+            .filter(|o| o.el.name() == "message")
+            .map(|o| o.el.clone())
+            .collect();
+        for el in &unacked {
+            self.shared.router.push_for_session(self.full.as_str(), el);
+        }
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
