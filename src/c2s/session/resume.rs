@@ -22,10 +22,12 @@ impl Session {
         debug!("session detached, waiting for resumption");
         // XEP-0357: messages written but not acknowledged may never have
         // reached the client; pushed now (as mod_cloud_notify does when
-        // mod_smacks hibernates a session), coalesced into one push.
+        // mod_smacks hibernates a session), coalesced into one push. An
+        // inactive session pushed them as they came.
         let unacked: Vec<_> = self
             .sm
             .iter()
+            .filter(|_| !self.inactive)
             .flat_map(|sm| sm.unacked())
             .filter(|o| o.el.name() == "message")
             .map(|o| o.el.clone())
