@@ -873,3 +873,66 @@ fn what_a_client_acknowledged_while_the_leader_paused_does_not_come_again_after_
         c.signal(leader, nix::sys::signal::Signal::SIGCONT);
     });
 }
+
+/// Delivery hints on a node that missed them (jepsen-lite 3n-kill-leader-s1
+/// and 3n-pause-kill-s1, one copy class): bob reads five messages on node
+/// B without acknowledging them, and B is killed. He resumes on node C with
+/// an `h` that counts them: the session died with B, so the resumption
+/// fails, he binds on the stream, and the five must not come again from
+/// the queue. C was down while B wrote them and holds no hint of its own;
+/// A's hints come with A's answer to C's takeover request. (Before: C
+/// looked at its own hints only, and bob got all five a second time.)
+#[test]
+fn what_a_client_read_before_its_node_died_does_not_come_again_where_it_resumes() {
+    rt().block_on(async {
+        let mut c = three_nodes().await;
+        let (a, b, cn) = roles(&c).await;
+        let mut bob = RawClient::login(c.client_addr(b), "bob", "pw-bob", "phone").await;
+        let previd = enable_sm(&mut bob, true).await;
+        bob.send("<presence/>").await;
+        let mut n = 1u32; // the ping's answer
+        for el in bob.sync().await {
+            if matches!(el.name(), "message" | "presence" | "iq") && el.ns() == ns::CLIENT {
+                n += 1;
+            }
+        }
+        let mut alice = RawClient::login(c.client_addr(a), "alice", "pw-alice", "desk").await;
+        enable_sm(&mut alice, false).await;
+
+        c.kill(cn);
+        let bodies: Vec<String> = (1..=5).map(|i| format!("h{i}")).collect();
+        send_acked(&mut alice, "bob@localhost", &bodies, 0).await;
+        let got = read_counting(&mut bob, 5, "bob@localhost", false, WAIT, &mut n).await;
+        assert_eq!(
+            got.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>(),
+            bodies
+        );
+        c.start_node(cn);
+        c.wait_converged(a, &[1, 2, 3], Duration::from_secs(20))
+            .await;
+        c.kill(b);
+        drop(bob);
+
+        let mut bob = authenticate(c.client_addr(cn), "bob", "pw-bob").await;
+        bob.send(&format!(
+            "<resume xmlns='urn:xmpp:sm:3' h='{n}' previd='{previd}'/>"
+        ))
+        .await;
+        let f = bob.expect("failed", |e| e.is("failed", ns::SM)).await;
+        assert!(f.has_child("item-not-found", ns::STANZA_ERRORS), "{f}");
+        let bound = bob.bind(Some("phone2")).await;
+        assert_eq!(bound.attr("type"), Some("result"), "{bound}");
+        enable_sm(&mut bob, true).await;
+        bob.send("<presence/>").await;
+        // A commits its custody copies once B is dead (1.5 s here), and a
+        // pull on C would write them.
+        no_message_within(&mut bob, Duration::from_secs(6), "a second copy").await;
+        send_acked(&mut alice, "bob@localhost", &["after".to_string()], 5).await;
+        let after = read_messages(&mut bob, 1, "bob@localhost", false, WAIT).await;
+        assert_eq!(after[0].0, "after");
+        assert!(
+            c.log_of(cn).contains("known=5"),
+            "C should have known the five from A's hints"
+        );
+    });
+}

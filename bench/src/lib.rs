@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod mobile;
 pub mod raw;
 pub mod report;
 mod sessions;

@@ -50,6 +50,10 @@ enum Cmd {
         #[arg(long, default_value = "")]
         header: String,
     },
+    /// What a phone's reconnect costs: round trips from TCP connect to the
+    /// first message (STARTTLS + SCRAM, SASL2 + Bind 2, FAST + inline
+    /// resumption) through a delaying proxy, and a reconnect storm.
+    Mobile(starling_bench::mobile::MobileArgs),
     /// The raw baseline for `run --target raw`: a length-prefixed TCP relay.
     Relay {
         #[arg(long, default_value = "127.0.0.1:7400")]
@@ -99,6 +103,7 @@ fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
         } => report(starling_bench::report::write(
             &input, &markdown, &svg, rate, &header,
         )),
+        Cmd::Mobile(args) => report(rt.block_on(starling_bench::mobile::run(args))),
         Cmd::Relay { listen } => report(rt.block_on(starling_bench::raw::serve(listen))),
     }
 }

@@ -16,7 +16,7 @@ use base64::Engine;
 use starling_raft::credentials::Credentials;
 use tracing::{debug, info, warn};
 
-use super::sasl::{CredentialStore, Mechanism, SaslFailure, SaslSession, Step};
+use super::sasl::{ChannelBindings, CredentialStore, Mechanism, SaslFailure, SaslSession, Step};
 use super::stream::{Conn, ConnError};
 use super::{Shared, Ticket};
 use crate::xmpp::jid::account_jid;
@@ -134,13 +134,21 @@ fn auth_blocked(shared: &Shared, ip: std::net::IpAddr) -> bool {
 
 /// Starts a SASL exchange; PLAIN (which hashes the password with PBKDF2
 /// when it has an initial response) runs on a blocking thread.
+/// `bindings`: the connection's channel-binding data (SCRAM-*-PLUS).
 pub(super) async fn start_sasl(
     shared: &Arc<Shared>,
     mech: Mechanism,
     initial: Option<Vec<u8>>,
+    bindings: ChannelBindings,
 ) -> (SaslSession, Step) {
     if mech != Mechanism::Plain || initial.is_none() {
-        return SaslSession::start(mech, &shared.domain, initial.as_deref(), &Store(shared));
+        return SaslSession::start_bound(
+            mech,
+            &shared.domain,
+            initial.as_deref(),
+            &Store(shared),
+            bindings,
+        );
     }
     let shared2 = shared.clone();
     let r = tokio::task::spawn_blocking(move || {

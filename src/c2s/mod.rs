@@ -296,6 +296,7 @@ async fn handle(
     mut ticket: Ticket,
 ) {
     let _ = tcp.set_nodelay(true);
+    let mut bindings = sasl::ChannelBindings::default();
     let io = if direct_tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.direct.clone());
         let handshake = tokio::time::timeout(
@@ -304,7 +305,11 @@ async fn handle(
         )
         .await;
         match handshake {
-            Ok(Ok(tls)) => stream::Transport::Tls(Box::new(tls)),
+            Ok(Ok(tls)) => {
+                bindings =
+                    tls::channel_bindings(tls.get_ref().1, shared.tls.server_end_point.as_deref());
+                stream::Transport::Tls(Box::new(tls))
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "TLS handshake failed");
                 return;
@@ -314,7 +319,8 @@ async fn handle(
     } else {
         stream::Transport::Tcp(tcp)
     };
-    let conn = stream::Conn::new(io, shared.limits(), peer, direct_tls);
+    let mut conn = stream::Conn::new(io, shared.limits(), peer, direct_tls);
+    conn.channel_bindings = bindings;
     match negotiate::negotiate(&shared, conn, &mut ticket).await {
         Some(negotiate::Negotiated::Bound(mut session)) => {
             // The slot goes with the session's connection: a resumption on

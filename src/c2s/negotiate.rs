@@ -205,11 +205,11 @@ pub(super) async fn locate_session(shared: &Shared, bare: &str, previd: &str, h:
     if let Some(permit) = reserve_resumption(shared, bare, previd) {
         return Located::Here(permit);
     }
-    let moved = shared
-        .router
-        .take_over_remote(bare, previd, h)
-        .await
-        .and_then(|json| SessionHandoff::from_json(&json));
+    let answer = shared.router.take_over_remote(bare, previd, h).await;
+    let moved = answer
+        .session
+        .as_deref()
+        .and_then(SessionHandoff::from_json);
     if let Some(state) = moved {
         if belongs_to(&state, bare, previd) {
             return Located::Moved(Box::new(state));
@@ -218,8 +218,9 @@ pub(super) async fn locate_session(shared: &Shared, bare: &str, previd: &str, h:
     }
     // XEP-0198 §5: the client may bind a new session on this stream;
     // everything it did not acknowledge is in its replicated queue and
-    // comes after its initial presence.
-    let had = shared.router.hints().take(previd, bare, h);
+    // comes after its initial presence. What it had of that is known from
+    // its `h` and the delivery hints, this node's and its peers'.
+    let had = answer.had;
     info!(
         h,
         known = had.len(),
@@ -291,7 +292,7 @@ pub(super) fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
     }
     if !authed && tls_ok {
         f.push_str(&format!("<mechanisms xmlns='{}'>", ns::SASL));
-        for m in Mechanism::ALL {
+        for m in Mechanism::offered(&conn.channel_bindings) {
             f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
         }
         f.push_str("</mechanisms>");
@@ -299,8 +300,9 @@ pub(super) fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
             // XEP-0388 §"Security Considerations": "SASL2 MUST only be
             // used by Clients or offered by Servers after TLS
             // negotiation" (so not on plaintext even where allowed).
-            f.push_str(&sasl2::feature());
+            f.push_str(&sasl2::feature(&conn.channel_bindings));
         }
+        f.push_str(&channel_binding_feature(&conn.channel_bindings));
         if shared.config.registration == Registration::Token {
             // XEP-0445 §4: invitations are accepted.
             f.push_str(&format!("<register xmlns='{}'/>", ns::IBR_TOKEN));
@@ -320,6 +322,23 @@ pub(super) fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
         f.push_str(&format!("<sub xmlns='{}'/>", ns::PRE_APPROVAL));
     }
     f.push_str("</stream:features>");
+    f
+}
+
+/// XEP-0440 §2: "a stream feature named <sasl-channel-binding/> qualified
+/// by the 'urn:xmpp:sasl-cb:0' namespace", which "MUST contain one or more
+/// <channel-binding/>" elements: one per type this connection has data
+/// for, next to the mechanisms (RFC 6120 SASL and SASL2 alike); nothing
+/// without TLS, where no -PLUS mechanism is offered either.
+pub(super) fn channel_binding_feature(bindings: &super::sasl::ChannelBindings) -> String {
+    if bindings.is_empty() {
+        return String::new();
+    }
+    let mut f = format!("<sasl-channel-binding xmlns='{}'>", ns::SASL_CB);
+    for t in bindings.types() {
+        f.push_str(&format!("<channel-binding type='{}'/>", t.name()));
+    }
+    f.push_str("</sasl-channel-binding>");
     f
 }
 
@@ -397,7 +416,11 @@ async fn steps(
                     }
                     conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS))
                         .await?;
-                    conn.upgrade_tls(shared.tls.starttls.clone()).await?;
+                    conn.upgrade_tls(
+                        shared.tls.starttls.clone(),
+                        shared.tls.server_end_point.as_deref(),
+                    )
+                    .await?;
                     continue 'stream;
                 }
                 ("auth", ns::SASL) if authed.is_none() => {
@@ -422,7 +445,9 @@ async fn steps(
                         conn.send(&f).await?;
                         continue;
                     };
-                    let (session, step) = auth::start_sasl(shared, mech, initial).await;
+                    let (session, step) =
+                        auth::start_sasl(shared, mech, initial, conn.channel_bindings.clone())
+                            .await;
                     sasl = Some(session);
                     let done = auth::sasl_step(
                         shared,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::sasl::ChannelBindings;
 use crate::xmpp::framer::{Event, Framer, FramerError, Limits};
 use crate::xmpp::StreamError;
 
@@ -63,6 +64,9 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// TLS is in place (STARTTLS done, or direct TLS).
     pub secure: bool,
+    /// The TLS connection's channel-binding data for SCRAM-*-PLUS; empty
+    /// without TLS.
+    pub channel_bindings: ChannelBindings,
     /// Whether our stream header was sent (a stream error needs one first).
     pub header_sent: bool,
 }
@@ -76,6 +80,7 @@ impl Conn {
             out: String::new(),
             peer,
             secure,
+            channel_bindings: ChannelBindings::default(),
             header_sent: false,
         }
     }
@@ -203,24 +208,32 @@ impl Conn {
     }
 
     /// Replace the socket with TLS over it (STARTTLS, RFC 6120 §5.4.3.3).
+    /// `server_end_point`: the certificate's `tls-server-end-point` value
+    /// (see [`super::tls::TlsConfigs`]).
     pub async fn upgrade_tls(
         &mut self,
         config: Arc<rustls::ServerConfig>,
+        server_end_point: Option<&[u8]>,
     ) -> Result<(), ConnError> {
         let io = self
             .io
             .take()
             .ok_or_else(|| std::io::Error::other("no socket"))?;
-        let tls: BoxIo = match io {
+        let (tls, bindings): (BoxIo, _) = match io {
             Transport::Tcp(tcp) => {
-                Box::new(tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?)
+                let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+                let b = super::tls::channel_bindings(tls.get_ref().1, server_end_point);
+                (Box::new(tls), b)
             }
-            Transport::Tls(inner) => Box::new(
-                tokio_rustls::TlsAcceptor::from(config)
+            Transport::Tls(inner) => {
+                let tls = tokio_rustls::TlsAcceptor::from(config)
                     .accept(inner)
-                    .await?,
-            ),
+                    .await?;
+                let b = super::tls::channel_bindings(tls.get_ref().1, server_end_point);
+                (Box::new(tls), b)
+            }
         };
+        self.channel_bindings = bindings;
         self.io = Some(Transport::Tls(tls));
         self.secure = true;
         self.restart();

@@ -19,6 +19,9 @@
 //!   Clients that send no ALPN extension are accepted as well; a client
 //!   offering only other protocols is refused, as RFC 7301 §3.2 requires.
 //!
+//! The channel-binding data of a connection for SCRAM-*-PLUS
+//! ([`channel_bindings`]) come from the handshake and this certificate.
+//!
 //! The ring crypto provider is passed explicitly, so no process-wide
 //! provider has to be installed. Protocol versions are rustls' safe
 //! defaults (TLS 1.2 and 1.3).
@@ -30,6 +33,8 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
+
+use super::sasl::{ChannelBindings, EXPORTER_LABEL, EXPORTER_LEN};
 
 /// ALPN protocol identifier of XMPP client-to-server direct TLS (XEP-0368).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
@@ -72,6 +77,10 @@ pub struct TlsConfigs {
     /// SHA-256 of the leaf certificate (DER), upper-case hex pairs joined
     /// by `:`, as browsers and `openssl x509 -fingerprint -sha256` show it.
     pub fingerprint: String,
+    /// RFC 5929 §4 `tls-server-end-point` channel-binding value of the
+    /// leaf certificate, for SCRAM-*-PLUS; `None` when its signature
+    /// algorithm leaves it undefined (Ed25519, RSA-PSS).
+    pub server_end_point: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +169,7 @@ pub fn load_or_create(settings: &TlsSettings) -> Result<TlsConfigs, TlsError> {
         warn_if_key_readable(&key_path);
     }
     let fingerprint = fingerprint(&certs[0]);
+    let server_end_point = super::sasl::server_end_point(&certs[0]);
     let config = server_config(certs, key).map_err(|source| TlsError::Config {
         cert: cert_path.clone(),
         key: key_path.clone(),
@@ -178,7 +188,31 @@ pub fn load_or_create(settings: &TlsSettings) -> Result<TlsConfigs, TlsError> {
         key_path,
         source,
         fingerprint,
+        server_end_point,
     })
+}
+
+/// The channel-binding data of an accepted TLS connection.
+///
+/// `tls-exporter` only on TLS 1.3: RFC 9266 defines it for TLS 1.3, and
+/// for TLS 1.2 only where every handshake uses the extended master secret
+/// (RFC 9266 §3, "Security Considerations": unique master secrets), which
+/// this configuration does not require. `tls-server-end-point`
+/// (RFC 5929 §4) is the certificate's hash on either version.
+pub fn channel_bindings(
+    tls: &rustls::ServerConnection,
+    server_end_point: Option<&[u8]>,
+) -> ChannelBindings {
+    let tls_exporter = match tls.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => tls
+            .export_keying_material(vec![0u8; EXPORTER_LEN], EXPORTER_LABEL, Some(&[]))
+            .ok(),
+        _ => None,
+    };
+    ChannelBindings {
+        tls_exporter,
+        tls_server_end_point: server_end_point.map(<[u8]>::to_vec),
+    }
 }
 
 fn server_config(

@@ -56,6 +56,11 @@ pub trait Host: Send + Sync + 'static {
     /// `None`.
     async fn take_over(&self, bare: &str, previd: &str, h: u32) -> Option<String>;
 
+    /// The session was not here: the queued messages this node's delivery
+    /// hints say stream `previd` of `bare` wrote with numbers up to `h`
+    /// (forgotten here once told).
+    fn hinted(&self, bare: &str, previd: &str, h: u32) -> Vec<String>;
+
     // What becomes of what a link sent.
 
     /// A stanza (not in custody) `node` could not be handed: route it

@@ -139,6 +139,16 @@ struct Inner {
 #[derive(Clone)]
 pub struct MeshLinks(Arc<Inner>);
 
+/// A peer's answer to a takeover request.
+#[derive(Debug, Default)]
+pub struct TakeoverAnswer {
+    /// The session's state as JSON, if the peer had it and handed it over.
+    pub session: Option<String>,
+    /// Else: the queued messages the peer's delivery hints say the client
+    /// had (see `router::hints`).
+    pub had: Vec<String>,
+}
+
 impl MeshLinks {
     pub fn new(cluster: ClusterHandle, peers: Peers) -> Self {
         MeshLinks(Arc::new(Inner {
@@ -285,9 +295,8 @@ impl MeshLinks {
     }
 
     /// Asks `node` to hand over its resumable session `previd` of `bare`
-    /// (see `router::takeover`), which may take the peer up to `handoff`:
-    /// its state as JSON, or `None` (not there, could not, or the peer did
-    /// not answer in time).
+    /// (see `router::takeover`), which may take the peer up to `handoff`.
+    /// `None` if the peer did not answer (in time).
     pub async fn request_takeover(
         &self,
         node: NodeId,
@@ -295,7 +304,7 @@ impl MeshLinks {
         previd: &str,
         h: u32,
         handoff: Duration,
-    ) -> Option<String> {
+    ) -> Option<TakeoverAnswer> {
         let addr = self.0.cluster.member_node(node)?.raft_addr;
         let channel = self.0.peers.channel(&addr).ok()?;
         let mut client = MeshClient::with_interceptor(channel, self.0.peers.add_secret())
@@ -310,7 +319,10 @@ impl MeshLinks {
         match tokio::time::timeout(limit, client.takeover(req)).await {
             Ok(Ok(reply)) => {
                 let r = reply.into_inner();
-                r.found.then_some(r.session)
+                Some(TakeoverAnswer {
+                    session: r.found.then_some(r.session),
+                    had: r.had,
+                })
             }
             Ok(Err(e)) => {
                 debug!(peer = node, error = %e, "takeover request failed");

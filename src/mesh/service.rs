@@ -53,9 +53,14 @@ impl Mesh for MeshService {
     ) -> Result<Response<TakeoverReply>, Status> {
         let r = request.into_inner();
         let state = self.host.take_over(&r.bare, &r.previd, r.h).await;
+        let had = match state {
+            Some(_) => Vec::new(),
+            None => self.host.hinted(&r.bare, &r.previd, r.h),
+        };
         Ok(Response::new(TakeoverReply {
             found: state.is_some(),
             session: state.unwrap_or_default(),
+            had,
         }))
     }
 }

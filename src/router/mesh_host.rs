@@ -51,6 +51,10 @@ impl Host for Router {
         self.takeovers().take(bare, previd, h).await
     }
 
+    fn hinted(&self, bare: &str, previd: &str, h: u32) -> Vec<String> {
+        self.hints().take(previd, bare, h)
+    }
+
     async fn undeliverable(&self, el: Element, node: NodeId) {
         Router::undeliverable(self, el, node).await
     }

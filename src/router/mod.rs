@@ -13,7 +13,7 @@
 //! online, else written to its replicated queue ([`inbox`]); the sender's
 //! ack waits for that, the recipient does not. Consensus is beside the live
 //! path, and for a recipient who reads, not used at all.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use starling_raft::command::SessionBinding;
@@ -37,7 +37,7 @@ pub mod takeover;
 pub use inbox::{GuardPipeline, Guarded, QueueCaps, Remover};
 pub use stanza::{queued_id, queued_key, stanza_id_of, strip_stanza_ids};
 
-use crate::mesh::MeshLinks;
+use crate::mesh::{MeshLinks, TakeoverAnswer};
 use crate::xmpp::jid::{bare_of, BareJid, FullJid};
 use crate::xmpp::{Element, StreamCondition, StreamError};
 
@@ -231,8 +231,11 @@ impl Router {
 
     /// A client resumes here session `previd`, which is not here: asks
     /// every reachable peer to hand it over (see [`takeover`]). The state
-    /// as JSON, or `None` if no peer has it (or could hand it over).
-    pub async fn take_over_remote(&self, bare: &str, previd: &str, h: u32) -> Option<String> {
+    /// as JSON if a peer handed it over; else what every peer's delivery
+    /// hints say the client had, with this node's (see [`hints`]): the
+    /// hints of a node that restarted, or whose link was down when the
+    /// stream wrote, are with the others.
+    pub async fn take_over_remote(&self, bare: &str, previd: &str, h: u32) -> TakeoverAnswer {
         let peers: Vec<NodeId> = self
             .peers()
             .into_iter()
@@ -247,12 +250,26 @@ impl Router {
             })
             .collect();
         use futures::StreamExt;
+        let mut had: HashSet<String> = self.hints().take(previd, bare, h).into_iter().collect();
         while let Some(r) = asks.next().await {
-            if r.is_some() {
-                return r;
+            match r {
+                Some(TakeoverAnswer {
+                    session: Some(state),
+                    ..
+                }) => {
+                    return TakeoverAnswer {
+                        session: Some(state),
+                        had: Vec::new(),
+                    }
+                }
+                Some(a) => had.extend(a.had),
+                None => {}
             }
         }
-        None
+        TakeoverAnswer {
+            session: None,
+            had: had.into_iter().collect(),
+        }
     }
 
     /// The gate a pull passes before writing queued messages (see

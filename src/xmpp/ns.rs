@@ -27,6 +27,8 @@ pub const PING: &str = "urn:xmpp:ping";
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0440 SASL Channel-Binding Type Capability.
+pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// XEP-0388 Extensible SASL Profile (SASL2).
 pub const SASL2: &str = "urn:xmpp:sasl:2";
 /// XEP-0386 Bind 2, inline in SASL2.

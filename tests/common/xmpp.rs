@@ -20,6 +20,11 @@ pub struct RawClient {
     io: Option<BoxIo>,
     framer: Framer,
     pub jid: String,
+    /// What the TLS handshake gave for channel binding (SCRAM-*-PLUS):
+    /// the RFC 9266 `tls-exporter` value (TLS 1.3 only) and the server's
+    /// leaf certificate (DER), for RFC 5929 `tls-server-end-point`.
+    pub tls_exporter: Option<Vec<u8>>,
+    pub server_cert: Option<Vec<u8>>,
 }
 
 fn tls_config() -> Arc<rustls::ClientConfig> {
@@ -77,6 +82,8 @@ impl RawClient {
                 ..Limits::default()
             }),
             jid: String::new(),
+            tls_exporter: None,
+            server_cert: None,
         }
     }
 
@@ -250,8 +257,23 @@ impl RawClient {
             Some(&b"xmpp-client"[..]),
             "ALPN"
         );
+        c.keep_channel_binding(tls.get_ref().1);
         c.io = Some(Box::new(tls));
         c
+    }
+
+    fn keep_channel_binding(&mut self, tls: &rustls::ClientConnection) {
+        self.tls_exporter = match tls.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some(
+                tls.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", Some(&[]))
+                    .unwrap(),
+            ),
+            _ => None,
+        };
+        self.server_cert = tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
     }
 
     pub async fn starttls(&mut self) {
@@ -263,6 +285,7 @@ impl RawClient {
         let connector = tokio_rustls::TlsConnector::from(tls_config());
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = connector.connect(name, io).await.expect("TLS handshake");
+        self.keep_channel_binding(tls.get_ref().1);
         self.io = Some(Box::new(tls));
     }
 

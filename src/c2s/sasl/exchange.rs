@@ -12,6 +12,8 @@ use std::fmt;
 
 use starling_raft::credentials::Credentials;
 
+use super::binding::ChannelBindings;
+
 /// What a mechanism's file declares: its entry in the `mechanisms!` list.
 pub struct Definition {
     /// The registered mechanism name (RFC 4422 §3.1), as in
@@ -20,6 +22,10 @@ pub struct Definition {
     /// Whether the mechanism sends the password in the clear, so that it
     /// must only be offered over TLS.
     pub requires_tls: bool,
+    /// Whether the mechanism binds the exchange to the TLS channel (the
+    /// SCRAM -PLUS variants): offered only where the connection has
+    /// channel-binding data.
+    pub channel_binding: bool,
     /// Starts one exchange on one stream.
     pub start: fn(Context) -> Box<dyn Exchange>,
     /// The authcid a client's first message claims, without verifying
@@ -28,14 +34,17 @@ pub struct Definition {
 }
 
 /// What the stream tells a mechanism when an exchange starts. Whatever a
-/// later mechanism needs from the stream (such as the TLS channel-binding
-/// data of the SCRAM-*-PLUS variants) is a new field here.
+/// later mechanism needs from the stream is a new field here.
 pub struct Context {
     /// The stream's domain (accepted authzid: `authcid@domain`).
     pub domain: String,
     /// SCRAM server nonce to use instead of a random one. Only for
     /// reproducing test vectors: a predictable nonce enables replay.
     pub server_nonce: Option<String>,
+    /// The TLS channel-binding data of the connection (empty without TLS).
+    /// Non-empty also means the -PLUS mechanisms were offered, which
+    /// decides the RFC 5802 §6 "y" flag.
+    pub bindings: ChannelBindings,
 }
 
 /// The server side of one mechanism for one negotiation: decoded client

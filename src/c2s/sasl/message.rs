@@ -6,7 +6,19 @@ use base64::Engine as _;
 
 use super::exchange::{SaslFailure, MAX_MESSAGE_LEN};
 
+/// RFC 5802 §6 / §7 `gs2-cbind-flag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CbFlag {
+    /// "n": the client does not support channel binding.
+    No,
+    /// "y": the client supports it but thinks the server does not.
+    Supported,
+    /// "p=<cb-name>": the client requires channel binding of this type.
+    Required(String),
+}
+
 pub(super) struct ClientFirst {
+    pub(super) cbind: CbFlag,
     pub(super) gs2_header: String,
     pub(super) authzid: Option<String>,
     pub(super) username: String,
@@ -31,18 +43,23 @@ pub(super) fn parse_client_first(data: &[u8]) -> Result<ClientFirst, SaslFailure
     }
     let text = std::str::from_utf8(data).map_err(|_| MalformedRequest)?;
     let (cbind_flag, rest) = text.split_once(',').ok_or(MalformedRequest)?;
-    match cbind_flag {
-        // RFC 5802 §6: "n" - the client doesn't support channel binding;
-        // "y" - the client does support channel binding but thinks the server
-        // does not. "If the flag is set to "y" and the server supports
-        // channel binding, the server MUST fail authentication." Starling
-        // offers no -PLUS mechanism, so both are fine.
-        "n" | "y" => {}
-        // "p=" means the client requires channel binding, which goes with
-        // the -PLUS variants (RFC 5802 §6); Starling advertises none, so the
-        // message does not fit the selected mechanism.
-        _ => return Err(MalformedRequest),
-    }
+    let cbind = match cbind_flag {
+        "n" => CbFlag::No,
+        "y" => CbFlag::Supported,
+        // `cb-name = 1*(ALPHA / DIGIT / "." / "-")`; whether it fits the
+        // mechanism and the connection is the exchange's decision.
+        _ => match cbind_flag.strip_prefix("p=") {
+            Some(name)
+                if !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+            {
+                CbFlag::Required(name.to_owned())
+            }
+            _ => return Err(MalformedRequest),
+        },
+    };
     let (authzid_field, bare) = rest.split_once(',').ok_or(MalformedRequest)?;
     let authzid = if authzid_field.is_empty() {
         None
@@ -69,6 +86,7 @@ pub(super) fn parse_client_first(data: &[u8]) -> Result<ClientFirst, SaslFailure
         check_extension(ext)?;
     }
     Ok(ClientFirst {
+        cbind,
         gs2_header,
         authzid,
         username,
@@ -191,6 +209,8 @@ mod tests {
             b"n,,",
             b"x,,n=user,r=abc",
             b"p=tls-unique,,n=user,r=abc",
+            b"p=,,n=user,r=abc",
+            b"p=tls_unique,,n=user,r=abc",
             b"n,b=user,n=user,r=abc",
             b"n,a=,n=user,r=abc",
             b"n,,m=ext,n=user,r=abc",

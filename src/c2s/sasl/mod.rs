@@ -4,7 +4,9 @@
 //! This module owns:
 //!
 //! * the mechanisms Starling offers: SCRAM-SHA-256 (RFC 7677), SCRAM-SHA-1
-//!   (RFC 5802) and PLAIN (RFC 4616), as a [`SaslSession`] state machine fed
+//!   (RFC 5802), their channel-binding -PLUS variants (RFC 5802 §6, with
+//!   `tls-exporter` and `tls-server-end-point`, offered only over TLS) and
+//!   PLAIN (RFC 4616), as a [`SaslSession`] state machine fed
 //!   with the decoded payloads of `<auth/>` and `<response/>` and answering
 //!   with a [`Step`] (challenge, success with additional data, or failure);
 //! * the RFC 6120 §6.5 failure conditions ([`SaslFailure`]);
@@ -23,8 +25,10 @@
 //!   in, a [`Step`] out, no I/O) and the `Definition` it declares, with
 //!   [`Step`], [`SaslFailure`], [`CredentialStore`], the message size limit
 //!   and the authzid rule;
-//! * `scram.rs`: SCRAM-SHA-1 and SCRAM-SHA-256, with the parsers of their
-//!   client messages in `message.rs`;
+//! * `scram.rs`: SCRAM-SHA-1 and SCRAM-SHA-256 and their -PLUS variants,
+//!   with the parsers of their client messages in `message.rs`;
+//! * `binding.rs`: the channel-binding types and the values of one TLS
+//!   connection (which the caller reads from rustls);
 //! * `plain.rs`: PLAIN;
 //! * `fake.rs`: the fake credentials of unknown users.
 //!
@@ -49,6 +53,7 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
+mod binding;
 mod exchange;
 mod fake;
 mod message;
@@ -57,6 +62,7 @@ mod scram;
 #[cfg(test)]
 mod testing;
 
+pub use binding::{server_end_point, CbType, ChannelBindings, EXPORTER_LABEL, EXPORTER_LEN};
 use exchange::{Context, Definition, Exchange};
 pub use exchange::{CredentialStore, SaslFailure, Step, MAX_MESSAGE_LEN};
 
@@ -90,6 +96,10 @@ macro_rules! mechanisms {
 }
 
 mechanisms! {
+    /// SCRAM-SHA-256-PLUS (RFC 7677, RFC 5802 §6 channel binding).
+    ScramSha256Plus => scram::SCRAM_SHA_256_PLUS,
+    /// SCRAM-SHA-1-PLUS (RFC 5802 §6 channel binding).
+    ScramSha1Plus => scram::SCRAM_SHA_1_PLUS,
     /// SCRAM-SHA-256 (RFC 7677).
     ScramSha256 => scram::SCRAM_SHA_256,
     /// SCRAM-SHA-1 (RFC 5802).
@@ -116,6 +126,21 @@ impl Mechanism {
     /// used under a confidentiality layer such as TLS).
     pub fn requires_tls(&self) -> bool {
         self.definition().requires_tls
+    }
+
+    /// Whether the mechanism needs channel-binding data from the
+    /// connection (the SCRAM -PLUS variants): offer it only where
+    /// [`ChannelBindings`] are not empty.
+    pub fn requires_channel_binding(&self) -> bool {
+        self.definition().channel_binding
+    }
+
+    /// The mechanisms to offer on a connection with these channel-binding
+    /// data: the -PLUS ones only where channel binding is possible.
+    pub fn offered(bindings: &ChannelBindings) -> impl Iterator<Item = Mechanism> + '_ {
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| !m.requires_channel_binding() || !bindings.is_empty())
     }
 }
 
@@ -201,7 +226,21 @@ impl SaslSession {
         initial: Option<&[u8]>,
         store: &dyn CredentialStore,
     ) -> (Self, Step) {
-        Self::start_inner(mechanism, domain, initial, store, None)
+        Self::start_inner(mechanism, domain, initial, store, None, None)
+    }
+
+    /// [`SaslSession::start`] on a connection with channel-binding data
+    /// (TLS): the -PLUS mechanisms bind to it, and a non-PLUS SCRAM client
+    /// that says it supports channel binding ("y") is refused, since the
+    /// -PLUS mechanisms were offered (RFC 5802 §6).
+    pub fn start_bound(
+        mechanism: Mechanism,
+        domain: &str,
+        initial: Option<&[u8]>,
+        store: &dyn CredentialStore,
+        bindings: ChannelBindings,
+    ) -> (Self, Step) {
+        Self::start_inner(mechanism, domain, initial, store, None, Some(bindings))
     }
 
     /// [`SaslSession::start`] with a fixed SCRAM server nonce instead of a
@@ -220,6 +259,7 @@ impl SaslSession {
             initial,
             store,
             Some(server_nonce.to_owned()),
+            None,
         )
     }
 
@@ -229,16 +269,26 @@ impl SaslSession {
         initial: Option<&[u8]>,
         store: &dyn CredentialStore,
         server_nonce: Option<String>,
+        bindings: Option<ChannelBindings>,
     ) -> (Self, Step) {
+        let bindings = bindings.unwrap_or_default();
+        let unavailable = mechanism.requires_channel_binding() && bindings.is_empty();
         let context = Context {
             domain: domain.to_owned(),
             server_nonce,
+            bindings,
         };
         let mut session = SaslSession {
             mechanism,
             exchange: (mechanism.definition().start)(context),
             done: false,
         };
+        if unavailable {
+            // Not offered on this connection (RFC 6120 §6.4.2: "the
+            // mechanism is not supported" is <invalid-mechanism/>).
+            session.done = true;
+            return (session, Step::Failure(SaslFailure::InvalidMechanism));
+        }
         let step = match initial {
             // Every mechanism here is client-first; without an initial
             // response the server sends an empty challenge (RFC 4422 §5) and
@@ -388,7 +438,21 @@ mod tests {
             assert_eq!(mech.to_string(), mech.name());
         }
         assert_eq!(Mechanism::from_name("scram-sha-1"), None);
-        assert_eq!(Mechanism::from_name("SCRAM-SHA-1-PLUS"), None);
+        assert_eq!(
+            Mechanism::from_name("SCRAM-SHA-1-PLUS"),
+            Some(Mechanism::ScramSha1Plus)
+        );
+        assert!(Mechanism::ScramSha256Plus.requires_channel_binding());
+        assert!(!Mechanism::ScramSha256.requires_channel_binding());
+        let plain_text: Vec<_> = Mechanism::offered(&ChannelBindings::default()).collect();
+        assert_eq!(
+            plain_text,
+            [
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1,
+                Mechanism::Plain
+            ]
+        );
         assert!(Mechanism::Plain.requires_tls());
         assert!(!Mechanism::ScramSha1.requires_tls());
         assert!(!Mechanism::ScramSha256.requires_tls());

@@ -12,6 +12,7 @@ use super::fake::fake_keys;
 pub(super) const PLAIN: Definition = Definition {
     name: "PLAIN",
     requires_tls: true,
+    channel_binding: false,
     start: |context| {
         Box::new(Plain {
             domain: context.domain,

@@ -92,7 +92,8 @@ pub(in crate::c2s) async fn handle(
                 Mech::Fast => return fast_login(shared, conn, ticket, st, request).await,
             };
             let initial = request.initial.take();
-            let (session, step) = auth::start_sasl(shared, mechanism, initial).await;
+            let (session, step) =
+                auth::start_sasl(shared, mechanism, initial, conn.channel_bindings.clone()).await;
             *st.sasl = Some(session);
             *st.pending = Some(request);
             step

@@ -173,9 +173,10 @@ pub fn resource(tag: Option<&str>, random: &str) -> String {
 /// The `<authentication/>` stream feature (§"SASL mechanism negotiation"),
 /// with the inline features this server processes: XEP-0198 resumption,
 /// and Bind 2 with the features it can enable inline.
-pub fn feature() -> String {
+/// The -PLUS mechanisms only where the connection has `bindings`.
+pub fn feature(bindings: &super::sasl::ChannelBindings) -> String {
     let mut f = format!("<authentication xmlns='{}'>", ns::SASL2);
-    for m in Mechanism::ALL {
+    for m in Mechanism::offered(bindings) {
         f.push_str(&format!("<mechanism>{}</mechanism>", m.name()));
     }
     f.push_str(&format!(
@@ -427,14 +428,23 @@ mod tests {
 
     #[test]
     fn what_the_server_sends_parses_and_says_what_it_should() {
-        let f = parse_stanza(&feature()).unwrap();
+        let mechs_of = |f: &Element| -> Vec<String> {
+            f.children()
+                .filter(|c| c.name() == "mechanism")
+                .map(|c| c.text())
+                .collect()
+        };
+        let tls = crate::c2s::sasl::ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: None,
+        };
+        let with_tls = parse_stanza(&feature(&tls)).unwrap();
+        assert!(mechs_of(&with_tls).contains(&"SCRAM-SHA-256-PLUS".to_string()));
+        let f = parse_stanza(&feature(&Default::default())).unwrap();
         assert!(f.is("authentication", ns::SASL2));
-        let mechs: Vec<String> = f
-            .children()
-            .filter(|c| c.name() == "mechanism")
-            .map(|c| c.text())
-            .collect();
+        let mechs = mechs_of(&f);
         assert!(mechs.contains(&"SCRAM-SHA-256".to_string()), "{mechs:?}");
+        assert!(!mechs.iter().any(|m| m.ends_with("-PLUS")), "{mechs:?}");
         let inline = f.get_child("inline", ns::SASL2).unwrap();
         assert!(inline.has_child("sm", ns::SM));
         let fast = inline.get_child("fast", fast::NS).unwrap();

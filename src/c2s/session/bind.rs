@@ -77,7 +77,12 @@ impl Session {
     /// The session of `full`, bound (see [`attach`]) as session `id`, its
     /// answer queued on `conn`. `had`: queued messages the client already
     /// had on a stream it could not resume: not written again, and removed
-    /// from the queue.
+    /// from the queue. Removed for good at once (a tombstone): the copy
+    /// custody holds elsewhere for the dead node's session may be committed
+    /// to the queue only later, and were this node to die before that, the
+    /// client's next session would get it again (jepsen-lite
+    /// 3n-kill-recipient-s1: the keeper committed it after the node that
+    /// knew the client had it was killed too).
     pub(super) fn bound(
         shared: Arc<Shared>,
         conn: Conn,
@@ -90,10 +95,12 @@ impl Session {
         if !had.is_empty() {
             debug!(count = had.len(), "skipping queued messages the client had");
         }
+        let bare = full.to_bare();
         for id in &had {
             seen.insert(id);
+            shared.router.remover().tombstone(bare.as_str(), id.clone());
         }
-        shared.router.delivered(full.to_bare().as_str(), had);
+        shared.router.delivered(bare.as_str(), had);
         Session::new(shared, conn, full, id, rx, seen)
     }
 
