@@ -219,6 +219,18 @@ pub struct XmppSection {
     /// Unblocking is never refused. This also bounds the size of one
     /// blocklist result. Default: 1000.
     pub max_block_items: u32,
+    /// XEP-0357 push registrations (app server JID and node) one account
+    /// may have; enabling one more is answered with `resource-constraint`
+    /// (re-enabling an existing one is never refused). Default: 10.
+    pub max_push_registrations: u32,
+    /// A push is sent this long after the message that triggers it, so a
+    /// burst of messages makes one push (its summary counts them).
+    /// Milliseconds; 0: at once. Default: 250.
+    pub push_coalesce_ms: u64,
+    /// Least time between two pushes to one registration from one node;
+    /// messages meanwhile are counted into the next push, sent when the
+    /// interval is over. Milliseconds; 0: no limit. Default: 5000.
+    pub push_min_interval_ms: u64,
     /// Time allowed from connect to a bound resource, seconds. Default: 30.
     pub negotiation_timeout_secs: u64,
     /// A connection silent this long gets a whitespace ping; silent twice
@@ -311,6 +323,9 @@ impl Default for XmppSection {
             max_offline_bytes_total: 2 << 30,
             max_roster_items: 1000,
             max_block_items: 1000,
+            max_push_registrations: 10,
+            push_coalesce_ms: 250,
+            push_min_interval_ms: 5000,
             negotiation_timeout_secs: 30,
             idle_timeout_secs: 120,
             auth_failures_per_address: 20,
@@ -642,6 +657,10 @@ impl Config {
             ),
             ("xmpp.max_roster_items", u64::from(x.max_roster_items)),
             ("xmpp.max_block_items", u64::from(x.max_block_items)),
+            (
+                "xmpp.max_push_registrations",
+                u64::from(x.max_push_registrations),
+            ),
             ("xmpp.negotiation_timeout_secs", x.negotiation_timeout_secs),
             ("xmpp.idle_timeout_secs", x.idle_timeout_secs),
             ("xmpp.write_timeout_secs", x.write_timeout_secs),
@@ -843,6 +862,10 @@ admin_addr = "127.0.0.1:7102"
         assert_eq!(
             field_of(&format!("{GOOD}\n[xmpp]\nmax_block_items = 0\n")),
             "xmpp.max_block_items"
+        );
+        assert_eq!(
+            field_of(&format!("{GOOD}\n[xmpp]\nmax_push_registrations = 0\n")),
+            "xmpp.max_push_registrations"
         );
     }
 

@@ -166,6 +166,10 @@ async fn run_inner(
                 total: config.xmpp.max_offline_bytes_total,
             },
         },
+        crate::router::push::PushLimits {
+            coalesce: Duration::from_millis(config.xmpp.push_coalesce_ms),
+            min_interval: Duration::from_millis(config.xmpp.push_min_interval_ms),
+        },
         stop_rx.clone(),
     );
 

@@ -173,6 +173,25 @@ pub enum Command {
         client: Option<String>,
         verifier: Option<String>,
     },
+    /// XEP-0357 §5: `owner` enables pushes to the app server of
+    /// `registration` (its service JID and node). A registration with the
+    /// same JID and node is replaced (the same device enabling again, from
+    /// a new session), so a retry changes nothing more. Refused
+    /// ([`Response::OverBudget`]) when it is new and `owner` already has
+    /// `max_registrations`.
+    EnablePush {
+        owner: String,
+        registration: PushRegistration,
+        /// Per-user cap on registrations, from the proposer's config.
+        max_registrations: u32,
+    },
+    /// XEP-0357 §6: remove `owner`'s registrations for service `jid`, only
+    /// the one of `node` if given. Removing none is not an error.
+    DisablePush {
+        owner: String,
+        jid: String,
+        node: Option<String>,
+    },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -207,6 +226,13 @@ impl Command {
             | Command::Block { jids: ids, .. }
             | Command::Unblock { jids: ids, .. } => {
                 64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
+            }
+            Command::EnablePush { registration, .. } => {
+                256 + registration
+                    .options
+                    .iter()
+                    .map(|f| f.var.len() + f.values.iter().map(String::len).sum::<usize>() + 16)
+                    .sum::<usize>()
             }
             Command::CreateUser { .. }
             | Command::SetPassword { .. }
@@ -307,6 +333,15 @@ pub enum Response {
     },
     FastTokensRevoked {
         count: u32,
+    },
+    /// Result of [`Command::EnablePush`]: `replaced` when a registration
+    /// for the same JID and node was there.
+    PushEnabled {
+        replaced: bool,
+    },
+    /// Result of [`Command::DisablePush`]: how many registrations went.
+    PushDisabled {
+        removed: u32,
     },
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
@@ -415,6 +450,9 @@ pub enum Budget {
     RosterItems,
     /// The items of a block list (`max_items` of [`Command::Block`]).
     BlockItems,
+    /// The push registrations of an account (`max_registrations` of
+    /// [`Command::EnablePush`]).
+    PushRegistrations,
 }
 
 fn no_cap_u32() -> u32 {
@@ -453,6 +491,42 @@ pub struct SessionBinding {
     #[serde(default)]
     pub presence: Option<String>,
     pub bound_ms: u64,
+}
+
+/// One XEP-0357 push registration: where an account's pushes go, and
+/// what they may carry. Opaque strings to the state machine; their XMPP
+/// meaning is the server's (`im::push`, `router::push`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    /// The app server's JID (the pubsub service).
+    pub jid: String,
+    /// The pubsub node on it.
+    pub node: String,
+    /// The full JID of the session that enabled it: while a session holds
+    /// that resource, its node decides the pushes (see `router::push`).
+    pub resource: String,
+    /// The client's XEP-0004 publish-options, sent with every push.
+    pub options: Vec<FormField>,
+    /// The client asked for the message body in the summary.
+    pub include_body: bool,
+    /// When it was enabled (ms since the Unix epoch).
+    pub enabled_ms: u64,
+}
+
+/// One field of an XEP-0004 form, as submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormField {
+    pub var: String,
+    /// The field's `type`, if it had one (`hidden` for `FORM_TYPE`).
+    pub kind: Option<String>,
+    pub values: Vec<String>,
+}
+
+impl PushRegistration {
+    /// The second part of its key in [`crate::keyspace::PUSH`].
+    pub fn key(jid: &str, node: &str) -> String {
+        format!("{jid}\0{node}")
+    }
 }
 
 /// An account.

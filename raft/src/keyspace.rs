@@ -158,6 +158,15 @@ pub const FAST_TOKENS: TableSpec = TableSpec {
     value: "FastClient (current and new FastToken)",
 };
 
+/// XEP-0357 push registrations: one row per app server (service JID and
+/// node) an account enabled.
+pub const PUSH: TableSpec = TableSpec {
+    prefix: b'p',
+    name: "push",
+    key: "owner bare JID \\0 service JID \\0 pubsub node",
+    value: "PushRegistration",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -171,6 +180,7 @@ pub const TABLES: &[TableSpec] = &[
     INVITES,
     BLOCKLIST,
     FAST_TOKENS,
+    PUSH,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::command::{FastClient, Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
+use crate::command::{
+    FastClient, Invite, OfflineMessage, PushRegistration, RosterItem, SessionBinding, UserRecord,
+};
 use crate::keyspace::{self, TABLES};
 use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
@@ -49,6 +51,9 @@ pub struct StateData {
     pub blocklist: Measured<(String, String), ()>,
     /// XEP-0484 FAST tokens by (account, user-agent id).
     pub fast_tokens: Table<(String, String), FastClient>,
+    /// XEP-0357 push registrations: (owner, service JID \0 node),
+    /// counted per owner.
+    pub push: Measured<(String, String), PushRegistration>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -69,6 +74,7 @@ impl Default for StateData {
             invites: Table::new(keyspace::INVITES.prefix),
             blocklist: Measured::new(keyspace::BLOCKLIST.prefix, |_| 1),
             fast_tokens: Table::new(keyspace::FAST_TOKENS.prefix),
+            push: Measured::new(keyspace::PUSH.prefix, |_| 1),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -142,6 +148,7 @@ impl StateData {
             &self.invites,
             &self.blocklist,
             &self.fast_tokens,
+            &self.push,
         ]
     }
 
@@ -158,6 +165,7 @@ impl StateData {
             &mut self.invites,
             &mut self.blocklist,
             &mut self.fast_tokens,
+            &mut self.push,
         ]
     }
 
@@ -199,6 +207,21 @@ impl StateData {
     /// Number of roster items of `owner` (stubs included).
     pub fn roster_len(&self, owner: &str) -> u64 {
         self.roster.of_owner(owner)
+    }
+
+    /// `owner`'s push registrations (XEP-0357), in key order.
+    pub fn push_of<'a>(&'a self, owner: &str) -> impl Iterator<Item = &'a PushRegistration> + 'a {
+        let start = (owner.to_string(), String::new());
+        let owner = owner.to_string();
+        self.push
+            .range(start..)
+            .take_while(move |((o, _), _)| *o == owner)
+            .map(|(_, r)| r)
+    }
+
+    /// Number of `owner`'s push registrations.
+    pub fn push_len(&self, owner: &str) -> u64 {
+        self.push.of_owner(owner)
     }
 
     /// Number of items in `owner`'s block list.

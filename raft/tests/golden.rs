@@ -8,7 +8,8 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 use sha2::{Digest, Sha256};
 use starling_raft::command::{
-    ByteCaps, Enqueue, Invite, OfflineMessage, RosterItem, SessionBinding, SubAction, Subscription,
+    ByteCaps, Enqueue, FormField, Invite, OfflineMessage, PushRegistration, RosterItem,
+    SessionBinding, SubAction, Subscription,
 };
 use starling_raft::credentials::{Credentials, ScramHash, ScramKeys};
 use starling_raft::state::StateData;
@@ -485,5 +486,107 @@ fn block_list_bytes_are_unchanged() {
         sha([snapshot]),
     ];
     let want = [BLOCK_DIGEST, BLOCK_RESPONSES, BLOCK_WRITES, BLOCK_SNAPSHOT];
+    assert_eq!(got.map(|s| s.to_string()), want.map(|s| s.to_string()));
+}
+
+/// The push registration commands (XEP-0357; added after the scripts
+/// above were pinned, so pinned apart).
+fn push_script() -> Vec<Command> {
+    let reg = |jid: &str, node: &str, resource: &str, body: bool| PushRegistration {
+        jid: jid.into(),
+        node: node.into(),
+        resource: resource.into(),
+        options: vec![
+            FormField {
+                var: "FORM_TYPE".into(),
+                kind: Some("hidden".into()),
+                values: vec!["http://jabber.org/protocol/pubsub#publish-options".into()],
+            },
+            FormField {
+                var: "secret".into(),
+                kind: None,
+                values: vec![format!("s-{node}")],
+            },
+        ],
+        include_body: body,
+        enabled_ms: 7,
+    };
+    let enable = |owner: &str, r: PushRegistration, max| Command::EnablePush {
+        owner: owner.into(),
+        registration: r,
+        max_registrations: max,
+    };
+    let disable = |owner: &str, jid: &str, node: Option<&str>| Command::DisablePush {
+        owner: owner.into(),
+        jid: jid.into(),
+        node: node.map(str::to_string),
+    };
+    vec![
+        Command::CreateUser {
+            jid: "a@x".into(),
+            credentials: creds("a@x"),
+            created_ms: 5,
+        },
+        enable("a@x", reg("app@x/p", "n1", "a@x/phone", false), 2),
+        enable("a@x", reg("app@x/p", "n2", "a@x/tablet", true), 2),
+        enable("a@x", reg("other@x", "n1", "a@x/phone", false), 2),
+        enable("a@x", reg("app@x/p", "n1", "a@x/phone2", true), 2),
+        enable("nobody@x", reg("app@x/p", "n1", "nobody@x/r", false), 2),
+        disable("a@x", "app@x/p", Some("n2")),
+        enable("a@x", reg("other@x", "n9", "a@x/phone", false), 2),
+        disable("a@x", "nothing@x", None),
+        Command::CreateUser {
+            jid: "b@x".into(),
+            credentials: creds("b@x"),
+            created_ms: 6,
+        },
+        enable("b@x", reg("app@x/p", "m1", "b@x/r", false), 3),
+        enable("b@x", reg("app@x/p", "m2", "b@x/r", false), 3),
+        disable("b@x", "app@x/p", None),
+        enable("b@x", reg("app@x/p", "m3", "b@x/r", false), 3),
+        Command::DeleteUser { jid: "b@x".into() },
+    ]
+}
+
+const PUSH_DIGEST: &str = "e0f5f9fdd102227bf694ac89ef3cae71";
+const PUSH_RESPONSES: &str = "c1bf6d4e29f557fca4802f453c1627b5fa6ff6a6dde39a907a352ec86b6ead4f";
+const PUSH_WRITES: &str = "f610def5462fc6789885ec56324114107a2e23f50d7d255a58955c7bfae41b6b";
+const PUSH_SNAPSHOT: &str = "61272f07b52fbe5cc5b14c1fb34084a8c84fe46de6c9dbfcb6bb4891968aa88d";
+
+#[test]
+fn push_registration_bytes_are_unchanged() {
+    let mut data = StateData::default();
+    let mut writes = Vec::new();
+    let mut responses = Vec::new();
+    for (i, cmd) in push_script().into_iter().enumerate() {
+        let r = data.apply_entry(cmd, 1, 10 + i as u64);
+        responses.push(serde_json::to_vec(&r).expect("json"));
+        for (k, v) in data.take_writes().expect("writes").ops {
+            writes.push(k);
+            writes.push(v.unwrap_or_else(|| b"<deleted>".to_vec()));
+        }
+    }
+    let nodes: Vec<(String, String, bool)> = data
+        .push_of("a@x")
+        .map(|r| (r.node.clone(), r.resource.clone(), r.include_body))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("n1".to_string(), "a@x/phone2".to_string(), true),
+            ("n9".to_string(), "a@x/phone".to_string(), false),
+        ]
+    );
+    assert_eq!(data.push_len("b@x"), 0);
+    let snapshot = data.to_snapshot().expect("snapshot");
+    let reloaded = StateData::from_snapshot(&snapshot).expect("reload");
+    assert_eq!(reloaded.digest_hex(), data.digest_hex());
+    let got = [
+        data.digest_hex(),
+        sha(responses),
+        sha(writes),
+        sha([snapshot]),
+    ];
+    let want = [PUSH_DIGEST, PUSH_RESPONSES, PUSH_WRITES, PUSH_SNAPSHOT];
     assert_eq!(got.map(|s| s.to_string()), want.map(|s| s.to_string()));
 }

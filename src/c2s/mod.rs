@@ -86,6 +86,7 @@ impl Shared {
             cluster: &self.cluster,
             max_roster_items: self.config.max_roster_items,
             max_block_items: self.config.max_block_items,
+            max_push_registrations: self.config.max_push_registrations,
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`roster`]: roster get/set/remove and pushes (RFC 6121 §2).
 //! - [`blocking`]: XEP-0191 block lists (what they stop: `router::blocking`).
+//! - [`push`]: XEP-0357 push registrations (the pushes: `router::push`).
 //! - [`presence`]: presence broadcast, probes, directed presence and
 //!   subscriptions (RFC 6121 §3, §4).
 //! - [`offline`]: the XEP-0203 stamp of messages from the replicated queue
@@ -28,6 +29,7 @@ pub mod disco;
 pub mod effect;
 pub mod offline;
 pub mod presence;
+pub mod push;
 pub mod register;
 pub mod roster;
 
@@ -54,6 +56,8 @@ pub struct Ctx<'a> {
     pub max_roster_items: u32,
     /// Most items in one block list (`xmpp.max_block_items`).
     pub max_block_items: u32,
+    /// Most push registrations of one account (`xmpp.max_push_registrations`).
+    pub max_push_registrations: u32,
 }
 
 /// What a handler may know of the session that sent the stanza.
@@ -223,6 +227,12 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
         }
         Addressee::Account(bare) => {
             if !is_request {
+                // An app server's answer to a push on this account's
+                // behalf (XEP-0357 §7, see `router::push`); others are
+                // dropped.
+                let mut el = el;
+                el.set_attr("to", bare.to_string());
+                ctx.router.push_reply(&el);
                 return Effects::none();
             }
             if let Some(refused) = blocked(ctx, me, &el, bare.as_str()) {
@@ -274,6 +284,7 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         // RFC 3921 session establishment: a no-op today.
         ("session", ns::SESSION, "set") => Effects::write(iq_result(me, &el)),
         ("blocklist" | "block" | "unblock", ns::BLOCKING, _) => blocking::handle(ctx, me, el).await,
+        ("enable" | "disable", ns::PUSH, _) => push::handle(ctx, me, el).await,
         // XEP-0092 asks the server (clients also send it without `to`).
         ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
         // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks

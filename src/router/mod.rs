@@ -29,6 +29,7 @@ mod keeper;
 pub mod liveness;
 mod mesh_host;
 mod parked;
+pub mod push;
 mod route;
 mod stanza;
 pub mod takeover;
@@ -136,6 +137,8 @@ struct Inner {
     /// authentication throttling, which the router does not know): set
     /// once at start (`Router::on_auth_block`).
     auth_blocks: std::sync::OnceLock<AuthBlockSink>,
+    /// XEP-0357 pushes this node decides (see [`push`]).
+    pushes: push::Pushes,
 }
 
 /// Takes an address block a peer announced (see [`Router::on_auth_block`]).
@@ -158,6 +161,7 @@ impl Router {
         domain: &str,
         mesh: MeshLinks,
         queue_caps: inbox::QueueCaps,
+        push_limits: push::PushLimits,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let custody_pipeline = GuardPipeline::start(
@@ -186,6 +190,7 @@ impl Router {
             parked: Mutex::new(Default::default()),
             custody_pipeline,
             auth_blocks: std::sync::OnceLock::new(),
+            pushes: push::Pushes::new(push_limits),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router

@@ -316,6 +316,7 @@ impl Router {
             stanza,
         };
         let el = el.clone();
+        let to = bare.to_string();
         let (tx, count) = (notify.tx, notify.count);
         let router = self.clone();
         notify.pipeline.submit(inbox::GuardJob {
@@ -323,6 +324,11 @@ impl Router {
             message,
             caps,
             done: Box::new(move |outcome| {
+                if outcome == Guarded::Safe && live.is_empty() {
+                    // No session takes it: the routing node decides the
+                    // pushes (XEP-0357, see `push`).
+                    router.push_queued(&to, &el);
+                }
                 if outcome == Guarded::Safe && !live.is_empty() {
                     // In the sender's order (outcomes come in order): a
                     // session here at once, the others through the mesh.
@@ -376,6 +382,10 @@ impl Router {
             return;
         };
         debug!(to = %to, condition = %err.condition, "bounce");
+        if self.push_answered(&reply, true) {
+            // A push the app server's address could not take.
+            return;
+        }
         match self.binding_of(&to, None) {
             Some(t) => {
                 let _ = self.deliver(&t, reply).await;

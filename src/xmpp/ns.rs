@@ -42,3 +42,10 @@ pub const HINTS: &str = "urn:xmpp:hints";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
 pub const XDATA: &str = "jabber:x:data";
+/// XEP-0357 push notifications.
+pub const PUSH: &str = "urn:xmpp:push:0";
+/// XEP-0357 §7: the form type of a push's summary.
+pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
+/// XEP-0060 publish-subscribe, and its publish-options form type.
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";

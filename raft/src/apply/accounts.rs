@@ -31,7 +31,7 @@ pub(super) fn create_user(
 
 /// [`crate::Command::DeleteUser`]: the account, its roster, offline queue
 /// (with its id index, removed ids and next sequence number), its block
-/// list and the bindings of its resources.
+/// list, its push registrations and the bindings of its resources.
 pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     let t = &mut data.tracker;
     if data.users.remove(&jid, t).is_none() {
@@ -43,6 +43,7 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     }
     let queued = super::offline::remove_queue(data, &jid, u64::MAX);
     super::blocking::remove_list(data, &jid);
+    super::push::remove_all(data, &jid);
     let done: Vec<(String, String)> = data
         .offline_done
         .range((jid.clone(), String::new())..)

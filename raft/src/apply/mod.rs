@@ -10,7 +10,8 @@
 //! - `offline`: enqueue (one or many), ack, remove by id;
 //! - `invites`: create and delete invitations, register with one;
 //! - `blocking`: block and unblock JIDs (XEP-0191 block lists);
-//! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke.
+//! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke;
+//! - `push`: XEP-0357 push registrations: enable, disable.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -22,6 +23,7 @@ mod blocking;
 mod fast;
 mod invites;
 mod offline;
+mod push;
 mod roster;
 mod sessions;
 
@@ -136,6 +138,12 @@ impl StateData {
                 client,
                 verifier,
             } => fast::revoke(self, user, client, verifier),
+            Command::EnablePush {
+                owner,
+                registration,
+                max_registrations,
+            } => push::enable(self, owner, registration, max_registrations),
+            Command::DisablePush { owner, jid, node } => push::disable(self, owner, jid, node),
         }
     }
 }

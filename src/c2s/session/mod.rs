@@ -505,6 +505,9 @@ impl Session {
         match m {
             ToSession::Stanza(el) => {
                 let el = *el;
+                if self.inactive {
+                    self.push_if_worthy(&el);
+                }
                 if self.inactive && el.name() == "presence" {
                     // XEP-0352: hold presence while the client is inactive;
                     // only the latest per sender matters.
@@ -520,6 +523,20 @@ impl Session {
             }
             ToSession::Kick(e) => Err(Ended::Error(e)),
         }
+    }
+
+    /// XEP-0357: a message reached this session while it is dormant
+    /// (detached or inactive): its node decides the pushes of the
+    /// registrations it enabled (`router::push`). A second copy of a
+    /// queued message (not written) makes none.
+    pub(super) fn push_if_worthy(&self, el: &Element) {
+        if el.name() != "message" {
+            return;
+        }
+        if queued_id(el, self.bare.as_str()).is_some_and(|id| self.seen.contains(&id)) {
+            return;
+        }
+        self.shared.router.push_for_session(self.full.as_str(), el);
     }
 
     pub(crate) fn flush_held_presence(&mut self) {

@@ -20,6 +20,21 @@ impl Session {
         let timeout = Duration::from_secs(self.shared.config.sm_resume_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
         debug!("session detached, waiting for resumption");
+        // XEP-0357: messages written but not acknowledged may never have
+        // reached the client; pushed now (as mod_cloud_notify does when
+        // mod_smacks hibernates a session), coalesced into one push. An
+        // inactive session pushed them as they came.
+        let unacked: Vec<_> = self
+            .sm
+            .iter()
+            .filter(|_| !self.inactive)
+            .flat_map(|sm| sm.unacked())
+            .filter(|o| o.el.name() == "message")
+            .map(|o| o.el.clone())
+            .collect();
+        for el in &unacked {
+            self.shared.router.push_for_session(self.full.as_str(), el);
+        }
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
@@ -39,7 +54,11 @@ impl Session {
                     }
                 }
                 m = self.rx.recv() => match m {
-                    Some(ToSession::Stanza(el)) => self.write_stanza(*el),
+                    Some(ToSession::Stanza(el)) => {
+                        // XEP-0357: detached, so a message may be pushed.
+                        self.push_if_worthy(&el);
+                        self.write_stanza(*el);
+                    }
                     Some(ToSession::Kick(_)) | None => return Some(Ended::Lost),
                 },
                 d = self.guard_rx.recv() => {
