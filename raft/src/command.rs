@@ -5,6 +5,7 @@
 //! the same log on any node gives the same state (no clock, no randomness).
 use serde::{Deserialize, Serialize};
 
+pub use crate::archive::{ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchivedMessage};
 use crate::credentials::Credentials;
 use crate::types::NodeId;
 
@@ -173,6 +174,19 @@ pub enum Command {
         client: Option<String>,
         verifier: Option<String>,
     },
+    /// XEP-0313: store a batch of messages in their owners' archives, in
+    /// order. An entry whose id its owner's archive holds already is not
+    /// stored again (a retried batch), nor one for an account that does
+    /// not exist or older than the retention `limits`; each owner touched
+    /// is trimmed to `limits` (see `apply::archive`).
+    ArchiveAppend {
+        entries: Vec<ArchiveEntry>,
+        limits: ArchiveLimits,
+    },
+    /// XEP-0313: apply the retention `limits` to every archive.
+    ArchiveTrim { limits: ArchiveLimits },
+    /// XEP-0313 §6: replace `owner`'s archiving preferences.
+    SetArchivePrefs { owner: String, prefs: ArchivePrefs },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -208,6 +222,10 @@ impl Command {
             | Command::Unblock { jids: ids, .. } => {
                 64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
             }
+            Command::ArchiveAppend { entries, .. } => entries
+                .iter()
+                .map(|e| 96 + e.owner.len() + e.message.with.len() + e.message.stanza.len())
+                .sum(),
             Command::CreateUser { .. }
             | Command::SetPassword { .. }
             | Command::RegisterWithInvite { .. } => 256,
@@ -308,6 +326,17 @@ pub enum Response {
     FastTokensRevoked {
         count: u32,
     },
+    /// Result of [`Command::ArchiveAppend`]: entries stored, and entries
+    /// whose id was archived already (a retry).
+    Archived {
+        stored: u32,
+        duplicates: u32,
+    },
+    /// Result of [`Command::ArchiveTrim`].
+    ArchiveTrimmed {
+        removed: u32,
+    },
+    ArchivePrefsSet,
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,
@@ -415,6 +444,9 @@ pub enum Budget {
     RosterItems,
     /// The items of a block list (`max_items` of [`Command::Block`]).
     BlockItems,
+    /// The JIDs of one list of archiving preferences
+    /// ([`crate::archive::MAX_PREFS_JIDS`]).
+    ArchivePrefsJids,
 }
 
 fn no_cap_u32() -> u32 {

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{ArchivePrefs, ArchivedMessage};
 use crate::codec::{self, CodecError};
 use crate::command::{FastClient, Invite, OfflineMessage, RosterItem, SessionBinding, UserRecord};
 use crate::keyspace::{self, TABLES};
@@ -49,6 +50,12 @@ pub struct StateData {
     pub blocklist: Measured<(String, String), ()>,
     /// XEP-0484 FAST tokens by (account, user-agent id).
     pub fast_tokens: Table<(String, String), FastClient>,
+    /// XEP-0313 archives: (owner, seq), counted per owner.
+    pub archive: Measured<(String, u64), ArchivedMessage>,
+    /// (owner, archive id) -> seq.
+    pub archive_ids: Table<(String, String), u64>,
+    /// XEP-0313 preferences per account.
+    pub archive_prefs: Table<String, ArchivePrefs>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -69,6 +76,9 @@ impl Default for StateData {
             invites: Table::new(keyspace::INVITES.prefix),
             blocklist: Measured::new(keyspace::BLOCKLIST.prefix, |_| 1),
             fast_tokens: Table::new(keyspace::FAST_TOKENS.prefix),
+            archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
+            archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
+            archive_prefs: Table::new(keyspace::ARCHIVE_PREFS.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -142,6 +152,9 @@ impl StateData {
             &self.invites,
             &self.blocklist,
             &self.fast_tokens,
+            &self.archive,
+            &self.archive_ids,
+            &self.archive_prefs,
         ]
     }
 
@@ -158,6 +171,9 @@ impl StateData {
             &mut self.invites,
             &mut self.blocklist,
             &mut self.fast_tokens,
+            &mut self.archive,
+            &mut self.archive_ids,
+            &mut self.archive_prefs,
         ]
     }
 

@@ -10,7 +10,8 @@
 //! - `offline`: enqueue (one or many), ack, remove by id;
 //! - `invites`: create and delete invitations, register with one;
 //! - `blocking`: block and unblock JIDs (XEP-0191 block lists);
-//! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke.
+//! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke;
+//! - `archive`: XEP-0313 message archives: append a batch, trim, prefs.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -18,6 +19,7 @@ use crate::command::{Command, Response};
 use crate::state::StateData;
 
 mod accounts;
+mod archive;
 mod blocking;
 mod fast;
 mod invites;
@@ -136,6 +138,9 @@ impl StateData {
                 client,
                 verifier,
             } => fast::revoke(self, user, client, verifier),
+            Command::ArchiveAppend { entries, limits } => archive::append(self, entries, limits),
+            Command::ArchiveTrim { limits } => archive::trim(self, limits),
+            Command::SetArchivePrefs { owner, prefs } => archive::set_prefs(self, owner, prefs),
         }
     }
 }
