@@ -74,7 +74,9 @@ pub fn account_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
         )
         .with_child(feature(ns::DISCO_INFO))
         .with_child(feature(ns::SID))
-        .with_child(feature(ns::BLOCKING));
+        .with_child(feature(ns::BLOCKING))
+        .with_child(feature(ns::MAM))
+        .with_child(feature(ns::MAM_EXTENDED));
     Effects::write(iq_result(me, iq).with_child(q))
 }
 

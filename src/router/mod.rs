@@ -20,6 +20,7 @@ use starling_raft::command::SessionBinding;
 use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, watch};
 
+pub mod archiver;
 pub mod blocking;
 pub mod contact;
 pub mod custody;
@@ -58,6 +59,16 @@ pub struct Notify {
     pub count: Option<u64>,
     /// The sending session's guards, committed in its order.
     pub pipeline: GuardPipeline,
+}
+
+/// What routing a message from a local client started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// A guard took it: its outcome goes to the `Notify`.
+    pub guarded: bool,
+    /// Its archive entries went to the archiver, which also reports to
+    /// the `Notify` once they are committed (see [`archiver`]).
+    pub archived: bool,
 }
 
 /// A guarded message's outcome, for the session that sent it.
@@ -136,6 +147,8 @@ struct Inner {
     /// authentication throttling, which the router does not know): set
     /// once at start (`Router::on_auth_block`).
     auth_blocks: std::sync::OnceLock<AuthBlockSink>,
+    /// The XEP-0313 archiver (set once at start: `attach_archiver`).
+    archiver: std::sync::OnceLock<archiver::Archiver>,
 }
 
 /// Takes an address block a peer announced (see [`Router::on_auth_block`]).
@@ -186,6 +199,7 @@ impl Router {
             parked: Mutex::new(Default::default()),
             custody_pipeline,
             auth_blocks: std::sync::OnceLock::new(),
+            archiver: std::sync::OnceLock::new(),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router

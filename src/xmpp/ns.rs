@@ -40,3 +40,9 @@ pub const HINTS: &str = "urn:xmpp:hints";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
 pub const XDATA: &str = "jabber:x:data";
+/// XEP-0313 Message Archive Management.
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0313 0.7: the `after-id`, `before-id` and `ids` fields.
+pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0059 Result Set Management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
