@@ -749,7 +749,10 @@ impl Config {
             ));
         }
         if a.default_page > a.max_page {
-            return Err(invalid("archive.default_page", "must be at most archive.max_page"));
+            return Err(invalid(
+                "archive.default_page",
+                "must be at most archive.max_page",
+            ));
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {

@@ -203,7 +203,8 @@ impl ArchiveQuery {
                 return false;
             }
         }
-        if self.start_ms.is_some_and(|s| m.stamp_ms < s) || self.end_ms.is_some_and(|e| m.stamp_ms > e)
+        if self.start_ms.is_some_and(|s| m.stamp_ms < s)
+            || self.end_ms.is_some_and(|e| m.stamp_ms > e)
         {
             return false;
         }
@@ -347,7 +348,11 @@ mod tests {
         let mut entries = Vec::new();
         for i in 0..10u64 {
             let id = format!("m{i}");
-            let (from, to) = if i % 2 == 0 { ("a@x/p", "b@x/l") } else { ("b@x/l", "a@x/p") };
+            let (from, to) = if i % 2 == 0 {
+                ("a@x/p", "b@x/l")
+            } else {
+                ("b@x/l", "a@x/p")
+            };
             entries.push(entry(bare(from), &id, to, 100 + 10 * i));
             entries.push(entry(bare(to), &id, from, 100 + 10 * i));
         }
@@ -389,7 +394,10 @@ mod tests {
         assert_eq!(d.archive_len("a@x"), 2);
         assert_eq!(d.archive_len("b@x"), 1);
         // A message to oneself is one entry.
-        let self_msg = vec![entry("a@x", "m3", "a@x/p", 102), entry("a@x", "m3", "a@x/q", 102)];
+        let self_msg = vec![
+            entry("a@x", "m3", "a@x/p", 102),
+            entry("a@x", "m3", "a@x/q", 102),
+        ];
         append(&mut d, self_msg, limits());
         assert_eq!(d.archive_len("a@x"), 3);
     }
@@ -419,28 +427,43 @@ mod tests {
         conversation(&mut d);
         // First page, then after its last.
         let p = d.archive_page("a@x", &query(4)).unwrap();
-        assert_eq!((ids(&p), p.complete, p.count, p.first_index), (vec!["m0", "m1", "m2", "m3"], false, 10, 0));
+        assert_eq!(
+            (ids(&p), p.complete, p.count, p.first_index),
+            (vec!["m0", "m1", "m2", "m3"], false, 10, 0)
+        );
         let mut q = query(4);
         q.page.after = Some("m7".into());
         let p = d.archive_page("a@x", &q).unwrap();
-        assert_eq!((ids(&p), p.complete, p.first_index), (vec!["m8", "m9"], true, 8));
+        assert_eq!(
+            (ids(&p), p.complete, p.first_index),
+            (vec!["m8", "m9"], true, 8)
+        );
         // The last page (empty before), then the one before it.
         let mut q = query(4);
         q.page.before = Some(String::new());
         let p = d.archive_page("a@x", &q).unwrap();
-        assert_eq!((ids(&p), p.complete, p.first_index), (vec!["m6", "m7", "m8", "m9"], false, 6));
+        assert_eq!(
+            (ids(&p), p.complete, p.first_index),
+            (vec!["m6", "m7", "m8", "m9"], false, 6)
+        );
         q.page.before = Some("m2".into());
         let p = d.archive_page("a@x", &q).unwrap();
         assert_eq!((ids(&p), p.complete), (vec!["m0", "m1"], true));
         // Unknown ids.
         q.page.before = Some("nope".into());
-        assert_eq!(d.archive_page("a@x", &q), Err(QueryError::UnknownId("nope".into())));
+        assert_eq!(
+            d.archive_page("a@x", &q),
+            Err(QueryError::UnknownId("nope".into()))
+        );
         // Time range, both ends included.
         let mut q = query(100);
         q.start_ms = Some(120);
         q.end_ms = Some(150);
         let p = d.archive_page("b@x", &q).unwrap();
-        assert_eq!((ids(&p), p.complete, p.count), (vec!["m2", "m3", "m4", "m5"], true, 4));
+        assert_eq!(
+            (ids(&p), p.complete, p.count),
+            (vec!["m2", "m3", "m4", "m5"], true, 4)
+        );
         // with: bare matches every resource, full only itself.
         let mut q = query(100);
         q.with = Some("b@x".into());
@@ -479,7 +502,10 @@ mod tests {
         let left: Vec<&str> = d.archive_of("a@x").map(|(_, m)| m.id.as_str()).collect();
         assert_eq!(left, ["m7", "m8", "m9", "n1"]);
         assert_eq!(d.archive_len("a@x"), 4);
-        assert!(d.archive_seq("a@x", "m0").is_none(), "the id index goes too");
+        assert!(
+            d.archive_seq("a@x", "m0").is_none(),
+            "the id index goes too"
+        );
         // b's archive was not touched by a's append.
         assert_eq!(d.archive_len("b@x"), 10);
         let aged = ArchiveLimits {

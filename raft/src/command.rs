@@ -5,7 +5,9 @@
 //! the same log on any node gives the same state (no clock, no randomness).
 use serde::{Deserialize, Serialize};
 
-pub use crate::archive::{ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchivedMessage};
+pub use crate::archive::{
+    ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchivedMessage,
+};
 use crate::credentials::Credentials;
 use crate::types::NodeId;
 

@@ -241,7 +241,12 @@ pub fn parse_query(query: &Element, limits: PageLimits) -> Result<ParsedQuery, S
                 .filter(|c| c.is("value", ns::XDATA))
                 .map(|v| v.text())
                 .collect();
-            let one = || values.first().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+            let one = || {
+                values
+                    .first()
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            };
             match var {
                 "FORM_TYPE" => {
                     if one().as_deref() != Some(ns::MAM) {
@@ -251,7 +256,10 @@ pub fn parse_query(query: &Element, limits: PageLimits) -> Result<ParsedQuery, S
                 "with" => q.with = one().map(|v| jid_value(&v)).transpose()?,
                 "start" | "end" => {
                     let ms = one()
-                        .map(|v| parse_datetime(&v).ok_or_else(|| bad(format!("'{v}' is not an XEP-0082 date-time"))))
+                        .map(|v| {
+                            parse_datetime(&v)
+                                .ok_or_else(|| bad(format!("'{v}' is not an XEP-0082 date-time")))
+                        })
                         .transpose()?;
                     if var == "start" {
                         q.start_ms = ms;
@@ -317,12 +325,14 @@ pub fn parse_query(query: &Element, limits: PageLimits) -> Result<ParsedQuery, S
 
 /// §4.1.5: the fields a query may use.
 pub fn form() -> Element {
-    let mut x = Element::new("x", ns::XDATA).with_attr("type", "form").with_child(
-        Element::new("field", ns::XDATA)
-            .with_attr("var", "FORM_TYPE")
-            .with_attr("type", "hidden")
-            .with_child(Element::new("value", ns::XDATA).with_text(ns::MAM)),
-    );
+    let mut x = Element::new("x", ns::XDATA)
+        .with_attr("type", "form")
+        .with_child(
+            Element::new("field", ns::XDATA)
+                .with_attr("var", "FORM_TYPE")
+                .with_attr("type", "hidden")
+                .with_child(Element::new("value", ns::XDATA).with_text(ns::MAM)),
+        );
     for (var, ty) in FIELDS {
         x.push(
             Element::new("field", ns::XDATA)
@@ -525,13 +535,15 @@ mod tests {
         let iq = Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", "q1");
-        let m = |id: &str| ArchivedMessage {
+        let m = |id: &str| {
+            ArchivedMessage {
             id: id.into(),
             with: "b@x/l".into(),
             stamp_ms: 1_000,
             stanza: format!(
                 "<message xmlns='jabber:client' from='b@x/l' to='a@x' type='chat'><body>{id}</body></message>"
             ),
+        }
         };
         let page = Page {
             items: vec![m("m1"), m("m2")],
@@ -548,7 +560,8 @@ mod tests {
         assert_eq!((r.attr("queryid"), r.attr("id")), (Some("f"), Some("m1")));
         let fwd = r.get_child("forwarded", ns::FORWARD).expect("forwarded");
         assert_eq!(
-            fwd.get_child("delay", ns::DELAY).and_then(|d| d.attr("stamp")),
+            fwd.get_child("delay", ns::DELAY)
+                .and_then(|d| d.attr("stamp")),
             Some("1970-01-01T00:00:01.000Z")
         );
         assert!(fwd.get_child("message", ns::CLIENT).is_some());
@@ -559,9 +572,18 @@ mod tests {
         assert_eq!(fin.attr("complete"), Some("false"));
         let set = fin.get_child("set", ns::RSM).expect("set");
         let first = set.get_child("first", ns::RSM).expect("first");
-        assert_eq!((first.text(), first.attr("index")), ("m1".to_string(), Some("1")));
-        assert_eq!(set.get_child("last", ns::RSM).map(|e| e.text()), Some("m2".into()));
-        assert_eq!(set.get_child("count", ns::RSM).map(|e| e.text()), Some("5".into()));
+        assert_eq!(
+            (first.text(), first.attr("index")),
+            ("m1".to_string(), Some("1"))
+        );
+        assert_eq!(
+            set.get_child("last", ns::RSM).map(|e| e.text()),
+            Some("m2".into())
+        );
+        assert_eq!(
+            set.get_child("count", ns::RSM).map(|e| e.text()),
+            Some("5".into())
+        );
     }
 
     #[test]
@@ -573,10 +595,16 @@ mod tests {
         .expect("xml");
         let p = parse_prefs(&el).expect("prefs");
         assert_eq!(p.default, ArchiveDefault::Roster);
-        assert_eq!((p.always.clone(), p.never.clone()), (vec!["b@x".to_string()], vec!["c@x".to_string()]));
+        assert_eq!(
+            (p.always.clone(), p.never.clone()),
+            (vec!["b@x".to_string()], vec!["c@x".to_string()])
+        );
         assert_eq!(parse_prefs(&prefs_element(&p)).expect("again"), p);
         let bad = crate::xmpp::parse_stanza("<prefs xmlns='urn:xmpp:mam:2' default='sometimes'/>")
             .expect("xml");
-        assert_eq!(parse_prefs(&bad).map_err(|e| e.condition), Err(StanzaCondition::BadRequest));
+        assert_eq!(
+            parse_prefs(&bad).map_err(|e| e.condition),
+            Err(StanzaCondition::BadRequest)
+        );
     }
 }

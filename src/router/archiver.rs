@@ -298,15 +298,17 @@ impl super::Router {
                 };
                 match d.archive_prefs_of(owner) {
                     Some(p) => p.archives(peer, in_roster),
-                    None => starling_raft::command::ArchivePrefs::with_default(
-                        archiver.config.default,
-                    )
-                    .archives(peer, in_roster),
+                    None => {
+                        starling_raft::command::ArchivePrefs::with_default(archiver.config.default)
+                            .archives(peer, in_roster)
+                    }
                 }
             };
             [(from_bare, to_bare, to), (to_bare, from_bare, from)]
                 .into_iter()
-                .filter(|(owner, peer, _)| d.users.get(&owner.to_string()).is_some() && wants(owner, peer))
+                .filter(|(owner, peer, _)| {
+                    d.users.get(&owner.to_string()).is_some() && wants(owner, peer)
+                })
                 .map(|(owner, _, with)| ArchiveEntry {
                     owner: owner.to_string(),
                     message: starling_raft::command::ArchivedMessage {
