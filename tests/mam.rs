@@ -310,7 +310,8 @@ fn preferences_decide_what_is_archived() {
         )
         .await;
         assert_eq!(r.attr("type"), Some("result"), "{r}");
-        send_acked(&mut dave, "erin@localhost", &["two".to_string()], 1).await;
+        // h: "one" and the query before.
+        send_acked(&mut dave, "erin@localhost", &["two".to_string()], 2).await;
         let (e, _) = query(&mut erin3, "e2", "", "").await.unwrap();
         assert_eq!(bodies(&e), ["two"]);
         // A bad default is refused.
