@@ -43,6 +43,27 @@ pub struct ArchivedMessage {
     pub stamp_ms: u64,
     /// The message, serialized.
     pub stanza: String,
+    /// The id its sender gave it (XEP-0359 origin-id, else its `id`), by
+    /// which the sender retracts it (XEP-0424).
+    #[serde(default)]
+    pub sender_id: Option<String>,
+    /// Sent by the archive's owner (else received).
+    #[serde(default)]
+    pub outgoing: bool,
+}
+
+/// XEP-0424: `by` retracts the message it sent to `peer` with sender id
+/// `sender_id`; in both archives its entry keeps its id, stamp and place
+/// and its stanza becomes `tombstone`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRetraction {
+    /// The retracting sender's bare JID.
+    pub by: String,
+    /// The recipient's bare JID.
+    pub peer: String,
+    pub sender_id: String,
+    /// What the entry's stanza becomes (built by the server).
+    pub tombstone: String,
 }
 
 /// The limits an append is applied under, chosen by the proposer (its
@@ -300,6 +321,8 @@ mod tests {
                 with: with.into(),
                 stamp_ms,
                 stanza: format!("<message id='{id}'/>"),
+                sender_id: Some(format!("s-{id}")),
+                outgoing: false,
             },
         }
     }
@@ -325,7 +348,64 @@ mod tests {
     }
 
     fn append(d: &mut StateData, entries: Vec<ArchiveEntry>, limits: ArchiveLimits) -> Response {
-        d.apply(Command::ArchiveAppend { entries, limits })
+        d.apply(Command::ArchiveAppend {
+            entries,
+            retractions: Vec::new(),
+            limits,
+        })
+    }
+
+    #[test]
+    fn a_sender_retracts_its_own_messages_in_both_archives_and_nothing_else() {
+        let mut d = state();
+        conversation(&mut d);
+        let retract = |by: &str, peer: &str, id: &str| ArchiveRetraction {
+            by: by.into(),
+            peer: peer.into(),
+            sender_id: format!("s-{id}"),
+            tombstone: "<message><retracted/></message>".into(),
+        };
+        let stanza = |d: &StateData, owner: &str, id: &str| {
+            let seq = d.archive_seq(owner, id).unwrap();
+            d.archive_of(owner)
+                .find(|(s, _)| *s == seq)
+                .map(|(_, m)| m.stanza.clone())
+                .unwrap()
+        };
+        // m2 is a's (even: a to b). b cannot retract it, nor a retract b's m3.
+        let r = d.apply(Command::ArchiveAppend {
+            entries: Vec::new(),
+            retractions: vec![retract("b@x", "a@x", "m2"), retract("a@x", "b@x", "m3")],
+            limits: limits(),
+        });
+        assert_eq!(
+            r,
+            Response::Archived {
+                stored: 0,
+                duplicates: 0
+            }
+        );
+        assert_eq!(stanza(&d, "a@x", "m2"), "<message id='m2'/>");
+        assert_eq!(stanza(&d, "b@x", "m3"), "<message id='m3'/>");
+        let before = d.digest();
+        d.apply(Command::ArchiveAppend {
+            entries: Vec::new(),
+            retractions: vec![retract("a@x", "b@x", "m2")],
+            limits: limits(),
+        });
+        assert_ne!(d.digest(), before);
+        for owner in ["a@x", "b@x"] {
+            assert_eq!(stanza(&d, owner, "m2"), "<message><retracted/></message>");
+            assert_eq!(d.archive_len(owner), 10, "the entry keeps its place");
+        }
+        // Again: nothing changes.
+        let after = d.digest();
+        d.apply(Command::ArchiveAppend {
+            entries: Vec::new(),
+            retractions: vec![retract("a@x", "b@x", "m2")],
+            limits: limits(),
+        });
+        assert_eq!(d.digest(), after);
     }
 
     fn ids(p: &Page) -> Vec<&str> {
@@ -353,7 +433,9 @@ mod tests {
             } else {
                 ("b@x/l", "a@x/p")
             };
-            entries.push(entry(bare(from), &id, to, 100 + 10 * i));
+            let mut sent = entry(bare(from), &id, to, 100 + 10 * i);
+            sent.message.outgoing = true;
+            entries.push(sent);
             entries.push(entry(bare(to), &id, from, 100 + 10 * i));
         }
         assert_eq!(

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::archive::{
-    ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchivedMessage,
+    ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchiveRetraction, ArchivedMessage,
 };
 use crate::credentials::Credentials;
 use crate::types::NodeId;
@@ -180,9 +180,13 @@ pub enum Command {
     /// order. An entry whose id its owner's archive holds already is not
     /// stored again (a retried batch), nor one for an account that does
     /// not exist or older than the retention `limits`; each owner touched
-    /// is trimmed to `limits` (see `apply::archive`).
+    /// is trimmed to `limits` (see `apply::archive`). Then the XEP-0424
+    /// `retractions`, each in the retracting sender's and its peer's
+    /// archive (applying one twice changes nothing).
     ArchiveAppend {
         entries: Vec<ArchiveEntry>,
+        #[serde(default)]
+        retractions: Vec<ArchiveRetraction>,
         limits: ArchiveLimits,
     },
     /// XEP-0313: apply the retention `limits` to every archive.
@@ -224,10 +228,20 @@ impl Command {
             | Command::Unblock { jids: ids, .. } => {
                 64 + ids.iter().map(|i| i.len() + 8).sum::<usize>()
             }
-            Command::ArchiveAppend { entries, .. } => entries
-                .iter()
-                .map(|e| 96 + e.owner.len() + e.message.with.len() + e.message.stanza.len())
-                .sum(),
+            Command::ArchiveAppend {
+                entries,
+                retractions,
+                ..
+            } => {
+                entries
+                    .iter()
+                    .map(|e| 96 + e.owner.len() + e.message.with.len() + e.message.stanza.len())
+                    .sum::<usize>()
+                    + retractions
+                        .iter()
+                        .map(|r| 64 + r.tombstone.len())
+                        .sum::<usize>()
+            }
             Command::CreateUser { .. }
             | Command::SetPassword { .. }
             | Command::RegisterWithInvite { .. } => 256,

@@ -543,6 +543,8 @@ mod tests {
             stanza: format!(
                 "<message xmlns='jabber:client' from='b@x/l' to='a@x' type='chat'><body>{id}</body></message>"
             ),
+            sender_id: None,
+            outgoing: false,
         }
         };
         let page = Page {

@@ -24,7 +24,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use starling_raft::command::{ArchiveDefault, ArchiveEntry, ArchiveLimits, Command, Response};
+use starling_raft::command::{
+    ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchiveRetraction, Command, Response,
+};
 use starling_raft::ClusterHandle;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -86,6 +88,9 @@ impl ArchiveConfig {
 /// The entries of one message, and who waits for their commit.
 pub struct ArchiveJob {
     pub entries: Vec<ArchiveEntry>,
+    /// XEP-0424 retractions the message carries (applied after the
+    /// entries of the same commit).
+    pub retractions: Vec<ArchiveRetraction>,
     /// The sending session and its XEP-0198 count of the message.
     pub done: Option<(mpsc::UnboundedSender<GuardDone>, u64)>,
 }
@@ -141,7 +146,7 @@ async fn run(
 ) {
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + config.batch;
-        let mut n = first.entries.len();
+        let mut n = first.entries.len() + first.retractions.len();
         let mut jobs = vec![first];
         while n < config.batch_entries {
             let next = match rx.try_recv() {
@@ -154,14 +159,16 @@ async fn run(
             };
             match next {
                 Some(j) => {
-                    n += j.entries.len();
+                    n += j.entries.len() + j.retractions.len();
                     jobs.push(j);
                 }
                 None => break,
             }
         }
         let entries: Vec<ArchiveEntry> = jobs.iter().flat_map(|j| j.entries.clone()).collect();
-        let outcome = commit(&cluster, &config, shutdown.clone(), entries).await;
+        let retractions: Vec<ArchiveRetraction> =
+            jobs.iter().flat_map(|j| j.retractions.clone()).collect();
+        let outcome = commit(&cluster, &config, shutdown.clone(), entries, retractions).await;
         for job in jobs {
             if let Some((tx, count)) = job.done {
                 let _ = tx.send(GuardDone {
@@ -182,10 +189,12 @@ async fn commit(
     config: &ArchiveConfig,
     mut shutdown: watch::Receiver<bool>,
     entries: Vec<ArchiveEntry>,
+    retractions: Vec<ArchiveRetraction>,
 ) -> Guarded {
     let n = entries.len();
     let cmd = Command::ArchiveAppend {
         entries,
+        retractions,
         limits: config.limits(),
     };
     let mut wait = RETRY_FIRST;
@@ -265,8 +274,11 @@ impl super::Router {
     /// (`stanza`: the message serialized): one for the sender's archive
     /// and one for the recipient's, each if its owner's preferences want
     /// it. Only messages with a `<body/>` are archived (XEP-0313 §5.1.1:
-    /// no chat states or receipts alone). Returns whether the sender's
-    /// session is to wait for the commit (`notify` has an XEP-0198 count).
+    /// no chat states or receipts alone). A message with an XEP-0424
+    /// `<retract id/>` also turns the sender's message of that id (its
+    /// origin-id, else its `id`) into a tombstone in both archives.
+    /// Returns whether the sender's session is to wait for the commit
+    /// (`notify` has an XEP-0198 count).
     pub(super) fn archive_message(
         &self,
         el: &crate::xmpp::Element,
@@ -278,7 +290,12 @@ impl super::Router {
         let Some(archiver) = self.archiver() else {
             return false;
         };
-        if !el.has_child("body", crate::xmpp::ns::CLIENT) {
+        use crate::xmpp::{ns, Element};
+        let retract = el
+            .get_child("retract", ns::RETRACT)
+            .and_then(|r| r.attr("id"));
+        let has_body = el.has_child("body", ns::CLIENT);
+        if !has_body && retract.is_none() {
             return false;
         }
         let Some(from) = el.attr("from") else {
@@ -287,6 +304,36 @@ impl super::Router {
         let from_bare = crate::xmpp::jid::bare_of(from);
         let to = el.attr("to").unwrap_or(to_bare);
         let stamp_ms = now_ms();
+        let ty = el.attr("type").unwrap_or("normal");
+        let retractions: Vec<ArchiveRetraction> = retract
+            .map(|target| ArchiveRetraction {
+                by: from_bare.to_string(),
+                peer: to_bare.to_string(),
+                sender_id: target.to_string(),
+                // XEP-0424 §"Tombstones": the message keeps its place in
+                // the archive, its content replaced.
+                tombstone: Element::new("message", ns::CLIENT)
+                    .with_attr("from", from)
+                    .with_attr("to", to)
+                    .with_attr("type", ty)
+                    .with_attr("id", target)
+                    .with_child(
+                        Element::new("retracted", ns::RETRACT)
+                            .with_attr("id", id)
+                            .with_attr("stamp", crate::clock::datetime(stamp_ms)),
+                    )
+                    .with_child(Element::new("origin-id", ns::SID).with_attr("id", target))
+                    .to_standalone_xml(),
+            })
+            .into_iter()
+            .collect();
+        // The id a sender retracts it by (XEP-0424: its origin-id, else
+        // its `id`).
+        let sender_id = el
+            .get_child("origin-id", ns::SID)
+            .and_then(|o| o.attr("id"))
+            .or_else(|| el.attr("id"))
+            .map(str::to_string);
         let entries: Vec<ArchiveEntry> = {
             let state = self.0.cluster.state().read();
             let d = &state.data;
@@ -304,28 +351,38 @@ impl super::Router {
                     }
                 }
             };
-            [(from_bare, to_bare, to), (to_bare, from_bare, from)]
-                .into_iter()
-                .filter(|(owner, peer, _)| {
-                    d.users.get(&owner.to_string()).is_some() && wants(owner, peer)
-                })
-                .map(|(owner, _, with)| ArchiveEntry {
-                    owner: owner.to_string(),
-                    message: starling_raft::command::ArchivedMessage {
-                        id: id.to_string(),
-                        with: with.to_string(),
-                        stamp_ms,
-                        stanza: stanza.to_string(),
-                    },
-                })
-                .collect()
+            [
+                (from_bare, to_bare, to, true),
+                (to_bare, from_bare, from, false),
+            ]
+            .into_iter()
+            .filter(|_| has_body)
+            .filter(|(owner, peer, _, _)| {
+                d.users.get(&owner.to_string()).is_some() && wants(owner, peer)
+            })
+            .map(|(owner, _, with, outgoing)| ArchiveEntry {
+                owner: owner.to_string(),
+                message: starling_raft::command::ArchivedMessage {
+                    id: id.to_string(),
+                    with: with.to_string(),
+                    stamp_ms,
+                    stanza: stanza.to_string(),
+                    sender_id: sender_id.clone(),
+                    outgoing,
+                },
+            })
+            .collect()
         };
-        if entries.is_empty() {
+        if entries.is_empty() && retractions.is_empty() {
             return false;
         }
         let done = notify.count.map(|c| (notify.tx.clone(), c));
         let wait = done.is_some();
-        archiver.submit(ArchiveJob { entries, done });
+        archiver.submit(ArchiveJob {
+            entries,
+            retractions,
+            done,
+        });
         wait
     }
 }

@@ -44,5 +44,7 @@ pub const XDATA: &str = "jabber:x:data";
 pub const MAM: &str = "urn:xmpp:mam:2";
 /// XEP-0313 0.7: the `after-id`, `before-id` and `ids` fields.
 pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0424 Message Retraction.
+pub const RETRACT: &str = "urn:xmpp:message-retract:1";
 /// XEP-0059 Result Set Management.
 pub const RSM: &str = "http://jabber.org/protocol/rsm";

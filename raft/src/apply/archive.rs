@@ -10,7 +10,9 @@
 //! same rows.
 use std::collections::BTreeSet;
 
-use crate::archive::{ArchiveEntry, ArchiveLimits, ArchivePrefs, MAX_PREFS_JIDS};
+use crate::archive::{
+    ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchiveRetraction, MAX_PREFS_JIDS,
+};
 use crate::command::{Budget, Response};
 use crate::state::StateData;
 
@@ -27,6 +29,7 @@ fn cutoff(limits: &ArchiveLimits) -> u64 {
 pub(super) fn append(
     data: &mut StateData,
     entries: Vec<ArchiveEntry>,
+    retractions: Vec<ArchiveRetraction>,
     limits: ArchiveLimits,
 ) -> Response {
     let oldest = cutoff(&limits);
@@ -57,7 +60,36 @@ pub(super) fn append(
     for owner in touched {
         trim_owner(data, &owner, &limits);
     }
+    for r in retractions {
+        retract(data, &r);
+    }
     Response::Archived { stored, duplicates }
+}
+
+/// XEP-0424: the entries of the message `r.by` sent to `r.peer` with
+/// sender id `r.sender_id` become `r.tombstone`: in `by`'s archive the
+/// outgoing one, in `peer`'s the incoming one from `by`. Only a sender's
+/// own message matches, in either archive.
+fn retract(data: &mut StateData, r: &ArchiveRetraction) {
+    let bare = |j: &str| j.split_once('/').map_or(j, |(b, _)| b).to_string();
+    for (owner, outgoing, other) in [(&r.by, true, &r.peer), (&r.peer, false, &r.by)] {
+        let hits: Vec<(u64, crate::archive::ArchivedMessage)> = data
+            .archive_of(owner)
+            .rev()
+            .filter(|(_, m)| {
+                m.outgoing == outgoing
+                    && m.sender_id.as_deref() == Some(r.sender_id.as_str())
+                    && bare(&m.with) == **other
+                    && m.stanza != r.tombstone
+            })
+            .map(|(s, m)| (s, m.clone()))
+            .collect();
+        for (seq, mut m) in hits {
+            m.stanza = r.tombstone.clone();
+            data.archive
+                .insert((owner.clone(), seq), m, &mut data.tracker);
+        }
+    }
 }
 
 /// [`crate::Command::ArchiveTrim`]: retention over every archive.

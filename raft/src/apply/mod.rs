@@ -138,7 +138,11 @@ impl StateData {
                 client,
                 verifier,
             } => fast::revoke(self, user, client, verifier),
-            Command::ArchiveAppend { entries, limits } => archive::append(self, entries, limits),
+            Command::ArchiveAppend {
+                entries,
+                retractions,
+                limits,
+            } => archive::append(self, entries, retractions, limits),
             Command::ArchiveTrim { limits } => archive::trim(self, limits),
             Command::SetArchivePrefs { owner, prefs } => archive::set_prefs(self, owner, prefs),
         }
