@@ -21,6 +21,7 @@ use starling::xmpp::{ns, Element};
 const MAM: &str = "urn:xmpp:mam:2";
 const RSM: &str = "http://jabber.org/protocol/rsm";
 const FORWARD: &str = "urn:xmpp:forward:0";
+const RETRACT: &str = "urn:xmpp:message-retract:1";
 
 /// One archived message as a query returned it.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ struct Item {
     id: String,
     body: String,
     stamp: String,
+    /// An XEP-0424 tombstone: `<retracted/>` in place of the message.
+    retracted: bool,
 }
 
 /// The end of a query: `complete`, RSM first, last, count.
@@ -105,6 +108,7 @@ async fn query(
                 .get_child("body", ns::CLIENT)
                 .map(|b| b.text())
                 .unwrap_or_default(),
+            retracted: m.has_child("retracted", RETRACT),
             stamp: fwd
                 .get_child("delay", ns::DELAY)
                 .and_then(|d| d.attr("stamp"))
@@ -346,5 +350,63 @@ fn the_archive_survives_the_death_of_the_node_that_wrote_it() {
         let mut a2 = RawClient::login(c.client_addr(2), "alice", "pw-alice", "tablet").await;
         let (items, _) = query(&mut a2, "a", "", "").await.unwrap();
         assert_eq!(bodies(&items), ["m0", "m1", "m2", "m3", "m4"]);
+    });
+}
+
+/// Sends `xml` then `<r/>` and waits for the ack `h == want`.
+async fn send_raw_acked(c: &mut RawClient, xml: &str, want: u32) {
+    c.send(&format!("{xml}<r xmlns='urn:xmpp:sm:3'/>")).await;
+    loop {
+        let a = c.expect("sm ack", |e| e.is("a", ns::SM)).await;
+        let h: u32 = a.attr("h").and_then(|h| h.parse().ok()).unwrap();
+        if h == want {
+            return;
+        }
+        assert!(h < want, "acked more than was sent: {a}");
+    }
+}
+
+fn retraction(to: &str, id: &str, target: &str) -> String {
+    format!(
+        "<message to='{to}' type='chat' id='{id}'><retract xmlns='{RETRACT}' id='{target}'/>\
+         <fallback xmlns='urn:xmpp:fallback:0' for='{RETRACT}'/>\
+         <body>retracted {target}</body></message>"
+    )
+}
+
+#[test]
+fn a_sender_retracts_its_own_message_from_both_archives_and_no_one_elses() {
+    rt().block_on(async {
+        let c = TestCluster::start(3, fast_raft());
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let mut alice = online(&c, 1, "alice", "desk").await;
+        let mut bob = online(&c, 2, "bob", "phone").await;
+        enable_sm(&mut alice, false).await;
+        enable_sm(&mut bob, false).await;
+        let sent = ["keep".to_string(), "oops".to_string()];
+        send_acked(&mut alice, "bob@localhost", &sent, 0).await;
+        // bob cannot retract alice's message.
+        send_raw_acked(&mut bob, &retraction("alice@localhost", "r0", "keep"), 1).await;
+        // alice retracts hers (by the id she sent it with).
+        send_raw_acked(&mut alice, &retraction("bob@localhost", "r1", "oops"), 3).await;
+        for user in ["alice", "bob"] {
+            let pw = format!("pw-{user}");
+            let mut cl = RawClient::login(c.client_addr(3), user, &pw, "tablet").await;
+            let (items, _) = query(&mut cl, "x", "", "").await.unwrap();
+            let seen: Vec<(&str, bool)> = items
+                .iter()
+                .map(|i| (i.body.as_str(), i.retracted))
+                .collect();
+            let want = [
+                ("keep", false),
+                ("", true),
+                ("retracted keep", false),
+                ("retracted oops", false),
+            ];
+            assert_eq!(seen, want, "{user}'s archive");
+        }
     });
 }
