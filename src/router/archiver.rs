@@ -165,9 +165,12 @@ async fn run(
                 None => break,
             }
         }
-        let entries: Vec<ArchiveEntry> = jobs.iter().flat_map(|j| j.entries.clone()).collect();
-        let retractions: Vec<ArchiveRetraction> =
-            jobs.iter().flat_map(|j| j.retractions.clone()).collect();
+        let mut entries: Vec<ArchiveEntry> = Vec::with_capacity(n);
+        let mut retractions: Vec<ArchiveRetraction> = Vec::new();
+        for j in &mut jobs {
+            entries.append(&mut j.entries);
+            retractions.append(&mut j.retractions);
+        }
         let outcome = commit(&cluster, &config, shutdown.clone(), entries, retractions).await;
         for job in jobs {
             if let Some((tx, count)) = job.done {

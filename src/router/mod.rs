@@ -13,6 +13,10 @@
 //! online, else written to its replicated queue ([`inbox`]); the sender's
 //! ack waits for that, the recipient does not. Consensus is beside the live
 //! path, and for a recipient who reads, not used at all.
+//!
+//! The XEP-0313 archive is written beside it too: [`archiver`] commits the
+//! entries of the messages routed here in batches, and the sender's ack
+//! waits for that commit as well.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
