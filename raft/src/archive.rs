@@ -230,7 +230,7 @@ impl ArchiveQuery {
             return false;
         }
         if let Some(ids) = &self.ids {
-            if !ids.iter().any(|i| *i == m.id) {
+            if !ids.contains(&m.id) {
                 return false;
             }
         }

@@ -107,6 +107,10 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             }
         }
         ("prefs", Some("get")) => {
+            // A change made on another node just before is seen here too.
+            if let Err(e) = read_index(ctx).await {
+                return error_reply(ctx.domain, me, &el, e);
+            }
             let default = config.map_or(ArchiveDefault::Always, |c| c.default);
             let prefs = {
                 let state = ctx.cluster.state().read();
