@@ -410,3 +410,45 @@ fn a_sender_retracts_its_own_message_from_both_archives_and_no_one_elses() {
         }
     });
 }
+
+/// A query right after the ack, on the other nodes, sees the message:
+/// the archive entry was committed before the ack, and a query first
+/// confirms a read index, so a follower that has not applied it yet
+/// catches up before it answers.
+#[test]
+fn a_query_right_after_the_ack_sees_the_message_on_every_node() {
+    rt().block_on(async {
+        let c = TestCluster::start(3, fast_raft());
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let mut alice = online(&c, 1, "alice", "desk").await;
+        enable_sm(&mut alice, false).await;
+        let mut readers = Vec::new();
+        for node in [2, 3] {
+            readers.push(
+                RawClient::login(
+                    c.client_addr(node),
+                    "alice",
+                    "pw-alice",
+                    &format!("r{node}"),
+                )
+                .await,
+            );
+        }
+        for i in 0..20u32 {
+            let body = format!("n{i}");
+            send_acked(&mut alice, "bob@localhost", std::slice::from_ref(&body), i).await;
+            for (k, r) in readers.iter_mut().enumerate() {
+                let id = format!("q{i}-{k}");
+                let (items, _) = query(r, &id, "", "<max>1</max><before/>").await.unwrap();
+                assert_eq!(
+                    bodies(&items),
+                    [body.as_str()],
+                    "query {id} right after the ack"
+                );
+            }
+        }
+    });
+}
