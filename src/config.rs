@@ -75,6 +75,9 @@ pub struct Config {
     /// Client connections and IM behaviour.
     #[serde(default)]
     pub xmpp: XmppSection,
+    /// XEP-0313 message archive: retention, paging, batching.
+    #[serde(default)]
+    pub archive: ArchiveSection,
     /// Mutual TLS on the raft port (raft and mesh traffic between nodes).
     /// Default: unset, which is allowed only while `raft_addr` is loopback
     /// or `insecure_plaintext_cluster` is set.
@@ -110,6 +113,67 @@ pub struct ClusterTlsSection {
 
 fn default_cluster_server_name() -> String {
     starling_raft::tls::DEFAULT_SERVER_NAME.to_string()
+}
+
+/// `[archive]`: the XEP-0313 message archive (`im::mam`,
+/// `router::archiver`). Every node of a cluster should use the same
+/// retention (the proposing node's applies to each batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSection {
+    /// Archive one-to-one messages at all. Off: nothing is archived and
+    /// the sender's ack does not wait for the archive (queries still
+    /// answer from what is there). Default: `true`.
+    pub enabled: bool,
+    /// The preference of an account that set none (XEP-0313 §6):
+    /// `"always"`, `"roster"` or `"never"`. Default: `"always"`.
+    pub default_mode: String,
+    /// Messages kept per account; beyond it the oldest are dropped when a
+    /// new one is archived. 0: no cap. Every node holds every archive in
+    /// memory and on disk, so this bounds both. Default: 10000.
+    pub max_entries: u32,
+    /// Messages older than this are dropped (at each append for the
+    /// owners it touches, and hourly for all). 0: kept forever.
+    /// Default: 365.
+    pub max_age_days: u32,
+    /// Most messages in one page of a query (RSM `max` is capped to it).
+    /// Default: 250.
+    pub max_page: u32,
+    /// The page size of a query without RSM `max`. Default: 50.
+    pub default_page: u32,
+    /// Longest an archive entry waits for others to share its raft
+    /// commit, milliseconds (the sender's ack waits for that commit).
+    /// Default: 2.
+    pub batch_ms: u64,
+    /// Most entries in one commit. Default: 512.
+    pub batch_entries: usize,
+}
+
+impl Default for ArchiveSection {
+    fn default() -> Self {
+        ArchiveSection {
+            enabled: true,
+            default_mode: "always".into(),
+            max_entries: 10_000,
+            max_age_days: 365,
+            max_page: 250,
+            default_page: 50,
+            batch_ms: 2,
+            batch_entries: 512,
+        }
+    }
+}
+
+impl ArchiveSection {
+    /// `default_mode`, parsed.
+    pub fn default_prefs(&self) -> Result<starling_raft::command::ArchiveDefault, ConfigError> {
+        starling_raft::command::ArchiveDefault::parse(&self.default_mode).ok_or_else(|| {
+            invalid(
+                "archive.default_mode",
+                "must be \"always\", \"roster\" or \"never\"",
+            )
+        })
+    }
 }
 
 /// `[xmpp]`: client-to-server listeners, TLS, authentication, limits.
@@ -695,6 +759,20 @@ impl Config {
             ));
         }
         x.limits_exempt_nets()?;
+        let a = &self.archive;
+        a.default_prefs()?;
+        if a.max_page == 0 || a.default_page == 0 || a.batch_entries == 0 {
+            return Err(invalid(
+                "archive.max_page",
+                "max_page, default_page and batch_entries must be positive",
+            ));
+        }
+        if a.default_page > a.max_page {
+            return Err(invalid(
+                "archive.default_page",
+                "must be at most archive.max_page",
+            ));
+        }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
             return Err(invalid("raft.heartbeat_ms", "must be positive"));

@@ -102,6 +102,7 @@ pub fn plan(
                 registration: crate::config::Registration::Open,
                 ..XmppSection::default()
             },
+            archive: Default::default(),
             cluster_tls: Some(tls),
             insecure_plaintext_cluster: false,
         })

@@ -173,6 +173,12 @@ async fn run_inner(
         stop_rx.clone(),
     );
 
+    router.attach_archiver(crate::router::archiver::Archiver::start(
+        cluster.clone(),
+        crate::router::archiver::ArchiveConfig::from_section(&config.archive),
+        stop_rx.clone(),
+    ));
+
     // What the mesh receives, and what becomes of what it sends, goes to
     // the router (the mesh keeps only a weak handle: this one lives as
     // long as the node).

@@ -5,6 +5,9 @@
 //! the same log on any node gives the same state (no clock, no randomness).
 use serde::{Deserialize, Serialize};
 
+pub use crate::archive::{
+    ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchiveRetraction, ArchivedMessage,
+};
 use crate::credentials::Credentials;
 use crate::types::NodeId;
 
@@ -192,6 +195,23 @@ pub enum Command {
         jid: String,
         node: Option<String>,
     },
+    /// XEP-0313: store a batch of messages in their owners' archives, in
+    /// order. An entry whose id its owner's archive holds already is not
+    /// stored again (a retried batch), nor one for an account that does
+    /// not exist or older than the retention `limits`; each owner touched
+    /// is trimmed to `limits` (see `apply::archive`). Then the XEP-0424
+    /// `retractions`, each in the retracting sender's and its peer's
+    /// archive (applying one twice changes nothing).
+    ArchiveAppend {
+        entries: Vec<ArchiveEntry>,
+        #[serde(default)]
+        retractions: Vec<ArchiveRetraction>,
+        limits: ArchiveLimits,
+    },
+    /// XEP-0313: apply the retention `limits` to every archive.
+    ArchiveTrim { limits: ArchiveLimits },
+    /// XEP-0313 §6: replace `owner`'s archiving preferences.
+    SetArchivePrefs { owner: String, prefs: ArchivePrefs },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -233,6 +253,20 @@ impl Command {
                     .iter()
                     .map(|f| f.var.len() + f.values.iter().map(String::len).sum::<usize>() + 16)
                     .sum::<usize>()
+            }
+            Command::ArchiveAppend {
+                entries,
+                retractions,
+                ..
+            } => {
+                entries
+                    .iter()
+                    .map(|e| 96 + e.owner.len() + e.message.with.len() + e.message.stanza.len())
+                    .sum::<usize>()
+                    + retractions
+                        .iter()
+                        .map(|r| 64 + r.tombstone.len())
+                        .sum::<usize>()
             }
             Command::CreateUser { .. }
             | Command::SetPassword { .. }
@@ -343,6 +377,17 @@ pub enum Response {
     PushDisabled {
         removed: u32,
     },
+    /// Result of [`Command::ArchiveAppend`]: entries stored, and entries
+    /// whose id was archived already (a retry).
+    Archived {
+        stored: u32,
+        duplicates: u32,
+    },
+    /// Result of [`Command::ArchiveTrim`].
+    ArchiveTrimmed {
+        removed: u32,
+    },
+    ArchivePrefsSet,
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,
@@ -453,6 +498,9 @@ pub enum Budget {
     /// The push registrations of an account (`max_registrations` of
     /// [`Command::EnablePush`]).
     PushRegistrations,
+    /// The JIDs of one list of archiving preferences
+    /// ([`crate::archive::MAX_PREFS_JIDS`]).
+    ArchivePrefsJids,
 }
 
 fn no_cap_u32() -> u32 {

@@ -167,6 +167,31 @@ pub const PUSH: TableSpec = TableSpec {
     value: "PushRegistration",
 };
 
+/// XEP-0313 message archives: one row per archived message of an account,
+/// in time order (see [`crate::archive`]).
+pub const ARCHIVE: TableSpec = TableSpec {
+    prefix: b'a',
+    name: "archive",
+    key: "owner bare JID \\0 seq (stamp in µs, made unique per owner), u64 big-endian",
+    value: "ArchivedMessage",
+};
+
+/// The archive ids (XEP-0359 stanza ids) of each archive.
+pub const ARCHIVE_IDS: TableSpec = TableSpec {
+    prefix: b'h',
+    name: "archive_ids",
+    key: "owner bare JID \\0 archive id",
+    value: "seq, u64",
+};
+
+/// XEP-0313 §6 archiving preferences (no row: the server's default).
+pub const ARCHIVE_PREFS: TableSpec = TableSpec {
+    prefix: b'o',
+    name: "archive_prefs",
+    key: "owner bare JID",
+    value: "ArchivePrefs",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -181,6 +206,9 @@ pub const TABLES: &[TableSpec] = &[
     BLOCKLIST,
     FAST_TOKENS,
     PUSH,
+    ARCHIVE,
+    ARCHIVE_IDS,
+    ARCHIVE_PREFS,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

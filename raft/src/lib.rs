@@ -6,6 +6,8 @@
 //! - [`command`]: replicated commands and their typed results. Domain
 //!   operations only (accounts, session bindings, rosters, offline queues),
 //!   never XML.
+//! - [`archive`]: the XEP-0313 message archive as data: entries, preferences,
+//!   retention limits, and the pure paged query over one account's archive.
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
 //! - [`state`]: the state machine's data (every table in memory), its
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod archive;
 mod batcher;
 pub mod cluster;
 pub mod codec;

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{ArchivePrefs, ArchivedMessage};
 use crate::codec::{self, CodecError};
 use crate::command::{
     FastClient, Invite, OfflineMessage, PushRegistration, RosterItem, SessionBinding, UserRecord,
@@ -54,6 +55,12 @@ pub struct StateData {
     /// XEP-0357 push registrations: (owner, service JID \0 node),
     /// counted per owner.
     pub push: Measured<(String, String), PushRegistration>,
+    /// XEP-0313 archives: (owner, seq), counted per owner.
+    pub archive: Measured<(String, u64), ArchivedMessage>,
+    /// (owner, archive id) -> seq.
+    pub archive_ids: Table<(String, String), u64>,
+    /// XEP-0313 preferences per account.
+    pub archive_prefs: Table<String, ArchivePrefs>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -75,6 +82,9 @@ impl Default for StateData {
             blocklist: Measured::new(keyspace::BLOCKLIST.prefix, |_| 1),
             fast_tokens: Table::new(keyspace::FAST_TOKENS.prefix),
             push: Measured::new(keyspace::PUSH.prefix, |_| 1),
+            archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
+            archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
+            archive_prefs: Table::new(keyspace::ARCHIVE_PREFS.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -149,6 +159,9 @@ impl StateData {
             &self.blocklist,
             &self.fast_tokens,
             &self.push,
+            &self.archive,
+            &self.archive_ids,
+            &self.archive_prefs,
         ]
     }
 
@@ -166,6 +179,9 @@ impl StateData {
             &mut self.blocklist,
             &mut self.fast_tokens,
             &mut self.push,
+            &mut self.archive,
+            &mut self.archive_ids,
+            &mut self.archive_prefs,
         ]
     }
 

@@ -158,7 +158,10 @@ impl<K: TableKey, V: Serialize + DeserializeOwned + Clone> Table<K, V> {
         self.map.iter()
     }
 
-    pub fn range<R: std::ops::RangeBounds<K>>(&self, r: R) -> impl Iterator<Item = (&K, &V)> {
+    pub fn range<R: std::ops::RangeBounds<K>>(
+        &self,
+        r: R,
+    ) -> impl DoubleEndedIterator<Item = (&K, &V)> {
         self.map.range(r)
     }
 

@@ -590,3 +590,123 @@ fn push_registration_bytes_are_unchanged() {
     let want = [PUSH_DIGEST, PUSH_RESPONSES, PUSH_WRITES, PUSH_SNAPSHOT];
     assert_eq!(got.map(|s| s.to_string()), want.map(|s| s.to_string()));
 }
+
+/// The XEP-0313 archive commands (added after the scripts above were
+/// pinned, so pinned apart): appends (a retry, an unknown owner, a cap),
+/// a retraction, preferences, a trim, an account deleted with its archive.
+fn archive_script() -> Vec<Command> {
+    use starling_raft::command::{
+        ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchiveRetraction,
+        ArchivedMessage,
+    };
+    let limits = |max_entries, now_ms| ArchiveLimits {
+        max_entries,
+        max_age_ms: 1_000,
+        now_ms,
+    };
+    let entry = |owner: &str, id: &str, with: &str, outgoing: bool, stamp_ms| ArchiveEntry {
+        owner: owner.into(),
+        message: ArchivedMessage {
+            id: id.into(),
+            with: with.into(),
+            stamp_ms,
+            stanza: format!("<message id='{id}'><body>{id}</body></message>"),
+            sender_id: Some(format!("o-{id}")),
+            outgoing,
+        },
+    };
+    let pair = |id: &str, stamp| {
+        vec![
+            entry("a@x", id, "b@x", true, stamp),
+            entry("b@x", id, "a@x/r", false, stamp),
+        ]
+    };
+    let append = |entries, retractions, limits| Command::ArchiveAppend {
+        entries,
+        retractions,
+        limits,
+    };
+    let user = |jid: &str| Command::CreateUser {
+        jid: jid.into(),
+        credentials: creds(jid),
+        created_ms: 5,
+    };
+    vec![
+        user("a@x"),
+        user("b@x"),
+        append(pair("m1", 100), vec![], limits(3, 150)),
+        append(pair("m1", 100), vec![], limits(3, 150)),
+        append(
+            [
+                pair("m2", 99),
+                vec![entry("nobody@x", "m2", "a@x", false, 99)],
+            ]
+            .concat(),
+            vec![],
+            limits(3, 150),
+        ),
+        append(pair("m3", 120), vec![], limits(3, 150)),
+        append(pair("m4", 130), vec![], limits(3, 150)),
+        append(
+            vec![],
+            vec![ArchiveRetraction {
+                by: "a@x".into(),
+                peer: "b@x".into(),
+                sender_id: "o-m3".into(),
+                tombstone: "<message><retracted/></message>".into(),
+            }],
+            limits(3, 150),
+        ),
+        Command::SetArchivePrefs {
+            owner: "b@x".into(),
+            prefs: ArchivePrefs {
+                default: ArchiveDefault::Roster,
+                always: vec!["a@x".into()],
+                never: vec![],
+            },
+        },
+        Command::ArchiveTrim {
+            limits: limits(0, 1_125),
+        },
+        Command::DeleteUser { jid: "a@x".into() },
+    ]
+}
+
+const ARCHIVE_DIGEST: &str = "7a794da3d5ac2239bd0414a51e31486f";
+const ARCHIVE_RESPONSES: &str = "4d526f7fd7542d76a6c3674c0c1b78dfd775a9cf32810f1cbc3671f4193d4de4";
+const ARCHIVE_WRITES: &str = "02214932abd49590e0be7b919c1497d0c7771dc8f05dc81c384e6311286fae9b";
+const ARCHIVE_SNAPSHOT: &str = "60c4f4f7bf0d90d93de751e30ae2514ce6f2bb3dc474d5a77e185e677688c19c";
+
+#[test]
+fn archive_bytes_are_unchanged() {
+    let mut data = StateData::default();
+    let mut writes = Vec::new();
+    let mut responses = Vec::new();
+    for (i, cmd) in archive_script().into_iter().enumerate() {
+        let r = data.apply_entry(cmd, 1, 10 + i as u64);
+        responses.push(serde_json::to_vec(&r).expect("json"));
+        for (k, v) in data.take_writes().expect("writes").ops {
+            writes.push(k);
+            writes.push(v.unwrap_or_else(|| b"<deleted>".to_vec()));
+        }
+    }
+    let ids: Vec<String> = data.archive_of("b@x").map(|(_, m)| m.id.clone()).collect();
+    assert_eq!(ids, ["m4"], "capped at 3, then trimmed by age");
+    assert_eq!(data.archive_len("a@x"), 0);
+    let snapshot = data.to_snapshot().expect("snapshot");
+    let reloaded = StateData::from_snapshot(&snapshot).expect("reload");
+    assert_eq!(reloaded.digest_hex(), data.digest_hex());
+    let got = [
+        data.digest_hex(),
+        sha(responses),
+        sha(writes),
+        sha([snapshot]),
+    ];
+    let want = [
+        ARCHIVE_DIGEST,
+        ARCHIVE_RESPONSES,
+        ARCHIVE_WRITES,
+        ARCHIVE_SNAPSHOT,
+    ];
+    assert_eq!(got.map(|s| s.to_string()), want.map(|s| s.to_string()));
+}

@@ -76,7 +76,9 @@ pub fn account_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
         .with_child(feature(ns::SID))
         .with_child(feature(ns::BLOCKING))
         // XEP-0357 §4: the account supports push notifications.
-        .with_child(feature(ns::PUSH));
+        .with_child(feature(ns::PUSH))
+        .with_child(feature(ns::MAM))
+        .with_child(feature(ns::MAM_EXTENDED));
     Effects::write(iq_result(me, iq).with_child(q))
 }
 

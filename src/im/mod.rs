@@ -10,6 +10,8 @@
 //!   (XEP-0160).
 //! - [`disco`]: XEP-0030 disco, XEP-0092 version, XEP-0199 ping.
 //! - [`register`]: XEP-0077 in-band registration, password change, removal.
+//! - [`mam`]: XEP-0313 queries of the account's message archive and its
+//!   preferences (what is archived: `router::archiver`).
 //! - [`effect`]: what a handler asks of the session that sent the stanza.
 //!
 //! [`handle_stanza`] is the entry point for every stanza a client sends,
@@ -27,6 +29,7 @@
 pub mod blocking;
 pub mod disco;
 pub mod effect;
+pub mod mam;
 pub mod offline;
 pub mod presence;
 pub mod push;
@@ -285,6 +288,8 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         ("session", ns::SESSION, "set") => Effects::write(iq_result(me, &el)),
         ("blocklist" | "block" | "unblock", ns::BLOCKING, _) => blocking::handle(ctx, me, el).await,
         ("enable" | "disable", ns::PUSH, _) => push::handle(ctx, me, el).await,
+        // XEP-0313: the account's own archive (no `to`, or its bare JID).
+        ("query" | "prefs", ns::MAM, _) if account => mam::handle(ctx, me, el).await,
         // XEP-0092 asks the server (clients also send it without `to`).
         ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
         // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks

@@ -13,6 +13,10 @@
 //! online, else written to its replicated queue ([`inbox`]); the sender's
 //! ack waits for that, the recipient does not. Consensus is beside the live
 //! path, and for a recipient who reads, not used at all.
+//!
+//! The XEP-0313 archive is written beside it too: [`archiver`] commits the
+//! entries of the messages routed here in batches, and the sender's ack
+//! waits for that commit as well.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,6 +24,7 @@ use starling_raft::command::SessionBinding;
 use starling_raft::{ClusterHandle, NodeId};
 use tokio::sync::{mpsc, watch};
 
+pub mod archiver;
 pub mod blocking;
 pub mod contact;
 pub mod custody;
@@ -59,6 +64,16 @@ pub struct Notify {
     pub count: Option<u64>,
     /// The sending session's guards, committed in its order.
     pub pipeline: GuardPipeline,
+}
+
+/// What routing a message from a local client started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// A guard took it: its outcome goes to the `Notify`.
+    pub guarded: bool,
+    /// Its archive entries went to the archiver, which also reports to
+    /// the `Notify` once they are committed (see [`archiver`]).
+    pub archived: bool,
 }
 
 /// A guarded message's outcome, for the session that sent it.
@@ -139,6 +154,8 @@ struct Inner {
     auth_blocks: std::sync::OnceLock<AuthBlockSink>,
     /// XEP-0357 pushes this node decides (see [`push`]).
     pushes: push::Pushes,
+    /// The XEP-0313 archiver (set once at start: `attach_archiver`).
+    archiver: std::sync::OnceLock<archiver::Archiver>,
 }
 
 /// Takes an address block a peer announced (see [`Router::on_auth_block`]).
@@ -191,6 +208,7 @@ impl Router {
             custody_pipeline,
             auth_blocks: std::sync::OnceLock::new(),
             pushes: push::Pushes::new(push_limits),
+            archiver: std::sync::OnceLock::new(),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router

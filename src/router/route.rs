@@ -9,7 +9,8 @@ use tracing::debug;
 
 use super::stanza::{add_stanza_id, carbon, carbon_eligible, stanza_type};
 use super::{
-    custody, inbox, keeper, queued_key, stanza_id_of, GuardDone, Guarded, Notify, Router, Target,
+    custody, inbox, keeper, queued_key, stanza_id_of, GuardDone, Guarded, Notify, Routed, Router,
+    Target,
 };
 use crate::clock::now_ms;
 use crate::xmpp::id::random_id;
@@ -26,8 +27,9 @@ impl Router {
     /// Routes a message a local client sent: one for an account is guarded
     /// (written to the recipient's replicated queue while delivered live)
     /// and its outcome reported to `notify` (the sender's session).
-    /// Returns whether it was guarded (else it is handled already).
-    pub async fn route_guarded(&self, el: Element, notify: Notify) -> bool {
+    /// Returns whether it was guarded (else it is handled already) and
+    /// whether it was archived (the archiver reports to `notify` too).
+    pub async fn route_guarded(&self, el: Element, notify: Notify) -> Routed {
         self.route_avoiding(el, None, Some(notify)).await
     }
 
@@ -39,14 +41,15 @@ impl Router {
         mut el: Element,
         avoid: Option<NodeId>,
         notify: Option<Notify>,
-    ) -> bool {
+    ) -> Routed {
+        let none = Routed::default();
         let Some(to) = el.attr("to").map(str::to_string) else {
-            return false;
+            return none;
         };
         let Ok(jid) = jid::Jid::new(&to) else {
             self.bounce(&el, StanzaError::new(StanzaCondition::JidMalformed))
                 .await;
-            return false;
+            return none;
         };
         // XEP-0191 §3.3: neither routed, nor delivered, nor queued across a
         // block list (the sender's or the recipient's); read here, on the
@@ -56,7 +59,7 @@ impl Router {
             if let Some(err) = super::blocking::refusal(&el, blocked) {
                 self.bounce(&el, err).await;
             }
-            return false;
+            return none;
         }
         if jid.domain().as_str() != self.0.domain {
             // No server-to-server connections: RFC 6120 §8.3.3.16.
@@ -68,14 +71,14 @@ impl Router {
                 ),
             )
             .await;
-            return false;
+            return none;
         }
         let bare_jid = jid.to_bare();
         let bare = bare_jid.to_string();
         if jid.node().is_none() {
             // Addressed to the domain itself: handled by the session layer,
             // never routed.
-            return false;
+            return none;
         }
         if !self.user_exists(&bare_jid) {
             // RFC 6121 §8.5.1: no such account.
@@ -86,7 +89,7 @@ impl Router {
                 }
                 _ => {}
             }
-            return false;
+            return none;
         }
         let sessions = self.sessions_of(&bare, avoid);
         let full = jid.resource().is_some().then_some(to.as_str());
@@ -128,11 +131,12 @@ impl Router {
             }
             _ => {}
         }
-        false
+        none
     }
 
     /// RFC 6121 §8.5.2 and §8.5.3 for a message to account `bare`. Returns
-    /// whether a guard was started (its outcome goes to `notify`).
+    /// whether a guard was started (its outcome goes to `notify`), and
+    /// whether the message was archived.
     async fn route_message(
         &self,
         mut el: Element,
@@ -140,8 +144,9 @@ impl Router {
         full: Option<&str>,
         sessions: Vec<Target>,
         notify: Option<Notify>,
-    ) -> bool {
+    ) -> Routed {
         let ty = stanza_type(&el).to_string();
+        let mut archived = false;
         // §8.5.3.1: a full JID with a session gets the message.
         let exact = full.and_then(|f| sessions.iter().find(|t| t.full == f));
         let chosen: Vec<&Target> = if let Some(t) = exact {
@@ -151,10 +156,10 @@ impl Router {
             if ty == "groupchat" {
                 self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
                     .await;
-                return false;
+                return Routed::default();
             }
             if ty == "error" {
-                return false;
+                return Routed::default();
             }
             let available: Vec<&Target> = sessions
                 .iter()
@@ -187,6 +192,9 @@ impl Router {
             Some(n) if matches!(ty.as_str(), "normal" | "chat") => {
                 let id = stanza_id_of(&el, bare).unwrap_or_else(random_id);
                 let stanza = el.to_standalone_xml();
+                // XEP-0313: into the sender's and the recipient's archive
+                // (the sender's ack waits for that commit too).
+                archived = self.archive_message(&el, bare, &id, &stanza, &n);
                 let plan = if chosen.is_empty() {
                     None
                 } else {
@@ -236,8 +244,9 @@ impl Router {
             }
             _ => false,
         };
+        let routed = Routed { guarded, archived };
         if chosen.is_empty() {
-            return guarded;
+            return routed;
         }
         if carbons {
             // XEP-0280 §6: a copy to every other interested resource.
@@ -255,7 +264,7 @@ impl Router {
             self.custody_keepers(key, stanza, plan).await;
         }
         if deferred {
-            return guarded;
+            return routed;
         }
         let last = chosen.len() - 1;
         for (i, t) in chosen.iter().enumerate() {
@@ -293,7 +302,7 @@ impl Router {
             };
             let _ = self.deliver(t, copy).await;
         }
-        guarded
+        routed
     }
 
     /// Submits the guard of message `el` for `bare` to the sender's

@@ -49,3 +49,11 @@ pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
 /// XEP-0060 publish-subscribe, and its publish-options form type.
 pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// XEP-0313 Message Archive Management.
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0313 0.7: the `after-id`, `before-id` and `ids` fields.
+pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0424 Message Retraction.
+pub const RETRACT: &str = "urn:xmpp:message-retract:1";
+/// XEP-0059 Result Set Management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";

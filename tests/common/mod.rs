@@ -109,6 +109,7 @@ pub fn node_config(
             registration: starling::config::Registration::Open,
             ..XmppSection::default()
         },
+        archive: Default::default(),
         cluster_tls: Some(cluster_tls_of(dir, id)),
         insecure_plaintext_cluster: false,
     }

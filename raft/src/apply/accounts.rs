@@ -31,7 +31,8 @@ pub(super) fn create_user(
 
 /// [`crate::Command::DeleteUser`]: the account, its roster, offline queue
 /// (with its id index, removed ids and next sequence number), its block
-/// list, its push registrations and the bindings of its resources.
+/// list, its push registrations, its message archive and preferences, and
+/// the bindings of its resources.
 pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     let t = &mut data.tracker;
     if data.users.remove(&jid, t).is_none() {
@@ -66,6 +67,7 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
         data.sessions.remove(k, t);
     }
     super::fast::remove_all(data, &jid);
+    super::archive::remove_all(data, &jid);
     Response::UserDeleted {
         roster_items: roster.len() as u32,
         queued,

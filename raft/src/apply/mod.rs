@@ -12,6 +12,7 @@
 //! - `blocking`: block and unblock JIDs (XEP-0191 block lists);
 //! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke;
 //! - `push`: XEP-0357 push registrations: enable, disable.
+//! - `archive`: XEP-0313 message archives: append a batch, trim, prefs.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -19,6 +20,7 @@ use crate::command::{Command, Response};
 use crate::state::StateData;
 
 mod accounts;
+mod archive;
 mod blocking;
 mod fast;
 mod invites;
@@ -144,6 +146,13 @@ impl StateData {
                 max_registrations,
             } => push::enable(self, owner, registration, max_registrations),
             Command::DisablePush { owner, jid, node } => push::disable(self, owner, jid, node),
+            Command::ArchiveAppend {
+                entries,
+                retractions,
+                limits,
+            } => archive::append(self, entries, retractions, limits),
+            Command::ArchiveTrim { limits } => archive::trim(self, limits),
+            Command::SetArchivePrefs { owner, prefs } => archive::set_prefs(self, owner, prefs),
         }
     }
 }

@@ -161,6 +161,7 @@ impl Session {
             guard_rx,
             pipeline: router.guard_pipeline(),
             guards_running: 0,
+            outcomes_owed: HashMap::new(),
             ticket: None,
             more_queued: false,
             awaiting_contact: None,

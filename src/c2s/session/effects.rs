@@ -33,7 +33,11 @@ impl Session {
                 Effect::Route(el) => router.route(el).await,
                 Effect::RouteGuarded(el) => {
                     let notify = self.guard_notify();
-                    if !router.route_guarded(el, notify.clone()).await {
+                    let routed = router.route_guarded(el, notify.clone()).await;
+                    if routed.archived {
+                        self.archive_started(&notify);
+                    }
+                    if !routed.guarded {
                         self.guard_not_started(notify);
                     }
                 }

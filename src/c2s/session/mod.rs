@@ -83,8 +83,13 @@ pub struct Session {
     /// Commits this session's guards in the order it sent the messages.
     pipeline: crate::router::GuardPipeline,
     pub(super) guard_rx: mpsc::UnboundedReceiver<GuardDone>,
-    /// Guards started by this session and not finished.
+    /// Guards started by this session and not finished (an archive commit
+    /// counts as one: see `archive_started`).
     pub(super) guards_running: usize,
+    /// XEP-0198 counts of messages that wait for more than one outcome
+    /// (their guard and their archive commit, `router::archiver`): how
+    /// many `Safe` outcomes each still needs before it is safe.
+    outcomes_owed: HashMap<u64, u8>,
     /// The XEP-0198 count of the stanza being handled, until a guard takes
     /// it (then the stanza is safe only when the guard says so).
     ticket: Option<u64>,
@@ -223,10 +228,24 @@ impl Session {
         }
     }
 
+    /// The message routed with `notify` went to the archiver too: its
+    /// count is safe only once both its guard (if any) and its archive
+    /// commit said so.
+    pub(crate) fn archive_started(&mut self, notify: &Notify) {
+        self.guards_running += 1;
+        if let Some(c) = notify.count {
+            *self.outcomes_owed.entry(c).or_insert(1) += 1;
+        }
+    }
+
     /// The stanza routed with `notify` was not guarded after all.
     pub(crate) fn guard_not_started(&mut self, notify: Notify) {
         self.guards_running -= 1;
-        self.ticket = notify.count;
+        match notify.count.and_then(|c| self.outcomes_owed.get_mut(&c)) {
+            // Archived but not guarded: the archive commit alone decides.
+            Some(owed) => *owed -= 1,
+            None => self.ticket = notify.count,
+        }
     }
 
     /// Stanza `count` from the client is safe: send an ack owed for it.
@@ -241,8 +260,22 @@ impl Session {
     pub(super) fn guard_done(&mut self, done: GuardDone) {
         self.guards_running = self.guards_running.saturating_sub(1);
         match done.outcome {
-            Guarded::Safe => {}
+            Guarded::Safe => {
+                if let Some(c) = done.count {
+                    if let Some(owed) = self.outcomes_owed.get_mut(&c) {
+                        *owed = owed.saturating_sub(1);
+                        if *owed > 0 {
+                            return;
+                        }
+                        self.outcomes_owed.remove(&c);
+                    }
+                }
+            }
             Guarded::Refused(err) => {
+                // Safe as far as the archive goes: the refusal decides.
+                if let Some(c) = done.count {
+                    self.outcomes_owed.remove(&c);
+                }
                 // The sender hears of the failure before the ack that
                 // counts the message (RFC 6120 §8.3: an error reply).
                 if let Some(mut reply) = done.message.as_ref().and_then(|m| err.reply_to(m)) {
