@@ -138,6 +138,24 @@ impl Archiver {
     }
 }
 
+/// A batch stops growing past this many bytes of stanzas: one raft entry
+/// must fit in an append (1 MiB, `starling_raft::network`), or a follower
+/// catching up never gets past it (the catch-up test: two large messages
+/// per entry, archived for both parties, stalled a follower for good), as
+/// the queue's pipeline does (`inbox::PIPELINE_BYTES`).
+const BATCH_BYTES: usize = 512 * 1024;
+
+fn job_bytes(j: &ArchiveJob) -> usize {
+    j.entries
+        .iter()
+        .map(|e| e.message.stanza.len() + e.message.with.len() + e.owner.len())
+        .sum::<usize>()
+        + j.retractions
+            .iter()
+            .map(|r| r.tombstone.len())
+            .sum::<usize>()
+}
+
 async fn run(
     cluster: ClusterHandle,
     config: Arc<ArchiveConfig>,
@@ -147,8 +165,9 @@ async fn run(
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + config.batch;
         let mut n = first.entries.len() + first.retractions.len();
+        let mut bytes = job_bytes(&first);
         let mut jobs = vec![first];
-        while n < config.batch_entries {
+        while n < config.batch_entries && bytes < BATCH_BYTES {
             let next = match rx.try_recv() {
                 Ok(j) => Some(j),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -160,6 +179,7 @@ async fn run(
             match next {
                 Some(j) => {
                     n += j.entries.len() + j.retractions.len();
+                    bytes += job_bytes(&j);
                     jobs.push(j);
                 }
                 None => break,
