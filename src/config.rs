@@ -121,9 +121,10 @@ fn default_cluster_server_name() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveSection {
-    /// Archive one-to-one messages at all. Off: nothing is archived and
-    /// the sender's ack does not wait for the archive (queries still
-    /// answer from what is there). Default: `true`.
+    /// Archive one-to-one messages at all (XEP-0313). Off: nothing is
+    /// archived, the sender's ack does not wait for the archive, and
+    /// `urn:xmpp:mam:2` is neither advertised nor answered. Default:
+    /// `false` (see BENCHMARKS.md for what it costs today).
     pub enabled: bool,
     /// The preference of an account that set none (XEP-0313 §6):
     /// `"always"`, `"roster"` or `"never"`. Default: `"always"`.
@@ -152,7 +153,12 @@ pub struct ArchiveSection {
 impl Default for ArchiveSection {
     fn default() -> Self {
         ArchiveSection {
-            enabled: true,
+            // Off by default: on, every message costs an archive commit
+            // the sender's ack waits for, and live delivery slowed from
+            // p99 0.5 ms to 22-32 ms cross node at 5,000 msg/s
+            // (BENCHMARKS.md, 2026-12-06). To be made cheap before it is
+            // on by default.
+            enabled: false,
             default_mode: "always".into(),
             max_entries: 10_000,
             max_age_days: 365,

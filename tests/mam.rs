@@ -144,7 +144,7 @@ async fn online(c: &TestCluster, node: u64, user: &str, resource: &str) -> RawCl
 #[test]
 fn a_conversation_across_nodes_is_paged_on_a_third_from_both_archives() {
     rt().block_on(async {
-        let c = TestCluster::start(3, fast_raft());
+        let c = TestCluster::start_with(3, fast_raft(), |cfg| cfg.archive.enabled = true);
         c.wait_leader(1, Duration::from_secs(20)).await;
         for u in ["alice", "bob", "carol"] {
             c.create_user(1, u).await.unwrap();
@@ -265,7 +265,7 @@ fn a_conversation_across_nodes_is_paged_on_a_third_from_both_archives() {
 #[test]
 fn preferences_decide_what_is_archived() {
     rt().block_on(async {
-        let c = TestCluster::start(3, fast_raft());
+        let c = TestCluster::start_with(3, fast_raft(), |cfg| cfg.archive.enabled = true);
         c.wait_leader(1, Duration::from_secs(20)).await;
         for u in ["dave", "erin"] {
             c.create_user(1, u).await.unwrap();
@@ -330,7 +330,10 @@ fn the_archive_survives_the_death_of_the_node_that_wrote_it() {
         // Archive batches wait 300 ms: an ack that did not wait for the
         // archive commit would come before it, and the kill below would
         // lose the entries.
-        let mut c = TestCluster::start_with(3, fast_raft(), |cfg| cfg.archive.batch_ms = 300);
+        let mut c = TestCluster::start_with(3, fast_raft(), |cfg| {
+            cfg.archive.enabled = true;
+            cfg.archive.batch_ms = 300;
+        });
         c.wait_leader(1, Duration::from_secs(20)).await;
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
@@ -377,7 +380,7 @@ fn retraction(to: &str, id: &str, target: &str) -> String {
 #[test]
 fn a_sender_retracts_its_own_message_from_both_archives_and_no_one_elses() {
     rt().block_on(async {
-        let c = TestCluster::start(3, fast_raft());
+        let c = TestCluster::start_with(3, fast_raft(), |cfg| cfg.archive.enabled = true);
         c.wait_leader(1, Duration::from_secs(20)).await;
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();
@@ -418,7 +421,7 @@ fn a_sender_retracts_its_own_message_from_both_archives_and_no_one_elses() {
 #[test]
 fn a_query_right_after_the_ack_sees_the_message_on_every_node() {
     rt().block_on(async {
-        let c = TestCluster::start(3, fast_raft());
+        let c = TestCluster::start_with(3, fast_raft(), |cfg| cfg.archive.enabled = true);
         c.wait_leader(1, Duration::from_secs(20)).await;
         for u in ["alice", "bob"] {
             c.create_user(1, u).await.unwrap();

@@ -66,7 +66,7 @@ pub fn account_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
     if let Some(e) = unknown_node(ctx, me, iq) {
         return e;
     }
-    let q = Element::new("query", ns::DISCO_INFO)
+    let mut q = Element::new("query", ns::DISCO_INFO)
         .with_child(
             Element::new("identity", ns::DISCO_INFO)
                 .with_attr("category", "account")
@@ -76,9 +76,13 @@ pub fn account_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
         .with_child(feature(ns::SID))
         .with_child(feature(ns::BLOCKING))
         // XEP-0357 §4: the account supports push notifications.
-        .with_child(feature(ns::PUSH))
-        .with_child(feature(ns::MAM))
-        .with_child(feature(ns::MAM_EXTENDED));
+        .with_child(feature(ns::PUSH));
+    // XEP-0313 only where archiving is on (`[archive] enabled`).
+    if ctx.router.archiver().is_some() {
+        q = q
+            .with_child(feature(ns::MAM))
+            .with_child(feature(ns::MAM_EXTENDED));
+    }
     Effects::write(iq_result(me, iq).with_child(q))
 }
 

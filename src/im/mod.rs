@@ -289,7 +289,9 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         ("blocklist" | "block" | "unblock", ns::BLOCKING, _) => blocking::handle(ctx, me, el).await,
         ("enable" | "disable", ns::PUSH, _) => push::handle(ctx, me, el).await,
         // XEP-0313: the account's own archive (no `to`, or its bare JID).
-        ("query" | "prefs", ns::MAM, _) if account => mam::handle(ctx, me, el).await,
+        ("query" | "prefs", ns::MAM, _) if account && ctx.router.archiver().is_some() => {
+            mam::handle(ctx, me, el).await
+        }
         // XEP-0092 asks the server (clients also send it without `to`).
         ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
         // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks
