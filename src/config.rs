@@ -78,6 +78,9 @@ pub struct Config {
     /// XEP-0313 message archive: retention, paging, batching.
     #[serde(default)]
     pub archive: ArchiveSection,
+    /// XEP-0045 multi-user chat: the service's address and its limits.
+    #[serde(default)]
+    pub muc: MucSection,
     /// Mutual TLS on the raft port (raft and mesh traffic between nodes).
     /// Default: unset, which is allowed only while `raft_addr` is loopback
     /// or `insecure_plaintext_cluster` is set.
@@ -179,6 +182,50 @@ impl ArchiveSection {
                 "must be \"always\", \"roster\" or \"never\"",
             )
         })
+    }
+}
+
+/// `[muc]`: the XEP-0045 multi-user chat service (`im::muc`). Every node
+/// of a cluster should use the same values (the proposing node's caps
+/// apply to each join and creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucSection {
+    /// Serve multi-user chat at all. Default: `true`.
+    pub enabled: bool,
+    /// The service's subdomain label: rooms are `room@<subdomain>.<domain>`.
+    /// Default: `"conference"`.
+    pub subdomain: String,
+    /// Rooms one user may have created (existing at once); one more is
+    /// answered with `resource-constraint`. Default: 10.
+    pub max_rooms_per_user: u32,
+    /// Occupants of one room at once; a room's own `max_occupants` may be
+    /// lower, never higher. Entering a full room is answered with
+    /// `service-unavailable` (XEP-0045 §7.2.10; owners and admins still
+    /// enter). Default: 200.
+    pub max_occupants: u32,
+    /// Messages of a room's history kept on each node for newcomers; a
+    /// room's `muc#maxhistoryfetch` may be lower. Default: 50.
+    pub max_history: u32,
+    /// Bytes of a nick; longer is answered with `not-acceptable`.
+    /// Default: 64.
+    pub max_nick_bytes: usize,
+    /// Bytes of a subject, a room name or description; longer is answered
+    /// with `policy-violation`. Default: 1024.
+    pub max_subject_bytes: usize,
+}
+
+impl Default for MucSection {
+    fn default() -> Self {
+        MucSection {
+            enabled: true,
+            subdomain: "conference".into(),
+            max_rooms_per_user: 10,
+            max_occupants: 200,
+            max_history: 50,
+            max_nick_bytes: 64,
+            max_subject_bytes: 1024,
+        }
     }
 }
 
@@ -778,6 +825,27 @@ impl Config {
                 "archive.default_page",
                 "must be at most archive.max_page",
             ));
+        }
+        let m = &self.muc;
+        if m.subdomain.is_empty()
+            || !m
+                .subdomain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(invalid(
+                "muc.subdomain",
+                "must be one DNS label (letters, digits, '-')",
+            ));
+        }
+        if m.max_occupants == 0 || m.max_rooms_per_user == 0 || m.max_nick_bytes == 0 {
+            return Err(invalid(
+                "muc.max_occupants",
+                "max_occupants, max_rooms_per_user and max_nick_bytes must be positive",
+            ));
+        }
+        if m.max_history > 1000 {
+            return Err(invalid("muc.max_history", "must be at most 1000"));
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {

@@ -103,6 +103,7 @@ pub fn plan(
                 ..XmppSection::default()
             },
             archive: Default::default(),
+            muc: Default::default(),
             cluster_tls: Some(tls),
             insecure_plaintext_cluster: false,
         })

@@ -9,6 +9,10 @@ pub use crate::archive::{
     ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchiveRetraction, ArchivedMessage,
 };
 use crate::credentials::Credentials;
+pub use crate::muc::{
+    Affiliation, AffiliationChange, AffiliationRecord, MucRefusal, Occupant, Role, Room,
+    RoomConfig, RoomInit, Subject,
+};
 use crate::types::NodeId;
 
 /// A change to the replicated state. JIDs arrive already normalized by the
@@ -212,6 +216,54 @@ pub enum Command {
     ArchiveTrim { limits: ArchiveLimits },
     /// XEP-0313 §6: replace `owner`'s archiving preferences.
     SetArchivePrefs { owner: String, prefs: ArchivePrefs },
+    /// XEP-0045 §7.2: `occupant` enters `room` as `nick`, creating the room
+    /// (its creator as owner) when it does not exist and `create` says
+    /// how. Refused ([`Response::MucRefused`]) for a taken nick, an
+    /// outcast, a non-member of a members-only room, a full room (cap:
+    /// the room's, at most `max_occupants`), a locked room not the
+    /// owner's, or a creator at `create.max_rooms`.
+    MucJoin {
+        room: String,
+        nick: String,
+        occupant: Occupant,
+        create: Option<RoomInit>,
+        max_occupants: u32,
+    },
+    /// XEP-0045 §7.14: the session `full` leaves `room` (a temporary room
+    /// left empty is destroyed).
+    MucLeave { room: String, full: String },
+    /// XEP-0045 §7.6: the session `full` takes `nick` in `room`.
+    MucNick {
+        room: String,
+        full: String,
+        nick: String,
+    },
+    /// XEP-0045 §8.2, §8.4, §9.6: the occupant `nick` gets `role`; `None`
+    /// removes it from the room (kicked).
+    MucSetRole {
+        room: String,
+        nick: String,
+        role: Option<Role>,
+    },
+    /// XEP-0045 §9, §10: affiliation changes (`none` removes a row); the
+    /// present occupants follow (outcasts out, roles reset).
+    MucSetAffiliations {
+        room: String,
+        changes: Vec<AffiliationChange>,
+    },
+    /// XEP-0045 §10.2: a new configuration; `unlock` opens a reserved room.
+    MucConfigure {
+        room: String,
+        config: RoomConfig,
+        unlock: bool,
+    },
+    /// XEP-0045 §8.1: the room's subject (empty text clears it).
+    MucSubject { room: String, subject: Subject },
+    /// XEP-0045 §10.9: the room and its affiliations go.
+    MucDestroy { room: String },
+    /// Occupants whose sessions were on `node` (dead, or restarted) leave
+    /// every room.
+    MucDropNode { node: NodeId },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -388,6 +440,17 @@ pub enum Response {
         removed: u32,
     },
     ArchivePrefsSet,
+    /// Result of [`Command::MucJoin`]: in the room with `role`.
+    MucJoined {
+        created: bool,
+        role: Role,
+    },
+    /// A room command refused, and why.
+    MucRefused {
+        reason: MucRefusal,
+    },
+    /// Any other room command applied (or nothing to do).
+    MucDone,
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,

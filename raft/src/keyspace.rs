@@ -192,6 +192,23 @@ pub const ARCHIVE_PREFS: TableSpec = TableSpec {
     value: "ArchivePrefs",
 };
 
+/// XEP-0045 rooms: definition, configuration, subject and present
+/// occupants (see [`crate::muc`]).
+pub const MUC_ROOMS: TableSpec = TableSpec {
+    prefix: b'M',
+    name: "muc_rooms",
+    key: "room bare JID",
+    value: "Room",
+};
+
+/// XEP-0045 affiliations of each room (no row: `none`).
+pub const MUC_AFFILIATIONS: TableSpec = TableSpec {
+    prefix: b'N',
+    name: "muc_affiliations",
+    key: "room bare JID \\0 user bare JID",
+    value: "AffiliationRecord",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -209,6 +226,8 @@ pub const TABLES: &[TableSpec] = &[
     ARCHIVE,
     ARCHIVE_IDS,
     ARCHIVE_PREFS,
+    MUC_ROOMS,
+    MUC_AFFILIATIONS,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

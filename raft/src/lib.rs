@@ -8,6 +8,8 @@
 //!   never XML.
 //! - [`archive`]: the XEP-0313 message archive as data: entries, preferences,
 //!   retention limits, and the pure paged query over one account's archive.
+//! - [`muc`]: XEP-0045 rooms as data: configuration, occupants,
+//!   affiliations and roles (what they allow is the server's).
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
 //! - [`state`]: the state machine's data (every table in memory), its
@@ -39,6 +41,7 @@ pub mod codec;
 pub mod command;
 pub mod credentials;
 pub mod keyspace;
+pub mod muc;
 pub mod network;
 mod proposal;
 pub mod state;

@@ -28,6 +28,7 @@ use crate::command::{
     FastClient, Invite, OfflineMessage, PushRegistration, RosterItem, SessionBinding, UserRecord,
 };
 use crate::keyspace::{self, TABLES};
+use crate::muc::{Affiliation, AffiliationRecord, Room};
 use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
 
@@ -61,6 +62,10 @@ pub struct StateData {
     pub archive_ids: Table<(String, String), u64>,
     /// XEP-0313 preferences per account.
     pub archive_prefs: Table<String, ArchivePrefs>,
+    /// XEP-0045 rooms by room bare JID.
+    pub muc_rooms: Table<String, Room>,
+    /// XEP-0045 affiliations: (room, user bare JID).
+    pub muc_affiliations: Table<(String, String), AffiliationRecord>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -85,6 +90,8 @@ impl Default for StateData {
             archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
             archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
             archive_prefs: Table::new(keyspace::ARCHIVE_PREFS.prefix),
+            muc_rooms: Table::new(keyspace::MUC_ROOMS.prefix),
+            muc_affiliations: Table::new(keyspace::MUC_AFFILIATIONS.prefix),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -162,6 +169,8 @@ impl StateData {
             &self.archive,
             &self.archive_ids,
             &self.archive_prefs,
+            &self.muc_rooms,
+            &self.muc_affiliations,
         ]
     }
 
@@ -182,6 +191,8 @@ impl StateData {
             &mut self.archive,
             &mut self.archive_ids,
             &mut self.archive_prefs,
+            &mut self.muc_rooms,
+            &mut self.muc_affiliations,
         ]
     }
 
@@ -233,6 +244,34 @@ impl StateData {
             .range(start..)
             .take_while(move |((o, _), _)| *o == owner)
             .map(|(_, r)| r)
+    }
+
+    /// `user`'s affiliation with `room` (XEP-0045 §5.2; no row: `none`).
+    pub fn muc_affiliation(&self, room: &str, user: &str) -> Affiliation {
+        self.muc_affiliations
+            .get(&(room.to_string(), user.to_string()))
+            .map_or(Affiliation::None, |a| a.affiliation)
+    }
+
+    /// The affiliation rows of `room`, in key order.
+    pub fn muc_affiliations_of<'a>(
+        &'a self,
+        room: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a AffiliationRecord)> + 'a {
+        let room = room.to_string();
+        self.muc_affiliations
+            .range((room.clone(), String::new())..)
+            .take_while(move |((r, _), _)| *r == room)
+            .map(|((_, j), a)| (j, a))
+    }
+
+    /// Number of rooms `user` created (a scan: rooms are few next to
+    /// messages, and this is read only when a room is created).
+    pub fn muc_rooms_of(&self, user: &str) -> u64 {
+        self.muc_rooms
+            .iter()
+            .filter(|(_, r)| r.creator == user)
+            .count() as u64
     }
 
     /// Number of `owner`'s push registrations.

@@ -86,12 +86,22 @@ pub fn account_info(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Effects {
     Effects::write(iq_result(me, iq).with_child(q))
 }
 
-/// disco#items: no items (no components yet).
-pub fn items(me: &Me<'_>, iq: &Element) -> Element {
+/// disco#items of the server: the multi-user chat service, if it is on
+/// (XEP-0045 §6.1: clients find it among the server's items); of an
+/// account or a node: none.
+pub fn items(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element, server: bool) -> Element {
     let node = iq
         .get_child("query", ns::DISCO_ITEMS)
         .and_then(|q| q.attr("node"));
-    iq_result(me, iq).with_child(Element::new("query", ns::DISCO_ITEMS).with_opt_attr("node", node))
+    let mut q = Element::new("query", ns::DISCO_ITEMS).with_opt_attr("node", node);
+    if let (true, None, Some(muc)) = (server, node, ctx.router.muc_domain()) {
+        q.push(
+            Element::new("item", ns::DISCO_ITEMS)
+                .with_attr("jid", muc)
+                .with_attr("name", "Chatrooms"),
+        );
+    }
+    iq_result(me, iq).with_child(q)
 }
 
 /// XEP-0092 software version (no OS: it helps attackers more than users).

@@ -12,6 +12,8 @@
 //! - [`register`]: XEP-0077 in-band registration, password change, removal.
 //! - [`mam`]: XEP-0313 queries of the account's message archive and its
 //!   preferences (what is archived: `router::archiver`).
+//! - [`muc`]: XEP-0045 multi-user chat, a service of its own on
+//!   `conference.<domain>` (the router hands it what is addressed there).
 //! - [`effect`]: what a handler asks of the session that sent the stanza.
 //!
 //! [`handle_stanza`] is the entry point for every stanza a client sends,
@@ -30,6 +32,7 @@ pub mod blocking;
 pub mod disco;
 pub mod effect;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod presence;
 pub mod push;
@@ -303,7 +306,7 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
                 disco::server_info(ctx, me, &el)
             }
         }
-        ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(me, &el)),
+        ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(ctx, me, &el, !account)),
         ("query", ns::REGISTER, _) => register::handle_authenticated(ctx, me, el).await,
         ("enable" | "disable", ns::CARBONS, "set") => {
             // XEP-0280 §4: enabling is per session, and other nodes need to

@@ -57,3 +57,18 @@ pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
 pub const RETRACT: &str = "urn:xmpp:message-retract:1";
 /// XEP-0059 Result Set Management.
 pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0045 multi-user chat and its sub-protocols.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// XEP-0421 anonymous unique occupant identifiers.
+pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+/// XEP-0425 moderated message retraction.
+pub const MODERATE: &str = "urn:xmpp:message-moderate:1";
+/// XEP-0249 direct MUC invitations.
+pub const CONFERENCE: &str = "jabber:x:conference";
+/// XEP-0410 MUC self-ping (an XEP-0199 ping to one's own occupant JID).
+pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";

@@ -110,6 +110,7 @@ pub fn node_config(
             ..XmppSection::default()
         },
         archive: Default::default(),
+        muc: Default::default(),
         cluster_tls: Some(cluster_tls_of(dir, id)),
         insecure_plaintext_cluster: false,
     }

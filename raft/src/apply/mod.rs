@@ -13,6 +13,8 @@
 //! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke;
 //! - `push`: XEP-0357 push registrations: enable, disable.
 //! - `archive`: XEP-0313 message archives: append a batch, trim, prefs.
+//! - `muc`: XEP-0045 rooms: join, leave, nick, role, affiliations,
+//!   configuration, subject, destroy, a dead node's occupants.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -24,6 +26,7 @@ mod archive;
 mod blocking;
 mod fast;
 mod invites;
+mod muc;
 mod offline;
 mod push;
 mod roster;
@@ -146,6 +149,27 @@ impl StateData {
                 max_registrations,
             } => push::enable(self, owner, registration, max_registrations),
             Command::DisablePush { owner, jid, node } => push::disable(self, owner, jid, node),
+            Command::MucJoin {
+                room,
+                nick,
+                occupant,
+                create,
+                max_occupants,
+            } => muc::join(self, room, nick, occupant, create, max_occupants),
+            Command::MucLeave { room, full } => muc::leave(self, room, full),
+            Command::MucNick { room, full, nick } => muc::nick(self, room, full, nick),
+            Command::MucSetRole { room, nick, role } => muc::set_role(self, room, nick, role),
+            Command::MucSetAffiliations { room, changes } => {
+                muc::set_affiliations(self, room, changes)
+            }
+            Command::MucConfigure {
+                room,
+                config,
+                unlock,
+            } => muc::configure(self, room, config, unlock),
+            Command::MucSubject { room, subject } => muc::subject(self, room, subject),
+            Command::MucDestroy { room } => muc::destroy(self, room),
+            Command::MucDropNode { node } => muc::drop_node(self, node),
             Command::ArchiveAppend {
                 entries,
                 retractions,
