@@ -90,13 +90,15 @@ pub(super) fn join(
     };
     let aff = data.muc_affiliation(&room, &joiner);
     if let Some(o) = r.occupants.get_mut(&nick) {
-        if o.full != occupant.full {
+        if bare(&o.full) != joiner {
             return refused(MucRefusal::NickTaken);
         }
-        // A retry, or the same session entering again (from another node
-        // after a resumption there: the row follows it).
+        // A retry, the same session entering again (from another node
+        // after a resumption there), or another session of the same user
+        // (reconnected after its node died): the nick follows the newest.
         let role = o.role;
-        if o.node != occupant.node {
+        if o.full != occupant.full || o.node != occupant.node {
+            o.full = occupant.full;
             o.node = occupant.node;
             data.muc_rooms.insert(room, r, &mut data.tracker);
         }
