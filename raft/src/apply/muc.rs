@@ -299,6 +299,8 @@ pub(super) fn subject(data: &mut StateData, room: String, subject: Subject) -> R
 /// [`crate::Command::MucDestroy`]: the room and its affiliations.
 pub(super) fn destroy(data: &mut StateData, room: String) -> Response {
     data.muc_rooms.remove(&room, &mut data.tracker);
+    // Its XEP-0313 archive goes with it.
+    super::archive::remove_all(data, &room);
     let keys: Vec<(String, String)> = data
         .muc_affiliations
         .range((room.clone(), String::new())..)

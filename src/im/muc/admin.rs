@@ -37,6 +37,9 @@ pub(super) async fn room_iq(svc: &Service, el: Element, to: Jid) {
             ("query", ns::MUC_ADMIN, "set") => {
                 admin_set(svc, &room_jid, &from, &child).await.map(|_| None)
             }
+            ("query", ns::MAM, _) => super::archive::query(svc, &el, &room_jid, &from, &child)
+                .await
+                .map(Some),
             ("moderate", ns::MODERATE, "set") => message::moderate(svc, &room_jid, &from, &child)
                 .await
                 .map(|_| None),

@@ -124,6 +124,9 @@ pub(super) fn room_info(svc: &Service, room_jid: &str) -> Result<Element, MucErr
     ] {
         q.push(feature(f));
     }
+    if svc.router.archiver().is_some() {
+        q.push(feature(ns::MAM));
+    }
     let field = |var: &str, v: String| {
         Element::new("field", ns::XDATA)
             .with_attr("var", var)

@@ -74,9 +74,10 @@ async fn to_room(svc: &Service, el: &Element, room_jid: &str) -> Result<(), MucE
     let id = random_id();
     out.push(
         Element::new("stanza-id", ns::SID)
-            .with_attr("id", id)
+            .with_attr("id", id.clone())
             .with_attr("by", room_jid),
     );
+    super::archive::archive(svc, room_jid, &nick, &id, &out);
     fan_out(svc, room_jid, out).await;
     Ok(())
 }
@@ -108,6 +109,7 @@ pub(super) fn deliver_here(svc: &Service, room_jid: &str, el: Element) {
         let cap = (room.config.max_history as usize).min(svc.limits.max_history as usize);
         svc.remember(
             room_jid,
+            &room.salt,
             HistoryItem {
                 el: el.clone(),
                 stamp_ms: now_ms(),

@@ -14,6 +14,7 @@
 //!   mediated invitations, XEP-0425 moderation (§7.4-§7.8, §8.1).
 //! - [`admin`]: roles and affiliations (§8, §9), the configuration form
 //!   and destruction (§10), their permission rules as pure functions.
+//! - [`archive`]: XEP-0313 on the room's JID, when the archive is on.
 //! - [`disco`]: disco#info/items of the service and its rooms (§6),
 //!   XEP-0410 self-ping.
 //!
@@ -50,6 +51,7 @@ use crate::xmpp::jid::Jid;
 use crate::xmpp::{Element, StanzaCondition, StanzaError};
 
 pub mod admin;
+pub mod archive;
 pub mod disco;
 pub mod message;
 pub mod presence;
@@ -141,6 +143,10 @@ impl From<MucRefusal> for MucError {
     }
 }
 
+/// Every this many messages remembered, the rings of rooms that are gone
+/// are dropped.
+const SWEEP_EVERY: u64 = 1024;
+
 /// One message of a room's history, as it was broadcast (no `to`).
 #[derive(Debug, Clone)]
 pub struct HistoryItem {
@@ -154,8 +160,13 @@ pub struct HistoryItem {
 pub struct Service {
     pub(crate) router: Router,
     pub(crate) limits: MucSection,
-    /// Each room's last messages, as this node saw them.
-    history: Mutex<HashMap<String, VecDeque<HistoryItem>>>,
+    /// Each room's last messages, as this node saw them, with the salt of
+    /// the room they belong to: a room destroyed and made again under the
+    /// same name (a new salt) does not inherit the old one's history.
+    history: Mutex<HashMap<String, (String, VecDeque<HistoryItem>)>>,
+    /// Messages remembered, to sweep the rings of rooms that are gone now
+    /// and then.
+    remembered: std::sync::atomic::AtomicU64,
 }
 
 impl Service {
@@ -164,6 +175,7 @@ impl Service {
             router,
             limits,
             history: Mutex::new(HashMap::new()),
+            remembered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -215,28 +227,55 @@ impl Service {
     }
 
     /// Appends a broadcast message to `room`'s history here (bounded).
-    pub(crate) fn remember(&self, room: &str, item: HistoryItem, cap: usize) {
+    pub(crate) fn remember(&self, room: &str, salt: &str, item: HistoryItem, cap: usize) {
+        let n = self
+            .remembered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep();
+        }
         let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let ring = h.entry(room.to_string()).or_default();
+        let (s, ring) = h.entry(room.to_string()).or_default();
+        if s != salt {
+            *s = salt.to_string();
+            ring.clear();
+        }
         ring.push_back(item);
         while ring.len() > cap {
             ring.pop_front();
         }
     }
 
+    /// Drops the rings of rooms that no longer exist (destroyed on
+    /// another node, or emptied there).
+    fn sweep(&self) {
+        let live: std::collections::HashSet<(String, String)> = {
+            let state = self.router.cluster().state().read();
+            state
+                .data
+                .muc_rooms
+                .iter()
+                .map(|(k, r)| (k.clone(), r.salt.clone()))
+                .collect()
+        };
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.retain(|room, (salt, _)| live.contains(&(room.clone(), salt.clone())));
+    }
+
     /// Drops message `id` from `room`'s history here (XEP-0425).
     pub(crate) fn forget(&self, room: &str, id: &str) {
         let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ring) = h.get_mut(room) {
+        if let Some((_, ring)) = h.get_mut(room) {
             ring.retain(|i| i.id != id);
         }
     }
 
     /// `room`'s history here, oldest first.
-    pub(crate) fn history_of(&self, room: &str) -> Vec<HistoryItem> {
+    pub(crate) fn history_of(&self, room: &str, salt: &str) -> Vec<HistoryItem> {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         h.get(room)
-            .map(|r| r.iter().cloned().collect())
+            .filter(|(s, _)| s == salt)
+            .map(|(_, r)| r.iter().cloned().collect())
             .unwrap_or_default()
     }
 

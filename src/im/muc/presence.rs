@@ -116,7 +116,7 @@ async fn available(
         ..Default::default()
     };
     broadcast_occupant(svc, room_jid, nick, &facts, None).await;
-    let history = svc.history_of(room_jid);
+    let history = svc.history_of(room_jid, &room.salt);
     let cap = room.config.max_history as usize;
     let request = muc_x.and_then(|x| x.get_child("history", ns::MUC));
     for item in stanzas::select_history(&history, request, cap, now_ms()) {
