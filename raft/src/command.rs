@@ -228,6 +228,10 @@ pub enum Command {
         occupant: Occupant,
         create: Option<RoomInit>,
         max_occupants: u32,
+        /// The password the joiner gave, checked here against the room's
+        /// (so a password set on another node a moment ago holds).
+        #[serde(default)]
+        password: Option<String>,
     },
     /// XEP-0045 §7.14: the session `full` leaves `room` (a temporary room
     /// left empty is destroyed).

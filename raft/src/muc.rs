@@ -135,6 +135,11 @@ pub struct Occupant {
     pub node: NodeId,
     pub role: Role,
     pub joined_ms: u64,
+    /// What its presence says (`<show/>`, `<status/>`, caps), serialized:
+    /// newcomers get it with the occupant's presence (§7.2.3). Bounded by
+    /// the proposer.
+    #[serde(default)]
+    pub presence: String,
 }
 
 /// One room: definition, configuration, subject and present occupants.
@@ -203,6 +208,9 @@ pub enum MucRefusal {
     TooManyRooms,
     /// The occupant is not present (a nick change or role change).
     NotPresent,
+    /// A password-protected room, no or the wrong password (§7.2.5
+    /// `not-authorized`).
+    Password,
 }
 
 /// One affiliation change of a [`crate::Command::MucSetAffiliations`].

@@ -724,6 +724,11 @@ fn muc_script() -> Vec<Command> {
         node,
         role: Role::Participant,
         joined_ms: 9,
+        presence: if node == 2 {
+            "<presence xmlns='jabber:client'><show>away</show></presence>".into()
+        } else {
+            String::new()
+        },
     };
     let init = || RoomInit {
         config: RoomConfig::default(),
@@ -737,6 +742,7 @@ fn muc_script() -> Vec<Command> {
         occupant: occ(full, node),
         create: create.then(init),
         max_occupants: 3,
+        password: None,
     };
     let aff = |jid: &str, a: Affiliation| Command::MucSetAffiliations {
         room: "r@c.x".into(),
@@ -805,7 +811,7 @@ fn muc_script() -> Vec<Command> {
 
 const MUC_DIGEST: &str = "f029dd1b8df7b57b2d285b0b75d3384c";
 const MUC_RESPONSES: &str = "4fbf45a24b2c406e970b1e0b4154faf8d716ddf043fdd885238fdae4d25e9c00";
-const MUC_WRITES: &str = "aabd4a9d4382c997d2634ad062ba361e1a2f70215fc0033af37310fb384a13ca";
+const MUC_WRITES: &str = "c5d2cab8cff1e9c23ff9ee5a4ffc8816ccccef06c9fd203d7d213a44806918d2";
 const MUC_SNAPSHOT: &str = "b9ede1093bd34056db49b67f669700f2889916f0f4652200509394517caef7f1";
 
 #[test]

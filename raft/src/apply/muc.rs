@@ -56,6 +56,7 @@ pub(super) fn join(
     mut occupant: Occupant,
     create: Option<RoomInit>,
     max_occupants: u32,
+    password: Option<String>,
 ) -> Response {
     let joiner = bare(&occupant.full).to_string();
     let mut created = false;
@@ -97,9 +98,10 @@ pub(super) fn join(
         // after a resumption there), or another session of the same user
         // (reconnected after its node died): the nick follows the newest.
         let role = o.role;
-        if o.full != occupant.full || o.node != occupant.node {
+        if o.full != occupant.full || o.node != occupant.node || o.presence != occupant.presence {
             o.full = occupant.full;
             o.node = occupant.node;
+            o.presence = occupant.presence;
             data.muc_rooms.insert(room, r, &mut data.tracker);
         }
         return Response::MucJoined {
@@ -109,6 +111,10 @@ pub(super) fn join(
     }
     if aff == Affiliation::Outcast {
         return refused(MucRefusal::Banned);
+    }
+    // §7.2.5 (owners too: the XEP makes no exception).
+    if r.config.password.is_some() && r.config.password != password {
+        return refused(MucRefusal::Password);
     }
     if r.locked && aff != Affiliation::Owner {
         return refused(MucRefusal::NoRoom);
@@ -344,6 +350,7 @@ mod tests {
             node,
             role: Role::Participant,
             joined_ms: 1,
+            presence: String::new(),
         }
     }
 
@@ -359,6 +366,7 @@ mod tests {
                 max_rooms: 1,
             }),
             max_occupants: 2,
+            password: None,
         })
     }
 
@@ -415,6 +423,7 @@ mod tests {
                 max_rooms: 1,
             }),
             max_occupants: 2,
+            password: None,
         });
         assert_eq!(
             other,

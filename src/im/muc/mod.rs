@@ -139,6 +139,7 @@ impl From<MucRefusal> for MucError {
             MucRefusal::Full => MucError::Full,
             MucRefusal::TooManyRooms => MucError::TooManyRooms,
             MucRefusal::NotPresent => MucError::NotOccupant,
+            MucRefusal::Password => MucError::Password,
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::clock::now_ms;
 use crate::xmpp::jid::{bare_of, Jid};
 use crate::xmpp::{ns, Element};
 
+/// Most bytes of an occupant's presence the room keeps.
+const PRESENCE_BYTES: usize = 1024;
+
 pub(super) async fn handle(svc: &Service, el: Element, to: Jid) {
     let room_jid = to.to_bare().to_string();
     let from = el.attr("from").unwrap_or_default().to_string();
@@ -47,7 +50,29 @@ async fn available(
     if let Some(r) = &room {
         match r.nick_of(from) {
             Some(n) if n == nick => {
-                // §7.7: a presence update, to everyone.
+                // §7.7: a presence update, kept (for newcomers) and sent
+                // to everyone.
+                let kept = stanzas::kept_presence(el, PRESENCE_BYTES);
+                let same = r.occupants.get(nick).is_some_and(|o| o.presence == kept);
+                if !same {
+                    let o = &r.occupants[nick];
+                    let cmd = Command::MucJoin {
+                        room: room_jid.to_string(),
+                        nick: nick.to_string(),
+                        occupant: Occupant {
+                            presence: kept,
+                            ..o.clone()
+                        },
+                        create: None,
+                        max_occupants: svc.limits.max_occupants,
+                        password: None,
+                    };
+                    match svc.propose(cmd).await? {
+                        Response::MucJoined { .. } => {}
+                        Response::MucRefused { reason } => return Err(reason.into()),
+                        _ => return Err(MucError::Unavailable),
+                    }
+                }
                 broadcast_occupant(svc, room_jid, nick, &PresenceFacts::default(), None).await;
                 return Ok(());
             }
@@ -56,15 +81,10 @@ async fn available(
         }
     }
     let muc_x = el.get_child("x", ns::MUC);
-    if let Some(r) = &room {
-        // §7.2.5: a password-protected room.
-        if let Some(pw) = &r.config.password {
-            let given = muc_x.and_then(|x| x.get_child("password", ns::MUC));
-            if given.map(|p| p.text()) != Some(pw.clone()) {
-                return Err(MucError::Password);
-            }
-        }
-    }
+    // §7.2.5: checked where the join is applied.
+    let password = muc_x
+        .and_then(|x| x.get_child("password", ns::MUC))
+        .map(|p| p.text());
     let create = room.is_none().then(|| RoomInit {
         config: RoomConfig {
             max_history: svc
@@ -87,9 +107,11 @@ async fn available(
             node: svc.router.node(),
             role: Role::Participant,
             joined_ms: now_ms(),
+            presence: stanzas::kept_presence(el, PRESENCE_BYTES),
         },
         create,
         max_occupants: svc.limits.max_occupants,
+        password,
     };
     let created = match svc.propose(cmd).await? {
         Response::MucJoined { created, .. } => created,

@@ -24,6 +24,37 @@ pub const MEMBERS_ONLY: u16 = 322;
 /// The occupant's session ended without it leaving (its node died).
 pub const TECHNICAL: u16 = 333;
 
+/// What of an occupant's presence the room keeps and shows (§7.2.3: the
+/// service reflects the occupant's availability and status): `<show/>`,
+/// `<status/>`, XEP-0115 caps and the XEP-0153 avatar hash, at most
+/// `max_bytes` serialized (longer: kept without the status text).
+pub fn kept_presence(el: &Element, max_bytes: usize) -> String {
+    let mut p = Element::new("presence", ns::CLIENT);
+    for c in el.children() {
+        let keep = c.is("show", ns::CLIENT)
+            || c.is("status", ns::CLIENT)
+            || c.is("c", "http://jabber.org/protocol/caps")
+            || c.is("x", "vcard-temp:x:update");
+        if keep {
+            p.push(c.clone());
+        }
+    }
+    if p.children().next().is_none() {
+        return String::new();
+    }
+    let xml = p.to_standalone_xml();
+    if xml.len() <= max_bytes {
+        return xml;
+    }
+    p.remove_children(|c| c.is("status", ns::CLIENT));
+    let xml = p.to_standalone_xml();
+    if xml.len() <= max_bytes {
+        xml
+    } else {
+        String::new()
+    }
+}
+
 /// XEP-0421 §3: an id stable for one user in one room, not revealing the
 /// user's JID (the room's random salt is in the hash).
 pub fn occupant_id(room: &Room, full: &str) -> String {
@@ -109,6 +140,12 @@ pub fn occupant_presence(
         .with_attr("to", to);
     if facts.unavailable {
         p.set_attr("type", "unavailable");
+    } else if !o.presence.is_empty() {
+        if let Ok(stored) = crate::xmpp::parse_stanza(&o.presence) {
+            for c in stored.children() {
+                p.push(c.clone());
+            }
+        }
     }
     p.push(x);
     p.push(occupant_id_el(room, &o.full));
@@ -207,6 +244,7 @@ mod tests {
                     node: 1,
                     role,
                     joined_ms: 0,
+                    presence: String::new(),
                 },
             );
         }
