@@ -260,6 +260,19 @@ fn a_room_works_across_nodes() {
             .await;
         assert_eq!(inv.attr("from"), Some(ROOM));
         assert!(inv.to_string().contains("alice@localhost"), "{inv}");
+        // XEP-0249: a direct invitation is a message between users.
+        alice
+            .send(&format!(
+                "<message to='erin@localhost' id='di1'><x xmlns='jabber:x:conference' jid='{ROOM}' reason='come'/></message>"
+            ))
+            .await;
+        let direct = erin
+            .expect("direct invitation", |e| e.get_child("x", "jabber:x:conference").is_some())
+            .await;
+        assert_eq!(
+            direct.get_child("x", "jabber:x:conference").and_then(|x| x.attr("jid")),
+            Some(ROOM)
+        );
 
         // §8.2: a kick (carol, node 3) and §9.1: a ban (dave, node 1).
         let r = iq(
