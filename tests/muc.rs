@@ -379,6 +379,14 @@ fn limits_are_enforced() {
         let long = "n".repeat(65);
         let e = enter(&mut carol, "third@conference.localhost", &long, "").await;
         assert_eq!(stanza_error(&e).as_deref(), Some("policy-violation"), "{e}");
+        // §7.2.1: no nick.
+        carol.send(&format!("<presence to='{ROOM}'/>")).await;
+        let e = carol
+            .expect("no nick", |e| {
+                e.attr("from") == Some(ROOM) && e.attr("type") == Some("error")
+            })
+            .await;
+        assert_eq!(stanza_error(&e).as_deref(), Some("jid-malformed"), "{e}");
         // Leaving frees a place (and a temporary room goes with its last
         // occupant).
         bob.send(&format!("<presence to='{ROOM}/bob' type='unavailable'/>"))

@@ -83,6 +83,8 @@ pub enum MucError {
     NotAllowed,
     #[error("bad request")]
     BadRequest,
+    #[error("no nick")]
+    NoNick,
     #[error("too long")]
     TooLong,
     #[error("the cluster did not answer")]
@@ -120,6 +122,9 @@ impl MucError {
             // §8.2, §9.x: acting on an occupant of higher standing.
             MucError::NotAllowed => StanzaError::new(C::NotAllowed),
             MucError::BadRequest => StanzaError::new(C::BadRequest),
+            // §7.2.1: "If the user does not specify a room nickname ... the
+            // service MUST return a <jid-malformed/> error".
+            MucError::NoNick => StanzaError::new(C::JidMalformed).of_type("modify"),
             MucError::TooLong => StanzaError::new(C::PolicyViolation).of_type("modify"),
             MucError::Unavailable => StanzaError::new(C::RemoteServerTimeout).of_type("wait"),
             MucError::Unsupported => StanzaError::new(C::FeatureNotImplemented),

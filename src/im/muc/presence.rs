@@ -21,7 +21,7 @@ pub(super) async fn handle(svc: &Service, el: Element, to: Jid) {
     let Some(nick) = to.resource().map(|r| r.as_str().to_string()) else {
         // §7.2.1: entering needs a nick.
         if el.attr("type").is_none() {
-            svc.refuse(&el, MucError::BadRequest).await;
+            svc.refuse(&el, MucError::NoNick).await;
         }
         return;
     };
