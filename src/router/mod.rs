@@ -168,10 +168,10 @@ struct Inner {
 pub trait MucHost: Send + Sync {
     /// A stanza a local client sent to the service or one of its rooms
     /// (its `from` stamped by the session).
-    async fn from_client(&self, el: Element);
+    async fn client_stanza(&self, el: Element);
     /// A room's broadcast a peer fanned out to this node's occupants
     /// (`room`: the room's bare JID).
-    async fn from_peer(&self, room: &str, el: Element);
+    async fn peer_fanout(&self, room: &str, el: Element);
     /// The local session `full` ended: it leaves every room.
     async fn session_ended(&self, full: &str);
     /// This node, as leader, dropped the bindings of dead node `node`: its

@@ -65,7 +65,7 @@ impl Router {
             // The chat service answers for its rooms; a stanza routed
             // again (`avoid`) came back from an occupant, never to a room.
             if avoid.is_none() {
-                muc.from_client(el).await;
+                muc.client_stanza(el).await;
             }
             return none;
         }
@@ -449,7 +449,7 @@ impl Router {
                     .unwrap_or_default()
                     .as_str(),
             ) {
-                muc.from_peer(full, el).await;
+                muc.peer_fanout(full, el).await;
                 return;
             }
         }

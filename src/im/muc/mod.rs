@@ -300,10 +300,8 @@ impl Service {
         }
         match (el.name(), to.node().is_some()) {
             ("iq", false) => disco::service_iq(self, el).await,
-            ("message", false) => {
-                if el.attr("type") != Some("error") {
-                    self.refuse(&el, MucError::ServiceUnavailable).await;
-                }
+            ("message", false) if el.attr("type") != Some("error") => {
+                self.refuse(&el, MucError::ServiceUnavailable).await;
             }
             ("presence", false) => {}
             ("presence", true) => presence::handle(self, el, to).await,
@@ -316,11 +314,11 @@ impl Service {
 
 #[tonic::async_trait]
 impl MucHost for Service {
-    async fn from_client(&self, el: Element) {
+    async fn client_stanza(&self, el: Element) {
         self.dispatch(el).await
     }
 
-    async fn from_peer(&self, room: &str, el: Element) {
+    async fn peer_fanout(&self, room: &str, el: Element) {
         message::deliver_here(self, room, el);
     }
 
