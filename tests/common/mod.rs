@@ -112,6 +112,7 @@ pub fn node_config(
         archive: Default::default(),
         cluster_tls: Some(cluster_tls_of(dir, id)),
         insecure_plaintext_cluster: false,
+        http: Default::default(),
     }
 }
 
