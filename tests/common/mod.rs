@@ -12,6 +12,7 @@ use starling::config::{Config, Member, RaftSection, XmppSection};
 use starling_proto::admin::*;
 
 pub mod tls;
+pub mod ws;
 pub mod xmpp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
