@@ -43,6 +43,21 @@ const browser = await chromium.launch({
 });
 
 const T = 30000;
+
+// page.evaluate, again after a navigation (Converse's router may replace
+// the document while a chat opens).
+async function ev(page, fn, arg) {
+  for (let i = 0; ; i++) {
+    try {
+      return await page.evaluate(fn, arg);
+    } catch (e) {
+      if (i >= 5 || !String(e).includes('Execution context was destroyed')) throw e;
+      out({ note: 'navigation during evaluate; again' });
+      await page.waitForLoadState();
+      await page.waitForFunction(() => window.capi && window.capi.connection.connected(), null, { timeout: T });
+    }
+  }
+}
 async function open(who, ws) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 750 } });
   const page = await context.newPage();
@@ -58,25 +73,45 @@ async function open(who, ws) {
 }
 
 async function send(page, to, text) {
-  await page.evaluate((to) => window.capi.chats.open(to, {}, true), to);
+  await ev(page, (to) => window.capi.chats.open(to, {}, true), to);
   const area = page.locator(`converse-chat[jid="${to}"] textarea.chat-textarea, .chatbox[jid="${to}"] textarea.chat-textarea`).first();
   await area.waitFor({ timeout: T });
   await area.fill(text);
   await area.press('Enter');
 }
 
-async function seen(page, text) {
+// A message with `text` in the chat with `jid`, in Converse's model (the
+// rendered list may be virtualised) and then on screen.
+async function seen(page, jid, text) {
+  await ev(page, (jid) => window.capi.chats.open(jid, {}, true), jid);
+  await page.waitForFunction(([jid, t]) => {
+    const box = window.cconv.state.chatboxes.get(jid);
+    return box && box.messages && box.messages.models.some((m) => (m.get('body') || '').includes(t));
+  }, [jid, text], { timeout: T });
   await page.waitForFunction((t) => [...document.querySelectorAll('.chat-msg__text')]
     .some((e) => e.textContent.includes(t)), text, { timeout: T });
 }
 
+async function dump(who, page) {
+  try {
+    out({ who, dump: await page.evaluate(() => ({
+      boxes: window.cconv.state.chatboxes.map((b) => ({ id: b.get('id'),
+        messages: (b.messages ? b.messages.map((m) => m.get('body')) : []) })),
+      texts: [...document.querySelectorAll('.chat-msg__text')].map((e) => e.textContent),
+    })) });
+    await page.screenshot({ path: `${env.SHOT}.${who}-failed.png`, fullPage: true });
+  } catch (e) { out({ who, dumpError: String(e) }); }
+}
+
+const pages = {};
 try {
   const alice = await open('alice', env.WS1);
   const bob = await open('bob', env.WS2);
+  pages.alice = alice.page; pages.bob = bob.page;
 
   // Each adds the other (roster set + subscribe); auto_subscribe approves.
-  await alice.page.evaluate(() => window.capi.contacts.add('bob@localhost', 'Bob'));
-  await bob.page.evaluate(() => window.capi.contacts.add('alice@localhost', 'Alice'));
+  await alice.page.evaluate(() => window.capi.contacts.add({ jid: 'bob@localhost', name: 'Bob' }));
+  await bob.page.evaluate(() => window.capi.contacts.add({ jid: 'alice@localhost', name: 'Alice' }));
   const both = async (page, jid) => page.waitForFunction((jid) => {
     const c = window.cconv.state?.roster?.get(jid) ?? window.cconv.roster?.get(jid);
     return c && c.get('subscription') === 'both';
@@ -86,19 +121,19 @@ try {
   out({ step: 'subscribed', both: true });
 
   await send(alice.page, 'bob@localhost', 'Hello Bob, from Alice on node 1');
-  await seen(bob.page, 'Hello Bob, from Alice on node 1');
+  await seen(bob.page, 'alice@localhost', 'Hello Bob, from Alice on node 1');
   out({ step: 'bob-got', text: 'Hello Bob, from Alice on node 1' });
   await send(bob.page, 'alice@localhost', 'Hi Alice, Bob here on node 2');
-  await seen(alice.page, 'Hi Alice, Bob here on node 2');
+  await seen(alice.page, 'bob@localhost', 'Hi Alice, Bob here on node 2');
   out({ step: 'alice-got', text: 'Hi Alice, Bob here on node 2' });
 
   // Alice reloads in a fresh browser context (no local cache, as a new
   // device): the history can only come from the server's archive.
   await alice.context.close();
   const again = await open('alice', env.WS2);
-  await again.page.evaluate(() => window.capi.chats.open('bob@localhost', {}, true));
-  await seen(again.page, 'Hello Bob, from Alice on node 1');
-  await seen(again.page, 'Hi Alice, Bob here on node 2');
+  pages.alice = again.page;
+  await seen(again.page, 'bob@localhost', 'Hello Bob, from Alice on node 1');
+  await seen(again.page, 'bob@localhost', 'Hi Alice, Bob here on node 2');
   out({ step: 'history', texts: await again.page.evaluate(() =>
     [...document.querySelectorAll('.chat-msg__text')].map((e) => e.textContent.trim())) });
   await again.page.screenshot({ path: env.SHOT, fullPage: true });
@@ -106,6 +141,7 @@ try {
   out({ step: 'done' });
 } catch (e) {
   out({ error: String(e && e.stack || e) });
+  for (const [who, page] of Object.entries(pages)) await dump(who, page);
   process.exitCode = 1;
 } finally {
   await browser.close();
