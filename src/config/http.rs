@@ -37,9 +37,9 @@ pub struct HttpSection {
     /// so a web client can fail over. Default: empty, which lists this
     /// node's own endpoint as the request reached it (its `Host` header).
     pub websocket_urls: Vec<String>,
-    /// Most HTTP connections open at once (WebSocket sessions included;
-    /// those also count against `[xmpp]`'s connection limits). Default:
-    /// 10000.
+    /// Most HTTP connections open at once, not counting those upgraded to
+    /// WebSocket (which count against `[xmpp]`'s connection limits, as
+    /// TCP clients do). Default: 10000.
     pub max_connections: usize,
     /// Time a client has to send a request's headers, on a new or an idle
     /// kept-alive connection. Seconds. Default: 10.
