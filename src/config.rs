@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod http;
+pub use http::HttpSection;
+
 /// A configuration problem, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -81,6 +84,10 @@ pub struct Config {
     /// XEP-0045 multi-user chat: the service's address and its limits.
     #[serde(default)]
     pub muc: MucSection,
+    /// The HTTP listener: XMPP over WebSocket (RFC 7395), XEP-0156
+    /// discovery, health. Default: off.
+    #[serde(default)]
+    pub http: HttpSection,
     /// Mutual TLS on the raft port (raft and mesh traffic between nodes).
     /// Default: unset, which is allowed only while `raft_addr` is loopback
     /// or `insecure_plaintext_cluster` is set.
@@ -746,6 +753,9 @@ impl Config {
                 ));
             }
         }
+        let mut listening = vec![self.raft_addr, self.admin_addr, x.client_addr];
+        listening.extend(x.direct_tls_addr);
+        self.http.validate(&listening)?;
         if x.tls_cert.is_some() != x.tls_key.is_some() {
             return Err(invalid(
                 "xmpp.tls_cert",
