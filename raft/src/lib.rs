@@ -8,6 +8,8 @@
 //!   never XML.
 //! - [`archive`]: the XEP-0313 message archive as data: entries, preferences,
 //!   retention limits, and the pure paged query over one account's archive.
+//! - [`pep`]: XEP-0163 PEP nodes and items, XEP-0115 caps, vCards and private
+//!   XML as data (payloads opaque XML strings).
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
 //! - [`state`]: the state machine's data (every table in memory), its
@@ -40,6 +42,7 @@ pub mod command;
 pub mod credentials;
 pub mod keyspace;
 pub mod network;
+pub mod pep;
 mod proposal;
 pub mod state;
 pub mod store;
