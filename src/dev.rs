@@ -103,6 +103,8 @@ pub fn plan(
                 ..XmppSection::default()
             },
             archive: Default::default(),
+            pep: Default::default(),
+            server_info: Default::default(),
             cluster_tls: Some(tls),
             insecure_plaintext_cluster: false,
         })

@@ -231,6 +231,15 @@ pub enum Command {
         require: Option<PepNodeConfig>,
         limits: PepLimits,
     },
+    /// XEP-0060 §8.1: create `owner`'s node `node` with `config`, empty;
+    /// [`Response::PepNodeExists`] if it exists.
+    PepCreate {
+        owner: String,
+        node: String,
+        config: PepNodeConfig,
+        created_ms: u64,
+        limits: PepLimits,
+    },
     /// XEP-0060 §7.2: remove item `item_id` from `owner`'s node `node`.
     PepRetract {
         owner: String,
@@ -462,6 +471,8 @@ pub enum Response {
     PepPreconditionNotMet,
     /// The node does not exist.
     PepNoSuchNode,
+    /// Result of [`Command::PepCreate`]: the node exists already.
+    PepNodeExists,
     /// Result of [`Command::PepRetract`].
     PepRetracted { existed: bool },
     /// Result of [`Command::PepDeleteNode`]: the ids of its items.

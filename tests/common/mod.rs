@@ -110,6 +110,8 @@ pub fn node_config(
             ..XmppSection::default()
         },
         archive: Default::default(),
+        pep: Default::default(),
+        server_info: Default::default(),
         cluster_tls: Some(cluster_tls_of(dir, id)),
         insecure_plaintext_cluster: false,
     }

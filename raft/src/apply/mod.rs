@@ -165,6 +165,13 @@ impl StateData {
                 require,
                 limits,
             } => pep::publish(self, owner, node, item_id, item, create, require, limits),
+            Command::PepCreate {
+                owner,
+                node,
+                config,
+                created_ms,
+                limits,
+            } => pep::create(self, owner, node, config, created_ms, limits),
             Command::PepRetract {
                 owner,
                 node,

@@ -75,6 +75,40 @@ pub(super) fn publish(
     Response::PepPublished { created, evicted }
 }
 
+/// [`crate::Command::PepCreate`].
+pub(super) fn create(
+    data: &mut StateData,
+    owner: String,
+    node: String,
+    config: PepNodeConfig,
+    created_ms: u64,
+    limits: PepLimits,
+) -> Response {
+    if data.users.get(&owner).is_none() {
+        return Response::NoSuchUser;
+    }
+    let key = (owner.clone(), node);
+    if data.pep_nodes.get(&key).is_some() {
+        return Response::PepNodeExists;
+    }
+    if data.pep_nodes.of_owner(&owner) >= u64::from(limits.max_nodes) {
+        return Response::OverBudget {
+            budget: Budget::PepNodes,
+            cap: u64::from(limits.max_nodes),
+        };
+    }
+    let n = PepNode {
+        config: capped(config, &limits),
+        next_seq: 0,
+        created_ms,
+    };
+    data.pep_nodes.insert(key, n, &mut data.tracker);
+    Response::PepPublished {
+        created: true,
+        evicted: Vec::new(),
+    }
+}
+
 /// Drops the oldest items of a node beyond `max`; their ids.
 fn trim(data: &mut StateData, owner: &str, node: &str, max: usize) -> Vec<String> {
     let items: Vec<String> = data
