@@ -330,7 +330,7 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                         )
                     }
                 }
-                Some(("vCard", ns::VCARD)) if ty == "get" => vcard::get_other(ctx, me, &el, &bare),
+                Some(("vCard", ns::VCARD)) if ty == "get" => vcard::get_other(ctx, me, &el, &bare).await,
                 Some(("ping", ns::PING)) if ty == "get" => Effects::write(iq_result(me, &el)),
                 _ => error_reply(
                     ctx.domain,

@@ -53,6 +53,7 @@ async fn run(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Result<Effects, Stanza
                 "one namespace per get",
             ));
         }
+        super::pep::read_index(ctx).await.map_err(|e| e.stanza())?;
         let key = private_key(first.name(), first.ns());
         let stored = {
             let state = ctx.cluster.state().read();

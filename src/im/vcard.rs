@@ -29,6 +29,9 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, iq: Element) -> Effects {
         return Effects::none();
     };
     if iq.attr("type") == Some("get") {
+        if let Err(e) = super::pep::read_index(ctx).await {
+            return error_reply(ctx.domain, me, &iq, e.stanza());
+        }
         return Effects::write(reply(me, &iq, stored(ctx, me.bare.as_str())));
     }
     let xml = vcard.to_standalone_xml();
@@ -62,8 +65,12 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, iq: Element) -> Effects {
     }
 }
 
-/// Another (existing) account's vCard (§3.3).
-pub fn get_other(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element, owner: &BareJid) -> Effects {
+/// Another (existing) account's vCard (§3.3), after a read index (a
+/// vCard set a moment ago on another node is seen).
+pub async fn get_other(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element, owner: &BareJid) -> Effects {
+    if let Err(e) = super::pep::read_index(ctx).await {
+        return error_reply(ctx.domain, me, iq, e.stanza());
+    }
     let mut r = reply(me, iq, stored(ctx, owner.as_str()));
     r.set_attr("from", owner.to_string());
     Effects::write(r)

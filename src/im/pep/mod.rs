@@ -65,6 +65,8 @@ pub enum PepError {
     Budget { what: &'static str, cap: u64 },
     #[error("the node exists")]
     NodeExists,
+    #[error("no quorum in reach: try again")]
+    NoQuorum,
     #[error("not committed")]
     Internal,
     #[error("outcome unknown")]
@@ -110,6 +112,7 @@ impl PepError {
             PepError::Budget { .. } => StanzaError::with_text(C::ResourceConstraint, text),
             // §8.1.3: a node that exists already.
             PepError::NodeExists => StanzaError::with_text(C::Conflict, text),
+            PepError::NoQuorum => StanzaError::with_text(C::RemoteServerTimeout, text),
             PepError::Internal => StanzaError::new(C::InternalServerError),
             PepError::Unknown => StanzaError::with_text(
                 C::RemoteServerTimeout,
@@ -145,6 +148,38 @@ pub async fn commit(ctx: &Ctx<'_>, cmd: Command) -> Result<Response, PepError> {
     Err(PepError::Unknown)
 }
 
+/// Confirms a raft read index before a read, as XEP-0313 queries do
+/// (`im::mam`): whatever was acknowledged anywhere before the read began
+/// is in this node's state when it answers (an item published and
+/// acknowledged on another node a moment ago, or one whose node died
+/// right after).
+pub async fn read_index(ctx: &Ctx<'_>) -> Result<(), PepError> {
+    // A leader that just died is replaced within an election: the read
+    // waits for that (up to 5 s) rather than failing at once.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = tokio::time::timeout(
+            left,
+            ctx.cluster
+                .propose(starling_raft::cluster::Proposal::ReadIndex),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "PEP read: no read index yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "PEP read: no read index");
+                return Err(PepError::NoQuorum);
+            }
+            Err(_) => return Err(PepError::NoQuorum),
+        }
+    }
+}
+
 /// A `<pubsub/>` or `<pubsub xmlns='…#owner'/>` iq addressed to `owner`'s
 /// bare JID (the user's own, or another account's: only reads are open to
 /// others).
@@ -168,7 +203,10 @@ async fn dispatch(
     let op = ops.next().ok_or(PepError::BadRequest("no pubsub operation"))?;
     let options = ops.find(|c| c.name() == "publish-options");
     match (pubsub.ns(), op.name(), ty) {
-        (ns::PUBSUB, "items", "get") => items(ctx, me, el, owner, op),
+        (ns::PUBSUB, "items", "get") => {
+            read_index(ctx).await?;
+            items(ctx, me, el, owner, op)
+        }
         (ns::PUBSUB, "publish", "set") if mine => publish(ctx, me, el, op, options).await,
         (ns::PUBSUB, "retract", "set") if mine => retract(ctx, me, el, op).await,
         (ns::PUBSUB, "create", "set") if mine => create(ctx, me, el, op, options).await,
