@@ -213,7 +213,7 @@ pub const PEP_ITEMS: TableSpec = TableSpec {
 pub const CAPS: TableSpec = TableSpec {
     prefix: b'k',
     name: "caps",
-    key: "hash function name, space, ver string",
+    key: "hash function name, space, ver string; or \"jid \" and a full JID (a session's unverified caps, removed with its binding)",
     value: "node names, Vec<String>",
 };
 

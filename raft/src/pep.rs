@@ -85,3 +85,10 @@ pub fn item_key(node: &str, id: &str) -> String {
 pub fn private_key(name: &str, ns: &str) -> String {
     format!("{ns}\0{name}")
 }
+
+/// The key in [`crate::keyspace::CAPS`] of one session's own interests:
+/// those its client announced with a `ver` that did not verify (stored for
+/// that full JID only, and removed with its binding).
+pub fn session_caps_key(full_jid: &str) -> String {
+    format!("jid {full_jid}")
+}

@@ -412,6 +412,7 @@ pub async fn subscription(
                     }
                 }
             }
+            super::pep::notify::on_new_subscriber(ctx, contact, &user).await;
         }
         SubAction::Subscribed if deliver => {
             // §3.1.5: the user's available resources' presence goes to the
@@ -423,6 +424,9 @@ pub async fn subscription(
                     }
                 }
             }
+            // XEP-0163 §4.3.2: and the new subscriber gets the user's
+            // last PEP items.
+            super::pep::notify::on_new_subscriber(ctx, &user, contact).await;
         }
         SubAction::Unsubscribe if deliver => {
             // §3.3.3: the contact's resources go unavailable for the user.

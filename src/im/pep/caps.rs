@@ -110,10 +110,10 @@ pub fn on_presence(ctx: &Ctx<'_>, me: &Me<'_>, presence: &Element, initial: bool
     let Some(caps) = of_presence(presence) else {
         return Effects::none();
     };
-    let key = caps.key();
     {
         let state = ctx.cluster.state().read();
-        if state.data.caps.get(&key).is_some() {
+        let xml = presence.to_standalone_xml();
+        if let Some(key) = notify::caps_key_of(&state.data, me.full.as_str(), Some(&xml)) {
             if !initial {
                 return Effects::none();
             }
@@ -156,17 +156,22 @@ pub async fn on_reply(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Option<Effect
     }
     let query = iq.get_child("query", ns::DISCO_INFO)?;
     let computed = hasher(&pending.caps.hash).map(|h| h(verification_string(query).as_bytes()));
-    if computed.as_deref() != Some(pending.caps.ver.as_str()) {
-        debug!(ver = %pending.caps.ver, "caps answer does not match its ver: not used");
-        return Some(Effects::none());
-    }
+    // §5.4: an answer that does not hash to its `ver` is not cached under
+    // it (anyone could claim any `ver`); as Prosody does, it still says
+    // what this one session wants, kept for its full JID only (removed
+    // with its binding).
+    let key = if computed.as_deref() == Some(pending.caps.ver.as_str()) {
+        pending.caps.key()
+    } else {
+        debug!(ver = %pending.caps.ver, "caps answer does not match its ver: kept for this session only");
+        starling_raft::pep::session_caps_key(me.full.as_str())
+    };
     let notify: Vec<String> = query
         .children()
         .filter(|c| c.is("feature", ns::DISCO_INFO))
         .filter_map(|f| f.attr("var")?.strip_suffix("+notify").map(str::to_string))
         .take(MAX_NOTIFY)
         .collect();
-    let key = pending.caps.key();
     let cmd = Command::SetCaps {
         ver: key.clone(),
         notify,
