@@ -201,7 +201,9 @@ async fn dispatch(
     let mine = owner == me.bare;
     let mut ops = pubsub.children();
     let op = ops.next().ok_or(PepError::BadRequest("no pubsub operation"))?;
-    let options = ops.find(|c| c.name() == "publish-options");
+    // §7.1.5 `<publish-options/>` beside `<publish/>`; §8.1.3
+    // `<configure/>` beside `<create/>`.
+    let options = ops.find(|c| matches!(c.name(), "publish-options" | "configure"));
     match (pubsub.ns(), op.name(), ty) {
         (ns::PUBSUB, "items", "get") => {
             read_index(ctx).await?;
