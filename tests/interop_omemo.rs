@@ -41,7 +41,12 @@ fn python() -> PathBuf {
         .expect("python3 is required for the OMEMO interop test");
     assert!(status.success(), "python3 -m venv {venv:?} failed");
     let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", SLIXMPP_OMEMO])
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            SLIXMPP_OMEMO,
+        ])
         .output()
         .expect("pip");
     assert!(
@@ -64,7 +69,10 @@ fn slixmpp_omemo_devices_on_three_nodes_exchange_encrypted_messages() {
         }
     });
     let port = |id: usize| c.nodes[id].config.xmpp.client_addr.port().to_string();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/omemo_scenario.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/omemo_scenario.py"
+    );
     let out = Command::new(&python)
         .args([script, &port(0), &port(1), &port(2)])
         .output()

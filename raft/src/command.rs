@@ -474,13 +474,21 @@ pub enum Response {
     /// Result of [`Command::PepCreate`]: the node exists already.
     PepNodeExists,
     /// Result of [`Command::PepRetract`].
-    PepRetracted { existed: bool },
+    PepRetracted {
+        existed: bool,
+    },
     /// Result of [`Command::PepDeleteNode`]: the ids of its items.
-    PepNodeDeleted { items: Vec<String> },
+    PepNodeDeleted {
+        items: Vec<String>,
+    },
     /// Result of [`Command::PepConfigure`].
-    PepConfigured { evicted: Vec<String> },
+    PepConfigured {
+        evicted: Vec<String>,
+    },
     /// Result of [`Command::SetCaps`].
-    CapsSet { stored: bool },
+    CapsSet {
+        stored: bool,
+    },
     VcardSet,
     PrivateSet,
     /// A command that cannot be applied (a batch nested in a batch).

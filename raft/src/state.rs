@@ -97,9 +97,7 @@ impl Default for StateData {
             archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
             archive_prefs: Table::new(keyspace::ARCHIVE_PREFS.prefix),
             pep_nodes: Measured::new(keyspace::PEP_NODES.prefix, |_| 1),
-            pep_items: Measured::new(keyspace::PEP_ITEMS.prefix, |i| {
-                i.payload.len() as u64
-            }),
+            pep_items: Measured::new(keyspace::PEP_ITEMS.prefix, |i| i.payload.len() as u64),
             caps: Table::new(keyspace::CAPS.prefix),
             vcards: Table::new(keyspace::VCARDS.prefix),
             private: Measured::new(keyspace::PRIVATE.prefix, |x| x.len() as u64),

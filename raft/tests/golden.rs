@@ -829,7 +829,11 @@ fn pep_bytes_are_unchanged() {
         }
     }
     assert!(data.pep_nodes.is_empty() && data.pep_items.is_empty());
-    assert_eq!(data.caps.len(), 1, "the verified caps stay, the session's went");
+    assert_eq!(
+        data.caps.len(),
+        1,
+        "the verified caps stay, the session's went"
+    );
     let snapshot = data.to_snapshot().expect("snapshot");
     let reloaded = StateData::from_snapshot(&snapshot).expect("reload");
     assert_eq!(reloaded.digest_hex(), data.digest_hex());

@@ -276,7 +276,10 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             if let Some(refused) = blocked(ctx, me, &el, bare.as_str()) {
                 return refused;
             }
-            let kind = el.children().next().map(|c| (c.name() == "pubsub", c.ns().to_string()));
+            let kind = el
+                .children()
+                .next()
+                .map(|c| (c.name() == "pubsub", c.ns().to_string()));
             match kind.as_ref().map(|(p, n)| (*p, n.as_str())) {
                 // XEP-0163: the account's PEP service. A missing account
                 // looks like a missing node.
@@ -330,7 +333,9 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                         )
                     }
                 }
-                Some(("vCard", ns::VCARD)) if ty == "get" => vcard::get_other(ctx, me, &el, &bare).await,
+                Some(("vCard", ns::VCARD)) if ty == "get" => {
+                    vcard::get_other(ctx, me, &el, &bare).await
+                }
                 Some(("ping", ns::PING)) if ty == "get" => Effects::write(iq_result(me, &el)),
                 _ => error_reply(
                     ctx.domain,

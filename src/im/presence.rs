@@ -36,7 +36,11 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                 // XEP-0153 §4.1: the avatar's hash for contacts.
                 super::vcard::add_photo_update(ctx, me.bare.as_str(), &mut el);
                 let mut effects = available(ctx.domain, me, el.clone());
-                if effects.0.iter().any(|e| matches!(e, Effect::Available { .. })) {
+                if effects
+                    .0
+                    .iter()
+                    .any(|e| matches!(e, Effect::Available { .. }))
+                {
                     // XEP-0115 / XEP-0163 §4.3.2: the client's caps (asked
                     // for if unknown) and, when it comes online, the last
                     // items it wants.
@@ -454,7 +458,10 @@ async fn pending_out(ctx: &Ctx<'_>, me: &Me<'_>, contact: &str) -> Result<(), St
             .get(&(owner.clone(), contact.to_string()))
             .cloned()
     };
-    if existing.as_ref().is_some_and(|i| !i.stub && (i.ask || i.has_to())) {
+    if existing
+        .as_ref()
+        .is_some_and(|i| !i.stub && (i.ask || i.has_to()))
+    {
         return Ok(());
     }
     let mut item = existing.unwrap_or_else(|| RosterItem {

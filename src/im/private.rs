@@ -31,7 +31,10 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, iq: Element) -> Effects {
 }
 
 async fn run(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element) -> Result<Effects, StanzaError> {
-    let query = iq.children().next().ok_or_else(|| StanzaError::new(StanzaCondition::BadRequest))?;
+    let query = iq
+        .children()
+        .next()
+        .ok_or_else(|| StanzaError::new(StanzaCondition::BadRequest))?;
     let children: Vec<&Element> = query.children().collect();
     let Some(first) = children.first() else {
         return Err(StanzaError::with_text(

@@ -52,7 +52,10 @@ pub(super) fn publish(
         };
     }
     let key = (owner.clone(), item_key(&node, &item_id));
-    let old_bytes = data.pep_items.get(&key).map_or(0, |i| i.payload.len() as u64);
+    let old_bytes = data
+        .pep_items
+        .get(&key)
+        .map_or(0, |i| i.payload.len() as u64);
     let bytes = data.pep_items.of_owner(&owner) - old_bytes + item.payload.len() as u64;
     if bytes > limits.max_bytes {
         return Response::OverBudget {
@@ -127,11 +130,7 @@ fn trim(data: &mut StateData, owner: &str, node: &str, max: usize) -> Vec<String
 
 /// [`crate::Command::PepRetract`].
 pub(super) fn retract(data: &mut StateData, owner: String, node: String, id: String) -> Response {
-    if data
-        .pep_nodes
-        .get(&(owner.clone(), node.clone()))
-        .is_none()
-    {
+    if data.pep_nodes.get(&(owner.clone(), node.clone())).is_none() {
         return Response::PepNoSuchNode;
     }
     let existed = data
@@ -243,9 +242,7 @@ pub(super) fn remove_all(data: &mut StateData, owner: &str) {
 
 #[cfg(test)]
 mod tests {
-    use crate::command::{
-        Budget, Command, PepAccess, PepItem, PepLimits, PepNodeConfig, Response,
-    };
+    use crate::command::{Budget, Command, PepAccess, PepItem, PepLimits, PepNodeConfig, Response};
     use crate::credentials::Credentials;
     use crate::state::StateData;
 

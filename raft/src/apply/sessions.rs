@@ -22,7 +22,8 @@ pub(super) fn unbind(
     let existed = match data.sessions.get(&full_jid) {
         Some(b) if b.node == node && b.session == session => {
             // The session's own (unverified) XEP-0115 interests go with it.
-            data.caps.remove(&crate::pep::session_caps_key(&full_jid), t);
+            data.caps
+                .remove(&crate::pep::session_caps_key(&full_jid), t);
             data.sessions.remove(&full_jid, t).is_some()
         }
         _ => false,

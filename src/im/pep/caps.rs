@@ -49,7 +49,10 @@ pub fn of_presence(p: &Element) -> Option<Caps> {
     Some(Caps {
         hash: c.attr("hash")?.to_string(),
         node: c.attr("node").unwrap_or_default().to_string(),
-        ver: c.attr("ver").filter(|v| !v.is_empty() && v.len() <= 256)?.to_string(),
+        ver: c
+            .attr("ver")
+            .filter(|v| !v.is_empty() && v.len() <= 256)?
+            .to_string(),
     })
 }
 
@@ -240,10 +243,7 @@ pub fn verification_string(query: &Element) -> String {
                 v.sort();
                 v
             };
-            let fields: Vec<&Element> = x
-                .children()
-                .filter(|c| c.is("field", ns::XDATA))
-                .collect();
+            let fields: Vec<&Element> = x.children().filter(|c| c.is("field", ns::XDATA)).collect();
             let form_type = fields
                 .iter()
                 .find(|f| f.attr("var") == Some("FORM_TYPE"))
@@ -292,7 +292,10 @@ mod tests {
         )
         .expect("parses");
         let h = hasher("sha-1").expect("sha-1");
-        assert_eq!(h(verification_string(&q).as_bytes()), "QgayPKawpkPSDYmwT/WM94uAlu0=");
+        assert_eq!(
+            h(verification_string(&q).as_bytes()),
+            "QgayPKawpkPSDYmwT/WM94uAlu0="
+        );
         // §5.3, the complex example (languages, an extended form).
         let q = crate::xmpp::parse_stanza(
             "<query xmlns='http://jabber.org/protocol/disco#info'>\
@@ -311,7 +314,10 @@ mod tests {
              <field var='software_version'><value>0.11</value></field></x></query>",
         )
         .expect("parses");
-        assert_eq!(h(verification_string(&q).as_bytes()), "q07IKJEyjvHSyhy//CH0CxmKi8w=");
+        assert_eq!(
+            h(verification_string(&q).as_bytes()),
+            "q07IKJEyjvHSyhy//CH0CxmKi8w="
+        );
     }
 
     #[test]
@@ -320,11 +326,17 @@ mod tests {
             "<presence xmlns='jabber:client'><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/></presence>",
         )
         .expect("parses");
-        assert_eq!(of_presence(&p).map(|c| c.key()).as_deref(), Some("sha-1 v="));
+        assert_eq!(
+            of_presence(&p).map(|c| c.key()).as_deref(),
+            Some("sha-1 v=")
+        );
         assert_eq!(
             key_of_presence_xml(&p.to_standalone_xml()).as_deref(),
             Some("sha-1 v=")
         );
-        assert_eq!(key_of_presence_xml("<presence xmlns='jabber:client'/>"), None);
+        assert_eq!(
+            key_of_presence_xml("<presence xmlns='jabber:client'/>"),
+            None
+        );
     }
 }

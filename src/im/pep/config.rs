@@ -80,11 +80,10 @@ pub fn parse_form(x: &Element, form_type: &str, strict: bool) -> Result<Overlay,
         let one = values.first().map(String::as_str).unwrap_or_default();
         let bad = || PepError::BadOption(var.to_string());
         match var {
-            "FORM_TYPE" => {
-                if one != form_type {
-                    return Err(PepError::BadForm("the form has another FORM_TYPE"));
-                }
+            "FORM_TYPE" if one != form_type => {
+                return Err(PepError::BadForm("the form has another FORM_TYPE"));
             }
+            "FORM_TYPE" => {}
             "pubsub#access_model" => {
                 o.access = Some(match one {
                     "presence" => PepAccess::Presence,
@@ -111,7 +110,9 @@ pub fn parse_form(x: &Element, form_type: &str, strict: bool) -> Result<Overlay,
             }
             // Fields whose only value here is the default: accepted when
             // they ask for it.
-            "pubsub#deliver_notifications" | "pubsub#deliver_payloads" | "pubsub#presence_based_delivery"
+            "pubsub#deliver_notifications"
+            | "pubsub#deliver_payloads"
+            | "pubsub#presence_based_delivery"
                 if bool_value(one).is_some() => {}
             "pubsub#publish_model" if one == "publishers" => {}
             "pubsub#notify_delete" | "pubsub#notify_config" | "pubsub#notify_sub"
@@ -157,7 +158,11 @@ pub fn config_form(config: &PepNodeConfig) -> Element {
             "text-single",
             &[&config.max_items.to_string()],
         ))
-        .with_child(field("pubsub#persist_items", "boolean", &[b(config.persist)]))
+        .with_child(field(
+            "pubsub#persist_items",
+            "boolean",
+            &[b(config.persist)],
+        ))
         .with_child(field(
             "pubsub#send_last_published_item",
             "list-single",

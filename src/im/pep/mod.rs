@@ -19,9 +19,7 @@ pub mod caps;
 pub mod config;
 pub mod notify;
 
-use starling_raft::command::{
-    Budget, Command, PepItem, PepLimits, PepNodeConfig, Response,
-};
+use starling_raft::command::{Budget, Command, PepItem, PepLimits, PepNodeConfig, Response};
 use starling_raft::ProposeError;
 use tracing::warn;
 
@@ -99,11 +97,13 @@ impl PepError {
             }
             PepError::NoSuchNode | PepError::NoSuchItem => StanzaError::new(C::ItemNotFound),
             PepError::Forbidden => StanzaError::with_text(C::Forbidden, text),
-            PepError::PresenceRequired => StanzaError::new(C::NotAuthorized)
-                .with_app(app("presence-subscription-required")),
+            PepError::PresenceRequired => {
+                StanzaError::new(C::NotAuthorized).with_app(app("presence-subscription-required"))
+            }
             PepError::ClosedNode => StanzaError::new(C::NotAllowed).with_app(app("closed-node")),
-            PepError::PreconditionNotMet => StanzaError::with_text(C::Conflict, text)
-                .with_app(app("precondition-not-met")),
+            PepError::PreconditionNotMet => {
+                StanzaError::with_text(C::Conflict, text).with_app(app("precondition-not-met"))
+            }
             PepError::BadForm(_) => StanzaError::with_text(C::BadRequest, text),
             // §8.2.5: an invalid configuration is not-acceptable.
             PepError::BadOption(_) => StanzaError::with_text(C::NotAcceptable, text),
@@ -138,7 +138,9 @@ pub async fn commit(ctx: &Ctx<'_>, cmd: Command) -> Result<Response, PepError> {
     for _ in 0..3 {
         match ctx.cluster.write(cmd.clone()).await {
             Ok(a) => return Ok(a.response),
-            Err(ProposeError::Unknown(e)) => warn!(error = %e, "PEP write outcome unknown, retrying"),
+            Err(ProposeError::Unknown(e)) => {
+                warn!(error = %e, "PEP write outcome unknown, retrying")
+            }
             Err(e) => {
                 warn!(error = %e, "PEP write not committed");
                 return Err(PepError::Internal);
@@ -197,10 +199,15 @@ async fn dispatch(
     owner: &BareJid,
 ) -> Result<Effects, PepError> {
     let ty = el.attr("type").unwrap_or_default();
-    let pubsub = el.children().next().ok_or(PepError::BadRequest("empty iq"))?;
+    let pubsub = el
+        .children()
+        .next()
+        .ok_or(PepError::BadRequest("empty iq"))?;
     let mine = owner == me.bare;
     let mut ops = pubsub.children();
-    let op = ops.next().ok_or(PepError::BadRequest("no pubsub operation"))?;
+    let op = ops
+        .next()
+        .ok_or(PepError::BadRequest("no pubsub operation"))?;
     // §7.1.5 `<publish-options/>` beside `<publish/>`; §8.1.3
     // `<configure/>` beside `<create/>`.
     let options = ops.find(|c| matches!(c.name(), "publish-options" | "configure"));
@@ -363,7 +370,12 @@ fn refusal(resp: Response) -> PepError {
 }
 
 /// §7.2: retract an item; notified when asked (`notify`) or configured.
-async fn retract(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element, op: &Element) -> Result<Effects, PepError> {
+async fn retract(
+    ctx: &Ctx<'_>,
+    me: &Me<'_>,
+    iq: &Element,
+    op: &Element,
+) -> Result<Effects, PepError> {
     let node = node_of(op)?;
     let id = op
         .get_child("item", ns::PUBSUB)
@@ -443,7 +455,8 @@ fn items(
         items.push(notify::item_element(ns::PUBSUB, &id, item));
     }
     drop(state);
-    let mut reply = iq_result(me, iq).with_child(Element::new("pubsub", ns::PUBSUB).with_child(items));
+    let mut reply =
+        iq_result(me, iq).with_child(Element::new("pubsub", ns::PUBSUB).with_child(items));
     if !mine_or_none(iq, me) {
         reply.set_attr("from", owner.to_string());
     }
@@ -504,13 +517,15 @@ async fn configure(
     let current = node_config(ctx, &owner, &node).ok_or(PepError::NoSuchNode)?;
     if iq.attr("type") == Some("get") {
         let form = config::config_form(&current);
-        return Ok(Effects::write(iq_result(me, iq).with_child(
-            Element::new("pubsub", ns::PUBSUB_OWNER).with_child(
-                Element::new("configure", ns::PUBSUB_OWNER)
-                    .with_attr("node", node)
-                    .with_child(form),
+        return Ok(Effects::write(
+            iq_result(me, iq).with_child(
+                Element::new("pubsub", ns::PUBSUB_OWNER).with_child(
+                    Element::new("configure", ns::PUBSUB_OWNER)
+                        .with_attr("node", node)
+                        .with_child(form),
+                ),
             ),
-        )));
+        ));
     }
     let x = op
         .get_child("x", ns::XDATA)
@@ -537,7 +552,12 @@ async fn configure(
 }
 
 /// §8.4: delete a node and its items; subscribers are told (§8.4.2).
-async fn delete(ctx: &Ctx<'_>, me: &Me<'_>, iq: &Element, op: &Element) -> Result<Effects, PepError> {
+async fn delete(
+    ctx: &Ctx<'_>,
+    me: &Me<'_>,
+    iq: &Element,
+    op: &Element,
+) -> Result<Effects, PepError> {
     let node = node_of(op)?;
     let owner = me.bare.to_string();
     // Who would be told, read before the node goes.
