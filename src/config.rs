@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod http;
+pub use http::HttpSection;
+
 /// A configuration problem, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -85,6 +88,10 @@ pub struct Config {
     /// server's disco#info.
     #[serde(default)]
     pub server_info: ServerInfoSection,
+    /// The HTTP listener: XMPP over WebSocket (RFC 7395), XEP-0156
+    /// discovery, health. Default: off.
+    #[serde(default)]
+    pub http: HttpSection,
     /// Mutual TLS on the raft port (raft and mesh traffic between nodes).
     /// Default: unset, which is allowed only while `raft_addr` is loopback
     /// or `insecure_plaintext_cluster` is set.
@@ -800,6 +807,9 @@ impl Config {
                 ));
             }
         }
+        let mut listening = vec![self.raft_addr, self.admin_addr, x.client_addr];
+        listening.extend(x.direct_tls_addr);
+        self.http.validate(&listening)?;
         if x.tls_cert.is_some() != x.tls_key.is_some() {
             return Err(invalid(
                 "xmpp.tls_cert",

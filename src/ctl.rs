@@ -574,6 +574,8 @@ fn status_output(r: &StatusReply) -> (Value, String) {
         "answered_by": r.node_id,
         "leader_id": r.has_leader.then_some(r.leader_id),
         "term": r.term,
+        "ready": r.ready,
+        "not_ready": (!r.ready).then_some(r.not_ready.as_str()),
         "members": members,
     });
     let leader = if r.has_leader {
@@ -581,8 +583,13 @@ fn status_output(r: &StatusReply) -> (Value, String) {
     } else {
         "none".into()
     };
+    let ready = if r.ready {
+        "yes".to_string()
+    } else {
+        format!("no ({})", r.not_ready)
+    };
     let mut out = format!(
-        "leader: {leader}   term: {}   answered by node {}\n",
+        "leader: {leader}   term: {}   answered by node {}   ready: {ready}\n",
         r.term, r.node_id
     );
     let rows: Vec<Vec<String>> = r

@@ -52,6 +52,9 @@ pub struct NodeEntry {
     pub client_addr: String,
     /// XMPP direct TLS port (XEP-0368).
     pub direct_tls_addr: String,
+    /// RFC 7395 WebSocket endpoint (`ws://`, loopback), on the node's HTTP
+    /// listener with host-meta, `/healthz` and `/readyz`.
+    pub websocket_url: String,
 }
 
 /// Configs for a new `n`-node loopback cluster.
@@ -65,7 +68,7 @@ pub fn plan(
     if n == 0 {
         bail!("--nodes must be at least 1");
     }
-    if u64::from(base_port) + 300 + n > 65535 {
+    if u64::from(base_port) + 400 + n > 65535 {
         bail!("--base-port {base_port} leaves no room for {n} nodes");
     }
     let secret = random_secret(32);
@@ -82,6 +85,14 @@ pub fn plan(
     // DIR/cluster-tls (every file 0600), as production would run.
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let tls = crate::cluster_tls::write_cluster(&dir.join("cluster-tls"), &ids)?;
+    // Plain HTTP on loopback (allowed there): a browser on this machine
+    // takes ws:// without a certificate warning. Every node's endpoint is
+    // listed by each node's XEP-0156 host-meta.
+    let http_addr = |id: u64| addr(u64::from(base_port) + 400 + id);
+    let websocket_urls: Vec<String> = members
+        .iter()
+        .map(|m| websocket_url(http_addr(m.id), false))
+        .collect();
     let configs = members
         .iter()
         .zip(tls)
@@ -107,12 +118,23 @@ pub fn plan(
             server_info: Default::default(),
             cluster_tls: Some(tls),
             insecure_plaintext_cluster: false,
+            http: crate::config::HttpSection {
+                addr: Some(http_addr(m.id)),
+                tls: false,
+                websocket_urls: websocket_urls.clone(),
+                ..Default::default()
+            },
         })
         .collect::<Vec<_>>();
     for c in &configs {
         c.validate()?;
     }
     Ok(configs)
+}
+
+/// The RFC 7395 endpoint of an HTTP listener at `addr`.
+pub fn websocket_url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}/xmpp-websocket", crate::http::ws_scheme(tls))
 }
 
 /// `n` random alphanumeric characters (about 5.95 bits each).
@@ -302,7 +324,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for c in &configs {
         let listen = [c.raft_addr, c.admin_addr, c.xmpp.client_addr]
             .into_iter()
-            .chain(c.xmpp.direct_tls_addr);
+            .chain(c.xmpp.direct_tls_addr)
+            .chain(c.http.addr);
         for addr in listen {
             if !port_free(addr) {
                 bail!("{addr} (node {}) is already in use: is another cluster running? (use --base-port or stop it)", c.node_id);
@@ -349,6 +372,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .direct_tls_addr
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
+            websocket_url: c
+                .http
+                .addr
+                .map(|a| websocket_url(a, c.http.tls))
+                .unwrap_or_default(),
         })
         .collect();
     let json_path = dir.join("cluster.json");
@@ -374,6 +402,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 e.pid.to_string(),
                 e.client_addr.clone(),
                 e.direct_tls_addr.clone(),
+                e.websocket_url.clone(),
                 e.raft_addr.clone(),
                 e.admin_addr.clone(),
                 if e.id == leader {
@@ -388,9 +417,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     print!(
         "{}",
         crate::ctl::table(
-            &["NODE", "PID", "XMPP", "XMPP-TLS", "RAFT", "ADMIN", "", "LOG"],
+            &[
+                "NODE",
+                "PID",
+                "XMPP",
+                "XMPP-TLS",
+                "WEBSOCKET",
+                "RAFT",
+                "ADMIN",
+                "",
+                "LOG"
+            ],
             &rows
         )
+    );
+    println!(
+        "each node's HTTP listener also serves /.well-known/host-meta[.json] (XEP-0156), /healthz and /readyz"
     );
     println!("cluster described in {}", json_path.display());
     println!(

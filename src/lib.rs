@@ -18,6 +18,10 @@
 //!   stanza goes: a local session, the mesh, the offline queue, an error.
 //! - [`mesh`]: the gRPC stanza mesh between nodes: the router's transport,
 //!   handing what arrives to the router through the `mesh::Host` trait.
+//! - [`http`]: the HTTP listener: RFC 7395 XMPP over WebSocket (handed to
+//!   `c2s`), XEP-0156 host-meta, `/healthz` and `/readyz`.
+//! - [`readiness`]: whether the node should get traffic (`/readyz`,
+//!   `ctl status`).
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
 //! - [`dev`]: `starling dev`, a local N-node cluster as child processes.
 //! - [`private_files`]: configs and data only their owner may read (0600
@@ -37,10 +41,12 @@ pub mod cluster_tls;
 pub mod config;
 pub mod ctl;
 pub mod dev;
+pub mod http;
 pub mod im;
 pub mod mesh;
 pub mod node;
 pub mod private_files;
 pub mod raft_bench;
+pub mod readiness;
 pub mod router;
 pub mod xmpp;

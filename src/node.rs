@@ -137,6 +137,10 @@ async fn run_inner(
         Some(a) => Some(bind("xmpp direct TLS", a).await?),
         None => None,
     };
+    let http_listener = match config.http.addr {
+        Some(a) => Some(bind("http", a).await?),
+        None => None,
+    };
 
     let net = RaftNet {
         id,
@@ -204,7 +208,10 @@ async fn run_inner(
             &config.cluster_secret,
         ))
         .serve_with_incoming_shutdown(incoming(raft_listener), stopped(stop_rx.clone()));
-    let admin_server = admin::server(cluster.clone(), &config)
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readiness =
+        crate::readiness::Readiness::new(cluster.clone(), serving.clone(), c2s_stop_rx.clone());
+    let admin_server = admin::server(cluster.clone(), &config, readiness.clone())
         .await
         .map_err(|e| NodeError::Raft(format!("admin service: {e}")))?
         .serve_with_incoming_shutdown(incoming(admin_listener), stopped(stop_rx.clone()));
@@ -248,6 +255,7 @@ async fn run_inner(
         resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
         services: crate::im::Services::new(config.pep.clone(), config.server_info.clone()),
         shutdown: c2s_stop_rx,
+        serving,
     });
     // Address blocks from peers (their authentication throttling) go to
     // ours. Weak: the router outlives nothing it should not.
@@ -261,6 +269,16 @@ async fn run_inner(
     let c2s = tokio::spawn(
         serve_clients(shared.clone(), client_listener, direct_listener).in_current_span(),
     );
+    let http = http_listener.map(|listener| {
+        let tls = config.http.tls.then(|| shared.tls.http.clone());
+        let state = crate::http::HttpState {
+            c2s: shared.clone(),
+            config: Arc::new(config.http.clone()),
+            readiness,
+            tls: tls.is_some(),
+        };
+        tokio::spawn(crate::http::serve(state, listener, tls).in_current_span())
+    });
     info!(raft_addr = %config.raft_addr, admin_addr = %config.admin_addr, client_addr = %config.xmpp.client_addr, "node started");
 
     let mut raft_task = raft_task;
@@ -284,6 +302,9 @@ async fn run_inner(
     })
     .await;
     c2s.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     // Messages whose guard has not committed yet: let them finish, so what
     // clients sent just before the stop is stored (their acks are lost with
     // the connections; the outcome is unknown to them, never wrong).
@@ -371,6 +392,9 @@ async fn serve_clients(
         }
     }
     info!("serving XMPP clients");
+    shared
+        .serving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let plain_task =
         tokio::spawn(crate::c2s::serve(shared.clone(), plain, false).in_current_span());
     if let Some(d) = direct {

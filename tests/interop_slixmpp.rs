@@ -1,7 +1,8 @@
 //! Interop with slixmpp, a third-party Python XMPP library: in-band
 //! registration, STARTTLS + SCRAM login, roster, subscriptions both ways,
 //! presence, chat on one node and across nodes, disco, ping, XEP-0191
-//! blocking across nodes (`tests/interop/slixmpp_scenario.py`).
+//! blocking across nodes, XEP-0313 archive paging across nodes with
+//! slixmpp's MAM plugin (`tests/interop/slixmpp_scenario.py`).
 //!
 //! The interpreter comes from `STARLING_TEST_PYTHON`, which the README's
 //! test command (`scripts/test`) sets after installing slixmpp; without it
@@ -34,7 +35,7 @@ fn slixmpp_registers_subscribes_and_chats_across_nodes() {
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let c = TestCluster::start(3, fast_raft());
+    let c = TestCluster::start_with(3, fast_raft(), |c| c.archive.enabled = true);
     rt.block_on(c.wait_leader(1, Duration::from_secs(20)));
     let port = |id: usize| c.nodes[id].config.xmpp.client_addr.port().to_string();
     let script = concat!(

@@ -70,6 +70,7 @@ impl Interceptor for CheckToken {
 pub async fn server(
     cluster: ClusterHandle,
     config: &Config,
+    readiness: crate::readiness::Readiness,
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -79,6 +80,7 @@ pub async fn server(
         .build_v1()?;
     let svc = AdminService {
         cluster,
+        readiness,
         domain: config.domain.clone(),
     };
     let token = config
@@ -98,6 +100,7 @@ pub async fn server(
 pub struct AdminService {
     cluster: ClusterHandle,
     domain: String,
+    readiness: crate::readiness::Readiness,
 }
 
 /// Maps a proposal failure to the gRPC status a client sees.
@@ -252,12 +255,18 @@ impl Admin for AdminService {
             .filter(|m| m.reachable)
             .max_by_key(|m| (m.term, m.leader_id != 0));
         let (leader_id, term) = best.map(|m| (m.leader_id, m.term)).unwrap_or((0, me.term));
+        let ready = self.readiness.check().await;
         Ok(tonic::Response::new(StatusReply {
             node_id: me.id,
             leader_id,
             has_leader: leader_id != 0,
             term,
             members,
+            ready: ready.is_ok(),
+            not_ready: ready
+                .err()
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default(),
         }))
     }
 

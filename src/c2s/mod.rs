@@ -21,6 +21,9 @@
 //!   I/O; [`addr`]: what an address is for these limits.
 //! - [`register_limit`]: XEP-0077 registrations per address per interval,
 //!   without I/O.
+//! - [`websocket`]: RFC 7395 framing, a WebSocket as a connection's
+//!   transport (the HTTP listener, `crate::http`, hands them over through
+//!   [`serve_websocket`]).
 //!
 //! The accept loop ([`serve`]) asks [`admission`] about every connection
 //! before anything else: a refused one is closed at once, before TLS, with
@@ -42,6 +45,7 @@ pub mod session;
 pub mod sm;
 pub mod stream;
 pub mod tls;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,6 +81,9 @@ pub struct Shared {
     /// server's contact addresses).
     pub services: crate::im::Services,
     pub shutdown: watch::Receiver<bool>,
+    /// Set once this node serves clients (its stale bindings dropped):
+    /// part of `/readyz` and `ctl status`.
+    pub serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -188,7 +195,7 @@ impl Shared {
 
     /// Admits a connection from `ip`, or says why not; an admitted one
     /// comes with the signal of its eviction from the pre-auth pool.
-    fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         ip: std::net::IpAddr,
     ) -> Result<(Ticket, oneshot::Receiver<()>), admission::Refusal> {
@@ -297,7 +304,7 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     direct_tls: bool,
-    mut ticket: Ticket,
+    ticket: Ticket,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut bindings = sasl::ChannelBindings::default();
@@ -325,6 +332,49 @@ async fn handle(
     };
     let mut conn = stream::Conn::new(io, shared.limits(), peer, direct_tls);
     conn.channel_bindings = bindings;
+    run_connection(shared, conn, ticket).await
+}
+
+/// Serves an RFC 7395 WebSocket the HTTP listener admitted (`ticket`,
+/// with the signal of its eviction from the pre-auth pool) as a client
+/// connection. `secure`: TLS under the WebSocket (`wss://`), or a
+/// plaintext listener the operator allowed (loopback, or a proxy that
+/// terminates TLS): SASL is offered on it as after STARTTLS.
+pub async fn serve_websocket(
+    shared: Arc<Shared>,
+    ws: websocket::WsTransport,
+    peer: SocketAddr,
+    bindings: sasl::ChannelBindings,
+    ticket: Ticket,
+    evicted: oneshot::Receiver<()>,
+) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = tracing::info_span!("ws", conn = id, %peer, jid = tracing::field::Empty);
+    async move {
+        let evicted = async {
+            if evicted.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let mut conn = stream::Conn::new(
+            stream::Transport::Ws(Box::new(ws)),
+            shared.limits(),
+            peer,
+            true,
+        );
+        conn.channel_bindings = bindings;
+        tokio::select! {
+            _ = evicted => debug!("evicted: the unauthenticated pool is full"),
+            _ = run_connection(shared, conn, ticket) => {}
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Negotiates and runs a connection's session.
+async fn run_connection(shared: Arc<Shared>, conn: stream::Conn, mut ticket: Ticket) {
     match negotiate::negotiate(&shared, conn, &mut ticket).await {
         Some(negotiate::Negotiated::Bound(mut session)) => {
             // The slot goes with the session's connection: a resumption on

@@ -278,7 +278,9 @@ fn header_error(
 pub(super) fn features(shared: &Shared, conn: &Conn, authed: bool) -> String {
     let mut f = String::from("<stream:features>");
     let tls_ok = conn.secure || shared.config.allow_plaintext;
-    if !conn.secure {
+    // RFC 7395 §3.9 ("Use of TLS"): over WebSocket TLS is the
+    // WebSocket's; the server "MUST NOT advertise TLS as a stream feature".
+    if !conn.secure && !conn.is_websocket() {
         // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate unless plaintext
         // is allowed by configuration.
         if shared.config.allow_plaintext {

@@ -21,6 +21,8 @@ pub type BoxIo = Box<dyn Io>;
 pub enum Transport {
     Tcp(TcpStream),
     Tls(BoxIo),
+    /// RFC 7395: XMPP over a WebSocket (see [`super::websocket`]).
+    Ws(Box<super::websocket::WsTransport>),
 }
 
 /// Bytes read from the socket at a time.
@@ -72,6 +74,21 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Whether this is a WebSocket connection (no STARTTLS, no stream
+    /// restart bytes: RFC 7395).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.io, Some(Transport::Ws(_)))
+    }
+
+    /// When the client last sent anything at all, where the transport
+    /// knows better than the framer's events (WebSocket pings and pongs).
+    pub fn last_heard(&self) -> Option<std::time::Instant> {
+        match &self.io {
+            Some(Transport::Ws(ws)) => Some(ws.last_heard),
+            _ => None,
+        }
+    }
+
     pub fn new(io: Transport, limits: Limits, peer: SocketAddr, secure: bool) -> Self {
         Conn {
             io: Some(io),
@@ -130,6 +147,29 @@ impl Conn {
                     }
                     framer.feed(&rbuf[..n]);
                 }
+                Transport::Ws(ws) => {
+                    framer.shrink_idle();
+                    match ws.recv().await? {
+                        super::websocket::Inbound::Nothing => continue,
+                        super::websocket::Inbound::Gone => return Err(ConnError::Eof),
+                        super::websocket::Inbound::Feed(text) => {
+                            framer.feed(text.as_bytes());
+                            // RFC 7395 §3.3.1: every message is one
+                            // complete element, parsable by itself.
+                            let ev = framer.next_event()?;
+                            if ev.is_none() || framer.buffered() > 0 {
+                                return Err(StreamError::with_text(
+                                    crate::xmpp::StreamCondition::BadFormat,
+                                    "each WebSocket message must be exactly one complete XML element (RFC 7395 §3.3.1)",
+                                )
+                                .into());
+                            }
+                            if let Some(ev) = ev {
+                                return Ok(ev);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -167,6 +207,7 @@ impl Conn {
                 t.write_all(out.as_bytes()).await?;
                 t.flush().await?;
             }
+            Some(Transport::Ws(ws)) => ws.send(&out).await.map_err(std::io::Error::other)?,
             None => return Err(std::io::Error::other("no socket").into()),
         }
         // Keep a modest buffer for the next burst; an idle session holds
@@ -232,6 +273,12 @@ impl Conn {
                 let b = super::tls::channel_bindings(tls.get_ref().1, server_end_point);
                 (Box::new(tls), b)
             }
+            ws @ Transport::Ws(_) => {
+                // RFC 7395: TLS is the WebSocket's; STARTTLS is never
+                // offered on it (`negotiate::features`).
+                self.io = Some(ws);
+                return Err(std::io::Error::other("no STARTTLS over WebSocket").into());
+            }
         };
         self.channel_bindings = bindings;
         self.io = Some(Transport::Tls(tls));
@@ -269,6 +316,9 @@ impl Conn {
             }
             Some(Transport::Tls(t)) => {
                 let _ = tokio::time::timeout(wait, t.shutdown()).await;
+            }
+            Some(Transport::Ws(ws)) => {
+                let _ = tokio::time::timeout(wait, ws.close()).await;
             }
             None => {}
         }

@@ -71,6 +71,9 @@ pub struct TlsConfigs {
     pub starttls: Arc<ServerConfig>,
     /// For direct TLS (XEP-0368): ALPN `xmpp-client`, or none.
     pub direct: Arc<ServerConfig>,
+    /// For the HTTP listener (`crate::http`, `wss://`): ALPN `http/1.1`,
+    /// or none.
+    pub http: Arc<ServerConfig>,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub source: CertSource,
@@ -181,9 +184,13 @@ pub fn load_or_create(settings: &TlsSettings) -> Result<TlsConfigs, TlsError> {
     // which keeps older direct-TLS clients working; one that offers only
     // other protocols gets RFC 7301 §3.2's no_application_protocol alert.
     direct.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+    // HTTP/1.1 only: RFC 7395 WebSockets use the HTTP/1.1 upgrade.
+    let mut http = config.clone();
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsConfigs {
         starttls: Arc::new(config),
         direct: Arc::new(direct),
+        http: Arc::new(http),
         cert_path,
         key_path,
         source,

@@ -12,6 +12,7 @@ use starling::config::{Config, Member, RaftSection, XmppSection};
 use starling_proto::admin::*;
 
 pub mod tls;
+pub mod ws;
 pub mod xmpp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_starling");
@@ -114,6 +115,7 @@ pub fn node_config(
         server_info: Default::default(),
         cluster_tls: Some(cluster_tls_of(dir, id)),
         insecure_plaintext_cluster: false,
+        http: Default::default(),
     }
 }
 

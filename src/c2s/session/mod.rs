@@ -394,6 +394,11 @@ impl Session {
                     }
                 }
                 _ = ticker.tick() => {
+                    // A WebSocket's pings and pongs count as traffic too.
+                    if let Some(t) = self.conn.last_heard().filter(|t| *t > last_read) {
+                        last_read = t;
+                        pinged = false;
+                    }
                     let silent = last_read.elapsed();
                     if silent >= idle * 2 {
                         Err(Ended::Error(StreamError::with_text(

@@ -1,0 +1,165 @@
+//! `[http]`: the node's HTTP listener (`src/http/`): RFC 7395 XMPP over
+//! WebSocket at `/xmpp-websocket`, XEP-0156 discovery at
+//! `/.well-known/host-meta[.json]`, `/healthz` and `/readyz`. Its fields,
+//! their defaults and the rules checked before any port is bound.
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, ConfigError};
+
+/// `[http]`: the HTTP listener. Off unless `addr` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address of the HTTP listener. Default: unset (no HTTP listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// Serve HTTPS (and so `wss://`) with the node's client certificate
+    /// (`[xmpp] tls_cert`/`tls_key`, or the self-signed one). Default:
+    /// `true`. Plain HTTP is allowed only while `addr` is loopback, or with
+    /// `insecure_plaintext = true` (behind a reverse proxy that terminates
+    /// TLS).
+    pub tls: bool,
+    /// Allow plain HTTP (`ws://`) on a non-loopback `addr`: WebSocket
+    /// sessions are then treated as secure (SASL PLAIN and SASL2 offered),
+    /// so only for a listener reached through a TLS-terminating proxy.
+    /// Default: `false`.
+    pub insecure_plaintext: bool,
+    /// The `Origin` values a browser may open a WebSocket from, exactly as
+    /// browsers send them (`https://chat.example.org`); `"*"` allows any.
+    /// A request without `Origin` (a native client) is always allowed, and
+    /// a request whose `Origin` is the listener's own (same scheme, host and
+    /// port as its `Host` header) too. Default: empty (same origin only).
+    pub allowed_origins: Vec<String>,
+    /// The WebSocket endpoints XEP-0156 discovery lists, every node's, in
+    /// order of preference (`wss://node1.example.org:5281/xmpp-websocket`),
+    /// so a web client can fail over. Default: empty, which lists this
+    /// node's own endpoint as the request reached it (its `Host` header).
+    pub websocket_urls: Vec<String>,
+    /// Most HTTP connections open at once, not counting those upgraded to
+    /// WebSocket (which count against `[xmpp]`'s connection limits, as
+    /// TCP clients do). Default: 10000.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, on a new or an idle
+    /// kept-alive connection. Seconds. Default: 10.
+    pub request_timeout_secs: u64,
+    /// A WebSocket ping is sent after this long without a frame from the
+    /// client (RFC 7395 §3.8 prefers WebSocket pings to whitespace); the
+    /// session's `[xmpp] idle_timeout_secs` ends it if nothing answers.
+    /// Seconds. Default: 30.
+    pub ws_ping_secs: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            addr: None,
+            tls: true,
+            insecure_plaintext: false,
+            allowed_origins: Vec::new(),
+            websocket_urls: Vec::new(),
+            max_connections: 10_000,
+            request_timeout_secs: 10,
+            ws_ping_secs: 30,
+        }
+    }
+}
+
+impl HttpSection {
+    /// The checks of `[http]`; `taken`: the node's other listen addresses.
+    pub fn validate(&self, taken: &[SocketAddr]) -> Result<(), ConfigError> {
+        let Some(addr) = self.addr else {
+            return Ok(());
+        };
+        if taken.contains(&addr) {
+            return Err(invalid(
+                "http.addr",
+                "must differ from the other listen addresses",
+            ));
+        }
+        if !self.tls && !self.insecure_plaintext && !addr.ip().is_loopback() {
+            return Err(invalid(
+                "http.tls",
+                format!(
+                    "plain HTTP on a non-loopback address ({addr}) needs insecure_plaintext = true \
+                     (only behind a proxy that terminates TLS)"
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("http.max_connections", self.max_connections as u64),
+            ("http.request_timeout_secs", self.request_timeout_secs),
+            ("http.ws_ping_secs", self.ws_ping_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && !o.contains(char::is_whitespace));
+            if !ok {
+                return Err(invalid(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("{o:?}: expected \"*\" or an origin like \"https://chat.example.org\" (scheme, host, optional port; no path)"),
+                ));
+            }
+        }
+        for (i, u) in self.websocket_urls.iter().enumerate() {
+            let ok = (u.starts_with("ws://") || u.starts_with("wss://"))
+                && !u.contains(char::is_whitespace)
+                && !u.contains(['<', '>', '"', '\'', '&']);
+            if !ok {
+                return Err(invalid(
+                    format!("http.websocket_urls[{i}]"),
+                    format!("{u:?}: expected a ws:// or wss:// URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(addr: &str) -> HttpSection {
+        HttpSection {
+            addr: Some(addr.parse().unwrap()),
+            ..HttpSection::default()
+        }
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_said() {
+        let mut h = with("0.0.0.0:5280");
+        h.tls = false;
+        assert!(h.validate(&[]).is_err());
+        h.insecure_plaintext = true;
+        assert!(h.validate(&[]).is_ok());
+        let mut h = with("127.0.0.1:5280");
+        h.tls = false;
+        assert!(h.validate(&[]).is_ok());
+        assert!(with("0.0.0.0:5280").validate(&[]).is_ok());
+    }
+
+    #[test]
+    fn origins_and_urls_are_checked() {
+        let mut h = with("127.0.0.1:5280");
+        h.allowed_origins = vec!["https://a.example".into(), "*".into()];
+        assert!(h.validate(&[]).is_ok());
+        h.allowed_origins = vec!["a.example".into()];
+        assert!(h.validate(&[]).is_err());
+        h.allowed_origins.clear();
+        h.websocket_urls = vec!["http://x/xmpp-websocket".into()];
+        assert!(h.validate(&[]).is_err());
+        h.websocket_urls = vec!["wss://x:5281/xmpp-websocket".into()];
+        assert!(h.validate(&[]).is_ok());
+        let taken = ["127.0.0.1:5280".parse().unwrap()];
+        assert!(h.validate(&taken).is_err());
+    }
+}
