@@ -260,6 +260,7 @@ async fn run_inner(
             },
         )),
         resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
+        services: crate::im::Services::new(config.pep.clone(), config.server_info.clone()),
         shutdown: c2s_stop_rx,
         serving,
     });

@@ -209,6 +209,47 @@ pub const MUC_AFFILIATIONS: TableSpec = TableSpec {
     value: "AffiliationRecord",
 };
 
+/// XEP-0163 PEP nodes of each account, with their configuration.
+pub const PEP_NODES: TableSpec = TableSpec {
+    prefix: b'e',
+    name: "pep_nodes",
+    key: "owner bare JID \\0 node name",
+    value: "PepNode",
+};
+
+/// The items of each PEP node.
+pub const PEP_ITEMS: TableSpec = TableSpec {
+    prefix: b'E',
+    name: "pep_items",
+    key: "owner bare JID \\0 node name \\0 item id",
+    value: "PepItem",
+};
+
+/// XEP-0115 capabilities: which PEP nodes a client version (`hash ver`,
+/// verified) wants notifications of (`+notify`).
+pub const CAPS: TableSpec = TableSpec {
+    prefix: b'k',
+    name: "caps",
+    key: "hash function name, space, ver string; or \"jid \" and a full JID (a session's unverified caps, removed with its binding)",
+    value: "node names, Vec<String>",
+};
+
+/// XEP-0054 vCards: one per account.
+pub const VCARDS: TableSpec = TableSpec {
+    prefix: b'V',
+    name: "vcards",
+    key: "owner bare JID",
+    value: "the vCard, serialized XML",
+};
+
+/// XEP-0049 private XML storage: one element per (namespace, name).
+pub const PRIVATE: TableSpec = TableSpec {
+    prefix: b'x',
+    name: "private",
+    key: "owner bare JID \\0 namespace \\0 element name",
+    value: "the element, serialized XML",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -228,6 +269,11 @@ pub const TABLES: &[TableSpec] = &[
     ARCHIVE_PREFS,
     MUC_ROOMS,
     MUC_AFFILIATIONS,
+    PEP_NODES,
+    PEP_ITEMS,
+    CAPS,
+    VCARDS,
+    PRIVATE,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

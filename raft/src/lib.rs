@@ -10,6 +10,8 @@
 //!   retention limits, and the pure paged query over one account's archive.
 //! - [`muc`]: XEP-0045 rooms as data: configuration, occupants,
 //!   affiliations and roles (what they allow is the server's).
+//! - [`pep`]: XEP-0163 PEP nodes and items, XEP-0115 caps, vCards and private
+//!   XML as data (payloads opaque XML strings).
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
 //! - [`state`]: the state machine's data (every table in memory), its
@@ -43,6 +45,7 @@ pub mod credentials;
 pub mod keyspace;
 pub mod muc;
 pub mod network;
+pub mod pep;
 mod proposal;
 pub mod state;
 pub mod store;

@@ -187,7 +187,7 @@ pub type AuthBlockSink = Box<dyn Fn(std::net::IpAddr, std::time::Duration) + Sen
 pub struct Router(Arc<Inner>);
 
 /// A session target chosen from the shared table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub full: String,
     pub binding: SessionBinding,

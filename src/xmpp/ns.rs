@@ -72,3 +72,23 @@ pub const MODERATE: &str = "urn:xmpp:message-moderate:1";
 pub const CONFERENCE: &str = "jabber:x:conference";
 /// XEP-0410 MUC self-ping (an XEP-0199 ping to one's own occupant JID).
 pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// XEP-0060: event notifications, owner use cases, error conditions, node
+/// configuration form type.
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+/// XEP-0115 entity capabilities.
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
+/// XEP-0054 vcard-temp, XEP-0153 its presence update.
+pub const VCARD: &str = "vcard-temp";
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// XEP-0049 private XML storage.
+pub const PRIVATE: &str = "jabber:iq:private";
+/// XEP-0048 bookmarks (in private storage), XEP-0402 PEP native bookmarks.
+pub const BOOKMARKS: &str = "storage:bookmarks";
+pub const BOOKMARKS2: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0157 contact addresses: the form type.
+pub const SERVERINFO: &str = "http://jabber.org/network/serverinfo";
+/// XEP-0455 service outage status: the form type.
+pub const SOS: &str = "urn:xmpp:sos:0";
