@@ -299,7 +299,13 @@ async fn wait_until_listening(a: SocketAddr) {
 #[test]
 fn bad_requests_and_bad_framing_are_refused() {
     rt().block_on(async {
-        let (_c, http) = cluster(1, |cfg| cfg.xmpp.max_stanza_bytes = 20_000).await;
+        let (_c, http) = cluster(1, |cfg| {
+            cfg.xmpp.max_stanza_bytes = 20_000;
+            // PEP items and vCards must fit in a stanza (validated).
+            cfg.pep.max_item_bytes = 20_000;
+            cfg.pep.max_vcard_bytes = 20_000;
+        })
+        .await;
         let url = ws_url(http[0]);
 
         // Origins: another site refused; the allowed one, the listener's
