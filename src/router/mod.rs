@@ -156,6 +156,8 @@ struct Inner {
     pushes: push::Pushes,
     /// The XEP-0313 archiver (set once at start: `attach_archiver`).
     archiver: std::sync::OnceLock<archiver::Archiver>,
+    /// The node's counters (`/metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Takes an address block a peer announced (see [`Router::on_auth_block`]).
@@ -209,9 +211,15 @@ impl Router {
             auth_blocks: std::sync::OnceLock::new(),
             pushes: push::Pushes::new(push_limits),
             archiver: std::sync::OnceLock::new(),
+            metrics: Default::default(),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router
+    }
+
+    /// The node's counters (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
     }
 
     /// The task that removes delivered messages from replicated queues.
@@ -472,9 +480,12 @@ impl Router {
     /// Hands `el` to one session. Local: its channel; remote: the mesh.
     /// Returns the stanza back when a local session cannot take it.
     pub async fn deliver(&self, target: &Target, el: Element) -> Result<(), Element> {
+        use crate::metrics::RouteOutcome;
         if target.binding.node == self.0.node {
+            self.0.metrics.routed(RouteOutcome::Local).inc();
             return self.deliver_local(&target.full, target.binding.session, el);
         }
+        self.0.metrics.routed(RouteOutcome::Mesh).inc();
         self.0
             .mesh
             .send_stanza(

@@ -246,6 +246,13 @@ impl Router {
         };
         let routed = Routed { guarded, archived };
         if chosen.is_empty() {
+            if guarded {
+                // §8.5.2.2: stored for later delivery.
+                self.0
+                    .metrics
+                    .routed(crate::metrics::RouteOutcome::Offline)
+                    .inc();
+            }
             return routed;
         }
         if carbons {
@@ -391,6 +398,10 @@ impl Router {
             return;
         };
         debug!(to = %to, condition = %err.condition, "bounce");
+        self.0
+            .metrics
+            .routed(crate::metrics::RouteOutcome::Bounced)
+            .inc();
         if self.push_answered(&reply, true) {
             // A push the app server's address could not take.
             return;
