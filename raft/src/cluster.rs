@@ -52,6 +52,11 @@ pub struct NodeReport {
     pub nodes: BTreeMap<NodeId, StarlingNode>,
     /// Never voted, no log, no membership: may still be asked to initialize.
     pub pristine: bool,
+    /// The node's XMPP client address as configured (a member formed from
+    /// `initial_cluster` has none in the membership). Empty from a node
+    /// that predates the field.
+    #[serde(default)]
+    pub client_addr: String,
 }
 
 struct Inner {
@@ -70,6 +75,8 @@ struct Inner {
     /// How long [`ClusterHandle::propose`] takes, committed and applied
     /// here (`/metrics`).
     proposal_latency: crate::latency::LatencyHistogram,
+    /// This node's XMPP client address (`set_client_addr`).
+    client_addr: std::sync::OnceLock<String>,
 }
 
 /// What `/metrics` reports of this node's raft, read at scrape time.
@@ -124,6 +131,7 @@ impl ClusterHandle {
             leader_contact: std::sync::Mutex::new(None),
             leader_commit: AtomicU64::new(0),
             proposal_latency: Default::default(),
+            client_addr: std::sync::OnceLock::new(),
         }))
     }
 
@@ -497,6 +505,11 @@ impl ClusterHandle {
         }
     }
 
+    /// Sets this node's XMPP client address for its reports (once).
+    pub fn set_client_addr(&self, addr: String) {
+        let _ = self.0.client_addr.set(addr);
+    }
+
     /// Proposal latency so far (every outcome counted).
     pub fn proposal_latency(&self) -> crate::latency::HistogramSnapshot {
         self.0.proposal_latency.snapshot()
@@ -577,6 +590,7 @@ impl ClusterHandle {
             voters,
             learners,
             nodes,
+            client_addr: self.0.client_addr.get().cloned().unwrap_or_default(),
         }
     }
 
