@@ -189,6 +189,11 @@ fn metrics_move_with_traffic_on_every_node() {
         alice
             .expect("bob's message", |e| body_of(e).as_deref() == Some("b0"))
             .await;
+        // Local: to herself, on node 1.
+        alice.send(&chat("alice@localhost/a", "self")).await;
+        alice
+            .expect("her own message", |e| body_of(e).as_deref() == Some("self"))
+            .await;
         // Offline: carol has no session.
         alice.send(&chat("carol@localhost", "c0")).await;
         // Bounced: no such account (RFC 6121 §8.5.1).
@@ -222,14 +227,15 @@ fn metrics_move_with_traffic_on_every_node() {
         ];
         let grew = |node: usize, key: &str| after[node].get(key) - before[node].get(key);
 
-        // Node 1: alice's login, 5 messages in (3 to bob, carol, nobody)
-        // plus presence and pings, 3 over the mesh, one offline, one
-        // bounced; bob's message and the bounce written to her.
+        // Node 1: alice's login, 6 messages in (3 to bob, herself, carol,
+        // nobody) plus presence and pings, 3 over the mesh, one local, one
+        // offline, one bounced; bob's, her own and the bounce written to
+        // her.
         assert_eq!(grew(0, "starling_auth_attempts_total{outcome=\"success\"}"), 1.0);
-        assert!(grew(0, "starling_stanzas_received_total{kind=\"message\"}") >= 5.0);
+        assert!(grew(0, "starling_stanzas_received_total{kind=\"message\"}") >= 6.0);
         assert!(grew(0, "starling_stanzas_received_total{kind=\"presence\"}") >= 1.0);
         assert!(grew(0, "starling_stanzas_received_total{kind=\"iq\"}") >= 2.0);
-        assert!(grew(0, "starling_stanzas_sent_total{kind=\"message\"}") >= 2.0);
+        assert!(grew(0, "starling_stanzas_sent_total{kind=\"message\"}") >= 3.0);
         assert!(grew(0, "starling_routed_stanzas_total{outcome=\"mesh\"}") >= 3.0);
         assert!(grew(0, "starling_routed_stanzas_total{outcome=\"offline\"}") >= 1.0);
         assert!(grew(0, "starling_routed_stanzas_total{outcome=\"bounced\"}") >= 1.0);

@@ -480,12 +480,9 @@ impl Router {
     /// Hands `el` to one session. Local: its channel; remote: the mesh.
     /// Returns the stanza back when a local session cannot take it.
     pub async fn deliver(&self, target: &Target, el: Element) -> Result<(), Element> {
-        use crate::metrics::RouteOutcome;
         if target.binding.node == self.0.node {
-            self.0.metrics.routed(RouteOutcome::Local).inc();
             return self.deliver_local(&target.full, target.binding.session, el);
         }
-        self.0.metrics.routed(RouteOutcome::Mesh).inc();
         self.0
             .mesh
             .send_stanza(

@@ -109,6 +109,7 @@ impl Router {
                     })
                     .collect();
                 for t in targets {
+                    self.count_routed(t);
                     let _ = self.deliver(t, el.clone()).await;
                 }
             }
@@ -116,6 +117,7 @@ impl Router {
                 let target = full.and_then(|f| sessions.iter().find(|t| t.full == f));
                 match target {
                     Some(t) => {
+                        self.count_routed(t);
                         if let Err(el) = self.deliver(t, el).await {
                             self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
                                 .await;
@@ -178,6 +180,9 @@ impl Router {
                 }
             }
         };
+        for t in &chosen {
+            self.count_routed(t);
+        }
         let carbons = carbon_eligible(&el);
         el.remove_children(|c| c.is("private", ns::CARBONS));
         // §8.5.2.2: chat and normal are stored when no resource takes them;
@@ -384,6 +389,18 @@ impl Router {
                 let _ = self.deliver(&t, carbon("sent", bare, &t.full, el)).await;
             }
         }
+    }
+
+    /// Counts a stanza routed to `target`'s session: here, or over the
+    /// mesh (however it travels: live, in custody, after its guard).
+    fn count_routed(&self, target: &Target) {
+        use crate::metrics::RouteOutcome;
+        let outcome = if target.binding.node == self.0.node {
+            RouteOutcome::Local
+        } else {
+            RouteOutcome::Mesh
+        };
+        self.0.metrics.routed(outcome).inc();
     }
 
     /// Sends the error reply for `el` back to its sender.
