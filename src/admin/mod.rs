@@ -74,7 +74,7 @@ pub async fn server(
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
-    let reflection = reflection().build_v1()?;
+    let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let svc = AdminService {
         cluster,
@@ -92,7 +92,7 @@ pub async fn server(
             CheckToken(token),
         ))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
 }
 
