@@ -296,16 +296,25 @@ mod tests {
     #[test]
     fn exposition_lines() {
         let mut e = Exposition::default();
-        e.family("x_total", Kind::Counter, "Things.\nMore.")
-            .sample("x_total", &[("a", "q\"\\\n")], 3.0);
+        e.family("x_total", Kind::Counter, "Things.\nMore.").sample(
+            "x_total",
+            &[("a", "q\"\\\n")],
+            3.0,
+        );
         let h = starling_raft::latency::LatencyHistogram::default();
         h.observe(std::time::Duration::from_millis(2));
         e.histogram("lat_seconds", "Latency.", &h.snapshot());
         let out = e.finish();
         assert!(out.starts_with("# HELP x_total Things.\\nMore.\n# TYPE x_total counter\n"));
         assert!(out.contains("x_total{a=\"q\\\"\\\\\\n\"} 3\n"), "{out}");
-        assert!(out.contains("lat_seconds_bucket{le=\"0.001\"} 0\n"), "{out}");
-        assert!(out.contains("lat_seconds_bucket{le=\"0.0025\"} 1\n"), "{out}");
+        assert!(
+            out.contains("lat_seconds_bucket{le=\"0.001\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lat_seconds_bucket{le=\"0.0025\"} 1\n"),
+            "{out}"
+        );
         assert!(out.contains("lat_seconds_bucket{le=\"+Inf\"} 1\n"), "{out}");
         assert!(out.contains("lat_seconds_count 1\n"), "{out}");
     }

@@ -52,7 +52,10 @@ fn promtool() -> &'static str {
             "promtool is missing and apt-get install prometheus failed: install Debian's prometheus package (as root) or run scripts/test as root"
         );
     }
-    assert!(found("promtool"), "promtool still missing after installing prometheus");
+    assert!(
+        found("promtool"),
+        "promtool still missing after installing prometheus"
+    );
     "promtool"
 }
 
@@ -110,7 +113,10 @@ impl Scrape {
 async fn scrape(http: SocketAddr) -> Scrape {
     let (status, head, text) = http_get(http, "/metrics").await;
     assert_eq!(status, 200, "{head}");
-    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     let samples = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -134,7 +140,11 @@ async fn scrape_until(http: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool
         if ok(&s) {
             return s;
         }
-        assert!(Instant::now() < until, "{http}: {what} never held:\n{}", s.text);
+        assert!(
+            Instant::now() < until,
+            "{http}: {what} never held:\n{}",
+            s.text
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -151,8 +161,7 @@ async fn cluster() -> (TestCluster, Vec<SocketAddr>) {
     }
     for a in &http {
         scrape_until(*a, "serving", |s| {
-            s.get("starling_raft_leader_known") == 1.0
-                && s.get("starling_accounts") == 3.0
+            s.get("starling_raft_leader_known") == 1.0 && s.get("starling_accounts") == 3.0
         })
         .await;
     }
@@ -181,7 +190,9 @@ fn metrics_move_with_traffic_on_every_node() {
         }
         for i in 0..3 {
             let m = bob
-                .expect("alice's message", |e| e.name() == "message" && body_of(e).is_some())
+                .expect("alice's message", |e| {
+                    e.name() == "message" && body_of(e).is_some()
+                })
                 .await;
             assert_eq!(body_of(&m), Some(format!("a{i}")));
         }
@@ -231,7 +242,10 @@ fn metrics_move_with_traffic_on_every_node() {
         // nobody) plus presence and pings, 3 over the mesh, one local, one
         // offline, one bounced; bob's, her own and the bounce written to
         // her.
-        assert_eq!(grew(0, "starling_auth_attempts_total{outcome=\"success\"}"), 1.0);
+        assert_eq!(
+            grew(0, "starling_auth_attempts_total{outcome=\"success\"}"),
+            1.0
+        );
         assert!(grew(0, "starling_stanzas_received_total{kind=\"message\"}") >= 6.0);
         assert!(grew(0, "starling_stanzas_received_total{kind=\"presence\"}") >= 1.0);
         assert!(grew(0, "starling_stanzas_received_total{kind=\"iq\"}") >= 2.0);
@@ -244,16 +258,28 @@ fn metrics_move_with_traffic_on_every_node() {
         assert!(after[0].get("starling_c2s_connections{transport=\"tcp\"}") >= 1.0);
         // Node 2: bob's login, alice's three written to him, his one over
         // the mesh.
-        assert_eq!(grew(1, "starling_auth_attempts_total{outcome=\"success\"}"), 1.0);
+        assert_eq!(
+            grew(1, "starling_auth_attempts_total{outcome=\"success\"}"),
+            1.0
+        );
         assert!(grew(1, "starling_stanzas_sent_total{kind=\"message\"}") >= 3.0);
         assert!(grew(1, "starling_routed_stanzas_total{outcome=\"mesh\"}") >= 1.0);
         assert_eq!(after[1].get("starling_c2s_sessions"), 1.0);
         // Node 3: the failure, and nothing else.
-        assert_eq!(grew(2, "starling_auth_attempts_total{outcome=\"failure\"}"), 1.0);
-        assert_eq!(grew(2, "starling_auth_attempts_total{outcome=\"success\"}"), 0.0);
+        assert_eq!(
+            grew(2, "starling_auth_attempts_total{outcome=\"failure\"}"),
+            1.0
+        );
+        assert_eq!(
+            grew(2, "starling_auth_attempts_total{outcome=\"success\"}"),
+            0.0
+        );
         assert_eq!(after[2].get("starling_c2s_sessions"), 0.0);
         assert_eq!(
-            grew(2, "starling_c2s_connections_opened_total{transport=\"websocket\"}"),
+            grew(
+                2,
+                "starling_c2s_connections_opened_total{transport=\"websocket\"}"
+            ),
             1.0
         );
         assert!(
@@ -271,7 +297,10 @@ fn metrics_move_with_traffic_on_every_node() {
             .unwrap();
         for s in &after {
             assert_eq!(s.get("starling_raft_leader_id"), (leader + 1) as f64);
-            assert_eq!(s.get("starling_raft_term"), after[0].get("starling_raft_term"));
+            assert_eq!(
+                s.get("starling_raft_term"),
+                after[0].get("starling_raft_term")
+            );
             assert_eq!(s.get("starling_raft_voters"), 3.0);
             assert!(s.get("starling_raft_applied_index") > 0.0);
             assert!(s.get("starling_raft_last_log_index") >= s.get("starling_raft_applied_index"));
@@ -320,7 +349,10 @@ fn metrics_move_with_traffic_on_every_node() {
         // Every metric the alert rules and the dashboard use exists.
         let names = after[leader].names();
         let mut used = String::new();
-        for f in ["deploy/prometheus/alerts.yml", "deploy/grafana/starling.json"] {
+        for f in [
+            "deploy/prometheus/alerts.yml",
+            "deploy/grafana/starling.json",
+        ] {
             used.push_str(&std::fs::read_to_string(dir.join(f)).unwrap());
         }
         let mut checked = 0;
@@ -328,7 +360,10 @@ fn metrics_move_with_traffic_on_every_node() {
             if (word.starts_with("starling_") || word.starts_with("process_"))
                 && word != "starling_overview"
             {
-                assert!(names.contains(word), "{word} is used in deploy/ but not exported");
+                assert!(
+                    names.contains(word),
+                    "{word} is used in deploy/ but not exported"
+                );
                 checked += 1;
             }
         }

@@ -377,7 +377,11 @@ async fn run_connection(shared: Arc<Shared>, conn: stream::Conn, mut ticket: Tic
         crate::metrics::Transport::Tcp
     };
     let metrics_shared = shared.clone();
-    let _open = metrics_shared.router.metrics().connections(transport).open();
+    let _open = metrics_shared
+        .router
+        .metrics()
+        .connections(transport)
+        .open();
     match negotiate::negotiate(&shared, conn, &mut ticket).await {
         Some(negotiate::Negotiated::Bound(mut session)) => {
             // The slot goes with the session's connection: a resumption on
