@@ -81,6 +81,16 @@ pub struct Config {
     /// XEP-0313 message archive: retention, paging, batching.
     #[serde(default)]
     pub archive: ArchiveSection,
+    /// XEP-0045 multi-user chat: the service's address and its limits.
+    #[serde(default)]
+    pub muc: MucSection,
+    /// XEP-0163 PEP, XEP-0054 vCards, XEP-0049 private storage: limits.
+    #[serde(default)]
+    pub pep: PepSection,
+    /// XEP-0157 contact addresses and XEP-0455 status pages in the
+    /// server's disco#info.
+    #[serde(default)]
+    pub server_info: ServerInfoSection,
     /// The HTTP listener: XMPP over WebSocket (RFC 7395), XEP-0156
     /// discovery, health. Default: off.
     #[serde(default)]
@@ -120,6 +130,100 @@ pub struct ClusterTlsSection {
 
 fn default_cluster_server_name() -> String {
     starling_raft::tls::DEFAULT_SERVER_NAME.to_string()
+}
+
+/// `[pep]`: per-account data a client stores on the server (`im::pep`,
+/// `im::vcard`, `im::private`). Every node holds all of it in memory and
+/// on disk (it is replicated), so these bound each node's memory per
+/// account. Every node of a cluster should use the same values (the
+/// proposing node's apply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepSection {
+    /// Bytes of one PEP item's payload (serialized); more is refused with
+    /// `not-acceptable` + `<payload-too-big/>` (XEP-0060 §7.1.3.6). At
+    /// most `xmpp.max_stanza_bytes`. Default: 65536 (an XEP-0084 avatar
+    /// of about 48 KB).
+    pub max_item_bytes: usize,
+    /// Items one node keeps (`pubsub#max_items` is lowered to it, and
+    /// `max` means it). Default: 256.
+    pub max_items_per_node: u32,
+    /// PEP nodes of one account; creating one more is refused with
+    /// `resource-constraint`. Default: 128.
+    pub max_nodes: u32,
+    /// Payload bytes of all of one account's PEP items; a publish beyond
+    /// is refused with `resource-constraint`. Default: 2097152 (2 MiB).
+    pub max_bytes_per_account: u64,
+    /// XEP-0115 client versions (`ver`) remembered with the PEP nodes they
+    /// want notifications of, for the whole cluster; beyond, a new
+    /// version's interests are not stored (its clients get no PEP
+    /// notifications until one is forgotten). Default: 10000.
+    pub max_caps: u32,
+    /// Bytes of one account's XEP-0054 vCard (serialized); more is
+    /// refused with `not-acceptable`. At most `xmpp.max_stanza_bytes`.
+    /// Default: 65536.
+    pub max_vcard_bytes: usize,
+    /// Bytes of all of one account's XEP-0049 private XML; a store beyond
+    /// is refused with `resource-constraint`. Default: 262144 (256 KiB).
+    pub max_private_bytes: u64,
+}
+
+impl Default for PepSection {
+    fn default() -> Self {
+        PepSection {
+            max_item_bytes: 64 * 1024,
+            max_items_per_node: 256,
+            max_nodes: 128,
+            max_bytes_per_account: 2 << 20,
+            max_caps: 10_000,
+            max_vcard_bytes: 64 * 1024,
+            max_private_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[server_info]`: what the server's disco#info tells about its
+/// operators, as an XEP-0128 extended form each: XEP-0157 contact
+/// addresses (`http://jabber.org/network/serverinfo`) and XEP-0455
+/// out-of-band status pages (`urn:xmpp:sos:0`). Each field is a list of
+/// URIs (`mailto:`, `xmpp:`, `https:`); an empty list is left out, and
+/// with every list empty the form is. Default: every list empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerInfoSection {
+    /// XEP-0157 `abuse-addresses`.
+    pub abuse: Vec<String>,
+    /// XEP-0157 `admin-addresses`.
+    pub admin: Vec<String>,
+    /// XEP-0157 `feedback-addresses`.
+    pub feedback: Vec<String>,
+    /// XEP-0157 `sales-addresses`.
+    pub sales: Vec<String>,
+    /// XEP-0157 `security-addresses`.
+    pub security: Vec<String>,
+    /// XEP-0157 `status-addresses`.
+    pub status: Vec<String>,
+    /// XEP-0157 `support-addresses`.
+    pub support: Vec<String>,
+    /// XEP-0455 `external-status-addresses`: status pages (`https:` URLs
+    /// of a JSON status document) clients may read when this server
+    /// cannot be reached.
+    pub outage_status: Vec<String>,
+}
+
+impl ServerInfoSection {
+    /// The XEP-0157 fields, (var, values), in the XEP's order.
+    pub fn contact_fields(&self) -> [(&'static str, &[String]); 7] {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+    }
 }
 
 /// `[archive]`: the XEP-0313 message archive (`im::mam`,
@@ -186,6 +290,50 @@ impl ArchiveSection {
                 "must be \"always\", \"roster\" or \"never\"",
             )
         })
+    }
+}
+
+/// `[muc]`: the XEP-0045 multi-user chat service (`im::muc`). Every node
+/// of a cluster should use the same values (the proposing node's caps
+/// apply to each join and creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucSection {
+    /// Serve multi-user chat at all. Default: `true`.
+    pub enabled: bool,
+    /// The service's subdomain label: rooms are `room@<subdomain>.<domain>`.
+    /// Default: `"conference"`.
+    pub subdomain: String,
+    /// Rooms one user may have created (existing at once); one more is
+    /// answered with `resource-constraint`. Default: 10.
+    pub max_rooms_per_user: u32,
+    /// Occupants of one room at once; a room's own `max_occupants` may be
+    /// lower, never higher. Entering a full room is answered with
+    /// `service-unavailable` (XEP-0045 §7.2.10; owners and admins still
+    /// enter). Default: 200.
+    pub max_occupants: u32,
+    /// Messages of a room's history kept on each node for newcomers; a
+    /// room's `muc#maxhistoryfetch` may be lower. Default: 50.
+    pub max_history: u32,
+    /// Bytes of a nick; longer is answered with `not-acceptable`.
+    /// Default: 64.
+    pub max_nick_bytes: usize,
+    /// Bytes of a subject, a room name or description; longer is answered
+    /// with `policy-violation`. Default: 1024.
+    pub max_subject_bytes: usize,
+}
+
+impl Default for MucSection {
+    fn default() -> Self {
+        MucSection {
+            enabled: true,
+            subdomain: "conference".into(),
+            max_rooms_per_user: 10,
+            max_occupants: 200,
+            max_history: 50,
+            max_nick_bytes: 64,
+            max_subject_bytes: 1024,
+        }
     }
 }
 
@@ -788,6 +936,68 @@ impl Config {
                 "archive.default_page",
                 "must be at most archive.max_page",
             ));
+        }
+        let m = &self.muc;
+        if m.subdomain.is_empty()
+            || !m
+                .subdomain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(invalid(
+                "muc.subdomain",
+                "must be one DNS label (letters, digits, '-')",
+            ));
+        }
+        if m.max_occupants == 0 || m.max_rooms_per_user == 0 || m.max_nick_bytes == 0 {
+            return Err(invalid(
+                "muc.max_occupants",
+                "max_occupants, max_rooms_per_user and max_nick_bytes must be positive",
+            ));
+        }
+        if m.max_history > 1000 {
+            return Err(invalid("muc.max_history", "must be at most 1000"));
+        }
+        let p = &self.pep;
+        for (field, v) in [
+            ("pep.max_item_bytes", p.max_item_bytes as u64),
+            ("pep.max_items_per_node", u64::from(p.max_items_per_node)),
+            ("pep.max_nodes", u64::from(p.max_nodes)),
+            ("pep.max_bytes_per_account", p.max_bytes_per_account),
+            ("pep.max_caps", u64::from(p.max_caps)),
+            ("pep.max_vcard_bytes", p.max_vcard_bytes as u64),
+            ("pep.max_private_bytes", p.max_private_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        for (field, v) in [
+            ("pep.max_item_bytes", p.max_item_bytes),
+            ("pep.max_vcard_bytes", p.max_vcard_bytes),
+        ] {
+            if v > x.max_stanza_bytes {
+                return Err(invalid(field, "must be at most xmpp.max_stanza_bytes"));
+            }
+        }
+        if p.max_bytes_per_account < p.max_item_bytes as u64 {
+            return Err(invalid(
+                "pep.max_bytes_per_account",
+                "must be at least pep.max_item_bytes",
+            ));
+        }
+        let si = &self.server_info;
+        for (var, values) in si
+            .contact_fields()
+            .into_iter()
+            .chain([("outage_status", si.outage_status.as_slice())])
+        {
+            if let Some(bad) = values.iter().find(|v| !v.contains(':') || v.len() > 1024) {
+                return Err(invalid(
+                    format!("server_info.{}", var.trim_end_matches("-addresses")),
+                    format!("{bad:?} is not a URI"),
+                ));
+            }
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {

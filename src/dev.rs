@@ -114,6 +114,9 @@ pub fn plan(
                 ..XmppSection::default()
             },
             archive: Default::default(),
+            muc: Default::default(),
+            pep: Default::default(),
+            server_info: Default::default(),
             cluster_tls: Some(tls),
             insecure_plaintext_cluster: false,
             http: crate::config::HttpSection {

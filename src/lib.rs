@@ -13,7 +13,8 @@
 //! - [`clock`]: Unix milliseconds and XEP-0082 date-times.
 //! - [`c2s`]: client connections: listeners, TLS, SASL, binding, sessions.
 //! - [`im`]: roster, presence, subscriptions, offline messages, disco,
-//!   registration (RFC 6121 and the XEPs), one module each.
+//!   registration (RFC 6121 and the XEPs), one module each; XEP-0045
+//!   multi-user chat (`im::muc`), a service the router hands its domain to.
 //! - [`router`]: who is where (the shared session table) and where a
 //!   stanza goes: a local session, the mesh, the offline queue, an error.
 //! - [`mesh`]: the gRPC stanza mesh between nodes: the router's transport,

@@ -184,6 +184,13 @@ async fn run_inner(
         stop_rx.clone(),
     ));
 
+    // XEP-0045: stanzas for the chat service's domain go to it.
+    if config.muc.enabled {
+        let muc_domain = format!("{}.{}", config.muc.subdomain, config.domain);
+        let service = crate::im::muc::Service::new(router.clone(), config.muc.clone());
+        router.attach_muc(muc_domain, Arc::new(service));
+    }
+
     // What the mesh receives, and what becomes of what it sends, goes to
     // the router (the mesh keeps only a weak handle: this one lives as
     // long as the node).
@@ -254,6 +261,7 @@ async fn run_inner(
             },
         )),
         resumable: std::sync::Mutex::new(std::collections::HashMap::new()),
+        services: crate::im::Services::new(config.pep.clone(), config.server_info.clone()),
         shutdown: c2s_stop_rx,
         serving,
     });
@@ -381,7 +389,18 @@ async fn serve_clients(
             .write(starling_raft::command::Command::DropNodeSessions { node, term: None })
             .await
         {
-            Ok(_) => break,
+            Ok(_) => {
+                // This node's occupants of its previous life leave their
+                // rooms too (XEP-0045: their sessions are gone).
+                if shared
+                    .cluster
+                    .write(starling_raft::command::Command::MucDropNode { node })
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
             Err(e) => {
                 if !logged {
                     info!(error = %e, "waiting for the cluster before serving clients");

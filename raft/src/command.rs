@@ -9,6 +9,11 @@ pub use crate::archive::{
     ArchiveDefault, ArchiveEntry, ArchiveLimits, ArchivePrefs, ArchiveRetraction, ArchivedMessage,
 };
 use crate::credentials::Credentials;
+pub use crate::muc::{
+    Affiliation, AffiliationChange, AffiliationRecord, MucRefusal, Occupant, Role, Room,
+    RoomConfig, RoomInit, Subject,
+};
+pub use crate::pep::{PepAccess, PepItem, PepLimits, PepNode, PepNodeConfig};
 use crate::types::NodeId;
 
 /// A change to the replicated state. JIDs arrive already normalized by the
@@ -212,6 +217,124 @@ pub enum Command {
     ArchiveTrim { limits: ArchiveLimits },
     /// XEP-0313 §6: replace `owner`'s archiving preferences.
     SetArchivePrefs { owner: String, prefs: ArchivePrefs },
+    /// XEP-0045 §7.2: `occupant` enters `room` as `nick`, creating the room
+    /// (its creator as owner) when it does not exist and `create` says
+    /// how. Refused ([`Response::MucRefused`]) for a taken nick, an
+    /// outcast, a non-member of a members-only room, a full room (cap:
+    /// the room's, at most `max_occupants`), a locked room not the
+    /// owner's, or a creator at `create.max_rooms`.
+    MucJoin {
+        room: String,
+        nick: String,
+        occupant: Occupant,
+        create: Option<RoomInit>,
+        max_occupants: u32,
+        /// The password the joiner gave, checked here against the room's
+        /// (so a password set on another node a moment ago holds).
+        #[serde(default)]
+        password: Option<String>,
+    },
+    /// XEP-0045 §7.14: the session `full` leaves `room` (a temporary room
+    /// left empty is destroyed).
+    MucLeave { room: String, full: String },
+    /// XEP-0045 §7.6: the session `full` takes `nick` in `room`.
+    MucNick {
+        room: String,
+        full: String,
+        nick: String,
+    },
+    /// XEP-0045 §8.2, §8.4, §9.6: the occupant `nick` gets `role`; `None`
+    /// removes it from the room (kicked).
+    MucSetRole {
+        room: String,
+        nick: String,
+        role: Option<Role>,
+    },
+    /// XEP-0045 §9, §10: affiliation changes (`none` removes a row); the
+    /// present occupants follow (outcasts out, roles reset).
+    MucSetAffiliations {
+        room: String,
+        changes: Vec<AffiliationChange>,
+    },
+    /// XEP-0045 §10.2: a new configuration; `unlock` opens a reserved room.
+    MucConfigure {
+        room: String,
+        config: RoomConfig,
+        unlock: bool,
+    },
+    /// XEP-0045 §8.1: the room's subject (empty text clears it).
+    MucSubject { room: String, subject: Subject },
+    /// XEP-0045 §10.9: the room and its affiliations go.
+    MucDestroy { room: String },
+    /// Occupants whose sessions were on `node` (dead, or restarted) leave
+    /// every room.
+    MucDropNode { node: NodeId },
+    /// XEP-0163 / XEP-0060 §7.1: publish item `item_id` to `owner`'s node
+    /// `node`. An absent node is created with `create` (§7.1.4
+    /// auto-create; the publish-options' config when given). `require`:
+    /// the publish-options precondition (§7.1.5), the node's config must
+    /// equal it, else [`Response::PepPreconditionNotMet`] and nothing
+    /// changes. An item with the same id is replaced (moved to newest);
+    /// the oldest items beyond `max_items` go. A retry publishes the same
+    /// item again: the same state but for the publication order.
+    PepPublish {
+        owner: String,
+        node: String,
+        item_id: String,
+        item: PepItem,
+        create: PepNodeConfig,
+        #[serde(default)]
+        require: Option<PepNodeConfig>,
+        limits: PepLimits,
+    },
+    /// XEP-0060 §8.1: create `owner`'s node `node` with `config`, empty;
+    /// [`Response::PepNodeExists`] if it exists.
+    PepCreate {
+        owner: String,
+        node: String,
+        config: PepNodeConfig,
+        created_ms: u64,
+        limits: PepLimits,
+    },
+    /// XEP-0060 §7.2: remove item `item_id` from `owner`'s node `node`.
+    PepRetract {
+        owner: String,
+        node: String,
+        item_id: String,
+    },
+    /// XEP-0060 §8.4: delete `owner`'s node `node` and its items.
+    PepDeleteNode { owner: String, node: String },
+    /// XEP-0060 §8.2: replace the configuration of `owner`'s existing node
+    /// `node` (items beyond a lower `max_items` go, oldest first).
+    PepConfigure {
+        owner: String,
+        node: String,
+        config: PepNodeConfig,
+        limits: PepLimits,
+    },
+    /// XEP-0115: remember that clients with caps `ver` ("hash ver") want
+    /// notifications of `notify` (verified by the proposer, §5.4). Not
+    /// stored when the table holds `max_entries` already.
+    SetCaps {
+        ver: String,
+        notify: Vec<String>,
+        max_entries: u32,
+    },
+    /// XEP-0054: replace `owner`'s vCard (`None`: remove it).
+    SetVcard {
+        owner: String,
+        vcard: Option<String>,
+    },
+    /// XEP-0049: store `xml` as `owner`'s private element (ns \0 name)
+    /// `key`, replacing what was there; refused
+    /// ([`Response::OverBudget`]) when `owner`'s private XML would exceed
+    /// `max_bytes`.
+    SetPrivate {
+        owner: String,
+        key: String,
+        xml: String,
+        max_bytes: u64,
+    },
     /// Several commands proposed at about the same time, committed as one
     /// log entry (one fsync) and applied in order, each with its own result
     /// in [`Response::Batch`]. A batch inside a batch is not applied.
@@ -267,6 +390,12 @@ impl Command {
                         .iter()
                         .map(|r| 64 + r.tombstone.len())
                         .sum::<usize>()
+            }
+            Command::PepPublish { item, .. } => 256 + item.payload.len(),
+            Command::SetVcard { vcard, .. } => 128 + vcard.as_ref().map_or(0, String::len),
+            Command::SetPrivate { xml, .. } => 128 + xml.len(),
+            Command::SetCaps { notify, .. } => {
+                128 + notify.iter().map(|n| n.len() + 8).sum::<usize>()
             }
             Command::CreateUser { .. }
             | Command::SetPassword { .. }
@@ -388,6 +517,47 @@ pub enum Response {
         removed: u32,
     },
     ArchivePrefsSet,
+    /// Result of [`Command::MucJoin`]: in the room with `role`.
+    MucJoined {
+        created: bool,
+        role: Role,
+    },
+    /// A room command refused, and why.
+    MucRefused {
+        reason: MucRefusal,
+    },
+    /// Any other room command applied (or nothing to do).
+    MucDone,
+    /// Result of [`Command::PepPublish`]: whether the node was created, and
+    /// the ids of the items that went to make room (oldest first).
+    PepPublished {
+        created: bool,
+        evicted: Vec<String>,
+    },
+    /// The publish-options precondition failed (XEP-0060 §7.1.5).
+    PepPreconditionNotMet,
+    /// The node does not exist.
+    PepNoSuchNode,
+    /// Result of [`Command::PepCreate`]: the node exists already.
+    PepNodeExists,
+    /// Result of [`Command::PepRetract`].
+    PepRetracted {
+        existed: bool,
+    },
+    /// Result of [`Command::PepDeleteNode`]: the ids of its items.
+    PepNodeDeleted {
+        items: Vec<String>,
+    },
+    /// Result of [`Command::PepConfigure`].
+    PepConfigured {
+        evicted: Vec<String>,
+    },
+    /// Result of [`Command::SetCaps`].
+    CapsSet {
+        stored: bool,
+    },
+    VcardSet,
+    PrivateSet,
     /// A command that cannot be applied (a batch nested in a batch).
     Rejected {
         reason: String,
@@ -498,6 +668,12 @@ pub enum Budget {
     /// The push registrations of an account (`max_registrations` of
     /// [`Command::EnablePush`]).
     PushRegistrations,
+    /// The nodes of one account's PEP service.
+    PepNodes,
+    /// The payload bytes of one account's PEP items.
+    PepBytes,
+    /// The bytes of one account's private XML.
+    PrivateBytes,
     /// The JIDs of one list of archiving preferences
     /// ([`crate::archive::MAX_PREFS_JIDS`]).
     ArchivePrefsJids,

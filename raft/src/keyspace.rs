@@ -192,6 +192,64 @@ pub const ARCHIVE_PREFS: TableSpec = TableSpec {
     value: "ArchivePrefs",
 };
 
+/// XEP-0045 rooms: definition, configuration, subject and present
+/// occupants (see [`crate::muc`]).
+pub const MUC_ROOMS: TableSpec = TableSpec {
+    prefix: b'M',
+    name: "muc_rooms",
+    key: "room bare JID",
+    value: "Room",
+};
+
+/// XEP-0045 affiliations of each room (no row: `none`).
+pub const MUC_AFFILIATIONS: TableSpec = TableSpec {
+    prefix: b'N',
+    name: "muc_affiliations",
+    key: "room bare JID \\0 user bare JID",
+    value: "AffiliationRecord",
+};
+
+/// XEP-0163 PEP nodes of each account, with their configuration.
+pub const PEP_NODES: TableSpec = TableSpec {
+    prefix: b'e',
+    name: "pep_nodes",
+    key: "owner bare JID \\0 node name",
+    value: "PepNode",
+};
+
+/// The items of each PEP node.
+pub const PEP_ITEMS: TableSpec = TableSpec {
+    prefix: b'E',
+    name: "pep_items",
+    key: "owner bare JID \\0 node name \\0 item id",
+    value: "PepItem",
+};
+
+/// XEP-0115 capabilities: which PEP nodes a client version (`hash ver`,
+/// verified) wants notifications of (`+notify`).
+pub const CAPS: TableSpec = TableSpec {
+    prefix: b'k',
+    name: "caps",
+    key: "hash function name, space, ver string; or \"jid \" and a full JID (a session's unverified caps, removed with its binding)",
+    value: "node names, Vec<String>",
+};
+
+/// XEP-0054 vCards: one per account.
+pub const VCARDS: TableSpec = TableSpec {
+    prefix: b'V',
+    name: "vcards",
+    key: "owner bare JID",
+    value: "the vCard, serialized XML",
+};
+
+/// XEP-0049 private XML storage: one element per (namespace, name).
+pub const PRIVATE: TableSpec = TableSpec {
+    prefix: b'x',
+    name: "private",
+    key: "owner bare JID \\0 namespace \\0 element name",
+    value: "the element, serialized XML",
+};
+
 /// Every table of the [`SM`] tree, in the order their rows go into a
 /// snapshot.
 pub const TABLES: &[TableSpec] = &[
@@ -209,6 +267,13 @@ pub const TABLES: &[TableSpec] = &[
     ARCHIVE,
     ARCHIVE_IDS,
     ARCHIVE_PREFS,
+    MUC_ROOMS,
+    MUC_AFFILIATIONS,
+    PEP_NODES,
+    PEP_ITEMS,
+    CAPS,
+    VCARDS,
+    PRIVATE,
 ];
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]

@@ -8,6 +8,10 @@
 //!   never XML.
 //! - [`archive`]: the XEP-0313 message archive as data: entries, preferences,
 //!   retention limits, and the pure paged query over one account's archive.
+//! - [`muc`]: XEP-0045 rooms as data: configuration, occupants,
+//!   affiliations and roles (what they allow is the server's).
+//! - [`pep`]: XEP-0163 PEP nodes and items, XEP-0115 caps, vCards and private
+//!   XML as data (payloads opaque XML strings).
 //! - [`credentials`]: SCRAM credentials derived from a password before it is
 //!   proposed; the password itself is never replicated.
 //! - [`state`]: the state machine's data (every table in memory), its
@@ -41,7 +45,9 @@ pub mod command;
 pub mod credentials;
 pub mod keyspace;
 pub mod latency;
+pub mod muc;
 pub mod network;
+pub mod pep;
 mod proposal;
 pub mod state;
 pub mod store;

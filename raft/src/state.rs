@@ -28,6 +28,8 @@ use crate::command::{
     FastClient, Invite, OfflineMessage, PushRegistration, RosterItem, SessionBinding, UserRecord,
 };
 use crate::keyspace::{self, TABLES};
+use crate::muc::{Affiliation, AffiliationRecord, Room};
+use crate::pep::{PepItem, PepNode};
 use crate::table::{Measured, Row, StoredTable, Table, Tracker, Writes};
 use crate::types::NodeId;
 
@@ -61,6 +63,20 @@ pub struct StateData {
     pub archive_ids: Table<(String, String), u64>,
     /// XEP-0313 preferences per account.
     pub archive_prefs: Table<String, ArchivePrefs>,
+    /// XEP-0045 rooms by room bare JID.
+    pub muc_rooms: Table<String, Room>,
+    /// XEP-0045 affiliations: (room, user bare JID).
+    pub muc_affiliations: Table<(String, String), AffiliationRecord>,
+    /// XEP-0163 PEP nodes: (owner, node), counted per owner.
+    pub pep_nodes: Measured<(String, String), PepNode>,
+    /// PEP items: (owner, node \0 item id), payload bytes per owner.
+    pub pep_items: Measured<(String, String), PepItem>,
+    /// XEP-0115 verified caps: "hash ver" -> the `+notify` nodes.
+    pub caps: Table<String, Vec<String>>,
+    /// XEP-0054 vCards per account.
+    pub vcards: Table<String, String>,
+    /// XEP-0049 private XML: (owner, ns \0 name), bytes per owner.
+    pub private: Measured<(String, String), String>,
     pub(crate) tracker: Tracker,
     /// The term of the log entry being applied (not stored: an input).
     pub(crate) entry_term: u64,
@@ -85,6 +101,13 @@ impl Default for StateData {
             archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
             archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
             archive_prefs: Table::new(keyspace::ARCHIVE_PREFS.prefix),
+            muc_rooms: Table::new(keyspace::MUC_ROOMS.prefix),
+            muc_affiliations: Table::new(keyspace::MUC_AFFILIATIONS.prefix),
+            pep_nodes: Measured::new(keyspace::PEP_NODES.prefix, |_| 1),
+            pep_items: Measured::new(keyspace::PEP_ITEMS.prefix, |i| i.payload.len() as u64),
+            caps: Table::new(keyspace::CAPS.prefix),
+            vcards: Table::new(keyspace::VCARDS.prefix),
+            private: Measured::new(keyspace::PRIVATE.prefix, |x| x.len() as u64),
             tracker: Tracker::default(),
             entry_term: 0,
             entry_index: 0,
@@ -162,6 +185,13 @@ impl StateData {
             &self.archive,
             &self.archive_ids,
             &self.archive_prefs,
+            &self.muc_rooms,
+            &self.muc_affiliations,
+            &self.pep_nodes,
+            &self.pep_items,
+            &self.caps,
+            &self.vcards,
+            &self.private,
         ]
     }
 
@@ -182,6 +212,13 @@ impl StateData {
             &mut self.archive,
             &mut self.archive_ids,
             &mut self.archive_prefs,
+            &mut self.muc_rooms,
+            &mut self.muc_affiliations,
+            &mut self.pep_nodes,
+            &mut self.pep_items,
+            &mut self.caps,
+            &mut self.vcards,
+            &mut self.private,
         ]
     }
 
@@ -235,9 +272,77 @@ impl StateData {
             .map(|(_, r)| r)
     }
 
+    /// `user`'s affiliation with `room` (XEP-0045 §5.2; no row: `none`).
+    pub fn muc_affiliation(&self, room: &str, user: &str) -> Affiliation {
+        self.muc_affiliations
+            .get(&(room.to_string(), user.to_string()))
+            .map_or(Affiliation::None, |a| a.affiliation)
+    }
+
+    /// The affiliation rows of `room`, in key order.
+    pub fn muc_affiliations_of<'a>(
+        &'a self,
+        room: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a AffiliationRecord)> + 'a {
+        let room = room.to_string();
+        self.muc_affiliations
+            .range((room.clone(), String::new())..)
+            .take_while(move |((r, _), _)| *r == room)
+            .map(|((_, j), a)| (j, a))
+    }
+
+    /// Number of rooms `user` created (a scan: rooms are few next to
+    /// messages, and this is read only when a room is created).
+    pub fn muc_rooms_of(&self, user: &str) -> u64 {
+        self.muc_rooms
+            .iter()
+            .filter(|(_, r)| r.creator == user)
+            .count() as u64
+    }
+
     /// Number of `owner`'s push registrations.
     pub fn push_len(&self, owner: &str) -> u64 {
         self.push.of_owner(owner)
+    }
+
+    /// `owner`'s PEP nodes, in name order.
+    pub fn pep_nodes_of<'a>(
+        &'a self,
+        owner: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a PepNode)> + 'a {
+        let start = (owner.to_string(), String::new());
+        let owner = owner.to_string();
+        self.pep_nodes
+            .range(start..)
+            .take_while(move |((o, _), _)| *o == owner)
+            .map(|((_, n), node)| (n, node))
+    }
+
+    /// The items of `owner`'s PEP node `node`, oldest first, with their ids.
+    pub fn pep_items_of(&self, owner: &str, node: &str) -> Vec<(String, &PepItem)> {
+        let prefix = format!("{node}\0");
+        let start = (owner.to_string(), prefix.clone());
+        let mut out: Vec<(String, &PepItem)> = self
+            .pep_items
+            .range(start..)
+            .take_while(|((o, k), _)| o == owner && k.starts_with(&prefix))
+            .map(|((_, k), i)| (k[prefix.len()..].to_string(), i))
+            .collect();
+        out.sort_by_key(|(_, i)| i.seq);
+        out
+    }
+
+    /// `owner`'s XEP-0049 private XML, in key order: ((ns \0 name), xml).
+    pub fn private_of<'a>(
+        &'a self,
+        owner: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a String)> + 'a {
+        let start = (owner.to_string(), String::new());
+        let owner = owner.to_string();
+        self.private
+            .range(start..)
+            .take_while(move |((o, _), _)| *o == owner)
+            .map(|((_, k), v)| (k, v))
     }
 
     /// Number of items in `owner`'s block list.

@@ -77,6 +77,9 @@ pub struct Shared {
     pub registrations: Mutex<register_limit::RegistrationLimiter>,
     /// XEP-0198 resumable sessions on this node: SM id -> (bare JID, handle).
     pub resumable: Mutex<HashMap<String, (String, ResumeSender)>>,
+    /// What `im` handlers keep per node (PEP limits, caps queries, the
+    /// server's contact addresses).
+    pub services: crate::im::Services,
     pub shutdown: watch::Receiver<bool>,
     /// Set once this node serves clients (its stale bindings dropped):
     /// part of `/readyz` and `ctl status`.
@@ -94,6 +97,7 @@ impl Shared {
             max_roster_items: self.config.max_roster_items,
             max_block_items: self.config.max_block_items,
             max_push_registrations: self.config.max_push_registrations,
+            services: &self.services,
         }
     }
 

@@ -6,6 +6,7 @@
 //! before the contacts' presence is read for an initial presence (§4.2),
 //! so a contact that comes online meanwhile either sees this session
 //! available or is seen by it.
+use crate::router::Target;
 use crate::xmpp::{Element, StreamError};
 
 /// One thing for the session to do.
@@ -52,6 +53,10 @@ pub enum Effect {
     /// Deliver the account's queued messages (XEP-0160, at initial presence
     /// with a non-negative priority).
     PullQueue,
+    /// Hand each stanza to its session (wherever it is), after what came
+    /// before: stanzas the server sends on the account's behalf, such as
+    /// XEP-0163 notifications after the publish's result.
+    Deliver(Vec<(Target, Element)>),
     /// End the session with this stream error (after what was written).
     End(StreamError),
 }

@@ -60,7 +60,7 @@ pub struct PageLimits {
 }
 
 impl PageLimits {
-    fn of(c: Option<&ArchiveConfig>) -> PageLimits {
+    pub fn of(c: Option<&ArchiveConfig>) -> PageLimits {
         match c {
             Some(c) => PageLimits {
                 default: c.default_page,
@@ -137,6 +137,12 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
 
 /// Confirms a read index (see the module doc).
 async fn read_index(ctx: &Ctx<'_>) -> Result<(), StanzaError> {
+    confirm_read_index(ctx.cluster).await
+}
+
+/// Confirms a read index on `cluster`: what was committed anywhere before
+/// is applied here when this returns (also for XEP-0045 room archives).
+pub async fn confirm_read_index(cluster: &starling_raft::ClusterHandle) -> Result<(), StanzaError> {
     let unavailable = || {
         StanzaError::with_text(
             StanzaCondition::RemoteServerTimeout,
@@ -145,8 +151,7 @@ async fn read_index(ctx: &Ctx<'_>) -> Result<(), StanzaError> {
     };
     match tokio::time::timeout(
         READ_INDEX_LIMIT,
-        ctx.cluster
-            .propose(starling_raft::cluster::Proposal::ReadIndex),
+        cluster.propose(starling_raft::cluster::Proposal::ReadIndex),
     )
     .await
     {
@@ -350,6 +355,23 @@ pub fn form() -> Element {
 /// §4.2: one `<result>` message per item, then the iq result with `<fin>`.
 pub fn results(me: &Me<'_>, iq: &Element, query_id: Option<&str>, page: &Page) -> Effects {
     let mut out = Effects::none();
+    let (messages, fin) = result_stanzas(me.full.as_str(), None, query_id, page);
+    for m in messages {
+        out.push(super::Effect::Write(m));
+    }
+    out.push(super::Effect::Write(iq_result(me, iq).with_child(fin)));
+    out
+}
+
+/// The `<result>` messages of a page for `to` (from `from`: none for the
+/// account's own archive, the room for an XEP-0045 room's), and `<fin>`.
+pub fn result_stanzas(
+    to: &str,
+    from: Option<&str>,
+    query_id: Option<&str>,
+    page: &Page,
+) -> (Vec<Element>, Element) {
+    let mut out = Vec::new();
     for m in &page.items {
         let original = match crate::xmpp::parse_stanza(&m.stanza) {
             Ok(el) => el,
@@ -368,12 +390,13 @@ pub fn results(me: &Me<'_>, iq: &Element, query_id: Option<&str>, page: &Page) -
                     )
                     .with_child(original),
             );
-        out.push(super::Effect::Write(
+        out.push(
             Element::new("message", ns::CLIENT)
-                .with_attr("to", me.full.to_string())
+                .with_opt_attr("from", from)
+                .with_attr("to", to)
                 .with_attr("id", crate::xmpp::id::random_id())
                 .with_child(result),
-        ));
+        );
     }
     let mut set = Element::new("set", ns::RSM);
     if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
@@ -389,8 +412,7 @@ pub fn results(me: &Me<'_>, iq: &Element, query_id: Option<&str>, page: &Page) -
         .with_opt_attr("queryid", query_id)
         .with_attr("complete", if page.complete { "true" } else { "false" })
         .with_child(set);
-    out.push(super::Effect::Write(iq_result(me, iq).with_child(fin)));
-    out
+    (out, fin)
 }
 
 /// §6: `<prefs>` as set: `default` and the two lists of bare JIDs.

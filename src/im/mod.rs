@@ -12,6 +12,12 @@
 //! - [`register`]: XEP-0077 in-band registration, password change, removal.
 //! - [`mam`]: XEP-0313 queries of the account's message archive and its
 //!   preferences (what is archived: `router::archiver`).
+//! - [`muc`]: XEP-0045 multi-user chat, a service of its own on
+//!   `conference.<domain>` (the router hands it what is addressed there).
+//! - [`pep`]: XEP-0163 PEP (publish, retract, items, configure, delete;
+//!   notifications filtered by XEP-0115 caps).
+//! - [`vcard`]: XEP-0054 vcard-temp and the XEP-0153 photo hash.
+//! - [`private`]: XEP-0049 private XML storage.
 //! - [`effect`]: what a handler asks of the session that sent the stanza.
 //!
 //! [`handle_stanza`] is the entry point for every stanza a client sends,
@@ -30,11 +36,15 @@ pub mod blocking;
 pub mod disco;
 pub mod effect;
 pub mod mam;
+pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod presence;
+pub mod private;
 pub mod push;
 pub mod register;
 pub mod roster;
+pub mod vcard;
 
 use std::collections::HashSet;
 
@@ -61,6 +71,30 @@ pub struct Ctx<'a> {
     pub max_block_items: u32,
     /// Most push registrations of one account (`xmpp.max_push_registrations`).
     pub max_push_registrations: u32,
+    /// What handlers keep per node.
+    pub services: &'a Services,
+}
+
+/// What the handlers of one node share beside the router and raft: the
+/// `[pep]` limits, the XEP-0115 queries waiting for answers, the
+/// `[server_info]` for disco.
+pub struct Services {
+    pub pep: crate::config::PepSection,
+    pub server_info: crate::config::ServerInfoSection,
+    pub caps: pep::caps::CapsQueries,
+}
+
+impl Services {
+    pub fn new(
+        pep: crate::config::PepSection,
+        server_info: crate::config::ServerInfoSection,
+    ) -> Self {
+        Services {
+            pep,
+            server_info,
+            caps: pep::caps::CapsQueries::default(),
+        }
+    }
 }
 
 /// What a handler may know of the session that sent the stanza.
@@ -222,8 +256,12 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     match target {
         Addressee::Server | Addressee::OwnAccount => {
             if !is_request {
-                // Results and errors for the server (roster push acks...).
-                return Effects::none();
+                // Results and errors for the server: a client's answer to
+                // an XEP-0115 caps query; others (roster push acks...) are
+                // dropped.
+                return pep::caps::on_reply(ctx, me, &el)
+                    .await
+                    .unwrap_or_else(Effects::none);
             }
             let own = matches!(target, Addressee::OwnAccount);
             handle_server_iq(ctx, me, el, own).await
@@ -241,6 +279,35 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             if let Some(refused) = blocked(ctx, me, &el, bare.as_str()) {
                 return refused;
             }
+            let kind = el
+                .children()
+                .next()
+                .map(|c| (c.name() == "pubsub", c.ns().to_string()));
+            match kind.as_ref().map(|(p, n)| (*p, n.as_str())) {
+                // XEP-0163: the account's PEP service. A missing account
+                // looks like a missing node.
+                Some((true, ns::PUBSUB | ns::PUBSUB_OWNER)) => {
+                    if !ctx.router.user_exists(&bare) {
+                        return error_reply(
+                            ctx.domain,
+                            me,
+                            &el,
+                            StanzaError::new(StanzaCondition::ItemNotFound),
+                        );
+                    }
+                    return pep::handle(ctx, me, el, &bare).await;
+                }
+                // XEP-0049 §2.3: another user's private data is forbidden.
+                Some((false, ns::PRIVATE)) => {
+                    return error_reply(
+                        ctx.domain,
+                        me,
+                        &el,
+                        StanzaError::new(StanzaCondition::Forbidden),
+                    );
+                }
+                _ => {}
+            }
             // RFC 6121 §8.5.2.1.3 / §8.5.1: an iq to a bare JID is answered
             // by the server on the account's behalf.
             if !ctx.router.user_exists(&bare) {
@@ -253,7 +320,25 @@ async fn handle_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
             }
             let child = el.children().next().map(|c| (c.name(), c.ns()));
             match child {
-                Some(("query", ns::DISCO_INFO)) if ty == "get" => disco::account_info(ctx, me, &el),
+                // XEP-0030 for another account: only its contacts (with a
+                // presence subscription) learn anything; anyone else gets
+                // the answer a missing account gets, so the existence of an
+                // account is not revealed.
+                Some(("query", ns::DISCO_INFO)) if ty == "get" => {
+                    if disco::is_contact(ctx, &bare, me) {
+                        disco::account_info(ctx, me, &el, &bare)
+                    } else {
+                        error_reply(
+                            ctx.domain,
+                            me,
+                            &el,
+                            StanzaError::new(StanzaCondition::ServiceUnavailable),
+                        )
+                    }
+                }
+                Some(("vCard", ns::VCARD)) if ty == "get" => {
+                    vcard::get_other(ctx, me, &el, &bare).await
+                }
                 Some(("ping", ns::PING)) if ty == "get" => Effects::write(iq_result(me, &el)),
                 _ => error_reply(
                     ctx.domain,
@@ -292,18 +377,28 @@ async fn handle_server_iq(ctx: &Ctx<'_>, me: &Me<'_>, el: Element, own: bool) ->
         ("query" | "prefs", ns::MAM, _) if account && ctx.router.archiver().is_some() => {
             mam::handle(ctx, me, el).await
         }
+        // XEP-0163: the account's own PEP service.
+        ("pubsub", ns::PUBSUB | ns::PUBSUB_OWNER, _) if account => {
+            let owner = me.bare.clone();
+            pep::handle(ctx, me, el, &owner).await
+        }
+        // XEP-0054: the user's own vCard.
+        ("vCard", ns::VCARD, _) if account => vcard::handle(ctx, me, el).await,
+        // XEP-0049: the user's private XML.
+        ("query", ns::PRIVATE, _) if account => private::handle(ctx, me, el).await,
         // XEP-0092 asks the server (clients also send it without `to`).
         ("query", ns::VERSION, "get") if !own => Effects::write(disco::version(me, &el)),
         // XEP-0030: no `to` (RFC 6120 §10.3.3) or the own bare JID asks
         // about the account; the domain, about the server.
         ("query", ns::DISCO_INFO, "get") => {
             if account {
-                disco::account_info(ctx, me, &el)
+                disco::account_info(ctx, me, &el, me.bare)
             } else {
                 disco::server_info(ctx, me, &el)
             }
         }
-        ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(me, &el)),
+        ("query", ns::DISCO_ITEMS, "get") if account => disco::account_items(ctx, me, &el),
+        ("query", ns::DISCO_ITEMS, "get") => Effects::write(disco::items(ctx, me, &el, true)),
         ("query", ns::REGISTER, _) => register::handle_authenticated(ctx, me, el).await,
         ("enable" | "disable", ns::CARBONS, "set") => {
             // XEP-0280 §4: enabling is per session, and other nodes need to

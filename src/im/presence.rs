@@ -31,7 +31,25 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
     let ty = el.attr("type").map(str::to_string);
     if el.attr("to").is_none() {
         return match ty.as_deref() {
-            None => available(ctx.domain, me, el),
+            None => {
+                let mut el = el;
+                // XEP-0153 §4.1: the avatar's hash for contacts.
+                super::vcard::add_photo_update(ctx, me.bare.as_str(), &mut el);
+                let mut effects = available(ctx.domain, me, el.clone());
+                if effects
+                    .0
+                    .iter()
+                    .any(|e| matches!(e, Effect::Available { .. }))
+                {
+                    // XEP-0115 / XEP-0163 §4.3.2: the client's caps (asked
+                    // for if unknown) and, when it comes online, the last
+                    // items it wants.
+                    effects
+                        .0
+                        .extend(super::pep::caps::on_presence(ctx, me, &el, !me.available).0);
+                }
+                effects
+            }
             Some("unavailable") => unavailable(me, el),
             // Anything else without a `to` is meaningless: ignore.
             _ => Effects::none(),
@@ -70,9 +88,21 @@ pub async fn handle(ctx: &Ctx<'_>, me: &Me<'_>, el: Element) -> Effects {
                     StanzaError::new(StanzaCondition::RemoteServerNotFound),
                 );
             }
-            if &contact == me.bare || !ctx.router.user_exists(&contact) {
-                // §3.1.3: no such contact: silently ignored.
+            if &contact == me.bare {
                 return Effects::none();
+            }
+            if !ctx.router.user_exists(&contact) {
+                // §3.1.2: the user's server adds the contact with a
+                // pending-out state and pushes it, whether or not the
+                // contact exists (whose server silently ignores it,
+                // §3.1.3), so the request looks the same either way.
+                if action != SubAction::Subscribe {
+                    return Effects::none();
+                }
+                return match pending_out(ctx, me, contact.as_str()).await {
+                    Ok(()) => Effects::none(),
+                    Err(e) => error_reply(ctx.domain, me, &el, e),
+                };
             }
             match subscription(ctx, me.bare, contact.as_str(), action).await {
                 Ok(()) => Effects::none(),
@@ -386,6 +416,7 @@ pub async fn subscription(
                     }
                 }
             }
+            super::pep::notify::on_new_subscriber(ctx, contact, &user).await;
         }
         SubAction::Subscribed if deliver => {
             // §3.1.5: the user's available resources' presence goes to the
@@ -397,6 +428,9 @@ pub async fn subscription(
                     }
                 }
             }
+            // XEP-0163 §4.3.2: and the new subscriber gets the user's
+            // last PEP items.
+            super::pep::notify::on_new_subscriber(ctx, &user, contact).await;
         }
         SubAction::Unsubscribe if deliver => {
             // §3.3.3: the contact's resources go unavailable for the user.
@@ -408,6 +442,50 @@ pub async fn subscription(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// RFC 6121 §3.1.2 for a contact that has no account here: `ask` on the
+/// user's item (added if missing, subscription none) and a roster push;
+/// nothing changes for an item that already asks or already has `to`.
+async fn pending_out(ctx: &Ctx<'_>, me: &Me<'_>, contact: &str) -> Result<(), StanzaError> {
+    let owner = me.bare.to_string();
+    let existing = {
+        let state = ctx.cluster.state().read();
+        state
+            .data
+            .roster
+            .get(&(owner.clone(), contact.to_string()))
+            .cloned()
+    };
+    if existing
+        .as_ref()
+        .is_some_and(|i| !i.stub && (i.ask || i.has_to()))
+    {
+        return Ok(());
+    }
+    let mut item = existing.unwrap_or_else(|| RosterItem {
+        jid: contact.to_string(),
+        ..RosterItem::default()
+    });
+    item.stub = false;
+    item.ask = true;
+    let cmd = Command::SetRosterItem {
+        owner: owner.clone(),
+        item: item.clone(),
+        max_items: ctx.max_roster_items,
+    };
+    let resp = match ctx.cluster.write(cmd).await {
+        Ok(a) => a.response,
+        Err(e) => {
+            warn!(error = %e, "pending-out roster item not committed");
+            return Err(StanzaError::new(StanzaCondition::InternalServerError));
+        }
+    };
+    if let Some(e) = super::roster::refusal(&resp) {
+        return Err(e);
+    }
+    super::roster::push(ctx.router, &owner, Some(&item), contact).await;
     Ok(())
 }
 

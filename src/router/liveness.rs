@@ -140,6 +140,8 @@ async fn drop_node(router: &Router, node: NodeId, count: usize, term: u64, lost_
             // Their contacts get unavailable presence (RFC 6121 §4.5.2):
             // presence is `im`'s business (`im::presence::announce_lost_sessions`).
             let _ = lost_tx.send(lost);
+            // Their room occupancies too (XEP-0045: the rooms live on).
+            router.muc_node_lost(node).await;
         }
         Err(e) => warn!(node, error = %e, "cannot drop the bindings of an unreachable node"),
     }

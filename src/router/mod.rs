@@ -158,6 +158,27 @@ struct Inner {
     archiver: std::sync::OnceLock<archiver::Archiver>,
     /// The node's counters (`/metrics`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The multi-user chat service and its domain (set once at start:
+    /// `attach_muc`).
+    muc: std::sync::OnceLock<(String, Arc<dyn MucHost>)>,
+}
+
+/// The XEP-0045 multi-user chat service as the router sees it (`im::muc`
+/// implements it; the router does not import `im`): what is addressed to
+/// the service's domain goes to it, never to the session table.
+#[tonic::async_trait]
+pub trait MucHost: Send + Sync {
+    /// A stanza a local client sent to the service or one of its rooms
+    /// (its `from` stamped by the session).
+    async fn client_stanza(&self, el: Element);
+    /// A room's broadcast a peer fanned out to this node's occupants
+    /// (`room`: the room's bare JID).
+    async fn peer_fanout(&self, room: &str, el: Element);
+    /// The local session `full` ended: it leaves every room.
+    async fn session_ended(&self, full: &str);
+    /// This node, as leader, dropped the bindings of dead node `node`: its
+    /// occupants leave their rooms.
+    async fn node_lost(&self, node: NodeId);
 }
 
 /// Takes an address block a peer announced (see [`Router::on_auth_block`]).
@@ -168,7 +189,7 @@ pub type AuthBlockSink = Box<dyn Fn(std::net::IpAddr, std::time::Duration) + Sen
 pub struct Router(Arc<Inner>);
 
 /// A session target chosen from the shared table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub full: String,
     pub binding: SessionBinding,
@@ -212,6 +233,7 @@ impl Router {
             pushes: push::Pushes::new(push_limits),
             archiver: std::sync::OnceLock::new(),
             metrics: Default::default(),
+            muc: std::sync::OnceLock::new(),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router
@@ -220,6 +242,52 @@ impl Router {
     /// The node's counters (`/metrics`).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.0.metrics
+    }
+
+    /// Routes stanzas for `domain` to the multi-user chat service (set once;
+    /// later calls change nothing).
+    pub fn attach_muc(&self, domain: String, host: Arc<dyn MucHost>) {
+        let _ = self.0.muc.set((domain, host));
+    }
+
+    /// The multi-user chat service, if `domain` is its domain.
+    pub(crate) fn muc_for(&self, domain: &str) -> Option<&Arc<dyn MucHost>> {
+        self.0
+            .muc
+            .get()
+            .filter(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map(|(_, h)| h)
+    }
+
+    /// The multi-user chat service's domain, if it is on.
+    pub fn muc_domain(&self) -> Option<&str> {
+        self.0.muc.get().map(|(d, _)| d.as_str())
+    }
+
+    /// The local session `full` ended: the chat service is told (it leaves
+    /// its rooms).
+    pub async fn muc_session_ended(&self, full: &str) {
+        if let Some((_, h)) = self.0.muc.get() {
+            h.session_ended(full).await;
+        }
+    }
+
+    /// Dead node `node`'s bindings were dropped here (see [`liveness`]).
+    pub(crate) async fn muc_node_lost(&self, node: NodeId) {
+        if let Some((_, h)) = self.0.muc.get() {
+            h.node_lost(node).await;
+        }
+    }
+
+    /// Sends `el` to every other member for `to` (no session: the peer
+    /// hands it to the service `to` belongs to, see [`MucHost`]), in this
+    /// node's order per peer (each link is one ordered stream).
+    pub async fn to_every_peer(&self, to: &str, el: &Element) {
+        for node in self.peers() {
+            if !self.0.mesh.is_down(node) {
+                self.0.mesh.send_stanza(node, to, 0, el.clone()).await;
+            }
+        }
     }
 
     /// The task that removes delivered messages from replicated queues.

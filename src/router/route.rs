@@ -61,6 +61,14 @@ impl Router {
             }
             return none;
         }
+        if let Some(muc) = self.muc_for(jid.domain().as_str()) {
+            // The chat service answers for its rooms; a stanza routed
+            // again (`avoid`) came back from an occupant, never to a room.
+            if avoid.is_none() {
+                muc.client_stanza(el).await;
+            }
+            return none;
+        }
         if jid.domain().as_str() != self.0.domain {
             // No server-to-server connections: RFC 6120 §8.3.3.16.
             self.bounce(
@@ -461,6 +469,18 @@ impl Router {
     /// A stanza from the mesh for a local session; if the session is gone,
     /// route it again without this node's stale binding.
     pub async fn from_mesh(&self, full: &str, session: u64, el: Element) {
+        if session == 0 {
+            // A room's fan-out for this node's occupants (see `MucHost`).
+            if let Some(muc) = self.muc_for(
+                jid::BareJid::new(full)
+                    .map(|j| j.domain().to_string())
+                    .unwrap_or_default()
+                    .as_str(),
+            ) {
+                muc.peer_fanout(full, el).await;
+                return;
+            }
+        }
         if let Err(el) = self.deliver_local(full, session, el) {
             self.undeliverable_here(el).await;
         }

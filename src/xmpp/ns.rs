@@ -57,3 +57,38 @@ pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
 pub const RETRACT: &str = "urn:xmpp:message-retract:1";
 /// XEP-0059 Result Set Management.
 pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0045 multi-user chat and its sub-protocols.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// XEP-0421 anonymous unique occupant identifiers.
+pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+/// XEP-0425 moderated message retraction.
+pub const MODERATE: &str = "urn:xmpp:message-moderate:1";
+/// XEP-0249 direct MUC invitations.
+pub const CONFERENCE: &str = "jabber:x:conference";
+/// XEP-0410 MUC self-ping (an XEP-0199 ping to one's own occupant JID).
+pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// XEP-0060: event notifications, owner use cases, error conditions, node
+/// configuration form type.
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+/// XEP-0115 entity capabilities.
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
+/// XEP-0054 vcard-temp, XEP-0153 its presence update.
+pub const VCARD: &str = "vcard-temp";
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// XEP-0049 private XML storage.
+pub const PRIVATE: &str = "jabber:iq:private";
+/// XEP-0048 bookmarks (in private storage), XEP-0402 PEP native bookmarks.
+pub const BOOKMARKS: &str = "storage:bookmarks";
+pub const BOOKMARKS2: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0157 contact addresses: the form type.
+pub const SERVERINFO: &str = "http://jabber.org/network/serverinfo";
+/// XEP-0455 service outage status: the form type.
+pub const SOS: &str = "urn:xmpp:sos:0";

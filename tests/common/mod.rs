@@ -111,6 +111,9 @@ pub fn node_config(
             ..XmppSection::default()
         },
         archive: Default::default(),
+        muc: Default::default(),
+        pep: Default::default(),
+        server_info: Default::default(),
         cluster_tls: Some(cluster_tls_of(dir, id)),
         insecure_plaintext_cluster: false,
         http: Default::default(),

@@ -31,7 +31,8 @@ pub(super) fn create_user(
 
 /// [`crate::Command::DeleteUser`]: the account, its roster, offline queue
 /// (with its id index, removed ids and next sequence number), its block
-/// list, its push registrations, its message archive and preferences, and
+/// list, its push registrations, its message archive and preferences, its
+/// PEP nodes, vCard and private XML, and
 /// the bindings of its resources.
 pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     let t = &mut data.tracker;
@@ -45,6 +46,7 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     let queued = super::offline::remove_queue(data, &jid, u64::MAX);
     super::blocking::remove_list(data, &jid);
     super::push::remove_all(data, &jid);
+    super::pep::remove_all(data, &jid);
     let done: Vec<(String, String)> = data
         .offline_done
         .range((jid.clone(), String::new())..)

@@ -37,7 +37,10 @@ pub(super) fn append(
     let mut duplicates = 0;
     let mut touched = BTreeSet::new();
     for ArchiveEntry { owner, message } in entries {
-        if data.users.get(&owner).is_none() || message.stamp_ms < oldest {
+        // An account's archive, or an XEP-0045 room's (XEP-0313 §5 on the
+        // room's JID).
+        let exists = data.users.get(&owner).is_some() || data.muc_rooms.get(&owner).is_some();
+        if !exists || message.stamp_ms < oldest {
             continue;
         }
         let id_key = (owner.clone(), message.id.clone());

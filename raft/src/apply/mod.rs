@@ -12,7 +12,11 @@
 //! - `blocking`: block and unblock JIDs (XEP-0191 block lists);
 //! - `fast`: XEP-0484 FAST tokens: issue, use (rotation), revoke;
 //! - `push`: XEP-0357 push registrations: enable, disable.
+//! - `pep`: XEP-0163 PEP nodes and items, XEP-0115 caps, XEP-0054
+//!   vCards, XEP-0049 private XML.
 //! - `archive`: XEP-0313 message archives: append a batch, trim, prefs.
+//! - `muc`: XEP-0045 rooms: join, leave, nick, role, affiliations,
+//!   configuration, subject, destroy, a dead node's occupants.
 //!
 //! `Barrier` and `Batch` are handled here. A new command gets one arm in
 //! `apply_one` and its function in its family's file (or a new family's).
@@ -24,7 +28,9 @@ mod archive;
 mod blocking;
 mod fast;
 mod invites;
+mod muc;
 mod offline;
+mod pep;
 mod push;
 mod roster;
 mod sessions;
@@ -146,6 +152,28 @@ impl StateData {
                 max_registrations,
             } => push::enable(self, owner, registration, max_registrations),
             Command::DisablePush { owner, jid, node } => push::disable(self, owner, jid, node),
+            Command::MucJoin {
+                room,
+                nick,
+                occupant,
+                create,
+                max_occupants,
+                password,
+            } => muc::join(self, room, nick, occupant, create, max_occupants, password),
+            Command::MucLeave { room, full } => muc::leave(self, room, full),
+            Command::MucNick { room, full, nick } => muc::nick(self, room, full, nick),
+            Command::MucSetRole { room, nick, role } => muc::set_role(self, room, nick, role),
+            Command::MucSetAffiliations { room, changes } => {
+                muc::set_affiliations(self, room, changes)
+            }
+            Command::MucConfigure {
+                room,
+                config,
+                unlock,
+            } => muc::configure(self, room, config, unlock),
+            Command::MucSubject { room, subject } => muc::subject(self, room, subject),
+            Command::MucDestroy { room } => muc::destroy(self, room),
+            Command::MucDropNode { node } => muc::drop_node(self, node),
             Command::ArchiveAppend {
                 entries,
                 retractions,
@@ -153,6 +181,46 @@ impl StateData {
             } => archive::append(self, entries, retractions, limits),
             Command::ArchiveTrim { limits } => archive::trim(self, limits),
             Command::SetArchivePrefs { owner, prefs } => archive::set_prefs(self, owner, prefs),
+            Command::PepPublish {
+                owner,
+                node,
+                item_id,
+                item,
+                create,
+                require,
+                limits,
+            } => pep::publish(self, owner, node, item_id, item, create, require, limits),
+            Command::PepCreate {
+                owner,
+                node,
+                config,
+                created_ms,
+                limits,
+            } => pep::create(self, owner, node, config, created_ms, limits),
+            Command::PepRetract {
+                owner,
+                node,
+                item_id,
+            } => pep::retract(self, owner, node, item_id),
+            Command::PepDeleteNode { owner, node } => pep::delete_node(self, owner, node),
+            Command::PepConfigure {
+                owner,
+                node,
+                config,
+                limits,
+            } => pep::configure(self, owner, node, config, limits),
+            Command::SetCaps {
+                ver,
+                notify,
+                max_entries,
+            } => pep::set_caps(self, ver, notify, max_entries),
+            Command::SetVcard { owner, vcard } => pep::set_vcard(self, owner, vcard),
+            Command::SetPrivate {
+                owner,
+                key,
+                xml,
+                max_bytes,
+            } => pep::set_private(self, owner, key, xml, max_bytes),
         }
     }
 }

@@ -21,6 +21,9 @@ pub(super) fn unbind(
     let t = &mut data.tracker;
     let existed = match data.sessions.get(&full_jid) {
         Some(b) if b.node == node && b.session == session => {
+            // The session's own (unverified) XEP-0115 interests go with it.
+            data.caps
+                .remove(&crate::pep::session_caps_key(&full_jid), t);
             data.sessions.remove(&full_jid, t).is_some()
         }
         _ => false,
@@ -62,6 +65,7 @@ pub(super) fn drop_node(data: &mut StateData, node: NodeId, term: Option<u64>) -
         .collect();
     let t = &mut data.tracker;
     for k in &gone {
+        data.caps.remove(&crate::pep::session_caps_key(k), t);
         data.sessions.remove(k, t);
     }
     Response::NodeSessionsDropped {

@@ -92,6 +92,14 @@ impl Session {
                     im::presence::to_directed(&router, &el, targets).await;
                 }
                 Effect::PullQueue => self.pull(true),
+                Effect::Deliver(list) => {
+                    for (target, el) in list {
+                        // A session that cannot take it (gone, or not
+                        // reading) misses a notification, as a headline
+                        // may be (RFC 6121 §8.5.2.1.1).
+                        let _ = router.deliver(&target, el).await;
+                    }
+                }
                 Effect::End(e) => end = Some(e),
             }
         }

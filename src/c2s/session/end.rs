@@ -63,6 +63,9 @@ impl Session {
             .await;
         }
         self.unbind().await;
+        // XEP-0045: a session that ends leaves its rooms (with or without
+        // the unavailable presence it owed them).
+        router.muc_session_ended(self.full.as_str()).await;
         // Stanzas routed to us but never acknowledged (or never written).
         // Messages for the account are in its replicated queue already (or
         // their sender was never acknowledged): nothing to do. Other
