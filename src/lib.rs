@@ -20,7 +20,9 @@
 //! - [`mesh`]: the gRPC stanza mesh between nodes: the router's transport,
 //!   handing what arrives to the router through the `mesh::Host` trait.
 //! - [`http`]: the HTTP listener: RFC 7395 XMPP over WebSocket (handed to
-//!   `c2s`), XEP-0156 host-meta, `/healthz` and `/readyz`.
+//!   `c2s`), XEP-0156 host-meta, `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: the node's hot-path counters (atomics) and the Prometheus
+//!   text format `/metrics` writes.
 //! - [`readiness`]: whether the node should get traffic (`/readyz`,
 //!   `ctl status`).
 //! - [`ctl`]: `starling ctl`, the operator CLI over the admin API.
@@ -45,6 +47,7 @@ pub mod dev;
 pub mod http;
 pub mod im;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod private_files;
 pub mod raft_bench;

@@ -156,6 +156,7 @@ async fn run_inner(
         peers.clone(),
         Duration::from_millis(config.raft.propose_timeout_ms),
     );
+    cluster.set_client_addr(config.xmpp.client_addr.to_string());
     let mesh = crate::mesh::MeshLinks::new(cluster.clone(), peers);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (c2s_stop_tx, c2s_stop_rx) = tokio::sync::watch::channel(false);

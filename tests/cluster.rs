@@ -176,16 +176,17 @@ async fn killed_leader_catches_up_by_chunked_snapshot() {
     );
 }
 
+/// Issue 13, part 7: the admin port's reflection, v1 and v1alpha, lists
+/// exactly the services the port serves (not the raft and mesh services,
+/// which answer only on the raft port), and resolves them; `ctl status`
+/// gives every member's client address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_offers_reflection_and_health() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::{v1, v1alpha};
 
-    let cluster = TestCluster::start(1, fast_raft());
+    let cluster = TestCluster::start(2, fast_raft());
     cluster.wait_leader(1, T).await;
     let endpoint = format!("http://{}", cluster.admin_addr(1));
     let ch = tonic::transport::Endpoint::from_shared(endpoint)
@@ -204,29 +205,104 @@ async fn admin_port_offers_reflection_and_health() {
         .into_inner();
     assert_eq!(r.status, 1, "SERVING");
 
-    let mut refl = ServerReflectionClient::new(ch);
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = refl
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected reflection reply {reply:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"starling.admin.v1.Admin".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
+    let mut expected: Vec<String> = starling::admin::SERVICES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    expected.sort();
+    assert!(expected.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
+
+    // v1: the list, then the file of the Admin service.
+    {
+        use v1::server_reflection_client::ServerReflectionClient;
+        use v1::server_reflection_request::MessageRequest;
+        use v1::server_reflection_response::MessageResponse;
+        use v1::ServerReflectionRequest;
+        let mut refl = ServerReflectionClient::new(ch.clone());
+        let reqs = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "starling.admin.v1.Admin".into(),
+                )),
+            },
+        ];
+        let mut stream = refl
+            .server_reflection_info(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply {reply:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        assert_eq!(names, expected, "v1 lists what the admin port serves");
+        let reply = stream.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                reply.message_response,
+                Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+            ),
+            "{reply:?}"
+        );
+    }
+    // v1alpha (Python's grpc_reflection, older grpcurl): the same.
+    {
+        use v1alpha::server_reflection_client::ServerReflectionClient;
+        use v1alpha::server_reflection_request::MessageRequest;
+        use v1alpha::server_reflection_response::MessageResponse;
+        use v1alpha::ServerReflectionRequest;
+        let mut refl = ServerReflectionClient::new(ch);
+        let reqs = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "grpc.health.v1.Health".into(),
+                )),
+            },
+        ];
+        let mut stream = refl
+            .server_reflection_info(tokio_stream::iter(reqs))
+            .await
+            .expect("grpc.reflection.v1alpha served")
+            .into_inner();
+        let reply = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply {reply:?}");
+        };
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        assert_eq!(names, expected, "v1alpha lists what the admin port serves");
+        let reply = stream.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                reply.message_response,
+                Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+            ),
+            "{reply:?}"
+        );
+    }
+
+    // Every member's client address, though `initial_cluster` has none.
+    let status = cluster.status(1).await;
+    assert_eq!(status.members.len(), 2, "{status:?}");
+    for m in &status.members {
+        assert_eq!(
+            m.client_addr,
+            cluster.client_addr(m.id).to_string(),
+            "{status:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

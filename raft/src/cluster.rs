@@ -52,6 +52,11 @@ pub struct NodeReport {
     pub nodes: BTreeMap<NodeId, StarlingNode>,
     /// Never voted, no log, no membership: may still be asked to initialize.
     pub pristine: bool,
+    /// The node's XMPP client address as configured (a member formed from
+    /// `initial_cluster` has none in the membership). Empty from a node
+    /// that predates the field.
+    #[serde(default)]
+    pub client_addr: String,
 }
 
 struct Inner {
@@ -67,6 +72,35 @@ struct Inner {
     /// The commit index the leader sent with its last append taken (see
     /// [`ClusterHandle::caught_up`]).
     leader_commit: AtomicU64,
+    /// How long [`ClusterHandle::propose`] takes, committed and applied
+    /// here (`/metrics`).
+    proposal_latency: crate::latency::LatencyHistogram,
+    /// This node's XMPP client address (`set_client_addr`).
+    client_addr: std::sync::OnceLock<String>,
+}
+
+/// What `/metrics` reports of this node's raft, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct RaftView {
+    pub term: u64,
+    pub is_leader: bool,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    /// The commit index: the leader's own, a follower's last heard from
+    /// its leader.
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub snapshot_bytes: u64,
+    pub voters: u64,
+    /// On the leader: each follower's highest log index known replicated.
+    pub matched: Vec<(NodeId, u64)>,
+    pub sessions: u64,
+    pub users: u64,
+    /// Messages in offline queues, and their bytes.
+    pub queued: u64,
+    pub queued_bytes: u64,
 }
 
 /// Longest one attempt of an idempotent proposal waits before it is made
@@ -96,6 +130,8 @@ impl ClusterHandle {
             batch_tx,
             leader_contact: std::sync::Mutex::new(None),
             leader_commit: AtomicU64::new(0),
+            proposal_latency: Default::default(),
+            client_addr: std::sync::OnceLock::new(),
         }))
     }
 
@@ -246,7 +282,10 @@ impl ClusterHandle {
     /// state right after a write sees the write (read-your-writes), even on
     /// a follower.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ProposeError> {
-        let applied = self.propose_committed(proposal).await?;
+        let started = Instant::now();
+        let applied = self.propose_committed(proposal).await;
+        self.0.proposal_latency.observe(started.elapsed());
+        let applied = applied?;
         let wait = self.0.propose_timeout;
         let reached = self
             .0
@@ -466,6 +505,57 @@ impl ClusterHandle {
         }
     }
 
+    /// Sets this node's XMPP client address for its reports (once).
+    pub fn set_client_addr(&self, addr: String) {
+        let _ = self.0.client_addr.set(addr);
+    }
+
+    /// Proposal latency so far (every outcome counted).
+    pub fn proposal_latency(&self) -> crate::latency::HistogramSnapshot {
+        self.0.proposal_latency.snapshot()
+    }
+
+    /// Raft and table sizes for `/metrics` (cheap: no digest).
+    pub fn metrics_view(&self) -> RaftView {
+        let m = self.0.raft.metrics().borrow().clone();
+        let st = self.0.state.read();
+        let is_leader = m.state == ServerState::Leader;
+        let matched = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.0.id)
+                    .map(|(id, l)| (*id, l.map(|l| l.index).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let applied_index = st.last_applied.map(|l| l.index).unwrap_or(0);
+        let commit_index = if is_leader {
+            // A leader applies what it committed; its commit index is at
+            // least that.
+            applied_index.max(self.0.leader_commit.load(Ordering::Relaxed))
+        } else {
+            self.0.leader_commit.load(Ordering::Relaxed)
+        };
+        RaftView {
+            term: m.current_term,
+            is_leader,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index,
+            applied_index,
+            snapshot_index: st.snapshot.map(|l| l.index).unwrap_or(0),
+            snapshot_bytes: st.snapshot_bytes,
+            voters: m.membership_config.membership().voter_ids().count() as u64,
+            matched,
+            sessions: st.data.sessions.len() as u64,
+            users: st.data.users.len() as u64,
+            queued: st.data.offline.len() as u64,
+            queued_bytes: st.data.offline.total(),
+        }
+    }
+
     /// This node's report of itself.
     pub fn report(&self) -> NodeReport {
         let m = self.0.raft.metrics().borrow().clone();
@@ -500,6 +590,7 @@ impl ClusterHandle {
             voters,
             learners,
             nodes,
+            client_addr: self.0.client_addr.get().cloned().unwrap_or_default(),
         }
     }
 

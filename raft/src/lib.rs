@@ -33,6 +33,7 @@
 //!   report on the node. The proposal types and outcomes are in `proposal`,
 //!   the group-commit batcher in `batcher` (both private, re-exported or
 //!   used by `cluster`).
+//! - [`latency`]: the lock-free histogram of proposal latency (`/metrics`).
 #![forbid(unsafe_code)]
 
 mod apply;
@@ -43,6 +44,7 @@ pub mod codec;
 pub mod command;
 pub mod credentials;
 pub mod keyspace;
+pub mod latency;
 pub mod muc;
 pub mod network;
 pub mod pep;

@@ -302,6 +302,9 @@ pub struct AppliedState {
     pub membership: StoredMembership,
     /// Index of the last snapshot built or installed here.
     pub snapshot: Option<LogId>,
+    /// Bytes of that snapshot's data (0 until one is built or installed
+    /// by this process).
+    pub snapshot_bytes: u64,
 }
 
 /// A cloneable read handle on the applied state, for everything outside raft
@@ -412,7 +415,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .flush_async()
             .await
             .map_err(io_err(write_snap_err))?;
-        self.write().snapshot = meta.last_log_id;
+        {
+            let mut st = self.write();
+            st.snapshot = meta.last_log_id;
+            st.snapshot_bytes = stored.data.len() as u64;
+        }
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -551,6 +558,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         st.snapshot = meta.last_log_id;
+        st.snapshot_bytes = stored.data.len() as u64;
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, bytes = stored.data.len(), "installed snapshot");
         Ok(())
     }

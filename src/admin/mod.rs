@@ -74,10 +74,8 @@ pub async fn server(
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServer<AdminService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let svc = AdminService {
         cluster,
         readiness,
@@ -94,7 +92,32 @@ pub async fn server(
             CheckToken(token),
         ))
         .add_service(health_service)
-        .add_service(reflection))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}
+
+/// The services this port serves, as reflection lists them: the raft and
+/// mesh services share the .proto descriptor set but answer only on the
+/// raft port (here they would be UNIMPLEMENTED).
+pub const SERVICES: [&str; 4] = [
+    "starling.admin.v1.Admin",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Server reflection of this port's [`SERVICES`], for `build_v1` (grpcurl,
+/// current tools) and `build_v1alpha` (Python's grpc_reflection, older
+/// grpcurl and many GUI tools still ask only `grpc.reflection.v1alpha`).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    let b = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(starling_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both versions' descriptors in both, so each lists the other.
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    SERVICES.iter().fold(b, |b, s| b.with_service_name(*s))
 }
 
 pub struct AdminService {
@@ -194,6 +217,11 @@ fn member_status(
     };
     match report {
         Ok(r) => {
+            if m.client_addr.is_empty() {
+                // A member formed from `initial_cluster` has none in the
+                // membership: the node says its own.
+                m.client_addr = r.client_addr.clone();
+            }
             m.reachable = true;
             m.role = r.role;
             m.term = r.term;

@@ -94,7 +94,9 @@ impl CredentialStore for Store<'_> {
 /// the leader would check the password against stale accounts: "try again
 /// later", and the client's next try may pick another node.
 pub(super) async fn refusal(shared: &Shared, ip: std::net::IpAddr) -> Option<&'static str> {
+    use crate::metrics::AuthOutcome;
     if auth_blocked(shared, ip) {
+        shared.router.metrics().auth(AuthOutcome::Throttled).inc();
         return Some("too many failed attempts from your address; try again later");
     }
     if !shared
@@ -102,6 +104,7 @@ pub(super) async fn refusal(shared: &Shared, ip: std::net::IpAddr) -> Option<&'s
         .caught_up(FRESH_WITHIN, FRESH_SLACK, FRESH_WAIT)
         .await
     {
+        shared.router.metrics().auth(AuthOutcome::Unavailable).inc();
         return Some(
             "this node is catching up with the cluster; try again shortly or use another node",
         );
@@ -250,6 +253,11 @@ pub(super) async fn sasl_step(
                 ))
                 .await?;
             }
+            shared
+                .router
+                .metrics()
+                .auth(crate::metrics::AuthOutcome::Success)
+                .inc();
             info!(jid = %bare, sasl2 = profile == Profile::Sasl2, "authenticated");
             tracing::Span::current().record("jid", bare.as_str());
             Ok(Some(Authenticated { bare, additional }))
@@ -261,6 +269,11 @@ pub(super) async fn sasl_step(
                 .and_then(|u| account_jid(u, &shared.domain));
             *sasl = None;
             *failures += 1;
+            shared
+                .router
+                .metrics()
+                .auth(crate::metrics::AuthOutcome::Failure)
+                .inc();
             let failure = {
                 let mut l = shared.limiter.lock().unwrap_or_else(|p| p.into_inner());
                 l.record_failure(account.as_deref().unwrap_or(""), ip, Instant::now())

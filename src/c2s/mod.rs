@@ -375,6 +375,17 @@ pub async fn serve_websocket(
 
 /// Negotiates and runs a connection's session.
 async fn run_connection(shared: Arc<Shared>, conn: stream::Conn, mut ticket: Ticket) {
+    let transport = if conn.is_websocket() {
+        crate::metrics::Transport::WebSocket
+    } else {
+        crate::metrics::Transport::Tcp
+    };
+    let metrics_shared = shared.clone();
+    let _open = metrics_shared
+        .router
+        .metrics()
+        .connections(transport)
+        .open();
     match negotiate::negotiate(&shared, conn, &mut ticket).await {
         Some(negotiate::Negotiated::Bound(mut session)) => {
             // The slot goes with the session's connection: a resumption on

@@ -8,9 +8,10 @@
 //!   discovery of every node's WebSocket endpoint ([`discovery`]).
 //! - `/healthz` (the process answers) and `/readyz` (`crate::readiness`),
 //!   for load balancers.
+//! - `/metrics`: the node for Prometheus ([`metrics`]).
 //!
-//! The routes are one list ([`routes`]): a new endpoint (`/metrics`) is one
-//! line there and a handler taking [`HttpState`].
+//! The routes are one list ([`routes`]): a new endpoint is one line there
+//! and a handler taking [`HttpState`].
 //!
 //! Connections are run here rather than by `axum::serve`, so each one is
 //! capped ([`HttpSection::max_connections`]), given a TLS handshake and a
@@ -19,6 +20,7 @@
 //! upgraded (per-address caps, the pre-auth pool), as a TCP connection does
 //! when accepted.
 mod discovery;
+mod metrics;
 mod ws;
 
 use std::net::SocketAddr;
@@ -68,6 +70,7 @@ pub fn routes(state: HttpState) -> axum::Router {
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }
 

@@ -261,6 +261,35 @@ impl MeshLinks {
         })
     }
 
+    /// Each peer's link for `/metrics`: `(peer, up, envelopes queued
+    /// for it)`, over the voters and learners of the membership.
+    pub fn link_report(&self) -> Vec<(NodeId, bool, usize)> {
+        let m = self.0.cluster.raft().metrics().borrow().clone();
+        let peers: Vec<NodeId> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.0.node)
+            .collect();
+        let queued: Vec<usize> = {
+            let links = self.0.links.lock().unwrap_or_else(|p| p.into_inner());
+            peers
+                .iter()
+                .map(|p| {
+                    links
+                        .get(p)
+                        .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+                })
+                .collect()
+        };
+        peers
+            .into_iter()
+            .zip(queued)
+            .map(|(p, q)| (p, !self.is_down(p), q))
+            .collect()
+    }
+
     fn set_down(&self, node: NodeId, until: Option<Instant>) {
         let mut health = self.0.health.lock().unwrap_or_else(|p| p.into_inner());
         let h = health.entry(node).or_default();

@@ -156,6 +156,8 @@ struct Inner {
     pushes: push::Pushes,
     /// The XEP-0313 archiver (set once at start: `attach_archiver`).
     archiver: std::sync::OnceLock<archiver::Archiver>,
+    /// The node's counters (`/metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
     /// The multi-user chat service and its domain (set once at start:
     /// `attach_muc`).
     muc: std::sync::OnceLock<(String, Arc<dyn MucHost>)>,
@@ -230,10 +232,16 @@ impl Router {
             auth_blocks: std::sync::OnceLock::new(),
             pushes: push::Pushes::new(push_limits),
             archiver: std::sync::OnceLock::new(),
+            metrics: Default::default(),
             muc: std::sync::OnceLock::new(),
         }));
         tokio::spawn(keeper::run_ticker(Arc::downgrade(&router.0)));
         router
+    }
+
+    /// The node's counters (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
     }
 
     /// Routes stanzas for `domain` to the multi-user chat service (set once;

@@ -117,6 +117,7 @@ impl Router {
                     })
                     .collect();
                 for t in targets {
+                    self.count_routed(t);
                     let _ = self.deliver(t, el.clone()).await;
                 }
             }
@@ -124,6 +125,7 @@ impl Router {
                 let target = full.and_then(|f| sessions.iter().find(|t| t.full == f));
                 match target {
                     Some(t) => {
+                        self.count_routed(t);
                         if let Err(el) = self.deliver(t, el).await {
                             self.bounce(&el, StanzaError::new(StanzaCondition::ServiceUnavailable))
                                 .await;
@@ -186,6 +188,9 @@ impl Router {
                 }
             }
         };
+        for t in &chosen {
+            self.count_routed(t);
+        }
         let carbons = carbon_eligible(&el);
         el.remove_children(|c| c.is("private", ns::CARBONS));
         // §8.5.2.2: chat and normal are stored when no resource takes them;
@@ -254,6 +259,13 @@ impl Router {
         };
         let routed = Routed { guarded, archived };
         if chosen.is_empty() {
+            if guarded {
+                // §8.5.2.2: stored for later delivery.
+                self.0
+                    .metrics
+                    .routed(crate::metrics::RouteOutcome::Offline)
+                    .inc();
+            }
             return routed;
         }
         if carbons {
@@ -387,6 +399,18 @@ impl Router {
         }
     }
 
+    /// Counts a stanza routed to `target`'s session: here, or over the
+    /// mesh (however it travels: live, in custody, after its guard).
+    fn count_routed(&self, target: &Target) {
+        use crate::metrics::RouteOutcome;
+        let outcome = if target.binding.node == self.0.node {
+            RouteOutcome::Local
+        } else {
+            RouteOutcome::Mesh
+        };
+        self.0.metrics.routed(outcome).inc();
+    }
+
     /// Sends the error reply for `el` back to its sender.
     pub async fn bounce(&self, el: &Element, err: StanzaError) {
         let Some(mut reply) = err.reply_to(el) else {
@@ -399,6 +423,10 @@ impl Router {
             return;
         };
         debug!(to = %to, condition = %err.condition, "bounce");
+        self.0
+            .metrics
+            .routed(crate::metrics::RouteOutcome::Bounced)
+            .inc();
         if self.push_answered(&reply, true) {
             // A push the app server's address could not take.
             return;

@@ -29,6 +29,11 @@ impl Session {
     }
 
     pub(super) async fn handle_client(&mut self, mut el: Element) -> Result<(), Ended> {
+        self.shared
+            .router
+            .metrics()
+            .stanzas_in
+            .inc(crate::metrics::StanzaKind::of(el.name()));
         match (el.name(), el.ns()) {
             ("r", ns::SM) if self.sm.is_some() => {
                 if let Some(h) = self

@@ -171,6 +171,11 @@ impl Session {
             }
         }
         el.write_to(self.conn.out(), ns::CLIENT);
+        self.shared
+            .router
+            .metrics()
+            .stanzas_out
+            .inc(crate::metrics::StanzaKind::of(el.name()));
         match self.sm.as_mut() {
             Some(sm) => sm.on_sent(Outbound { el, queued_id }),
             None => self.written_unflushed.extend(queued_id),
