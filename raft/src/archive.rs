@@ -17,9 +17,23 @@
 //!   archive holds is not stored again (a retried batch).
 //! - `archive_prefs` (`o`): owner -> [`ArchivePrefs`]; no row: the
 //!   server's default.
+//!
+//! # Its own lock
+//! `archive` and `archive_ids` are [`ArchiveTables`], held in
+//! [`crate::StateData`] behind a lock of their own ([`ArchiveCell`]). An
+//! archive append is the most frequent write of a busy cluster, and
+//! routing reads the rest of the state for every stanza: the store applies
+//! an archive-only entry under a *read* lock of the state and the write
+//! lock of the archive, so a stanza never waits behind an append (the
+//! applier is the only writer of both, so nothing changes in between).
+//! The preferences stay with the rest of the state: routing reads them
+//! for every archived message.
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use serde::{Deserialize, Serialize};
 
-use crate::state::StateData;
+use crate::keyspace;
+use crate::table::{Measured, Table, Tracker, Writes};
 
 /// One message to archive in `owner`'s archive (an entry of
 /// [`crate::Command::ArchiveAppend`]).
@@ -238,7 +252,66 @@ impl ArchiveQuery {
     }
 }
 
-impl StateData {
+/// The archive's rows (see the module doc).
+#[derive(Debug, Clone)]
+pub struct ArchiveTables {
+    /// XEP-0313 archives: (owner, seq), counted per owner.
+    pub archive: Measured<(String, u64), ArchivedMessage>,
+    /// (owner, archive id) -> seq.
+    pub archive_ids: Table<(String, String), u64>,
+    /// The writes of these tables and their share of the state's digest.
+    pub(crate) tracker: Tracker,
+}
+
+impl Default for ArchiveTables {
+    fn default() -> Self {
+        ArchiveTables {
+            archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
+            archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
+            tracker: Tracker::default(),
+        }
+    }
+}
+
+/// [`ArchiveTables`] under their own lock. A clone copies the tables.
+#[derive(Debug, Default)]
+pub struct ArchiveCell(RwLock<ArchiveTables>);
+
+impl Clone for ArchiveCell {
+    fn clone(&self) -> Self {
+        ArchiveCell(RwLock::new(self.read().clone()))
+    }
+}
+
+impl ArchiveCell {
+    /// Read access; do not hold it across an `.await`. A poisoned lock
+    /// means a panic while applying; the rows are still those of the last
+    /// consistent entry, as with the state's lock.
+    pub fn read(&self) -> RwLockReadGuard<'_, ArchiveTables> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write access, for the applier only.
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, ArchiveTables> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Without locking, through exclusive access to the state.
+    pub(crate) fn get_mut(&mut self) -> &mut ArchiveTables {
+        self.0.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ArchiveTables {
+    /// Takes the writes recorded since the last call.
+    pub(crate) fn take_writes(&mut self) -> Result<Writes, crate::codec::CodecError> {
+        if let Some(e) = self.tracker.error.take() {
+            self.tracker.writes = Writes::default();
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut self.tracker.writes))
+    }
+
     /// The archive of `owner`, oldest first, with archive seqs.
     pub fn archive_of<'a>(
         &'a self,
@@ -260,11 +333,6 @@ impl StateData {
         self.archive_ids
             .get(&(owner.to_string(), id.to_string()))
             .copied()
-    }
-
-    /// `owner`'s preferences, if set.
-    pub fn archive_prefs_of(&self, owner: &str) -> Option<&ArchivePrefs> {
-        self.archive_prefs.get(&owner.to_string())
     }
 
     /// One page of `owner`'s archive for `q` (a linear scan of the
@@ -307,11 +375,25 @@ impl StateData {
     }
 }
 
+impl crate::state::StateData {
+    /// `owner`'s preferences, if set.
+    pub fn archive_prefs_of(&self, owner: &str) -> Option<&ArchivePrefs> {
+        self.archive_prefs.get(&owner.to_string())
+    }
+
+    /// One page of `owner`'s archive for `q`, read under the archive's
+    /// lock (see [`ArchiveTables::archive_page`]).
+    pub fn archive_page(&self, owner: &str, q: &ArchiveQuery) -> Result<Page, QueryError> {
+        self.archive.read().archive_page(owner, q)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::command::{Command, Response};
     use crate::credentials::Credentials;
+    use crate::state::StateData;
 
     fn entry(owner: &str, id: &str, with: &str, stamp_ms: u64) -> ArchiveEntry {
         ArchiveEntry {
@@ -366,8 +448,10 @@ mod tests {
             tombstone: "<message><retracted/></message>".into(),
         };
         let stanza = |d: &StateData, owner: &str, id: &str| {
-            let seq = d.archive_seq(owner, id).unwrap();
-            d.archive_of(owner)
+            let seq = d.archive.read().archive_seq(owner, id).unwrap();
+            d.archive
+                .read()
+                .archive_of(owner)
                 .find(|(s, _)| *s == seq)
                 .map(|(_, m)| m.stanza.clone())
                 .unwrap()
@@ -396,7 +480,11 @@ mod tests {
         assert_ne!(d.digest(), before);
         for owner in ["a@x", "b@x"] {
             assert_eq!(stanza(&d, owner, "m2"), "<message><retracted/></message>");
-            assert_eq!(d.archive_len(owner), 10, "the entry keeps its place");
+            assert_eq!(
+                d.archive.read().archive_len(owner),
+                10,
+                "the entry keeps its place"
+            );
         }
         // Again: nothing changes.
         let after = d.digest();
@@ -473,15 +561,15 @@ mod tests {
             }
         );
         assert_eq!(d.digest(), digest);
-        assert_eq!(d.archive_len("a@x"), 2);
-        assert_eq!(d.archive_len("b@x"), 1);
+        assert_eq!(d.archive.read().archive_len("a@x"), 2);
+        assert_eq!(d.archive.read().archive_len("b@x"), 1);
         // A message to oneself is one entry.
         let self_msg = vec![
             entry("a@x", "m3", "a@x/p", 102),
             entry("a@x", "m3", "a@x/q", 102),
         ];
         append(&mut d, self_msg, limits());
-        assert_eq!(d.archive_len("a@x"), 3);
+        assert_eq!(d.archive.read().archive_len("a@x"), 3);
     }
 
     #[test]
@@ -497,9 +585,14 @@ mod tests {
             ],
             limits(),
         );
-        let seqs: Vec<u64> = d.archive_of("a@x").map(|(s, _)| s).collect();
+        let seqs: Vec<u64> = d.archive.read().archive_of("a@x").map(|(s, _)| s).collect();
         assert_eq!(seqs, [200_000, 200_001, 250_000]);
-        let ids: Vec<&str> = d.archive_of("a@x").map(|(_, m)| m.id.as_str()).collect();
+        let (ids): Vec<String> = d
+            .archive
+            .read()
+            .archive_of("a@x")
+            .map(|(_, m)| m.id.clone())
+            .collect();
         assert_eq!(ids, ["m1", "m2", "m3"], "archive order is commit order");
     }
 
@@ -581,15 +674,20 @@ mod tests {
             now_ms: 1_000,
         };
         append(&mut d, vec![entry("a@x", "n1", "b@x", 300)], capped);
-        let left: Vec<&str> = d.archive_of("a@x").map(|(_, m)| m.id.as_str()).collect();
+        let (left): Vec<String> = d
+            .archive
+            .read()
+            .archive_of("a@x")
+            .map(|(_, m)| m.id.clone())
+            .collect();
         assert_eq!(left, ["m7", "m8", "m9", "n1"]);
-        assert_eq!(d.archive_len("a@x"), 4);
+        assert_eq!(d.archive.read().archive_len("a@x"), 4);
         assert!(
-            d.archive_seq("a@x", "m0").is_none(),
+            d.archive.read().archive_seq("a@x", "m0").is_none(),
             "the id index goes too"
         );
         // b's archive was not touched by a's append.
-        assert_eq!(d.archive_len("b@x"), 10);
+        assert_eq!(d.archive.read().archive_len("b@x"), 10);
         let aged = ArchiveLimits {
             max_entries: 0,
             max_age_ms: 100,
@@ -604,7 +702,12 @@ mod tests {
             }
         );
         append(&mut d, vec![entry("b@x", "n2", "a@x", 280)], aged);
-        let left: Vec<&str> = d.archive_of("b@x").map(|(_, m)| m.id.as_str()).collect();
+        let (left): Vec<String> = d
+            .archive
+            .read()
+            .archive_of("b@x")
+            .map(|(_, m)| m.id.clone())
+            .collect();
         assert_eq!(left, ["m8", "m9", "n2"]);
         // A trim of every archive.
         d.apply(Command::ArchiveTrim {
@@ -614,7 +717,13 @@ mod tests {
                 now_ms: 300,
             },
         });
-        assert_eq!((d.archive_len("a@x"), d.archive_len("b@x")), (2, 2));
+        assert_eq!(
+            (
+                d.archive.read().archive_len("a@x"),
+                d.archive.read().archive_len("b@x")
+            ),
+            (2, 2)
+        );
     }
 
     #[test]
@@ -639,11 +748,14 @@ mod tests {
         assert!(prefs.archives("d@x", || true));
         let back = StateData::from_snapshot(&d.to_snapshot().unwrap()).unwrap();
         assert_eq!(back.digest(), d.digest());
-        assert_eq!(back.archive_len("a@x"), 10);
+        assert_eq!(back.archive.read().archive_len("a@x"), 10);
         assert_eq!(back.archive_prefs_of("a@x"), Some(&prefs));
-        assert_eq!(back.archive_seq("b@x", "m3"), d.archive_seq("b@x", "m3"));
+        assert_eq!(
+            back.archive.read().archive_seq("b@x", "m3"),
+            d.archive.read().archive_seq("b@x", "m3")
+        );
         d.apply(Command::DeleteUser { jid: "a@x".into() });
-        assert_eq!(d.archive_len("a@x"), 0);
+        assert_eq!(d.archive.read().archive_len("a@x"), 0);
         assert!(d.archive_prefs_of("a@x").is_none());
         d.apply(Command::DeleteUser { jid: "b@x".into() });
         let mut e2 = state();
