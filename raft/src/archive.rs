@@ -587,7 +587,7 @@ mod tests {
         );
         let seqs: Vec<u64> = d.archive.read().archive_of("a@x").map(|(s, _)| s).collect();
         assert_eq!(seqs, [200_000, 200_001, 250_000]);
-        let (ids): Vec<String> = d
+        let ids: Vec<String> = d
             .archive
             .read()
             .archive_of("a@x")
@@ -674,7 +674,7 @@ mod tests {
             now_ms: 1_000,
         };
         append(&mut d, vec![entry("a@x", "n1", "b@x", 300)], capped);
-        let (left): Vec<String> = d
+        let left: Vec<String> = d
             .archive
             .read()
             .archive_of("a@x")
@@ -702,7 +702,7 @@ mod tests {
             }
         );
         append(&mut d, vec![entry("b@x", "n2", "a@x", 280)], aged);
-        let (left): Vec<String> = d
+        let left: Vec<String> = d
             .archive
             .read()
             .archive_of("b@x")
