@@ -69,15 +69,23 @@ pub struct ArchivedMessage {
 /// XEP-0424: `by` retracts the message it sent to `peer` with sender id
 /// `sender_id`; in both archives its entry keeps its id, stamp and place
 /// and its stanza becomes `tombstone`.
+///
+/// XEP-0425 (a room's moderator): with `archive_id`, the entry of that
+/// archive id in `by`'s archive (the room's) becomes `tombstone`, whoever
+/// sent it; `peer` and `sender_id` are not used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveRetraction {
-    /// The retracting sender's bare JID.
+    /// The retracting sender's bare JID (the room's, for a moderation).
     pub by: String,
     /// The recipient's bare JID.
     pub peer: String,
     pub sender_id: String,
     /// What the entry's stanza becomes (built by the server).
     pub tombstone: String,
+    /// A moderation's target, by archive id (absent from the encoding of
+    /// a sender's retraction, which is as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_id: Option<String>,
 }
 
 /// The limits an append is applied under, chosen by the proposer (its
@@ -442,6 +450,7 @@ mod tests {
         let mut d = state();
         conversation(&mut d);
         let retract = |by: &str, peer: &str, id: &str| ArchiveRetraction {
+            archive_id: None,
             by: by.into(),
             peer: peer.into(),
             sender_id: format!("s-{id}"),
@@ -494,6 +503,47 @@ mod tests {
             limits: limits(),
         });
         assert_eq!(d.digest(), after);
+    }
+
+    #[test]
+    fn a_moderator_retracts_one_entry_of_one_archive_by_its_id() {
+        let mut d = state();
+        conversation(&mut d);
+        let moderate = |id: &str| Command::ArchiveAppend {
+            entries: Vec::new(),
+            retractions: vec![ArchiveRetraction {
+                by: "a@x".into(),
+                peer: String::new(),
+                sender_id: String::new(),
+                tombstone: "<message><retracted><moderated/></retracted></message>".into(),
+                archive_id: Some(id.into()),
+            }],
+            limits: limits(),
+        };
+        let stanza = |d: &StateData, owner: &str, id: &str| {
+            let ar = d.archive.read();
+            let seq = ar.archive_seq(owner, id).unwrap();
+            let m = ar
+                .archive_of(owner)
+                .find(|(s, _)| *s == seq)
+                .map(|(_, m)| m.stanza.clone())
+                .unwrap();
+            m
+        };
+        // m3 is b's message to a: a moderator retracts whoever sent it,
+        // in the one archive named.
+        d.apply(moderate("m3"));
+        assert_eq!(
+            stanza(&d, "a@x", "m3"),
+            "<message><retracted><moderated/></retracted></message>"
+        );
+        assert_eq!(stanza(&d, "b@x", "m3"), "<message id='m3'/>");
+        assert_eq!(d.archive.read().archive_len("a@x"), 10);
+        // An id the archive does not hold changes nothing, nor a retry.
+        let before = d.digest();
+        d.apply(moderate("nope"));
+        d.apply(moderate("m3"));
+        assert_eq!(d.digest(), before);
     }
 
     fn ids(p: &Page) -> Vec<&str> {

@@ -650,6 +650,7 @@ fn archive_script() -> Vec<Command> {
         append(
             vec![],
             vec![ArchiveRetraction {
+                archive_id: None,
                 by: "a@x".into(),
                 peer: "b@x".into(),
                 sender_id: "o-m3".into(),

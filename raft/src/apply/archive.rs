@@ -80,6 +80,20 @@ pub(super) fn append(
 /// outgoing one, in `peer`'s the incoming one from `by`. Only a sender's
 /// own message matches, in either archive.
 fn retract(ar: &mut ArchiveTables, r: &ArchiveRetraction) {
+    if let Some(id) = &r.archive_id {
+        // XEP-0425: a moderator's, by archive id, in the room's archive.
+        let Some(seq) = ar.archive_seq(&r.by, id) else {
+            return;
+        };
+        let key = (r.by.clone(), seq);
+        if let Some(mut m) = ar.archive.get(&key).cloned() {
+            if m.stanza != r.tombstone {
+                m.stanza = r.tombstone.clone();
+                ar.archive.insert(key, m, &mut ar.tracker);
+            }
+        }
+        return;
+    }
     let bare = |j: &str| j.split_once('/').map_or(j, |(b, _)| b).to_string();
     for (owner, outgoing, other) in [(&r.by, true, &r.peer), (&r.peer, false, &r.by)] {
         let hits: Vec<(u64, crate::archive::ArchivedMessage)> = ar
