@@ -386,6 +386,14 @@ pub struct XmppSection {
     /// take the sessions' capacity. When full, a new connection evicts the
     /// oldest unauthenticated one. Default: 1000.
     pub max_preauth_connections: usize,
+    /// Most TLS handshakes (direct TLS and STARTTLS) this node runs at
+    /// once; the others wait their turn, within
+    /// `negotiation_timeout_secs`. A storm of reconnects (every client of a
+    /// node that died, at once) queues here instead of filling the
+    /// runtime with handshakes: with 10,000 at once on two cores, raft's
+    /// heartbeats waited behind them, leaders changed and logins failed.
+    /// Default: 32.
+    pub max_concurrent_handshakes: usize,
     /// Most unauthenticated connections from one address. 0: no limit.
     /// Default: 16 (a client needs one, for about a second).
     pub preauth_connections_per_address: usize,
@@ -535,6 +543,7 @@ impl Default for XmppSection {
             max_depth: 32,
             max_connections: 10_000,
             max_preauth_connections: 1000,
+            max_concurrent_handshakes: 32,
             preauth_connections_per_address: 16,
             preauth_connections_per_prefix: 64,
             connections_per_address: 256,
@@ -868,6 +877,11 @@ impl Config {
             ("xmpp.max_depth", x.max_depth, 4),
             ("xmpp.max_connections", x.max_connections, 1),
             ("xmpp.max_preauth_connections", x.max_preauth_connections, 1),
+            (
+                "xmpp.max_concurrent_handshakes",
+                x.max_concurrent_handshakes,
+                1,
+            ),
             ("xmpp.sm_max_unacked", x.sm_max_unacked, 1),
         ] {
             if v < min {

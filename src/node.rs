@@ -264,6 +264,7 @@ async fn run_inner(
         services: crate::im::Services::new(config.pep.clone(), config.server_info.clone()),
         shutdown: c2s_stop_rx,
         serving,
+        handshakes: tokio::sync::Semaphore::new(config.xmpp.max_concurrent_handshakes),
     });
     // Address blocks from peers (their authentication throttling) go to
     // ours. Weak: the router outlives nothing it should not.

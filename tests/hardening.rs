@@ -662,3 +662,56 @@ fn a_block_on_one_node_holds_on_every_node() {
         }
     });
 }
+
+/// `xmpp.max_concurrent_handshakes`: a storm of TLS handshakes queues for
+/// turns (so it cannot starve raft of the runtime), and connections that
+/// take turns without ever finishing a handshake slow others down for at
+/// most `HANDSHAKE_TURN` (10 s), never lock them out.
+#[test]
+fn handshake_turns_queue_a_storm_but_never_lock_anyone_out() {
+    rt().block_on(async {
+        let direct = common::free_ports(1)[0];
+        let c = TestCluster::start_with(1, fast_raft(), move |cfg| {
+            cfg.xmpp.direct_tls_addr = Some(common::addr(direct));
+            cfg.xmpp.max_concurrent_handshakes = 1;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        let tls_addr = common::addr(direct);
+        // The attacker takes the one turn: a TCP connection to the direct
+        // TLS port that never sends a ClientHello.
+        let squatter = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A real client waits for the turn...
+        let t = Instant::now();
+        let waiting = tokio::spawn(async move {
+            let c = RawClient::connect_direct_tls(tls_addr).await;
+            (c, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the handshake did not wait for a turn"
+        );
+        // ... and once the turn is given back, goes at once.
+        drop(squatter);
+        let (mut client, done) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the freed turn went to the waiting client")
+            .unwrap();
+        assert!(done - t < Duration::from_secs(5), "{:?}", done - t);
+        client.open().await;
+        // A squatter that keeps the turn delays a client by at most 10 s,
+        // then the client goes ahead without one.
+        let _squatter = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        let mut late = tokio::time::timeout(
+            Duration::from_secs(20),
+            RawClient::connect_direct_tls(tls_addr),
+        )
+        .await
+        .expect("a client locked out by a squatter");
+        assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
+        late.open().await;
+    });
+}

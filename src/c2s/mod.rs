@@ -84,9 +84,43 @@ pub struct Shared {
     /// Set once this node serves clients (its stale bindings dropped):
     /// part of `/readyz` and `ctl status`.
     pub serving: Arc<std::sync::atomic::AtomicBool>,
+    /// Turns at a TLS handshake (`xmpp.max_concurrent_handshakes`).
+    pub handshakes: tokio::sync::Semaphore,
 }
 
+/// Longest a connection waits for a turn at a TLS handshake before it goes
+/// ahead without one, and longest a handshake may keep a turn.
+pub(crate) const HANDSHAKE_TURN: Duration = Duration::from_secs(10);
+
 impl Shared {
+    /// One of `max_concurrent_handshakes` turns at a TLS handshake, or none
+    /// after [`HANDSHAKE_TURN`]: connections that take turns and never
+    /// finish a handshake (a slowloris) can slow others' logins by that
+    /// much, never stop them. A handshake with a turn must end within
+    /// [`HANDSHAKE_TURN`] (see [`Shared::tls_handshake`]).
+    pub async fn handshake_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(HANDSHAKE_TURN, self.handshakes.acquire())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Runs `handshake` with a turn (within [`HANDSHAKE_TURN`], else
+    /// `None`), or without one once none came in time (within `limit`).
+    pub async fn tls_handshake<T>(
+        &self,
+        limit: Duration,
+        handshake: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let turn = self.handshake_turn().await;
+        let limit = if turn.is_some() {
+            HANDSHAKE_TURN
+        } else {
+            limit
+        };
+        tokio::time::timeout(limit, handshake).await.ok()
+    }
+
     /// The node's services for `im` handlers.
     pub fn im(&self) -> crate::im::Ctx<'_> {
         crate::im::Ctx {
@@ -310,22 +344,23 @@ async fn handle(
     let mut bindings = sasl::ChannelBindings::default();
     let io = if direct_tls {
         let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.direct.clone());
-        let handshake = tokio::time::timeout(
-            Duration::from_secs(shared.config.negotiation_timeout_secs),
-            acceptor.accept(tcp),
-        )
-        .await;
+        let handshake = shared
+            .tls_handshake(
+                Duration::from_secs(shared.config.negotiation_timeout_secs),
+                acceptor.accept(tcp),
+            )
+            .await;
         match handshake {
-            Ok(Ok(tls)) => {
+            Some(Ok(tls)) => {
                 bindings =
                     tls::channel_bindings(tls.get_ref().1, shared.tls.server_end_point.as_deref());
                 stream::Transport::Tls(Box::new(tls))
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 debug!(error = %e, "TLS handshake failed");
                 return;
             }
-            Err(_) => return,
+            None => return,
         }
     } else {
         stream::Transport::Tcp(tcp)

@@ -418,11 +418,21 @@ async fn steps(
                     }
                     conn.send(&format!("<proceed xmlns='{}'/>", ns::TLS))
                         .await?;
-                    conn.upgrade_tls(
-                        shared.tls.starttls.clone(),
-                        shared.tls.server_end_point.as_deref(),
-                    )
-                    .await?;
+                    // A turn at a handshake (`max_concurrent_handshakes`),
+                    // within the negotiation's timeout like the rest.
+                    let upgraded = shared
+                        .tls_handshake(
+                            Duration::from_secs(shared.config.negotiation_timeout_secs),
+                            conn.upgrade_tls(
+                                shared.tls.starttls.clone(),
+                                shared.tls.server_end_point.as_deref(),
+                            ),
+                        )
+                        .await;
+                    match upgraded {
+                        Some(r) => r?,
+                        None => return Err(ConnError::Closed),
+                    }
                     continue 'stream;
                 }
                 ("auth", ns::SASL) if authed.is_none() => {
