@@ -115,6 +115,9 @@ pub struct FanOut {
 enum Out {
     Raw(String),
     Msg { run: Arc<Run>, j: usize },
+    /// End the stream (the reader holds a sender too, for pongs, so the
+    /// channel alone never closes).
+    Close,
 }
 
 /// What the occupants' reader tasks tell the driver.
@@ -312,8 +315,7 @@ async fn read_loop(
     }
 }
 
-/// Writes what an occupant is asked to send; closes the stream when the
-/// driver drops its sender.
+/// Writes what an occupant is asked to send, until [`Out::Close`].
 async fn write_loop(
     mut w: WriteHalf<client::BoxIo>,
     mut rx: UnboundedReceiver<Out>,
@@ -324,6 +326,7 @@ async fn write_loop(
     while let Some(o) = rx.recv().await {
         buf.clear();
         let sent = match &o {
+            Out::Close => break,
             Out::Raw(s) => {
                 buf.push_str(s);
                 None
@@ -714,12 +717,18 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
             ..Default::default()
         });
     }
-    // Closing the writers ends the streams: the temporary room goes with
-    // its last occupant.
+    // Ending the streams empties the room (a temporary one goes with its
+    // last occupant). The servers close their side in turn; what is still
+    // open after 10 s is dropped.
     let Room { outs, tasks, .. } = room;
-    drop(outs);
+    for o in &outs {
+        let _ = o.send(Out::Close);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        if tokio::time::timeout_at(deadline, t).await.is_err() {
+            break;
+        }
     }
     Ok(results)
 }
