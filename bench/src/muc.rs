@@ -114,7 +114,10 @@ pub struct FanOut {
 /// What an occupant's writer task is asked to send.
 enum Out {
     Raw(String),
-    Msg { run: Arc<Run>, j: usize },
+    Msg {
+        run: Arc<Run>,
+        j: usize,
+    },
     /// End the stream (the reader holds a sender too, for pongs, so the
     /// channel alone never closes).
     Close,
@@ -297,9 +300,7 @@ async fn read_loop(
                 Some("get") => {
                     let id = escape(el.attr("id").unwrap_or_default());
                     let to = escape(el.attr("from").unwrap_or_default());
-                    let _ = out.send(Out::Raw(format!(
-                        "<iq type='result' id='{id}' to='{to}'/>"
-                    )));
+                    let _ = out.send(Out::Raw(format!("<iq type='result' id='{id}' to='{to}'/>")));
                 }
                 Some(t @ ("result" | "error")) => {
                     let _ = ctl.send(Ctl::Iq {
@@ -614,9 +615,19 @@ fn tally(args: &BenchArgs, run: &Run, total: usize) -> (FanOut, RunResult) {
             h.value_at_quantile(p) as f64 / 1000.0
         }
     };
-    let mx = |h: &Histogram<u64>| if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 };
-    (f.first_p50_ms, f.first_p90_ms, f.first_p99_ms, f.first_max_ms) =
-        (q(&first, 0.5), q(&first, 0.9), q(&first, 0.99), mx(&first));
+    let mx = |h: &Histogram<u64>| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.max() as f64 / 1000.0
+        }
+    };
+    (
+        f.first_p50_ms,
+        f.first_p90_ms,
+        f.first_p99_ms,
+        f.first_max_ms,
+    ) = (q(&first, 0.5), q(&first, 0.9), q(&first, 0.99), mx(&first));
     (f.last_p50_ms, f.last_p90_ms, f.last_p99_ms, f.last_max_ms) =
         (q(&last, 0.5), q(&last, 0.9), q(&last, 0.99), mx(&last));
     (f.echo_p50_ms, f.echo_p99_ms) = (q(&echo, 0.5), q(&echo, 0.99));
@@ -686,7 +697,11 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
             if args.scenario == Scenario::MucSweep && !ok { "  (past saturation)" } else { "" }
         );
         if args.scenario == Scenario::MucSweep {
-            r.note = if r.note.is_empty() { "sweep".into() } else { format!("sweep; {}", r.note) };
+            r.note = if r.note.is_empty() {
+                "sweep".into()
+            } else {
+                format!("sweep; {}", r.note)
+            };
         }
         results.push(r);
         if args.scenario == Scenario::MucSweep {
@@ -749,7 +764,13 @@ pub(crate) fn print_table(results: &[RunResult]) {
         .iter()
         .map(|r| {
             let f = r.fanout.clone().unwrap_or_default();
-            let cores = |c: f64| if f.wall_s > 0.0 { format!("{:.2}", c / f.wall_s) } else { "–".into() };
+            let cores = |c: f64| {
+                if f.wall_s > 0.0 {
+                    format!("{:.2}", c / f.wall_s)
+                } else {
+                    "–".into()
+                }
+            };
             vec![
                 r.label.clone(),
                 r.scenario.clone(),
@@ -757,8 +778,18 @@ pub(crate) fn print_table(results: &[RunResult]) {
                 r.offered_rate.to_string(),
                 format!("{:.0}", f.messages_per_s),
                 format!("{:.0}", f.deliveries_per_s),
-                format!("{} / {} / {}", ms(f.first_p50_ms), ms(f.first_p99_ms), ms(f.first_max_ms)),
-                format!("{} / {} / {}", ms(f.last_p50_ms), ms(f.last_p99_ms), ms(f.last_max_ms)),
+                format!(
+                    "{} / {} / {}",
+                    ms(f.first_p50_ms),
+                    ms(f.first_p99_ms),
+                    ms(f.first_max_ms)
+                ),
+                format!(
+                    "{} / {} / {}",
+                    ms(f.last_p50_ms),
+                    ms(f.last_p99_ms),
+                    ms(f.last_max_ms)
+                ),
                 format!("{} / {}", ms(f.echo_p50_ms), ms(f.echo_p99_ms)),
                 f.copies_lost.to_string(),
                 r.errors.to_string(),
@@ -811,7 +842,9 @@ pub fn table(rs: &[RunResult], rate: u64) -> String {
     for label in labels {
         let at = |scenario: &str, want: Option<u64>| {
             rs.iter().rev().find(|r| {
-                r.label == label && r.scenario == scenario && want.is_none_or(|x| r.offered_rate == x)
+                r.label == label
+                    && r.scenario == scenario
+                    && want.is_none_or(|x| r.offered_rate == x)
             })
         };
         let sat = at("muc-saturation", None);
@@ -828,7 +861,11 @@ pub fn table(rs: &[RunResult], rate: u64) -> String {
             "| {label} | {shape} | {} | {} | {} | {} | {} | {} |",
             sat.map_or_else(dash, |r| format!("{:.0}", r.rate_result)),
             sat.map_or_else(dash, |r| format!("{:.0}", r.throughput)),
-            f.as_ref().map_or_else(dash, |f| format!("{} / {}", ms(f.first_p50_ms), ms(f.first_p99_ms))),
+            f.as_ref().map_or_else(dash, |f| format!(
+                "{} / {}",
+                ms(f.first_p50_ms),
+                ms(f.first_p99_ms)
+            )),
             f.as_ref().map_or_else(dash, |f| format!(
                 "{} / {} / {}",
                 ms(f.last_p50_ms),
@@ -837,7 +874,11 @@ pub fn table(rs: &[RunResult], rate: u64) -> String {
             )),
             f.as_ref().map_or_else(dash, |f| f.copies_lost.to_string()),
             f.as_ref().map_or_else(dash, |f| if f.wall_s > 0.0 {
-                format!("{:.2} / {:.2}", f.server_cpu_s / f.wall_s, f.bench_cpu_s / f.wall_s)
+                format!(
+                    "{:.2} / {:.2}",
+                    f.server_cpu_s / f.wall_s,
+                    f.bench_cpu_s / f.wall_s
+                )
             } else {
                 dash()
             }),
@@ -857,6 +898,62 @@ mod tests {
         assert_eq!(parse_body(&b), Some((3, 17)));
         assert_eq!(parse_body("3:17:99"), Some((3, 17)));
         assert_eq!(parse_body("hello"), None);
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let mut argv = vec!["bench", "--addr", "127.0.0.1:1", "--addr", "127.0.0.1:2"];
+        argv.extend_from_slice(extra);
+        <Cli as clap::Parser>::parse_from(argv).args
+    }
+
+    /// A lost copy, a duplicate and a message never written each show in
+    /// the figures, and only messages that reached everyone are timed.
+    #[test]
+    fn tally_reports_loss_duplicates_and_unsent() {
+        let a = args(&[
+            "--occupants",
+            "3",
+            "--senders",
+            "1",
+            "--warmup",
+            "0",
+            "--duration",
+            "1",
+        ]);
+        let run = Run::new(1, 4, 4, &a);
+        for j in 0..3 {
+            run.sent[j].store(true, Ordering::Relaxed);
+        }
+        let mut seen: Vec<Vec<u64>> = vec![Vec::new(); 3];
+        // Message 0: everyone (occupant 0 sent it: its echo).
+        for (me, s) in seen.iter_mut().enumerate() {
+            run.record(me, 0, s);
+        }
+        // Message 1: occupant 2 never gets it.
+        run.record(0, 1, &mut seen[0]);
+        run.record(1, 1, &mut seen[1]);
+        // Message 2: everyone, occupant 1 twice.
+        for (me, s) in seen.iter_mut().enumerate() {
+            run.record(me, 2, s);
+        }
+        run.record(1, 2, &mut seen[1]);
+        // Message 3 was never written.
+        let (f, r) = tally(&a, &run, 4);
+        assert_eq!(f.copies_expected, 9);
+        assert_eq!(f.copies_received, 8);
+        assert_eq!(f.copies_lost, 1);
+        assert_eq!(r.lost, 1);
+        assert_eq!(f.duplicates, 1);
+        assert_eq!((f.messages, f.complete), (3, 2));
+        assert_eq!(r.errors, 1, "the unwritten message is an error");
+        assert_eq!(f.nodes, 2);
+        assert!(!carried(&r, &f, 4, 1000.0));
+        assert!(f.last_p50_ms > 0.0 && f.echo_p50_ms > 0.0);
     }
 
     #[test]
