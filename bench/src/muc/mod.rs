@@ -25,21 +25,30 @@
 //! With `--server-pid`, the servers' CPU time over each run (from
 //! /proc/PID/stat) is reported beside the generator's own, so a figure
 //! says which side ran out of CPU.
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+//!
+//! Here: the options, the figures, the room's setup and each rate's run
+//! and tally; [`occupant`] is one occupant's reader and writer, [`table`]
+//! the tables.
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use starling::xmpp::element::escape;
-use starling::xmpp::{ns, Element};
+use starling::xmpp::ns;
 
 use crate::{client, histogram, opts, user, BenchArgs, RunResult, Scenario};
+
+mod occupant;
+mod table;
+
+use occupant::{read_loop, write_loop, Ctl, Out, Run};
+pub(crate) use table::print_table;
+pub use table::table;
 
 /// Options of the `muc` and `muc-sweep` scenarios.
 #[derive(Debug, Clone, Args)]
@@ -111,133 +120,6 @@ pub struct FanOut {
     pub first_error: String,
 }
 
-/// What an occupant's writer task is asked to send.
-enum Out {
-    Raw(String),
-    Msg {
-        run: Arc<Run>,
-        j: usize,
-    },
-    /// End the stream (the reader holds a sender too, for pongs, so the
-    /// channel alone never closes).
-    Close,
-}
-
-/// What the occupants' reader tasks tell the driver.
-enum Ctl {
-    Joined(usize),
-    JoinFailed(usize, String),
-    Iq { id: String, ok: bool, el: String },
-}
-
-/// One rate's bookkeeping, shared by the scheduler, writers and readers.
-struct Run {
-    id: u64,
-    base: Instant,
-    step_ns: f64,
-    measure_from_ns: u64,
-    occupants: usize,
-    senders: usize,
-    sent: Vec<AtomicBool>,
-    sent_n: AtomicU64,
-    count: Vec<AtomicU32>,
-    first: Vec<AtomicU64>,
-    last: Vec<AtomicU64>,
-    echo: Vec<AtomicU64>,
-    received: AtomicU64,
-    duplicates: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Run {
-    fn new(id: u64, rate: u64, total: usize, args: &BenchArgs) -> Self {
-        let v64 = |x: u64| (0..total).map(|_| AtomicU64::new(x)).collect();
-        Run {
-            id,
-            base: Instant::now() + Duration::from_millis(100),
-            step_ns: 1e9 / rate.max(1) as f64,
-            measure_from_ns: args.warmup * 1_000_000_000,
-            occupants: args.muc.occupants,
-            senders: args.muc.senders.clamp(1, args.muc.occupants),
-            sent: (0..total).map(|_| AtomicBool::new(false)).collect(),
-            sent_n: AtomicU64::new(0),
-            count: (0..total).map(|_| AtomicU32::new(0)).collect(),
-            first: v64(u64::MAX),
-            last: v64(0),
-            echo: v64(0),
-            received: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            first_error: Mutex::new(None),
-        }
-    }
-
-    fn due_ns(&self, j: usize) -> u64 {
-        (j as f64 * self.step_ns) as u64
-    }
-
-    /// Occupant `me` received message `j`; `seen` is its bitmap of this
-    /// run's messages (a second copy is a duplicate).
-    fn record(&self, me: usize, j: usize, seen: &mut Vec<u64>) {
-        if j >= self.count.len() {
-            return;
-        }
-        if seen.len() < self.count.len().div_ceil(64) {
-            seen.resize(self.count.len().div_ceil(64), 0);
-        }
-        let (word, bit) = (j / 64, 1u64 << (j % 64));
-        if seen[word] & bit != 0 {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        seen[word] |= bit;
-        let now = self.base.elapsed().as_nanos() as u64;
-        if j % self.senders == me {
-            self.echo[j].store(now, Ordering::Relaxed);
-        } else {
-            self.first[j].fetch_min(now, Ordering::Relaxed);
-            self.last[j].fetch_max(now, Ordering::Relaxed);
-        }
-        self.count[j].fetch_add(1, Ordering::Relaxed);
-        self.received.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn error(&self, el: &Element) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut f = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
-            *f = Some(el.to_string().chars().take(300).collect());
-        }
-    }
-}
-
-/// `run:j:t_ns[:padding]` out of a body.
-fn parse_body(s: &str) -> Option<(u64, usize)> {
-    let mut it = s.split(':');
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-fn body(run: u64, j: usize, t_ns: u64, bytes: usize) -> String {
-    let mut b = format!("{run}:{j}:{t_ns}");
-    if b.len() < bytes {
-        b.push(':');
-        b.extend(std::iter::repeat_n('x', bytes - b.len()));
-    }
-    b
-}
-
-fn status_codes(el: &Element) -> Vec<String> {
-    el.get_child("x", ns::MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.name() == "status")
-                .filter_map(|c| c.attr("code").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The room and its occupants' tasks.
 struct Room {
     jid: String,
@@ -246,111 +128,6 @@ struct Room {
     current: Arc<RwLock<Option<Arc<Run>>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     join_s: f64,
-}
-
-/// Reads one occupant's stream until it ends.
-async fn read_loop(
-    me: usize,
-    mut r: client::Reader,
-    out: UnboundedSender<Out>,
-    ctl: UnboundedSender<Ctl>,
-    self_jid: String,
-    current: Arc<RwLock<Option<Arc<Run>>>>,
-) {
-    let mut seen: Vec<u64> = Vec::new();
-    let mut seen_run = u64::MAX;
-    while let Ok(Some(el)) = r.next().await {
-        match el.name() {
-            "message" => {
-                let run = current
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .cloned();
-                let Some(run) = run else { continue };
-                if el.attr("type") == Some("error") {
-                    run.error(&el);
-                    continue;
-                }
-                if el.attr("type") != Some("groupchat") {
-                    continue;
-                }
-                let Some(b) = el.get_child("body", ns::CLIENT) else {
-                    continue;
-                };
-                if let Some((id, j)) = parse_body(&b.text()) {
-                    if id == run.id {
-                        if seen_run != id {
-                            seen_run = id;
-                            seen.clear();
-                        }
-                        run.record(me, j, &mut seen);
-                    }
-                }
-            }
-            "presence" if el.attr("from") == Some(self_jid.as_str()) => {
-                if el.attr("type") == Some("error") {
-                    let _ = ctl.send(Ctl::JoinFailed(me, el.to_string()));
-                } else if status_codes(&el).iter().any(|c| c == "110") {
-                    let _ = ctl.send(Ctl::Joined(me));
-                }
-            }
-            "iq" => match el.attr("type") {
-                // Answer server pings so no server drops an occupant.
-                Some("get") => {
-                    let id = escape(el.attr("id").unwrap_or_default());
-                    let to = escape(el.attr("from").unwrap_or_default());
-                    let _ = out.send(Out::Raw(format!("<iq type='result' id='{id}' to='{to}'/>")));
-                }
-                Some(t @ ("result" | "error")) => {
-                    let _ = ctl.send(Ctl::Iq {
-                        id: el.attr("id").unwrap_or_default().to_string(),
-                        ok: t == "result",
-                        el: el.to_string(),
-                    });
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-}
-
-/// Writes what an occupant is asked to send, until [`Out::Close`].
-async fn write_loop(
-    mut w: WriteHalf<client::BoxIo>,
-    mut rx: UnboundedReceiver<Out>,
-    room: String,
-    body_bytes: usize,
-) {
-    let mut buf = String::with_capacity(256 + body_bytes);
-    while let Some(o) = rx.recv().await {
-        buf.clear();
-        let sent = match &o {
-            Out::Close => break,
-            Out::Raw(s) => {
-                buf.push_str(s);
-                None
-            }
-            Out::Msg { run, j } => {
-                let b = body(run.id, *j, run.due_ns(*j), body_bytes);
-                buf.push_str(&format!(
-                    "<message to='{room}' type='groupchat' id='{}-{j}'><body>{b}</body></message>",
-                    run.id
-                ));
-                Some((run, *j))
-            }
-        };
-        if w.write_all(buf.as_bytes()).await.is_err() || w.flush().await.is_err() {
-            return;
-        }
-        if let Some((run, j)) = sent {
-            run.sent[j].store(true, Ordering::Relaxed);
-            run.sent_n.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let _ = w.write_all(b"</stream:stream>").await;
-    let _ = w.flush().await;
 }
 
 /// Waits for a control event, at most `secs`.
@@ -747,158 +524,9 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
     }
     Ok(results)
 }
-
-fn ms(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-/// The table of `muc` rows, for the terminal.
-pub(crate) fn print_table(results: &[RunResult]) {
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            let f = r.fanout.clone().unwrap_or_default();
-            let cores = |c: f64| {
-                if f.wall_s > 0.0 {
-                    format!("{:.2}", c / f.wall_s)
-                } else {
-                    "–".into()
-                }
-            };
-            vec![
-                r.label.clone(),
-                r.scenario.clone(),
-                format!("{}/{}/{}", f.occupants, f.senders, f.nodes),
-                r.offered_rate.to_string(),
-                format!("{:.0}", f.messages_per_s),
-                format!("{:.0}", f.deliveries_per_s),
-                format!(
-                    "{} / {} / {}",
-                    ms(f.first_p50_ms),
-                    ms(f.first_p99_ms),
-                    ms(f.first_max_ms)
-                ),
-                format!(
-                    "{} / {} / {}",
-                    ms(f.last_p50_ms),
-                    ms(f.last_p99_ms),
-                    ms(f.last_max_ms)
-                ),
-                format!("{} / {}", ms(f.echo_p50_ms), ms(f.echo_p99_ms)),
-                f.copies_lost.to_string(),
-                r.errors.to_string(),
-                cores(f.server_cpu_s),
-                cores(f.bench_cpu_s),
-                r.note.clone(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        starling::ctl::table(
-            &[
-                "SERVER",
-                "SCENARIO",
-                "OCC/SND/NODES",
-                "OFFERED/s",
-                "MSG/s",
-                "COPIES/s",
-                "FIRST p50/p99/max ms",
-                "LAST p50/p99/max ms",
-                "ECHO p50/p99",
-                "LOST",
-                "ERR",
-                "SRV CPU",
-                "GEN CPU",
-                "NOTE"
-            ],
-            &rows
-        )
-    );
-}
-
-/// The markdown comparison of `muc` rows: one line per server with its
-/// saturation and its figures at the fixed `rate`.
-pub fn table(rs: &[RunResult], rate: u64) -> String {
-    use std::fmt::Write as _;
-    let mut labels: Vec<&str> = Vec::new();
-    for r in rs.iter().filter(|r| r.scenario.starts_with("muc")) {
-        if !labels.contains(&r.label.as_str()) {
-            labels.push(&r.label);
-        }
-    }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| server | occupants / senders / nodes | saturation (msg/s) | copies/s at saturation | @{rate}/s first p50 / p99 (ms) | @{rate}/s last p50 / p99 / max (ms) | @{rate}/s copies lost | @{rate}/s server / generator CPU (cores) |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for label in labels {
-        let at = |scenario: &str, want: Option<u64>| {
-            rs.iter().rev().find(|r| {
-                r.label == label
-                    && r.scenario == scenario
-                    && want.is_none_or(|x| r.offered_rate == x)
-            })
-        };
-        let sat = at("muc-saturation", None);
-        let fixed = at("muc", Some(rate));
-        let f = fixed.and_then(|r| r.fanout.clone());
-        let shape = fixed
-            .or(sat)
-            .and_then(|r| r.fanout.clone())
-            .map(|f| format!("{} / {} / {}", f.occupants, f.senders, f.nodes))
-            .unwrap_or_else(|| "–".into());
-        let dash = || "–".to_string();
-        let _ = writeln!(
-            out,
-            "| {label} | {shape} | {} | {} | {} | {} | {} | {} |",
-            sat.map_or_else(dash, |r| format!("{:.0}", r.rate_result)),
-            sat.map_or_else(dash, |r| format!("{:.0}", r.throughput)),
-            f.as_ref().map_or_else(dash, |f| format!(
-                "{} / {}",
-                ms(f.first_p50_ms),
-                ms(f.first_p99_ms)
-            )),
-            f.as_ref().map_or_else(dash, |f| format!(
-                "{} / {} / {}",
-                ms(f.last_p50_ms),
-                ms(f.last_p99_ms),
-                ms(f.last_max_ms)
-            )),
-            f.as_ref().map_or_else(dash, |f| f.copies_lost.to_string()),
-            f.as_ref().map_or_else(dash, |f| if f.wall_s > 0.0 {
-                format!(
-                    "{:.2} / {:.2}",
-                    f.server_cpu_s / f.wall_s,
-                    f.bench_cpu_s / f.wall_s
-                )
-            } else {
-                dash()
-            }),
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bodies_round_trip() {
-        let b = body(3, 17, 123_456, 100);
-        assert_eq!(b.len(), 100);
-        assert_eq!(parse_body(&b), Some((3, 17)));
-        assert_eq!(parse_body("3:17:99"), Some((3, 17)));
-        assert_eq!(parse_body("hello"), None);
-    }
 
     fn args(extra: &[&str]) -> BenchArgs {
         #[derive(clap::Parser)]
