@@ -196,6 +196,27 @@ modules:
   mod_roster: {}
   # XEP-0198 offered (Starling and Prosody offer it too).
   mod_stream_mgmt: {}
+  # XEP-0045 group chat for the muc scenario (bench/muc), with the
+  # defaults that bound a room written out: 200 occupants per room
+  # (max_users, also the rooms' default), 20 messages of history, no
+  # minimum interval between a user's messages or presences, no shapers.
+  mod_muc:
+    host: "conference.@HOST@"
+    access: all
+    access_create: all
+    access_persistent: all
+    access_admin: none
+    max_users: 200
+    max_users_presence: 1000
+    history_size: 20
+    min_message_interval: 0
+    min_presence_interval: 0
+    room_shaper: none
+    user_message_shaper: none
+    user_presence_shaper: none
+    default_room_options:
+      max_users: 200
+      mam: false
 EOF
 }
 

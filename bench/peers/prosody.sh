@@ -116,6 +116,19 @@ network_settings = {
 storage = "internal"
 
 VirtualHost "localhost"
+
+-- XEP-0045 group chat for the muc scenario (bench/muc), with Prosody's
+-- defaults written out: anyone may create rooms (restrict_room_creation
+-- unset), a new room is locked until its owner configures it
+-- (muc_room_locking), 20 messages of history per room
+-- (muc_room_default_history_length), no cap on occupants and no rate
+-- limit (0.12's mod_muc has neither; mod_muc_limits is a community
+-- module, not loaded), XEP-0421 occupant ids on (as Starling's).
+Component "conference.localhost" "muc"
+	restrict_room_creation = false
+	muc_room_locking = true
+	muc_room_default_history_length = 20
+	muc_occupant_id = true
 EOF
 }
 

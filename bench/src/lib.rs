@@ -12,11 +12,13 @@
 //! addresses), `sweep` (a list of offered rates; the saturation throughput is
 //! the highest whose p99 stays under `--p99-bound-ms` with nothing lost),
 //! `login` (a login storm), `offline` (messages queued for offline users,
-//! then delivered at login), `idle` (resident memory per idle session).
+//! then delivered at login), `idle` (resident memory per idle session),
+//! `muc` and `muc-sweep` (XEP-0045 group-chat fan-out, see [`muc`]).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod mobile;
+pub mod muc;
 pub mod raw;
 pub mod report;
 mod sessions;
@@ -46,6 +48,12 @@ pub enum Scenario {
     Login,
     Offline,
     Idle,
+    /// Group chat: one room, `--occupants` over the addresses, `--rate`
+    /// messages/s from `--senders` (see `muc.rs`).
+    Muc,
+    /// `muc` at each of `--rates` until the last occupant's p99 passes
+    /// `--p99-bound-ms` or a copy is lost.
+    MucSweep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -128,6 +136,8 @@ pub struct BenchArgs {
     /// Also append the JSON results to this file.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub muc: muc::MucArgs,
 }
 
 /// One measured run.
@@ -152,6 +162,9 @@ pub struct RunResult {
     /// delivered at login; for `idle`: KiB of RSS per session.
     pub rate_result: f64,
     pub note: String,
+    /// For `muc`: the fan-out figures (first/last occupant, copies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<muc::FanOut>,
 }
 
 /// Microseconds, up to 100 s, 3 significant digits. These constant bounds
@@ -311,6 +324,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::SameNode | Scenario::CrossNode | Scenario::Sweep => 2 * args.pairs.max(1),
         Scenario::Login | Scenario::Idle => args.users,
         Scenario::Offline => args.users + 1,
+        Scenario::Muc | Scenario::MucSweep => args.muc.occupants,
     };
     register_users(&args, needed).await?;
     let mut results = Vec::new();
@@ -362,11 +376,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Login => results.push(sessions::login_storm(&args).await?),
         Scenario::Offline => results.push(sessions::offline_drain(&args).await?),
         Scenario::Idle => results.push(sessions::idle_memory(&args).await?),
+        Scenario::Muc | Scenario::MucSweep => results.extend(muc::run(&args).await?),
     }
     if args.json {
         for r in &results {
             println!("{}", serde_json::to_string(r)?);
         }
+    } else if matches!(args.scenario, Scenario::Muc | Scenario::MucSweep) {
+        muc::print_table(&results);
     } else {
         print_table(&results);
     }

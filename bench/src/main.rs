@@ -49,6 +49,10 @@ enum Cmd {
         /// A line above the table (machine, date, command).
         #[arg(long, default_value = "")]
         header: String,
+        /// Write the group-chat (`muc`) table between the muc markers
+        /// instead (no plot).
+        #[arg(long)]
+        muc: bool,
     },
     /// What a phone's reconnect costs: round trips from TCP connect to the
     /// first message (STARTTLS + SCRAM, SASL2 + Bind 2, FAST + inline
@@ -100,9 +104,12 @@ fn run(cmd: Cmd, rt: &tokio::runtime::Runtime) -> ExitCode {
             svg,
             rate,
             header,
-        } => report(starling_bench::report::write(
-            &input, &markdown, &svg, rate, &header,
-        )),
+            muc,
+        } => report(if muc {
+            starling_bench::report::write_muc(&input, &markdown, rate, &header)
+        } else {
+            starling_bench::report::write(&input, &markdown, &svg, rate, &header)
+        }),
         Cmd::Mobile(args) => report(rt.block_on(starling_bench::mobile::run(args))),
         Cmd::Relay { listen } => report(rt.block_on(starling_bench::raw::serve(listen))),
     }

@@ -243,6 +243,32 @@ pub fn svg(rs: &[RunResult], labels: &[String]) -> String {
     s
 }
 
+/// Replaces what lies between `begin` and `end` in `markdown` with
+/// `block` (markers included), or appends it when the markers are missing.
+fn replace_block(markdown: &Path, begin: &str, end: &str, block: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(markdown).unwrap_or_default();
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(a), Some(z)) if z > a => {
+            format!("{}{}{}", &old[..a], block, &old[z + end.len()..])
+        }
+        _ => format!("{old}\n{block}\n"),
+    };
+    std::fs::write(markdown, new)?;
+    Ok(())
+}
+
+/// Writes the group-chat table (`muc` rows of `input`, see
+/// [`crate::muc::table`]) into `markdown` between `<!-- muc:begin -->` and
+/// `<!-- muc:end -->`.
+pub fn write_muc(input: &Path, markdown: &Path, rate: u64, header: &str) -> anyhow::Result<()> {
+    let rs = load(input)?;
+    let table = crate::muc::table(&rs, rate);
+    let block = format!("<!-- muc:begin -->\n{header}\n\n{table}<!-- muc:end -->");
+    replace_block(markdown, "<!-- muc:begin -->", "<!-- muc:end -->", &block)?;
+    println!("{table}");
+    Ok(())
+}
+
 /// Writes the table (and the plot) for `input` into `markdown` between
 /// the `<!-- bench:begin -->` and `<!-- bench:end -->` markers (the rest of
 /// the file, the prose, is kept).
