@@ -10,7 +10,7 @@ use super::{HistoryItem, MucError, Service};
 use crate::clock::now_ms;
 use crate::xmpp::id::random_id;
 use crate::xmpp::jid::{bare_of, Jid};
-use crate::xmpp::{ns, Element};
+use crate::xmpp::{ns, Element, StreamCondition, StreamError};
 
 pub(super) async fn handle(svc: &Service, el: Element, to: Jid) {
     if el.attr("type") == Some("error") {
@@ -119,12 +119,20 @@ pub(super) fn deliver_here(svc: &Service, room_jid: &str, el: Element) {
         );
     }
     for o in room.occupants.values() {
-        if svc.router.local_session(&o.full).is_some() {
+        if let Some(session) = svc.router.local_session(&o.full) {
             let mut copy = el.clone();
             copy.set_attr("to", o.full.clone());
-            // Live only (see the module doc): a session that cannot take
-            // it misses it.
-            let _ = svc.router.deliver_local(&o.full, 0, copy);
+            // Live only (see the module doc). A session whose queue is
+            // full (its client reads slower than the room talks) cannot
+            // take it: it is ended rather than left with a silent gap,
+            // so its client knows, enters again and gets the history (and
+            // the room's archive) as any client after a disconnection.
+            if svc.router.deliver_local(&o.full, 0, copy).is_err() {
+                session.kick(StreamError::with_text(
+                    StreamCondition::ResourceConstraint,
+                    "too slow to read a room's messages",
+                ));
+            }
         }
     }
 }
