@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::ws::{http_get, WsClient};
+use common::ws::{http_get, http_get_on, WsClient};
 use common::xmpp::{body_of, RawClient};
 use common::{addr, fast_raft, free_ports, rt, TestCluster};
 use starling::xmpp::ns;
@@ -375,6 +375,26 @@ fn metrics_move_with_traffic_on_every_node() {
     });
 }
 
+/// `deploy/prometheus/prometheus.yml`, the scrape example with a bearer
+/// token file, passes `promtool check config` (the token file made for it).
+#[test]
+fn prometheus_config_passes_promtool() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("starling.token");
+    std::fs::write(&token, "scrape-token-0123456789abcdef\n").unwrap();
+    let config = std::fs::read_to_string(src.join("prometheus.yml")).unwrap();
+    assert!(config.contains("credentials_file: /etc/prometheus/starling.token"));
+    let config = config.replace(
+        "/etc/prometheus/starling.token",
+        token.to_str().unwrap(),
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::copy(src.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+    let out = promtool_ok(&["check", "config", "prometheus.yml"], dir.path(), "");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
 #[test]
 fn alert_rules_pass_promtool() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
@@ -391,28 +411,13 @@ async fn get_metrics_from(
     http: SocketAddr,
     authorization: Option<&str>,
 ) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from, 0)).unwrap();
-    let mut s = socket.connect(http).await.unwrap();
+    let s = socket.connect(http).await.unwrap();
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\n{auth}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("HTTP answer")
-        .unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_string())
+    http_get_on(s, http, "/metrics", &auth).await
 }
 
 /// Node 1: `metrics_allow = ["127.0.0.1/32"]` and a bearer token; node 2:
