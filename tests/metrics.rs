@@ -385,10 +385,7 @@ fn prometheus_config_passes_promtool() {
     std::fs::write(&token, "scrape-token-0123456789abcdef\n").unwrap();
     let config = std::fs::read_to_string(src.join("prometheus.yml")).unwrap();
     assert!(config.contains("credentials_file: /etc/prometheus/starling.token"));
-    let config = config.replace(
-        "/etc/prometheus/starling.token",
-        token.to_str().unwrap(),
-    );
+    let config = config.replace("/etc/prometheus/starling.token", token.to_str().unwrap());
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     std::fs::copy(src.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
     let out = promtool_ok(&["check", "config", "prometheus.yml"], dir.path(), "");

@@ -174,9 +174,7 @@ impl Splitter {
                 let end = tag_end(&self.buf, 0)?;
                 let to = attr(&self.buf[..end], "to").unwrap_or_default().to_string();
                 self.buf.drain(..end);
-                return Some(format!(
-                    "<open xmlns='{FRAMING}' to='{to}' version='1.0'/>"
-                ));
+                return Some(format!("<open xmlns='{FRAMING}' to='{to}' version='1.0'/>"));
             }
             if self.buf.starts_with("</stream:stream") {
                 let end = self.buf.find('>')? + 1;
@@ -280,7 +278,10 @@ mod tests {
             inbound("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='localhost' id='abc' version='1.0'/>"),
             "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' id='abc'>"
         );
-        assert_eq!(inbound("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"), "</stream:stream>");
+        assert_eq!(
+            inbound("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"),
+            "</stream:stream>"
+        );
         let m = "<message xmlns='jabber:client' from='a@b/c'><body>x</body></message>";
         assert_eq!(inbound(m), m);
     }

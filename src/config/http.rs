@@ -100,10 +100,9 @@ impl HttpSection {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                n.parse()
-                    .map_err(|e: crate::c2s::addr::IpNetError| {
-                        invalid(format!("http.metrics_allow[{i}]"), e.to_string())
-                    })
+                n.parse().map_err(|e: crate::c2s::addr::IpNetError| {
+                    invalid(format!("http.metrics_allow[{i}]"), e.to_string())
+                })
             })
             .collect()
     }
@@ -239,7 +238,8 @@ mod tests {
         assert!(h.validate(&[]).is_err());
         h.metrics_allow = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
         assert!(h.validate(&[]).is_ok());
-        let dir = std::env::temp_dir().join(format!("starling-metrics-token-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("starling-metrics-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         h.metrics_token_file = Some(file.clone());

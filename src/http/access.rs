@@ -98,7 +98,10 @@ impl IntoResponse for Refusal {
                 .into_response(),
             Refusal::NoToken => (
                 StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, format!("Bearer realm=\"{REALM}\""))],
+                [(
+                    header::WWW_AUTHENTICATE,
+                    format!("Bearer realm=\"{REALM}\""),
+                )],
                 "a bearer token is required\n",
             )
                 .into_response(),
@@ -143,15 +146,25 @@ mod tests {
         let a = MetricsAccess::new(nets(&["10.0.0.0/8"]), Some("0123456789abcdef"));
         let good = Some("Bearer 0123456789abcdef");
         assert_eq!(a.check(ip("10.1.2.3"), good), Ok(()));
-        assert_eq!(a.check(ip("10.1.2.3"), Some("bearer  0123456789abcdef")), Ok(()));
+        assert_eq!(
+            a.check(ip("10.1.2.3"), Some("bearer  0123456789abcdef")),
+            Ok(())
+        );
         assert_eq!(a.check(ip("192.0.2.1"), good), Err(Refusal::Address));
         assert_eq!(a.check(ip("10.1.2.3"), None), Err(Refusal::NoToken));
         assert_eq!(
             a.check(ip("10.1.2.3"), Some("Basic 0123456789abcdef")),
             Err(Refusal::NoToken)
         );
-        for wrong in ["Bearer 0123456789abcdeF", "Bearer 0123456789abcde", "Bearer x"] {
-            assert_eq!(a.check(ip("10.1.2.3"), Some(wrong)), Err(Refusal::WrongToken));
+        for wrong in [
+            "Bearer 0123456789abcdeF",
+            "Bearer 0123456789abcde",
+            "Bearer x",
+        ] {
+            assert_eq!(
+                a.check(ip("10.1.2.3"), Some(wrong)),
+                Err(Refusal::WrongToken)
+            );
         }
     }
 
