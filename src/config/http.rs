@@ -51,6 +51,13 @@ pub struct HttpSection {
     /// session's `[xmpp] idle_timeout_secs` ends it if nothing answers.
     /// Seconds. Default: 30.
     pub ws_ping_secs: u64,
+    /// The read buffer each WebSocket connection allocates up front
+    /// (tungstenite's `read_buffer_size`, whose own default of 128 KiB made
+    /// an idle WebSocket session cost about 120 KiB of memory against
+    /// about 2 KiB on TCP; BENCHMARKS.md "The HTTP face"). A larger message
+    /// still fits: the buffer grows for it (up to `[xmpp]
+    /// max_stanza_bytes`). Bytes, 256 to 1048576. Default: 4096.
+    pub ws_read_buffer_bytes: usize,
     /// The address ranges (`addr/len`, or a bare address) whose requests
     /// `/metrics` answers, matched against the request's TCP peer address
     /// (never a header such as `X-Forwarded-For`: behind a reverse proxy
@@ -87,6 +94,7 @@ impl Default for HttpSection {
             max_connections: 10_000,
             request_timeout_secs: 10,
             ws_ping_secs: 30,
+            ws_read_buffer_bytes: 4096,
             metrics_allow: vec!["127.0.0.0/8".into(), "::1".into()],
             metrics_token_file: None,
         }
@@ -162,6 +170,12 @@ impl HttpSection {
                 return Err(invalid(field, "must be positive"));
             }
         }
+        if !(256..=1 << 20).contains(&self.ws_read_buffer_bytes) {
+            return Err(invalid(
+                "http.ws_read_buffer_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
         for (i, o) in self.allowed_origins.iter().enumerate() {
             let ok = o == "*"
                 || ((o.starts_with("http://") || o.starts_with("https://"))
@@ -227,6 +241,9 @@ mod tests {
         assert!(h.validate(&[]).is_ok());
         let taken = ["127.0.0.1:5280".parse().unwrap()];
         assert!(h.validate(&taken).is_err());
+        let mut h = with("127.0.0.1:5280");
+        h.ws_read_buffer_bytes = 100;
+        assert!(h.validate(&[]).is_err());
     }
 
     #[test]
