@@ -474,26 +474,29 @@ fn a_room_survives_the_death_of_the_node_it_was_created_on() {
     });
 }
 
-/// The XEP-0313 results of a query on the room's archive: (bodies, fin).
-async fn room_archive(cl: &mut RawClient, id: &str) -> (Vec<String>, Element) {
+/// The XEP-0313 results of a query on the room's archive: (bodies,
+/// archived messages, fin).
+async fn room_archive(cl: &mut RawClient, id: &str) -> (Vec<String>, Vec<Element>, Element) {
     cl.send(&format!(
         "<iq type='set' id='{id}' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' queryid='q-{id}'/></iq>"
     ))
     .await;
     let mut bodies = Vec::new();
+    let mut messages = Vec::new();
     loop {
         let el = cl.next().await;
         if el.name() == "iq" && el.attr("id") == Some(id) {
-            return (bodies, el);
+            return (bodies, messages, el);
         }
         let result = el.get_child("result", "urn:xmpp:mam:2");
         if let Some(r) = result {
             assert_eq!(el.attr("from"), Some(ROOM), "{el}");
-            let body = r
+            let m = r
                 .get_child("forwarded", "urn:xmpp:forward:0")
                 .and_then(|f| f.get_child("message", ns::CLIENT))
-                .and_then(body_of);
-            bodies.extend(body);
+                .cloned();
+            bodies.extend(m.as_ref().and_then(body_of));
+            messages.extend(m);
         }
     }
 }
@@ -540,9 +543,16 @@ fn occupants_presence_and_the_rooms_archive_reach_every_node() {
         enter(&mut carol, ROOM, "carol", "").await;
 
         // The room's archive (XEP-0313 on its JID), read on another node.
+        let mut ids = Vec::new();
         for b in ["m1", "m2", "m3"] {
             bob.send(&groupchat(b)).await;
-            groupchat_body(&mut carol, b).await;
+            let seen = groupchat_body(&mut carol, b).await;
+            ids.push(
+                seen.get_child("stanza-id", "urn:xmpp:sid:0")
+                    .and_then(|s| s.attr("id"))
+                    .expect("stanza id")
+                    .to_string(),
+            );
         }
         let info = iq(
             &mut carol,
@@ -555,7 +565,7 @@ fn occupants_presence_and_the_rooms_archive_reach_every_node() {
         // for the commit, then page through it.
         let mut got = Vec::new();
         for i in 0..50 {
-            let (bodies, fin) = room_archive(&mut carol, &format!("q{i}")).await;
+            let (bodies, _, fin) = room_archive(&mut carol, &format!("q{i}")).await;
             assert_eq!(fin.attr("type"), Some("result"), "{fin}");
             got = bodies;
             if got.len() == 3 {
@@ -564,5 +574,39 @@ fn occupants_presence_and_the_rooms_archive_reach_every_node() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert_eq!(got, ["m1", "m2", "m3"]);
+
+        // XEP-0425 §"Tombstones": Alice (the owner, a moderator) retracts
+        // m2; once she has the answer, the room's archive read on another
+        // node holds a tombstone in its place: Bob's nick and occupant
+        // id, the moderation, no body.
+        let r = iq(
+            &mut alice,
+            "mod1",
+            &format!(
+                "<iq type='set' id='mod1' to='{ROOM}'><moderate xmlns='urn:xmpp:message-moderate:1' id='{}'>\
+                 <retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate></iq>",
+                ids[1]
+            ),
+        )
+        .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        let (bodies, messages, _) = room_archive(&mut carol, "after-mod").await;
+        assert_eq!(bodies, ["m1", "m3"]);
+        assert_eq!(messages.len(), 3, "the tombstone keeps its place");
+        let tomb = &messages[1];
+        assert_eq!(tomb.attr("from"), Some("room@conference.localhost/bob"), "{tomb}");
+        let retracted = tomb
+            .get_child("retracted", "urn:xmpp:message-retract:1")
+            .unwrap_or_else(|| panic!("no <retracted/>: {tomb}"));
+        let moderated = retracted
+            .get_child("moderated", "urn:xmpp:message-moderate:1")
+            .unwrap_or_else(|| panic!("no <moderated/>: {tomb}"));
+        assert_eq!(moderated.attr("by"), Some("room@conference.localhost/alice"), "{tomb}");
+        assert_eq!(
+            tomb.get_child("occupant-id", "urn:xmpp:occupant-id:0").and_then(|o| o.attr("id")),
+            messages[0].get_child("occupant-id", "urn:xmpp:occupant-id:0").and_then(|o| o.attr("id")),
+            "Bob's occupant id, as on his m1"
+        );
+        assert!(!tomb.to_string().contains(">m2<"), "{tomb}");
     });
 }

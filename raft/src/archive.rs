@@ -17,9 +17,23 @@
 //!   archive holds is not stored again (a retried batch).
 //! - `archive_prefs` (`o`): owner -> [`ArchivePrefs`]; no row: the
 //!   server's default.
+//!
+//! # Its own lock
+//! `archive` and `archive_ids` are [`ArchiveTables`], held in
+//! [`crate::StateData`] behind a lock of their own ([`ArchiveCell`]). An
+//! archive append is the most frequent write of a busy cluster, and
+//! routing reads the rest of the state for every stanza: the store applies
+//! an archive-only entry under a *read* lock of the state and the write
+//! lock of the archive, so a stanza never waits behind an append (the
+//! applier is the only writer of both, so nothing changes in between).
+//! The preferences stay with the rest of the state: routing reads them
+//! for every archived message.
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use serde::{Deserialize, Serialize};
 
-use crate::state::StateData;
+use crate::keyspace;
+use crate::table::{Measured, Table, Tracker, Writes};
 
 /// One message to archive in `owner`'s archive (an entry of
 /// [`crate::Command::ArchiveAppend`]).
@@ -55,15 +69,23 @@ pub struct ArchivedMessage {
 /// XEP-0424: `by` retracts the message it sent to `peer` with sender id
 /// `sender_id`; in both archives its entry keeps its id, stamp and place
 /// and its stanza becomes `tombstone`.
+///
+/// XEP-0425 (a room's moderator): with `archive_id`, the entry of that
+/// archive id in `by`'s archive (the room's) becomes `tombstone`, whoever
+/// sent it; `peer` and `sender_id` are not used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveRetraction {
-    /// The retracting sender's bare JID.
+    /// The retracting sender's bare JID (the room's, for a moderation).
     pub by: String,
     /// The recipient's bare JID.
     pub peer: String,
     pub sender_id: String,
     /// What the entry's stanza becomes (built by the server).
     pub tombstone: String,
+    /// A moderation's target, by archive id (absent from the encoding of
+    /// a sender's retraction, which is as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_id: Option<String>,
 }
 
 /// The limits an append is applied under, chosen by the proposer (its
@@ -238,7 +260,66 @@ impl ArchiveQuery {
     }
 }
 
-impl StateData {
+/// The archive's rows (see the module doc).
+#[derive(Debug, Clone)]
+pub struct ArchiveTables {
+    /// XEP-0313 archives: (owner, seq), counted per owner.
+    pub archive: Measured<(String, u64), ArchivedMessage>,
+    /// (owner, archive id) -> seq.
+    pub archive_ids: Table<(String, String), u64>,
+    /// The writes of these tables and their share of the state's digest.
+    pub(crate) tracker: Tracker,
+}
+
+impl Default for ArchiveTables {
+    fn default() -> Self {
+        ArchiveTables {
+            archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
+            archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
+            tracker: Tracker::default(),
+        }
+    }
+}
+
+/// [`ArchiveTables`] under their own lock. A clone copies the tables.
+#[derive(Debug, Default)]
+pub struct ArchiveCell(RwLock<ArchiveTables>);
+
+impl Clone for ArchiveCell {
+    fn clone(&self) -> Self {
+        ArchiveCell(RwLock::new(self.read().clone()))
+    }
+}
+
+impl ArchiveCell {
+    /// Read access; do not hold it across an `.await`. A poisoned lock
+    /// means a panic while applying; the rows are still those of the last
+    /// consistent entry, as with the state's lock.
+    pub fn read(&self) -> RwLockReadGuard<'_, ArchiveTables> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write access, for the applier only.
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, ArchiveTables> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Without locking, through exclusive access to the state.
+    pub(crate) fn get_mut(&mut self) -> &mut ArchiveTables {
+        self.0.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ArchiveTables {
+    /// Takes the writes recorded since the last call.
+    pub(crate) fn take_writes(&mut self) -> Result<Writes, crate::codec::CodecError> {
+        if let Some(e) = self.tracker.error.take() {
+            self.tracker.writes = Writes::default();
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut self.tracker.writes))
+    }
+
     /// The archive of `owner`, oldest first, with archive seqs.
     pub fn archive_of<'a>(
         &'a self,
@@ -260,11 +341,6 @@ impl StateData {
         self.archive_ids
             .get(&(owner.to_string(), id.to_string()))
             .copied()
-    }
-
-    /// `owner`'s preferences, if set.
-    pub fn archive_prefs_of(&self, owner: &str) -> Option<&ArchivePrefs> {
-        self.archive_prefs.get(&owner.to_string())
     }
 
     /// One page of `owner`'s archive for `q` (a linear scan of the
@@ -307,11 +383,25 @@ impl StateData {
     }
 }
 
+impl crate::state::StateData {
+    /// `owner`'s preferences, if set.
+    pub fn archive_prefs_of(&self, owner: &str) -> Option<&ArchivePrefs> {
+        self.archive_prefs.get(&owner.to_string())
+    }
+
+    /// One page of `owner`'s archive for `q`, read under the archive's
+    /// lock (see [`ArchiveTables::archive_page`]).
+    pub fn archive_page(&self, owner: &str, q: &ArchiveQuery) -> Result<Page, QueryError> {
+        self.archive.read().archive_page(owner, q)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::command::{Command, Response};
     use crate::credentials::Credentials;
+    use crate::state::StateData;
 
     fn entry(owner: &str, id: &str, with: &str, stamp_ms: u64) -> ArchiveEntry {
         ArchiveEntry {
@@ -360,14 +450,17 @@ mod tests {
         let mut d = state();
         conversation(&mut d);
         let retract = |by: &str, peer: &str, id: &str| ArchiveRetraction {
+            archive_id: None,
             by: by.into(),
             peer: peer.into(),
             sender_id: format!("s-{id}"),
             tombstone: "<message><retracted/></message>".into(),
         };
         let stanza = |d: &StateData, owner: &str, id: &str| {
-            let seq = d.archive_seq(owner, id).unwrap();
-            d.archive_of(owner)
+            let seq = d.archive.read().archive_seq(owner, id).unwrap();
+            d.archive
+                .read()
+                .archive_of(owner)
                 .find(|(s, _)| *s == seq)
                 .map(|(_, m)| m.stanza.clone())
                 .unwrap()
@@ -396,7 +489,11 @@ mod tests {
         assert_ne!(d.digest(), before);
         for owner in ["a@x", "b@x"] {
             assert_eq!(stanza(&d, owner, "m2"), "<message><retracted/></message>");
-            assert_eq!(d.archive_len(owner), 10, "the entry keeps its place");
+            assert_eq!(
+                d.archive.read().archive_len(owner),
+                10,
+                "the entry keeps its place"
+            );
         }
         // Again: nothing changes.
         let after = d.digest();
@@ -406,6 +503,47 @@ mod tests {
             limits: limits(),
         });
         assert_eq!(d.digest(), after);
+    }
+
+    #[test]
+    fn a_moderator_retracts_one_entry_of_one_archive_by_its_id() {
+        let mut d = state();
+        conversation(&mut d);
+        let moderate = |id: &str| Command::ArchiveAppend {
+            entries: Vec::new(),
+            retractions: vec![ArchiveRetraction {
+                by: "a@x".into(),
+                peer: String::new(),
+                sender_id: String::new(),
+                tombstone: "<message><retracted><moderated/></retracted></message>".into(),
+                archive_id: Some(id.into()),
+            }],
+            limits: limits(),
+        };
+        let stanza = |d: &StateData, owner: &str, id: &str| {
+            let ar = d.archive.read();
+            let seq = ar.archive_seq(owner, id).unwrap();
+            let m = ar
+                .archive_of(owner)
+                .find(|(s, _)| *s == seq)
+                .map(|(_, m)| m.stanza.clone())
+                .unwrap();
+            m
+        };
+        // m3 is b's message to a: a moderator retracts whoever sent it,
+        // in the one archive named.
+        d.apply(moderate("m3"));
+        assert_eq!(
+            stanza(&d, "a@x", "m3"),
+            "<message><retracted><moderated/></retracted></message>"
+        );
+        assert_eq!(stanza(&d, "b@x", "m3"), "<message id='m3'/>");
+        assert_eq!(d.archive.read().archive_len("a@x"), 10);
+        // An id the archive does not hold changes nothing, nor a retry.
+        let before = d.digest();
+        d.apply(moderate("nope"));
+        d.apply(moderate("m3"));
+        assert_eq!(d.digest(), before);
     }
 
     fn ids(p: &Page) -> Vec<&str> {
@@ -473,15 +611,15 @@ mod tests {
             }
         );
         assert_eq!(d.digest(), digest);
-        assert_eq!(d.archive_len("a@x"), 2);
-        assert_eq!(d.archive_len("b@x"), 1);
+        assert_eq!(d.archive.read().archive_len("a@x"), 2);
+        assert_eq!(d.archive.read().archive_len("b@x"), 1);
         // A message to oneself is one entry.
         let self_msg = vec![
             entry("a@x", "m3", "a@x/p", 102),
             entry("a@x", "m3", "a@x/q", 102),
         ];
         append(&mut d, self_msg, limits());
-        assert_eq!(d.archive_len("a@x"), 3);
+        assert_eq!(d.archive.read().archive_len("a@x"), 3);
     }
 
     #[test]
@@ -497,9 +635,14 @@ mod tests {
             ],
             limits(),
         );
-        let seqs: Vec<u64> = d.archive_of("a@x").map(|(s, _)| s).collect();
+        let seqs: Vec<u64> = d.archive.read().archive_of("a@x").map(|(s, _)| s).collect();
         assert_eq!(seqs, [200_000, 200_001, 250_000]);
-        let ids: Vec<&str> = d.archive_of("a@x").map(|(_, m)| m.id.as_str()).collect();
+        let ids: Vec<String> = d
+            .archive
+            .read()
+            .archive_of("a@x")
+            .map(|(_, m)| m.id.clone())
+            .collect();
         assert_eq!(ids, ["m1", "m2", "m3"], "archive order is commit order");
     }
 
@@ -581,15 +724,20 @@ mod tests {
             now_ms: 1_000,
         };
         append(&mut d, vec![entry("a@x", "n1", "b@x", 300)], capped);
-        let left: Vec<&str> = d.archive_of("a@x").map(|(_, m)| m.id.as_str()).collect();
+        let left: Vec<String> = d
+            .archive
+            .read()
+            .archive_of("a@x")
+            .map(|(_, m)| m.id.clone())
+            .collect();
         assert_eq!(left, ["m7", "m8", "m9", "n1"]);
-        assert_eq!(d.archive_len("a@x"), 4);
+        assert_eq!(d.archive.read().archive_len("a@x"), 4);
         assert!(
-            d.archive_seq("a@x", "m0").is_none(),
+            d.archive.read().archive_seq("a@x", "m0").is_none(),
             "the id index goes too"
         );
         // b's archive was not touched by a's append.
-        assert_eq!(d.archive_len("b@x"), 10);
+        assert_eq!(d.archive.read().archive_len("b@x"), 10);
         let aged = ArchiveLimits {
             max_entries: 0,
             max_age_ms: 100,
@@ -604,7 +752,12 @@ mod tests {
             }
         );
         append(&mut d, vec![entry("b@x", "n2", "a@x", 280)], aged);
-        let left: Vec<&str> = d.archive_of("b@x").map(|(_, m)| m.id.as_str()).collect();
+        let left: Vec<String> = d
+            .archive
+            .read()
+            .archive_of("b@x")
+            .map(|(_, m)| m.id.clone())
+            .collect();
         assert_eq!(left, ["m8", "m9", "n2"]);
         // A trim of every archive.
         d.apply(Command::ArchiveTrim {
@@ -614,7 +767,13 @@ mod tests {
                 now_ms: 300,
             },
         });
-        assert_eq!((d.archive_len("a@x"), d.archive_len("b@x")), (2, 2));
+        assert_eq!(
+            (
+                d.archive.read().archive_len("a@x"),
+                d.archive.read().archive_len("b@x")
+            ),
+            (2, 2)
+        );
     }
 
     #[test]
@@ -639,11 +798,14 @@ mod tests {
         assert!(prefs.archives("d@x", || true));
         let back = StateData::from_snapshot(&d.to_snapshot().unwrap()).unwrap();
         assert_eq!(back.digest(), d.digest());
-        assert_eq!(back.archive_len("a@x"), 10);
+        assert_eq!(back.archive.read().archive_len("a@x"), 10);
         assert_eq!(back.archive_prefs_of("a@x"), Some(&prefs));
-        assert_eq!(back.archive_seq("b@x", "m3"), d.archive_seq("b@x", "m3"));
+        assert_eq!(
+            back.archive.read().archive_seq("b@x", "m3"),
+            d.archive.read().archive_seq("b@x", "m3")
+        );
         d.apply(Command::DeleteUser { jid: "a@x".into() });
-        assert_eq!(d.archive_len("a@x"), 0);
+        assert_eq!(d.archive.read().archive_len("a@x"), 0);
         assert!(d.archive_prefs_of("a@x").is_none());
         d.apply(Command::DeleteUser { jid: "b@x".into() });
         let mut e2 = state();

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{ArchivePrefs, ArchivedMessage};
+use crate::archive::{ArchiveCell, ArchivePrefs, ArchiveTables};
 use crate::codec::{self, CodecError};
 use crate::command::{
     FastClient, Invite, OfflineMessage, PushRegistration, RosterItem, SessionBinding, UserRecord,
@@ -57,10 +57,9 @@ pub struct StateData {
     /// XEP-0357 push registrations: (owner, service JID \0 node),
     /// counted per owner.
     pub push: Measured<(String, String), PushRegistration>,
-    /// XEP-0313 archives: (owner, seq), counted per owner.
-    pub archive: Measured<(String, u64), ArchivedMessage>,
-    /// (owner, archive id) -> seq.
-    pub archive_ids: Table<(String, String), u64>,
+    /// XEP-0313 archives and their ids, under a lock of their own
+    /// (see [`crate::archive`]).
+    pub archive: ArchiveCell,
     /// XEP-0313 preferences per account.
     pub archive_prefs: Table<String, ArchivePrefs>,
     /// XEP-0045 rooms by room bare JID.
@@ -98,8 +97,7 @@ impl Default for StateData {
             blocklist: Measured::new(keyspace::BLOCKLIST.prefix, |_| 1),
             fast_tokens: Table::new(keyspace::FAST_TOKENS.prefix),
             push: Measured::new(keyspace::PUSH.prefix, |_| 1),
-            archive: Measured::new(keyspace::ARCHIVE.prefix, |_| 1),
-            archive_ids: Table::new(keyspace::ARCHIVE_IDS.prefix),
+            archive: ArchiveCell::default(),
             archive_prefs: Table::new(keyspace::ARCHIVE_PREFS.prefix),
             muc_rooms: Table::new(keyspace::MUC_ROOMS.prefix),
             muc_affiliations: Table::new(keyspace::MUC_AFFILIATIONS.prefix),
@@ -127,21 +125,29 @@ struct SnapshotRow {
 impl StateData {
     /// The digest of the whole state, as 32 hex digits.
     pub fn digest_hex(&self) -> String {
-        format!("{:032x}", self.tracker.digest)
+        format!("{:032x}", self.digest())
     }
 
+    /// The sum of every row's hash: the archive's share is kept by its own
+    /// tracker (it changes under its own lock), and the sum is the same
+    /// whichever tracker counted a row.
     pub fn digest(&self) -> u128 {
-        self.tracker.digest
+        self.tracker
+            .digest
+            .wrapping_add(self.archive.read().tracker.digest)
     }
 
     /// Takes the writes recorded since the last call (or the first codec
-    /// error met while recording them).
+    /// error met while recording them), the archive's included.
     pub fn take_writes(&mut self) -> Result<Writes, CodecError> {
+        let archive = self.archive.get_mut().take_writes();
         if let Some(e) = self.tracker.error.take() {
             self.tracker.writes = Writes::default();
             return Err(e);
         }
-        Ok(std::mem::take(&mut self.tracker.writes))
+        let mut writes = std::mem::take(&mut self.tracker.writes);
+        writes.ops.extend(archive?.ops);
+        Ok(writes)
     }
 
     /// Loads one row of the state machine tree (not a meta row).
@@ -162,14 +168,16 @@ impl StateData {
     /// Every row as it is stored, in key order within each table.
     pub fn rows(&self) -> Result<Vec<Row>, CodecError> {
         let mut out = Vec::new();
-        for table in self.tables() {
+        let archive = self.archive.read();
+        for table in self.tables(&archive) {
             table.rows(&mut out)?;
         }
         Ok(out)
     }
 
-    /// Every table, in the order of [`keyspace::TABLES`].
-    fn tables(&self) -> [&dyn StoredTable; TABLES.len()] {
+    /// Every table, in the order of [`keyspace::TABLES`], the archive's
+    /// from `archive` (a guard of `self.archive`).
+    fn tables<'a>(&'a self, archive: &'a ArchiveTables) -> [&'a dyn StoredTable; TABLES.len()] {
         [
             &self.users,
             &self.sessions,
@@ -182,8 +190,8 @@ impl StateData {
             &self.blocklist,
             &self.fast_tokens,
             &self.push,
-            &self.archive,
-            &self.archive_ids,
+            &archive.archive,
+            &archive.archive_ids,
             &self.archive_prefs,
             &self.muc_rooms,
             &self.muc_affiliations,
@@ -197,6 +205,7 @@ impl StateData {
 
     /// Every table, in the order of [`keyspace::TABLES`].
     fn tables_mut(&mut self) -> [&mut dyn StoredTable; TABLES.len()] {
+        let archive = self.archive.get_mut();
         [
             &mut self.users,
             &mut self.sessions,
@@ -209,8 +218,8 @@ impl StateData {
             &mut self.blocklist,
             &mut self.fast_tokens,
             &mut self.push,
-            &mut self.archive,
-            &mut self.archive_ids,
+            &mut archive.archive,
+            &mut archive.archive_ids,
             &mut self.archive_prefs,
             &mut self.muc_rooms,
             &mut self.muc_affiliations,
@@ -1120,7 +1129,8 @@ mod tests {
     #[test]
     fn tables_follow_the_key_space_list() {
         let d = StateData::default();
-        let prefixes: Vec<u8> = d.tables().iter().map(|t| t.prefix()).collect();
+        let archive = d.archive.read();
+        let prefixes: Vec<u8> = d.tables(&archive).iter().map(|t| t.prefix()).collect();
         let listed: Vec<u8> = TABLES.iter().map(|t| t.prefix).collect();
         assert_eq!(prefixes, listed);
     }

@@ -449,14 +449,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut ops = Vec::new();
         let mut last_applied = None;
         for entry in entries {
+            let (term, index) = (entry.log_id.leader_id.term, entry.log_id.index);
+            let payload = match entry.payload {
+                EntryPayload::Normal(cmd) if StateData::archive_only(&cmd) => {
+                    // An archive append (the most frequent write of a busy
+                    // cluster) writes only the archive, under its own lock:
+                    // applied under a read lock of the state, it never
+                    // holds up routing's reads (see `crate::archive`).
+                    let r = {
+                        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+                        st.data.apply_archive(cmd)
+                    };
+                    let mut st = self.write();
+                    st.last_applied = Some(entry.log_id);
+                    ops.extend(st.data.take_writes().map_err(io_err(write_sm_err))?.ops);
+                    last_applied = st.last_applied;
+                    responses.push(r);
+                    continue;
+                }
+                p => p,
+            };
             let mut st = self.write();
             st.last_applied = Some(entry.log_id);
-            let r = match entry.payload {
+            let r = match payload {
                 EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(cmd) => {
-                    st.data
-                        .apply_entry(cmd, entry.log_id.leader_id.term, entry.log_id.index)
-                }
+                EntryPayload::Normal(cmd) => st.data.apply_entry(cmd, term, index),
                 EntryPayload::Membership(m) => {
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
                     membership_changed = true;

@@ -100,6 +100,8 @@ pub struct ArchiveJob {
 pub struct Archiver {
     tx: mpsc::UnboundedSender<ArchiveJob>,
     config: Arc<ArchiveConfig>,
+    cluster: ClusterHandle,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Archiver {
@@ -114,9 +116,29 @@ impl Archiver {
         let config = Arc::new(config);
         tokio::spawn(run(cluster.clone(), config.clone(), shutdown.clone(), rx));
         if config.max_age_ms > 0 || config.max_entries > 0 {
-            tokio::spawn(run_trim(cluster, config.clone(), shutdown));
+            tokio::spawn(run_trim(cluster.clone(), config.clone(), shutdown.clone()));
         }
-        Archiver { tx, config }
+        Archiver {
+            tx,
+            config,
+            cluster,
+            shutdown,
+        }
+    }
+
+    /// Commits `retractions` now, in a command of their own, and waits
+    /// until the outcome is known (retried as the batches are): for a
+    /// room moderator's XEP-0425 retraction, rare, whose answer says it
+    /// is done. [`Guarded::Unknown`] only when the node stops first.
+    pub async fn commit_now(&self, retractions: Vec<ArchiveRetraction>) -> Guarded {
+        commit(
+            &self.cluster,
+            &self.config,
+            self.shutdown.clone(),
+            Vec::new(),
+            retractions,
+        )
+        .await
     }
 
     pub fn config(&self) -> &ArchiveConfig {
@@ -330,6 +352,7 @@ impl super::Router {
         let ty = el.attr("type").unwrap_or("normal");
         let retractions: Vec<ArchiveRetraction> = retract
             .map(|target| ArchiveRetraction {
+                archive_id: None,
                 by: from_bare.to_string(),
                 peer: to_bare.to_string(),
                 sender_id: target.to_string(),

@@ -32,8 +32,8 @@ pub(super) fn create_user(
 /// [`crate::Command::DeleteUser`]: the account, its roster, offline queue
 /// (with its id index, removed ids and next sequence number), its block
 /// list, its push registrations, its message archive and preferences, its
-/// PEP nodes, vCard and private XML, and
-/// the bindings of its resources.
+/// PEP nodes, vCard and private XML, its XEP-0045 affiliations (bans
+/// excepted), and the bindings of its resources.
 pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     let t = &mut data.tracker;
     if data.users.remove(&jid, t).is_none() {
@@ -70,6 +70,7 @@ pub(super) fn delete_user(data: &mut StateData, jid: String) -> Response {
     }
     super::fast::remove_all(data, &jid);
     super::archive::remove_all(data, &jid);
+    super::muc::remove_user(data, &jid);
     Response::UserDeleted {
         roster_items: roster.len() as u32,
         queued,

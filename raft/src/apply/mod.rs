@@ -67,6 +67,34 @@ impl StateData {
         }
     }
 
+    /// Whether `cmd` writes only the archive's tables (an append or a
+    /// trim): the store applies it with [`StateData::apply_archive`] under
+    /// a read lock of the state, so routing never waits behind it.
+    pub fn archive_only(cmd: &Command) -> bool {
+        matches!(
+            cmd,
+            Command::ArchiveAppend { .. } | Command::ArchiveTrim { .. }
+        )
+    }
+
+    /// Applies an [`StateData::archive_only`] command through shared
+    /// access: it reads the accounts and rooms and writes the archive under
+    /// the archive's own lock. The same result as [`StateData::apply`];
+    /// any other command is refused.
+    pub fn apply_archive(&self, cmd: Command) -> Response {
+        match cmd {
+            Command::ArchiveAppend {
+                entries,
+                retractions,
+                limits,
+            } => archive::append(self, entries, retractions, limits),
+            Command::ArchiveTrim { limits } => archive::trim(self, limits),
+            _ => Response::Rejected {
+                reason: "not an archive command".into(),
+            },
+        }
+    }
+
     /// Dispatches one command (not a batch) to the function of its family.
     fn apply_one(&mut self, cmd: Command) -> Response {
         match cmd {
@@ -174,12 +202,9 @@ impl StateData {
             Command::MucSubject { room, subject } => muc::subject(self, room, subject),
             Command::MucDestroy { room } => muc::destroy(self, room),
             Command::MucDropNode { node } => muc::drop_node(self, node),
-            Command::ArchiveAppend {
-                entries,
-                retractions,
-                limits,
-            } => archive::append(self, entries, retractions, limits),
-            Command::ArchiveTrim { limits } => archive::trim(self, limits),
+            c @ (Command::ArchiveAppend { .. } | Command::ArchiveTrim { .. }) => {
+                self.apply_archive(c)
+            }
             Command::SetArchivePrefs { owner, prefs } => archive::set_prefs(self, owner, prefs),
             Command::PepPublish {
                 owner,

@@ -319,6 +319,25 @@ pub(super) fn destroy(data: &mut StateData, room: String) -> Response {
     Response::MucDone
 }
 
+/// A deleted account's affiliations: its owner, admin and member rights go
+/// with it, so whoever registers the JID next does not inherit them; a ban
+/// (`outcast`) stays, as it protects the room rather than grants anything.
+/// Its occupants leave through their sessions' teardown, which tells the
+/// room (XEP-0045 §7.14), so they are not removed here. A scan of every
+/// affiliation: accounts are deleted rarely.
+pub(super) fn remove_user(data: &mut StateData, jid: &str) -> u32 {
+    let keys: Vec<(String, String)> = data
+        .muc_affiliations
+        .iter()
+        .filter(|((_, u), a)| u == jid && a.affiliation != Affiliation::Outcast)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &keys {
+        data.muc_affiliations.remove(k, &mut data.tracker);
+    }
+    keys.len() as u32
+}
+
 /// [`crate::Command::MucDropNode`]: occupants whose session was on `node`
 /// (it died, or restarted) leave every room.
 pub(super) fn drop_node(data: &mut StateData, node: NodeId) -> Response {
@@ -459,6 +478,39 @@ mod tests {
         d.apply(Command::MucDropNode { node: 1 });
         assert!(d.muc_rooms.is_empty() && d.muc_affiliations.is_empty());
         assert_eq!(d.digest(), empty, "nothing left behind");
+    }
+
+    #[test]
+    fn a_deleted_account_loses_its_rights_but_not_its_bans() {
+        let mut d = StateData::default();
+        for jid in ["a@x", "b@x", "c@x"] {
+            d.apply(Command::CreateUser {
+                jid: jid.into(),
+                credentials: crate::credentials::Credentials::derive(jid, 2),
+                created_ms: 1,
+            });
+        }
+        join(&mut d, "a", "a@x/1", true);
+        let change = |jid: &str, affiliation| AffiliationChange {
+            jid: jid.into(),
+            affiliation,
+            reason: None,
+        };
+        d.apply(Command::MucSetAffiliations {
+            room: "r@muc.x".into(),
+            changes: vec![
+                change("b@x", Affiliation::Admin),
+                change("c@x", Affiliation::Outcast),
+            ],
+        });
+        for jid in ["a@x", "b@x", "c@x"] {
+            d.apply(Command::DeleteUser { jid: jid.into() });
+        }
+        // Whoever registers a@x or b@x next is nobody in the room; c@x
+        // stays banned.
+        assert_eq!(d.muc_affiliation("r@muc.x", "a@x"), Affiliation::None);
+        assert_eq!(d.muc_affiliation("r@muc.x", "b@x"), Affiliation::None);
+        assert_eq!(d.muc_affiliation("r@muc.x", "c@x"), Affiliation::Outcast);
     }
 
     #[test]

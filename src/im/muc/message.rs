@@ -284,7 +284,10 @@ pub(super) async fn moderate(
         .with_attr("type", "groupchat")
         .with_attr("from", room_jid)
         .with_attr("id", random_id())
-        .with_child(retract);
+        .with_child(retract.clone());
+    // The room's archive first: the answer says the message is retracted,
+    // so it must be (XEP-0425 §"Tombstones").
+    super::archive::retract(svc, &room, room_jid, id, &retract).await?;
     fan_out(svc, room_jid, out).await;
     Ok(())
 }
