@@ -625,8 +625,12 @@ pub async fn propose_at(
     let mut client = peers
         .client(raft_addr)
         .map_err(|s| ProposeError::Fatal(s.message().to_string()))?;
-    let data = codec::encode(&ForwardedProposal { from, proposal })
-        .map_err(|e| ProposeError::Fatal(e.to_string()))?;
+    // Off the runtime's workers: an archive batch is up to 512 KiB.
+    let data =
+        tokio::task::spawn_blocking(move || codec::encode(&ForwardedProposal { from, proposal }))
+            .await
+            .map_err(|e| ProposeError::Fatal(e.to_string()))?
+            .map_err(|e| ProposeError::Fatal(e.to_string()))?;
     match client.propose(starling_proto::raft::Payload { data }).await {
         Ok(reply) => codec::decode::<Result<Applied, ProposeError>>(&reply.into_inner().data)
             .map_err(|e| ProposeError::Unknown(format!("undecodable reply: {e}")))?,

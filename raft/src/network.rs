@@ -274,10 +274,24 @@ impl PeerNet {
 impl RaftNetwork<TypeConfig> for PeerNet {
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let data = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (mut rpc, data) = if rpc.entries.is_empty() {
+            let data = codec::encode(&rpc);
+            (rpc, data)
+        } else {
+            // Entries (an archive batch is up to 512 KiB) are encoded on a
+            // blocking thread: milliseconds on a runtime worker would hold
+            // up the sessions and mesh tasks queued behind them.
+            tokio::task::spawn_blocking(move || {
+                let data = codec::encode(&rpc);
+                (rpc, data)
+            })
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+        };
+        let data = data.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if data.len() <= APPEND_BUDGET_BYTES || rpc.entries.len() <= 1 {
             return self
                 .call_encoded(RPCTypes::AppendEntries, data, &option)
@@ -347,9 +361,15 @@ pub struct RaftRpc {
 }
 
 fn decode_req<T: DeserializeOwned>(req: Request<Payload>) -> Result<T, Status> {
-    codec::decode(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+    decode_payload(&req.into_inner().data)
 }
+
+fn decode_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    codec::decode(data).map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+}
+
+/// From this size on, an append request is decoded on a blocking thread.
+const BLOCKING_DECODE_BYTES: usize = 16 * 1024;
 
 fn encode_reply<T: Serialize>(value: &T) -> Result<tonic::Response<Payload>, Status> {
     let data = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
@@ -362,7 +382,16 @@ impl RaftService for RaftRpc {
         &self,
         req: Request<Payload>,
     ) -> Result<tonic::Response<Payload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req)?;
+        let data = req.into_inner().data;
+        // A large request (entries) is decoded on a blocking thread, as the
+        // sender encoded it; a heartbeat where it is.
+        let rpc: AppendEntriesRequest<TypeConfig> = if data.len() < BLOCKING_DECODE_BYTES {
+            decode_payload(&data)?
+        } else {
+            tokio::task::spawn_blocking(move || decode_payload(&data))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        };
         let leader_commit = rpc.leader_commit.map(|l| l.index);
         let reply = self.cluster.raft().append_entries(rpc).await;
         if matches!(
@@ -391,7 +420,16 @@ impl RaftService for RaftRpc {
     }
 
     async fn propose(&self, req: Request<Payload>) -> Result<tonic::Response<Payload>, Status> {
-        let fwd: ForwardedProposal = decode_req(req)?;
+        let data = req.into_inner().data;
+        // An archive batch forwarded by a follower is large: decoded on a
+        // blocking thread, as an append is.
+        let fwd: ForwardedProposal = if data.len() < BLOCKING_DECODE_BYTES {
+            decode_payload(&data)?
+        } else {
+            tokio::task::spawn_blocking(move || decode_payload(&data))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        };
         // A peer already chose us as leader: propose here or say who is.
         // A tool outside the cluster (from = 0) gets full forwarding.
         let result = if fwd.from == 0 {

@@ -233,18 +233,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = codec::encode(&entry).map_err(io_err(write_logs_err))?;
-            batch.insert(&index_key(entry.get_log_id().index), bytes);
-        }
-        // sled may block on I/O here: on a blocking thread, not a runtime
-        // worker (every session shares those).
+        // Encoding (an archive batch is up to 512 KiB) and sled, which may
+        // block on I/O: on a blocking thread, not a runtime worker (every
+        // session shares those).
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.apply_batch(batch))
-            .await
-            .map_err(io_err(write_logs_err))?
-            .map_err(io_err(write_logs_err))?;
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for entry in &entries {
+                let bytes = codec::encode(entry).map_err(io_err(write_logs_err))?;
+                batch.insert(&index_key(entry.get_log_id().index), bytes);
+            }
+            log.apply_batch(batch).map_err(io_err(write_logs_err))
+        })
+        .await
+        .map_err(io_err(write_logs_err))??;
         // One flush covers every entry of this call (and whatever the state
         // machine wrote before it): many commands per fsync under load.
         let flushed = self.db.flush_async().await;
@@ -456,10 +459,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     // cluster) writes only the archive, under its own lock:
                     // applied under a read lock of the state, it never
                     // holds up routing's reads (see `crate::archive`).
-                    let r = {
-                        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+                    // On a blocking thread: a batch of hundreds of entries
+                    // takes milliseconds, which on a runtime worker would
+                    // hold up every session and mesh task queued behind it.
+                    let state = self.state.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        let st = state.read().unwrap_or_else(|p| p.into_inner());
                         st.data.apply_archive(cmd)
-                    };
+                    })
+                    .await
+                    .map_err(io_err(write_sm_err))?;
                     let mut st = self.write();
                     st.last_applied = Some(entry.log_id);
                     ops.extend(st.data.take_writes().map_err(io_err(write_sm_err))?.ops);
@@ -492,28 +501,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         } else {
             None
         };
-        let mut batch = sled::Batch::default();
-        for (k, v) in ops {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch.insert(
-            keyspace::APPLIED,
-            codec::encode(&last_applied).map_err(io_err(write_sm_err))?,
-        );
-        if let Some(m) = membership {
-            batch.insert(
-                keyspace::MEMBERSHIP,
-                codec::encode(&m).map_err(io_err(write_sm_err))?,
-            );
-        }
+        let applied = codec::encode(&last_applied).map_err(io_err(write_sm_err))?;
+        let membership = match membership {
+            Some(m) => Some(codec::encode(&m).map_err(io_err(write_sm_err))?),
+            None => None,
+        };
         let sm = self.sm.clone();
-        tokio::task::spawn_blocking(move || sm.apply_batch(batch))
-            .await
-            .map_err(io_err(write_sm_err))?
-            .map_err(io_err(write_sm_err))?;
+        // The batch is built where it is written, off the runtime's
+        // workers (an archive append brings thousands of rows).
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for (k, v) in ops {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            batch.insert(keyspace::APPLIED, applied);
+            if let Some(m) = membership {
+                batch.insert(keyspace::MEMBERSHIP, m);
+            }
+            sm.apply_batch(batch)
+        })
+        .await
+        .map_err(io_err(write_sm_err))?
+        .map_err(io_err(write_sm_err))?;
         Ok(responses)
     }
 
