@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the node's TOML configuration, validated before any port is bound.
+//! - [`accept`]: the accept loop of the listeners that run their own
+//!   connections (c2s, HTTP), with back-off on accept errors.
 //! - [`node`]: runs one node: sled store -> openraft -> raft gRPC server ->
 //!   admin gRPC server, and forms a new cluster from `initial_cluster`.
 //! - [`admin`]: the admin gRPC service (with health and reflection) and the
@@ -37,6 +39,7 @@
 //! `starling-proto`; the XMPP load generator in `starling-bench` (`bench/`).
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod c2s;
 pub mod clock;

@@ -87,6 +87,8 @@ async fn run_inner(
 ) -> Result<(), NodeError> {
     let id = config.node_id;
     let raft_config = Arc::new(config.openraft()?);
+    // The /metrics token file too.
+    let metrics_access = crate::http::access::MetricsAccess::from_config(&config.http)?;
     // Cluster certificates are read before anything is created or bound.
     let cluster_tls = match &config.cluster_tls {
         Some(section) => Some(crate::cluster_tls::load(section)?),
@@ -285,6 +287,7 @@ async fn run_inner(
             config: Arc::new(config.http.clone()),
             readiness,
             tls: tls.is_some(),
+            metrics_access: Arc::new(metrics_access),
         };
         tokio::spawn(crate::http::serve(state, listener, tls).in_current_span())
     });

@@ -8,7 +8,9 @@
 //! (`promtool test rules`), and every metric the rules and the Grafana
 //! dashboard name present in a real scrape. promtool comes from Debian's
 //! `prometheus` package: installed with apt-get when missing (as root), or
-//! the test fails saying so.
+//! the test fails saying so. And who may scrape: `[http] metrics_allow`
+//! (the TCP peer's address; a client socket bound to 127.0.0.2 is "another
+//! host" on loopback) and `metrics_token_file` (a bearer token).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -18,9 +20,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::ws::{http_get, WsClient};
+use common::ws::{http_get, http_get_on, WsClient};
 use common::xmpp::{body_of, RawClient};
 use common::{addr, fast_raft, free_ports, rt, TestCluster};
 use starling::xmpp::ns;
@@ -372,6 +375,23 @@ fn metrics_move_with_traffic_on_every_node() {
     });
 }
 
+/// `deploy/prometheus/prometheus.yml`, the scrape example with a bearer
+/// token file, passes `promtool check config` (the token file made for it).
+#[test]
+fn prometheus_config_passes_promtool() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("starling.token");
+    std::fs::write(&token, "scrape-token-0123456789abcdef\n").unwrap();
+    let config = std::fs::read_to_string(src.join("prometheus.yml")).unwrap();
+    assert!(config.contains("credentials_file: /etc/prometheus/starling.token"));
+    let config = config.replace("/etc/prometheus/starling.token", token.to_str().unwrap());
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::copy(src.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+    let out = promtool_ok(&["check", "config", "prometheus.yml"], dir.path(), "");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
 #[test]
 fn alert_rules_pass_promtool() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
@@ -379,4 +399,107 @@ fn alert_rules_pass_promtool() {
     assert!(out.contains("SUCCESS"), "{out}");
     let out = promtool_ok(&["test", "rules", "alerts_test.yml"], &dir, "");
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// A GET of `/metrics` from the local address `from`, with an
+/// `Authorization` header when given: (status, lower-cased head, body).
+async fn get_metrics_from(
+    from: std::net::IpAddr,
+    http: SocketAddr,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let s = socket.connect(http).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    http_get_on(s, http, "/metrics", &auth).await
+}
+
+/// Node 1: `metrics_allow = ["127.0.0.1/32"]` and a bearer token; node 2:
+/// the defaults (loopback, no token). The peer address is the connection's:
+/// a request from 127.0.0.2 is refused by node 1 whatever it carries, and
+/// served by node 2 (127.0.0.0/8); a missing or wrong token gets 401 with
+/// `WWW-Authenticate: Bearer`; a refusal carries no metric.
+#[test]
+fn metrics_access_by_address_and_token() {
+    rt().block_on(async {
+        let secrets = tempfile::tempdir().unwrap();
+        let token = "scrape-token-0123456789abcdef";
+        let token_file = secrets.path().join("metrics.token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let http: Vec<SocketAddr> = free_ports(2).into_iter().map(addr).collect();
+        let token_file = Arc::new(token_file);
+        let c = TestCluster::start_with(2, fast_raft(), {
+            let token_file = token_file.clone();
+            let http = http.clone();
+            move |cfg| {
+                cfg.http.addr = Some(http[cfg.node_id as usize - 1]);
+                cfg.http.tls = false;
+                if cfg.node_id == 1 {
+                    cfg.http.metrics_allow = vec!["127.0.0.1/32".into()];
+                    cfg.http.metrics_token_file = Some((*token_file).clone());
+                }
+            }
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let bearer = format!("Bearer {token}");
+        let served = |(status, head, body): &(u16, String, String)| {
+            *status == 200
+                && head.contains("content-type: text/plain; version=0.0.4")
+                && body.contains("starling_raft_term")
+        };
+        let no_metric = |(_, _, body): &(u16, String, String)| !body.contains("starling_");
+
+        // Node 1, from an allowed address with the token: served.
+        let ok = get_metrics_from(lo, http[0], Some(&bearer)).await;
+        assert!(served(&ok), "{ok:?}");
+        // The scheme in any case (RFC 6750 §2.1, RFC 9110 §11.1).
+        let lower = get_metrics_from(lo, http[0], Some(&format!("bearer {token}"))).await;
+        assert!(served(&lower), "{lower:?}");
+
+        // From another address: 403, even with the token.
+        let r = get_metrics_from(other, http[0], Some(&bearer)).await;
+        assert_eq!(r.0, 403, "{r:?}");
+        assert!(no_metric(&r), "{r:?}");
+        let r = get_metrics_from(other, http[0], None).await;
+        assert_eq!(r.0, 403, "{r:?}");
+        assert!(no_metric(&r), "{r:?}");
+
+        // No token: 401 with the challenge.
+        let r = get_metrics_from(lo, http[0], None).await;
+        assert_eq!(r.0, 401, "{r:?}");
+        assert!(
+            r.1.contains("www-authenticate: bearer realm=\"starling metrics\""),
+            "{r:?}"
+        );
+        assert!(no_metric(&r), "{r:?}");
+        // Another scheme is no bearer token.
+        let r = get_metrics_from(lo, http[0], Some(&format!("Basic {token}"))).await;
+        assert_eq!(r.0, 401, "{r:?}");
+        assert!(no_metric(&r), "{r:?}");
+
+        // A wrong token (one character off, a prefix): 401, invalid_token.
+        let mut off = token.to_string();
+        off.pop();
+        for wrong in [format!("{off}X"), off.clone(), format!("{token}0")] {
+            let r = get_metrics_from(lo, http[0], Some(&format!("Bearer {wrong}"))).await;
+            assert_eq!(r.0, 401, "{wrong}: {r:?}");
+            assert!(r.1.contains("error=\"invalid_token\""), "{r:?}");
+            assert!(no_metric(&r), "{r:?}");
+        }
+
+        // Node 2, the defaults: all of loopback, no token asked.
+        for from in [lo, other] {
+            let r = get_metrics_from(from, http[1], None).await;
+            assert!(served(&r), "{from}: {r:?}");
+        }
+        // Other endpoints of the listener are not restricted.
+        let (status, _, _) = http_get(http[0], "/healthz").await;
+        assert_eq!(status, 200);
+        drop(c);
+    });
 }

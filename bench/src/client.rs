@@ -35,6 +35,9 @@ pub struct ConnectOpts {
     /// Register the account in-band first (a `conflict` answer is fine).
     pub register: bool,
     pub timeout: Duration,
+    /// RFC 7395 WebSocket at this path of `addr` (`crate::ws`) instead of
+    /// TCP.
+    pub ws_path: Option<String>,
 }
 
 /// An authenticated, bound, available client.
@@ -306,12 +309,18 @@ async fn connect_inner(
     password: &str,
     opts: &ConnectOpts,
 ) -> anyhow::Result<Client> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    tcp.set_nodelay(true)?;
+    let io: BoxIo = match &opts.ws_path {
+        Some(path) => crate::ws::connect(addr, path).await?,
+        None => {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?;
+            tcp.set_nodelay(true)?;
+            Box::new(tcp)
+        }
+    };
     let mut n = Negotiation {
-        io: Some(Box::new(tcp)),
+        io: Some(io),
         framer: Framer::new(Limits::default()),
         buf: vec![0u8; 16 * 1024].into_boxed_slice(),
     };

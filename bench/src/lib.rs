@@ -23,6 +23,7 @@ pub mod raw;
 pub mod report;
 mod sessions;
 mod traffic;
+pub mod ws;
 
 pub use sessions::rss_kib;
 
@@ -65,6 +66,17 @@ pub enum Target {
     Raw,
 }
 
+/// How XMPP clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// RFC 6120 over TCP (`--addr`: the client port).
+    Tcp,
+    /// RFC 7395 XMPP over WebSocket, plain `ws://` (`--addr`: the HTTP
+    /// port; `--ws-path`).
+    Ws,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// What to run.
@@ -75,6 +87,13 @@ pub struct BenchArgs {
     pub addrs: Vec<SocketAddr>,
     #[arg(long, value_enum, default_value = "xmpp")]
     pub target: Target,
+    /// XMPP clients over TCP or over WebSocket (then `--addr` is each
+    /// node's HTTP listener).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// The WebSocket endpoint's path, for `--transport ws`.
+    #[arg(long, default_value = "/xmpp-websocket")]
+    pub ws_path: String,
     /// Label of this server in the results (e.g. "starling-1", "prosody").
     #[arg(long, default_value = "server")]
     pub label: String,
@@ -193,6 +212,7 @@ fn opts(args: &BenchArgs) -> ConnectOpts {
         mech: args.mech,
         register: false,
         timeout: Duration::from_secs(30),
+        ws_path: (args.transport == Transport::Ws).then(|| args.ws_path.clone()),
     }
 }
 
@@ -319,6 +339,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     {
         bail!("the raw relay only carries message traffic (same-node, cross-node, sweep)");
+    }
+    if args.transport == Transport::Ws && (args.target == Target::Raw || args.tls) {
+        bail!("--transport ws is plain ws:// to an XMPP server (no --tls, no raw relay)");
     }
     let needed = match args.scenario {
         Scenario::SameNode | Scenario::CrossNode | Scenario::Sweep => 2 * args.pairs.max(1),

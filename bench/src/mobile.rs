@@ -544,6 +544,7 @@ fn plain_opts(a: &MobileArgs, register: bool) -> ConnectOpts {
         mech: Mech::ScramSha256,
         register,
         timeout: Duration::from_secs(60),
+        ws_path: None,
     }
 }
 

@@ -195,7 +195,11 @@ pub(crate) async fn idle_memory(args: &BenchArgs) -> anyhow::Result<RunResult> {
         rate_result: per,
         note: format!(
             "RSS {before} KiB -> {after} KiB for {n} sessions ({})",
-            if args.tls { "TLS" } else { "plaintext" }
+            match (args.transport, args.tls) {
+                (crate::Transport::Ws, _) => "WebSocket, plaintext",
+                (_, true) => "TLS",
+                _ => "plaintext",
+            }
         ),
         ..Default::default()
     })

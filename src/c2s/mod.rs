@@ -266,25 +266,8 @@ impl Shared {
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, direct_tls: bool) {
     let mut shutdown = shared.shutdown.clone();
     let mut next_id: u64 = 0;
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                // EMFILE and friends: back off rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut listener = crate::accept::Acceptor::new(listener, "c2s");
+    while let Some((tcp, peer)) = listener.next(&mut shutdown).await {
         let (ticket, evicted) = match shared.admit(peer.ip()) {
             Ok(t) => t,
             Err(why) => {

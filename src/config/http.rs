@@ -1,8 +1,10 @@
 //! `[http]`: the node's HTTP listener (`src/http/`): RFC 7395 XMPP over
 //! WebSocket at `/xmpp-websocket`, XEP-0156 discovery at
-//! `/.well-known/host-meta[.json]`, `/healthz` and `/readyz`. Its fields,
-//! their defaults and the rules checked before any port is bound.
+//! `/.well-known/host-meta[.json]`, `/healthz`, `/readyz` and who may read
+//! `/metrics`. Its fields, their defaults and the rules checked before any
+//! port is bound.
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +51,37 @@ pub struct HttpSection {
     /// session's `[xmpp] idle_timeout_secs` ends it if nothing answers.
     /// Seconds. Default: 30.
     pub ws_ping_secs: u64,
+    /// The read buffer each WebSocket connection allocates up front
+    /// (tungstenite's `read_buffer_size`, whose own default of 128 KiB made
+    /// an idle WebSocket session cost about 120 KiB of memory against
+    /// about 2 KiB on TCP; BENCHMARKS.md "The HTTP face"). A larger message
+    /// still fits: the buffer grows for it (up to `[xmpp]
+    /// max_stanza_bytes`). Bytes, 256 to 1048576. Default: 4096.
+    pub ws_read_buffer_bytes: usize,
+    /// The address ranges (`addr/len`, or a bare address) whose requests
+    /// `/metrics` answers, matched against the request's TCP peer address
+    /// (never a header such as `X-Forwarded-For`: behind a reverse proxy
+    /// the peer is the proxy, so list the proxy and set
+    /// `metrics_token_file`). Any other peer gets 403 and no metric.
+    /// IPv4-mapped IPv6 peers count as their IPv4 address. Empty:
+    /// `/metrics` answers nobody. Default: `["127.0.0.0/8", "::1"]`
+    /// (loopback only, as Prosody's `mod_http_openmetrics`).
+    pub metrics_allow: Vec<String>,
+    /// A file holding a bearer token (at least 16 printable ASCII
+    /// characters; surrounding whitespace ignored) that a `/metrics`
+    /// request must also carry as `Authorization: Bearer <token>` (RFC 6750
+    /// §2.1; Prometheus's `authorization: credentials_file`), for a
+    /// Prometheus on another host: its address in `metrics_allow` and the
+    /// token, over HTTPS (`tls = true`) so the token is not sent in clear.
+    /// Checked after `metrics_allow`, in constant time; a missing or wrong
+    /// token gets 401 with `WWW-Authenticate: Bearer`. Read at start-up.
+    /// Keep it mode 0600. Default: unset (no token asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token_file: Option<PathBuf>,
 }
+
+/// Shortest `/metrics` bearer token accepted.
+const MIN_METRICS_TOKEN: usize = 16;
 
 impl Default for HttpSection {
     fn default() -> Self {
@@ -62,16 +94,58 @@ impl Default for HttpSection {
             max_connections: 10_000,
             request_timeout_secs: 10,
             ws_ping_secs: 30,
+            ws_read_buffer_bytes: 4096,
+            metrics_allow: vec!["127.0.0.0/8".into(), "::1".into()],
+            metrics_token_file: None,
         }
     }
 }
 
 impl HttpSection {
+    /// `metrics_allow`, parsed.
+    pub fn metrics_allow_nets(&self) -> Result<Vec<crate::c2s::addr::IpNet>, ConfigError> {
+        self.metrics_allow
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse().map_err(|e: crate::c2s::addr::IpNetError| {
+                    invalid(format!("http.metrics_allow[{i}]"), e.to_string())
+                })
+            })
+            .collect()
+    }
+
+    /// The `/metrics` bearer token read from `metrics_token_file`, if set.
+    pub fn metrics_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.metrics_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "http.metrics_token_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let token = text.trim();
+        if token.len() < MIN_METRICS_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "http.metrics_token_file",
+                format!(
+                    "{}: the token must be at least {MIN_METRICS_TOKEN} printable ASCII characters without spaces",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
+
     /// The checks of `[http]`; `taken`: the node's other listen addresses.
     pub fn validate(&self, taken: &[SocketAddr]) -> Result<(), ConfigError> {
         let Some(addr) = self.addr else {
             return Ok(());
         };
+        self.metrics_allow_nets()?;
+        self.metrics_token()?;
         if taken.contains(&addr) {
             return Err(invalid(
                 "http.addr",
@@ -95,6 +169,12 @@ impl HttpSection {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));
             }
+        }
+        if !(256..=1 << 20).contains(&self.ws_read_buffer_bytes) {
+            return Err(invalid(
+                "http.ws_read_buffer_bytes",
+                "must be between 256 and 1048576",
+            ));
         }
         for (i, o) in self.allowed_origins.iter().enumerate() {
             let ok = o == "*"
@@ -161,5 +241,35 @@ mod tests {
         assert!(h.validate(&[]).is_ok());
         let taken = ["127.0.0.1:5280".parse().unwrap()];
         assert!(h.validate(&taken).is_err());
+        let mut h = with("127.0.0.1:5280");
+        h.ws_read_buffer_bytes = 100;
+        assert!(h.validate(&[]).is_err());
+    }
+
+    #[test]
+    fn metrics_access_is_checked() {
+        let mut h = with("127.0.0.1:5280");
+        assert_eq!(h.metrics_allow_nets().unwrap().len(), 2);
+        assert_eq!(h.metrics_token().unwrap(), None);
+        h.metrics_allow = vec!["10.0.0.0/33".into()];
+        assert!(h.validate(&[]).is_err());
+        h.metrics_allow = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
+        assert!(h.validate(&[]).is_ok());
+        let dir =
+            std::env::temp_dir().join(format!("starling-metrics-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        h.metrics_token_file = Some(file.clone());
+        assert!(h.validate(&[]).is_err(), "a missing file");
+        std::fs::write(&file, "short\n").unwrap();
+        assert!(h.validate(&[]).is_err(), "a short token");
+        std::fs::write(&file, "with a space in the middle\n").unwrap();
+        assert!(h.validate(&[]).is_err(), "spaces");
+        std::fs::write(&file, "  0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            h.metrics_token().unwrap().as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,16 +11,30 @@
 //! `promtool check metrics` on real output. `deploy/` has the Grafana
 //! dashboard and the alert rules that use them.
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
-use super::HttpState;
+use super::{ConnInfo, HttpState};
 use crate::metrics::{
     AuthOutcome, Exposition, Kind, RouteOutcome, StanzaKind, Transport, CONTENT_TYPE,
 };
 
-pub(super) async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&st))
+/// The exposition, to a peer `[http] metrics_allow` lets in and with the
+/// token when one is configured (`super::access`); 403/401 otherwise.
+pub(super) async fn metrics(
+    State(st): State<HttpState>,
+    Extension(info): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(refused) = st.metrics_access.check(info.peer.ip(), authorization) {
+        tracing::debug!(peer = %info.peer, ?refused, "/metrics refused");
+        return refused.into_response();
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&st)).into_response()
 }
 
 /// The whole exposition.

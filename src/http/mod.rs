@@ -8,7 +8,9 @@
 //!   discovery of every node's WebSocket endpoint ([`discovery`]).
 //! - `/healthz` (the process answers) and `/readyz` (`crate::readiness`),
 //!   for load balancers.
-//! - `/metrics`: the node for Prometheus ([`metrics`]).
+//! - `/metrics`: the node for Prometheus ([`metrics`]), to the peers and
+//!   the bearer token `[http] metrics_allow`/`metrics_token_file` admit
+//!   ([`access`]; loopback only by default).
 //!
 //! The routes are one list ([`routes`]): a new endpoint is one line there
 //! and a handler taking [`HttpState`].
@@ -19,6 +21,7 @@
 //! admission. A WebSocket takes a c2s admission ticket before it is
 //! upgraded (per-address caps, the pre-auth pool), as a TCP connection does
 //! when accepted.
+pub mod access;
 mod discovery;
 mod metrics;
 mod ws;
@@ -35,7 +38,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 use crate::c2s::sasl::ChannelBindings;
 use crate::config::HttpSection;
@@ -49,6 +52,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// The listener speaks TLS (`https`, `wss`).
     pub tls: bool,
+    /// Who may read `/metrics`.
+    pub metrics_access: Arc<access::MetricsAccess>,
 }
 
 /// The connection a request came on (a request extension).
@@ -119,7 +124,7 @@ pub async fn serve(
     let router = routes(state.clone());
     let header_timeout = Duration::from_secs(state.config.request_timeout_secs);
     info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "http listening");
-    let mut backoff = Duration::from_millis(5);
+    let mut listener = crate::accept::Acceptor::new(listener, "http");
     loop {
         let permit = tokio::select! {
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
@@ -128,21 +133,8 @@ pub async fn serve(
                 Err(_) => return,
             },
         };
-        let accepted = tokio::select! {
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                warn!(error = %e, "http accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
+        let Some((tcp, peer)) = listener.next(&mut shutdown).await else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();

@@ -66,6 +66,9 @@ pub async fn upgrade(
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max + MESSAGE_SLACK)
         .max_frame_size(max + MESSAGE_SLACK)
+        // Allocated per connection whether it reads or idles: tungstenite's
+        // 128 KiB default cost ~120 KiB per idle session.
+        .read_buffer_size(st.config.ws_read_buffer_bytes)
         .on_upgrade(move |socket| {
             let transport = WsTransport::new(socket, ping, max);
             crate::c2s::serve_websocket(

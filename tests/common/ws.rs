@@ -274,9 +274,20 @@ impl WsClient {
 
 /// A plain HTTP/1.1 GET; (status, headers in lower case, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    http_get_on(TcpStream::connect(addr).await.unwrap(), addr, path, "").await
+}
+
+/// A GET of `path` on `s`, a socket connected to `addr`, with `headers`
+/// (each line ending in CRLF) added: (status, lower-cased head, body).
+pub async fn http_get_on(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
