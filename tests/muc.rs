@@ -610,3 +610,50 @@ fn occupants_presence_and_the_rooms_archive_reach_every_node() {
         assert!(!tomb.to_string().contains(">m2<"), "{tomb}");
     });
 }
+
+/// An occupant whose client stops reading while the room talks: once its
+/// session's queue is full it cannot take a message, and is ended with
+/// `resource-constraint` rather than left with a silent gap (it enters
+/// again and gets the history, like any client after a disconnection).
+#[test]
+fn an_occupant_too_slow_to_read_is_ended_not_silently_skipped() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(1, fast_raft(), |cfg| {
+            cfg.xmpp.max_stanzas_per_second = 100_000;
+        });
+        for u in ["alice", "bob"] {
+            c.create_user(1, u).await.unwrap();
+        }
+        let mut alice = online(&c, 1, "alice").await;
+        let mut bob = online(&c, 1, "bob").await;
+        alice.send(&format!("<presence to='{ROOM}/alice'/>")).await;
+        alice
+            .expect("own presence", |e| codes(e).contains(&"110".to_string()))
+            .await;
+        enter(&mut bob, ROOM, "bob", "").await;
+        // Bob stops reading. Alice talks (reading her own echoes, so only
+        // Bob falls behind): 6,000 messages of 4 KiB, past his socket's
+        // buffers and his session's queue (1,024).
+        let filler = "x".repeat(4096);
+        for batch in 0..60 {
+            for i in 0..100 {
+                alice
+                    .send(&format!(
+                        "<message to='{ROOM}' type='groupchat' id='b{batch}-{i}'><body>{batch}-{i} {filler}</body></message>"
+                    ))
+                    .await;
+            }
+            let last = format!("{batch}-99 ");
+            alice
+                .expect("own echo", |e| {
+                    body_of(e).is_some_and(|b| b.starts_with(&last))
+                })
+                .await;
+        }
+        // Bob reads again: what was queued for him, then the stream error.
+        assert_eq!(bob.expect_stream_error().await, "resource-constraint");
+        // The room goes on for Alice.
+        alice.send(&groupchat("after")).await;
+        groupchat_body(&mut alice, "after").await;
+    });
+}

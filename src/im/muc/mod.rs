@@ -35,8 +35,10 @@
 //! History is kept in memory on every node (each sees every message), the
 //! last `max_history` per room: a node that restarts has none until new
 //! messages come. A groupchat message is live only, as in every XEP-0045
-//! service: an occupant whose session cannot take it (gone, or its queue
-//! full) misses it, and sees it in the history when it enters again.
+//! service: an occupant whose session is gone misses it, and sees it in
+//! the history when it enters again; one whose session's queue is full is
+//! ended with `resource-constraint` (see `message::deliver_here`), so no
+//! occupant is left with a gap it does not know of.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
