@@ -63,6 +63,21 @@ async fn enter(cl: &mut RawClient, room: &str, nick: &str, x: &str) -> Element {
     .await
 }
 
+/// XEP-0425: `cl`, a moderator, retracts the room's message of stanza id
+/// `id`; the answer must be a result.
+async fn moderate(cl: &mut RawClient, id: &str) {
+    let r = iq(
+        cl,
+        "mod1",
+        &format!(
+            "<iq type='set' id='mod1' to='{ROOM}'><moderate xmlns='urn:xmpp:message-moderate:1' id='{id}'>\
+             <retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate></iq>"
+        ),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+}
+
 async fn iq(cl: &mut RawClient, id: &str, xml: &str) -> Element {
     cl.send(xml).await;
     cl.expect(id, |e| e.name() == "iq" && e.attr("id") == Some(id))
@@ -208,17 +223,7 @@ fn a_room_works_across_nodes() {
         // (the stanza id of "second" as carol saw it)
         // History and subject for a newcomer (node 1): "hello" but not the
         // retracted one.
-        let r = iq(
-            &mut alice,
-            "mod1",
-            &format!(
-                "<iq type='set' id='mod1' to='{ROOM}'><moderate xmlns='urn:xmpp:message-moderate:1' id='{}'>\
-                 <retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate></iq>",
-                stanza_ids[0]
-            ),
-        )
-        .await;
-        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        moderate(&mut alice, &stanza_ids[0]).await;
         let retracted = bob
             .expect("retraction", |e| e.get_child("retract", "urn:xmpp:message-retract:1").is_some())
             .await;
@@ -579,17 +584,7 @@ fn occupants_presence_and_the_rooms_archive_reach_every_node() {
         // m2; once she has the answer, the room's archive read on another
         // node holds a tombstone in its place: Bob's nick and occupant
         // id, the moderation, no body.
-        let r = iq(
-            &mut alice,
-            "mod1",
-            &format!(
-                "<iq type='set' id='mod1' to='{ROOM}'><moderate xmlns='urn:xmpp:message-moderate:1' id='{}'>\
-                 <retract xmlns='urn:xmpp:message-retract:1'/><reason>spam</reason></moderate></iq>",
-                ids[1]
-            ),
-        )
-        .await;
-        assert_eq!(r.attr("type"), Some("result"), "{r}");
+        moderate(&mut alice, &ids[1]).await;
         let (bodies, messages, _) = room_archive(&mut carol, "after-mod").await;
         assert_eq!(bodies, ["m1", "m3"]);
         assert_eq!(messages.len(), 3, "the tombstone keeps its place");

@@ -44,6 +44,42 @@ fn message(id: &str) -> OfflineMessage {
     }
 }
 
+/// A current-thread runtime for driving the store.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Log entries for `script` (command, term), from index 10.
+fn entries_of(script: Vec<(Command, u64)>) -> Vec<Entry> {
+    script
+        .into_iter()
+        .enumerate()
+        .map(|(i, (cmd, term))| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), 10 + i as u64),
+            payload: EntryPayload::Normal(cmd),
+        })
+        .collect()
+}
+
+/// `open()` again until it succeeds: sled's flusher thread lets go of the
+/// directory's lock a moment after the store is dropped.
+fn reopen<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
+    let mut tries = 0;
+    loop {
+        match open() {
+            Ok(v) => return v,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 /// Every command kind, with the raft term of the entry it is applied in.
 fn script() -> Vec<(Command, u64)> {
     let user = |jid: &str| Command::CreateUser {
@@ -275,40 +311,16 @@ fn stored_bytes_are_unchanged() {
     // and the snapshot it builds.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store_snapshot = rt.block_on(async {
+    let store_snapshot = runtime().block_on(async {
         let (_log, mut sm) = store::open(&path, 1).expect("open");
-        let entries: Vec<Entry> = script()
-            .into_iter()
-            .enumerate()
-            .map(|(i, (cmd, term))| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(term, 1), 10 + i as u64),
-                payload: EntryPayload::Normal(cmd),
-            })
-            .collect();
-        sm.apply(entries).await.expect("apply");
+        sm.apply(entries_of(script())).await.expect("apply");
         let mut builder = sm.get_snapshot_builder().await;
         let snap = builder.build_snapshot().await.expect("build");
         let mut parts = vec![snap.meta.snapshot_id.clone().into_bytes()];
         parts.push(snap.snapshot.into_inner());
         sha(parts)
     });
-    // sled's flusher thread lets go of the directory's lock a moment after
-    // the store is dropped.
-    let mut tries = 0;
-    let db = loop {
-        match sled::open(&path) {
-            Ok(db) => break db,
-            Err(_) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    };
+    let db = reopen(|| sled::open(&path));
     let mut parts = Vec::new();
     let mut names = db.tree_names();
     names.sort();
@@ -722,20 +734,9 @@ fn archive_bytes_are_unchanged() {
     // from disk (the archive's rows were persisted with the rest).
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let store_responses = rt.block_on(async {
+    let store_responses = runtime().block_on(async {
         let (_log, mut sm) = store::open(&path, 1).expect("open");
-        let entries: Vec<Entry> = archive_script()
-            .into_iter()
-            .enumerate()
-            .map(|(i, cmd)| Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), 10 + i as u64),
-                payload: EntryPayload::Normal(cmd),
-            })
-            .collect();
+        let entries = entries_of(archive_script().into_iter().map(|c| (c, 1)).collect());
         // One entry per apply, then all of them at once elsewhere: both
         // ways the store is driven.
         let mut out = Vec::new();
@@ -748,17 +749,7 @@ fn archive_bytes_are_unchanged() {
             .collect::<Vec<_>>()
     });
     assert_eq!(sha(store_responses), ARCHIVE_RESPONSES);
-    let mut tries = 0;
-    let reopened = loop {
-        match store::open(&path, 1) {
-            Ok((_log, sm)) => break sm,
-            Err(_) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    };
+    let (_log, reopened) = reopen(|| store::open(&path, 1));
     let st = reopened.reader();
     let st = st.read();
     assert_eq!(st.data.digest_hex(), ARCHIVE_DIGEST, "reloaded from sled");
