@@ -39,7 +39,12 @@ const origin = `http://127.0.0.1:${env.PAGE_PORT}`;
 const browser = await chromium.launch({
   executablePath: env.CHROMIUM,
   headless: true,
-  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+  // Two users' pages in one browser: neither may be throttled as a
+  // background page (timers slowed, rendering paused), or a step waits on
+  // a page that does not run.
+  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu',
+    '--disable-background-timer-throttling', '--disable-backgrounding-occluded-windows',
+    '--disable-renderer-backgrounding'],
 });
 
 const T = 30000;
@@ -83,13 +88,24 @@ async function send(page, to, text) {
 // A message with `text` in the chat with `jid`, in Converse's model (the
 // rendered list may be virtualised) and then on screen.
 async function seen(page, jid, text) {
+  await page.bringToFront();
   await ev(page, (jid) => window.capi.chats.open(jid, {}, true), jid);
   await page.waitForFunction(([jid, t]) => {
     const box = window.cconv.state.chatboxes.get(jid);
     return box && box.messages && box.messages.models.some((m) => (m.get('body') || '').includes(t));
   }, [jid, text], { timeout: T });
-  await page.waitForFunction((t) => [...document.querySelectorAll('.chat-msg__text')]
-    .some((e) => e.textContent.includes(t)), text, { timeout: T });
+  // On screen: in fullscreen mode only the chat in front is rendered, and
+  // a message arriving may bring another to the front, so the chat is
+  // opened again until the text shows (or the time is up).
+  const deadline = Date.now() + T;
+  for (;;) {
+    const shown = await page.evaluate((t) => [...document.querySelectorAll('.chat-msg__text')]
+      .some((e) => e.textContent.includes(t)), text);
+    if (shown) return;
+    if (Date.now() > deadline) throw new Error(`"${text}" in the model but not on screen`);
+    await ev(page, (jid) => window.capi.chats.open(jid, {}, true), jid);
+    await page.waitForTimeout(500);
+  }
 }
 
 async function dump(who, page) {
