@@ -84,6 +84,11 @@ fn a_follower_catches_up_after_tens_of_megabytes_and_refuses_stale_logins() {
         c.wait_converged(leader, &[1, 2, 3], Duration::from_secs(90))
             .await;
         eprintln!("restarted follower caught up {:?} after it started", t.elapsed());
+        // Caught up is not yet serving clients (its old sessions' removal
+        // is committed after): pausing it before then would leave it
+        // unable to serve at all once cut off below.
+        c.wait_ready(follower, Duration::from_secs(30)).await;
+        eprintln!("ready {:?} after it started", t.elapsed());
 
         // Now it misses an account while paused, and wakes up cut off from
         // the other two (paused in turn): a follower that last heard a

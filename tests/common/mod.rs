@@ -414,6 +414,26 @@ impl TestCluster {
         }
     }
 
+    /// Waits until node `id` says it is ready (its `/readyz`): in touch
+    /// with a leader, caught up, and serving XMPP clients. A restarted node
+    /// serves clients only once it committed the removal of its previous
+    /// life's sessions, which can come after its log caught up.
+    pub async fn wait_ready(&self, id: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await;
+            if s.ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} not ready after {timeout:?}: {}",
+                s.not_ready
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every listed node is reachable and all have applied the
     /// same index with the same digest; returns that digest.
     pub async fn wait_converged(&self, via: u64, ids: &[u64], timeout: Duration) -> (u64, String) {
