@@ -174,6 +174,14 @@ impl ClusterHandle {
             .unwrap_or(0)
     }
 
+    /// The index of the last entry this node has applied that delivery
+    /// may depend on (archive batches do not count): what a receiving
+    /// node must have applied before delivering a stanza this node sends
+    /// (see [`crate::store::AppliedState::causal_index`]).
+    pub fn causal_index(&self) -> u64 {
+        self.0.state.read().causal_index
+    }
+
     /// Whether this node is, as far as it can tell, in touch with a leader
     /// that has a quorum: a leader a quorum acknowledged within the last ten
     /// heartbeats (at least 300 ms; it was 1.5 s, and a leader cut off from

@@ -739,10 +739,31 @@ fn archive_bytes_are_unchanged() {
         let entries = entries_of(archive_script().into_iter().map(|c| (c, 1)).collect());
         // One entry per apply, then all of them at once elsewhere: both
         // ways the store is driven.
+        // The causal index (what a mesh envelope carries) moves with every
+        // entry but an archive-only one: a receiver never waits for an
+        // archive batch to apply before delivering a stanza.
         let mut out = Vec::new();
+        let mut causal = 0;
         for e in entries {
+            let index = e.log_id.index;
+            if !matches!(&e.payload, EntryPayload::Normal(c) if StateData::archive_only(c)) {
+                causal = index;
+            }
             out.extend(sm.apply([e]).await.expect("apply"));
+            let st = sm.reader();
+            let st = st.read();
+            assert_eq!(st.last_applied.map(|l| l.index), Some(index));
+            assert_eq!(st.causal_index, causal, "after entry {index}");
+            // Independently of the rule above: behind after the appends
+            // (12-17) and after the trim (19).
+            match index {
+                17 => assert_eq!(st.causal_index, 11),
+                19 => assert_eq!(st.causal_index, 18),
+                _ => {}
+            }
         }
+        // Two accounts, six appends, preferences, a trim, a deletion.
+        assert_eq!(causal, 20);
         assert_eq!(sm.reader().read().data.digest_hex(), ARCHIVE_DIGEST);
         out.iter()
             .map(|r| serde_json::to_vec(r).expect("json"))
@@ -765,6 +786,8 @@ fn archive_bytes_are_unchanged() {
         st.last_applied.map(|l| l.index),
         Some(10 + archive_script().len() as u64 - 1)
     );
+    // Not knowing better after a restart: the last applied index.
+    assert_eq!(Some(st.causal_index), st.last_applied.map(|l| l.index));
 }
 
 /// The XEP-0045 room commands (added after the scripts above were pinned,

@@ -169,7 +169,9 @@ pub(super) async fn run_link(
         let mut push =
             |item: Outgoing, unacked: &mut VecDeque<(u64, Instant, Outgoing)>, acks_seen: u64| {
                 seq += 1;
-                let applied = mesh.0.cluster.applied_index();
+                // What the receiver must have applied first: archive
+                // batches excluded (`ClusterHandle::causal_index`).
+                let applied = mesh.0.cluster.causal_index();
                 let mut env = envelope(seq, mesh.0.node, applied, &item);
                 env.acks_seen = acks_seen;
                 if unacked.is_empty() {
