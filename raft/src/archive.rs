@@ -14,7 +14,10 @@
 //!   the message's stamp.
 //! - `archive_ids` (`h`): (owner, archive id) -> seq, for RSM `after` and
 //!   `before` by id and for idempotence: an entry whose id the owner's
-//!   archive holds is not stored again (a retried batch).
+//!   archive holds is not stored again (a retried batch). In snapshots
+//!   and the digest, but not in the sled tree: loading rebuilds it from
+//!   `archive` ([`crate::keyspace::is_derived`]), so an archived message
+//!   is one sled insert per owner and node, not two.
 //! - `archive_prefs` (`o`): owner -> [`ArchivePrefs`]; no row: the
 //!   server's default.
 //!
@@ -318,6 +321,21 @@ impl ArchiveTables {
             return Err(e);
         }
         Ok(std::mem::take(&mut self.tracker.writes))
+    }
+
+    /// Fills `archive_ids` from `archive` (each message's id -> its seq),
+    /// as loading the rows would have; returns their share of the digest.
+    pub(crate) fn rebuild_ids(&mut self) -> Result<u128, crate::codec::CodecError> {
+        use crate::table::TableKey;
+        let mut digest = 0u128;
+        let mut key = Vec::new();
+        for ((owner, seq), m) in self.archive.iter() {
+            key.clear();
+            (owner.clone(), m.id.clone()).encode(&mut key);
+            let value = crate::codec::encode(seq)?;
+            digest = digest.wrapping_add(self.archive_ids.load_row(&key, &value)?);
+        }
+        Ok(digest)
     }
 
     /// The archive of `owner`, oldest first, with archive seqs.

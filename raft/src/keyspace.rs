@@ -176,7 +176,11 @@ pub const ARCHIVE: TableSpec = TableSpec {
     value: "ArchivedMessage",
 };
 
-/// The archive ids (XEP-0359 stanza ids) of each archive.
+/// The archive ids (XEP-0359 stanza ids) of each archive. In snapshots
+/// and the digest like every table, but **not stored in the [`SM`] tree**
+/// (see [`is_derived`]): every row mirrors an [`ARCHIVE`] row (its
+/// message's id -> its seq), so loading the archive rebuilds it, and an
+/// archived message costs one sled insert on each node instead of two.
 pub const ARCHIVE_IDS: TableSpec = TableSpec {
     prefix: b'h',
     name: "archive_ids",
@@ -275,6 +279,14 @@ pub const TABLES: &[TableSpec] = &[
     VCARDS,
     PRIVATE,
 ];
+
+/// Whether a state machine row (its full key) belongs to a table that the
+/// [`SM`] tree does not store, because loading rebuilds it from another
+/// ([`ARCHIVE_IDS`], from [`ARCHIVE`]). Data directories of builds that
+/// stored it still hold such rows; loading skips and deletes them.
+pub fn is_derived(key: &[u8]) -> bool {
+    key.first() == Some(&ARCHIVE_IDS.prefix)
+}
 
 /// The prefix of the state machine store's bookkeeping keys in the [`SM`]
 /// tree (written by the store, not by any table).

@@ -165,6 +165,15 @@ impl StateData {
         Ok(())
     }
 
+    /// Rebuilds the tables [`keyspace::is_derived`] names from the rows
+    /// they mirror, after loading the stored rows (which do not hold them):
+    /// the same rows, hence the same digest, as applying made.
+    pub fn rebuild_derived(&mut self) -> Result<(), CodecError> {
+        let digest = self.archive.get_mut().rebuild_ids()?;
+        self.tracker.digest = self.tracker.digest.wrapping_add(digest);
+        Ok(())
+    }
+
     /// Every row as it is stored, in key order within each table.
     pub fn rows(&self) -> Result<Vec<Row>, CodecError> {
         let mut out = Vec::new();

@@ -10,6 +10,8 @@
 //! The state machine writes each applied batch's rows together with
 //! `last_applied` and the membership in one atomic sled batch, so the stored
 //! state always describes exactly the entries it says it has applied.
+//! Rows of derived tables ([`keyspace::is_derived`]: the archive's id
+//! index) are left out of it and rebuilt when the tree is loaded.
 // openraft's storage traits return its `StorageError` (large) by value; the
 // helpers here return the same type rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
@@ -357,9 +359,15 @@ impl StateMachineStore {
         let sm = db.open_tree(keyspace::SM.name)?;
         let snapshots = db.open_tree(keyspace::SNAPSHOT.name)?;
         let mut applied = AppliedState::default();
+        let mut stale = sled::Batch::default();
+        let mut any_stale = false;
         for item in sm.iter() {
             let (k, v) = item?;
-            if k.first() == Some(&META_PREFIX) {
+            if keyspace::is_derived(&k) {
+                // Stored by an earlier build; rebuilt below instead.
+                stale.remove(k);
+                any_stale = true;
+            } else if k.first() == Some(&META_PREFIX) {
                 match &*k {
                     keyspace::APPLIED => {
                         applied.last_applied = codec::decode(&v)?;
@@ -371,6 +379,10 @@ impl StateMachineStore {
             } else {
                 applied.data.load_row(&k, &v)?;
             }
+        }
+        applied.data.rebuild_derived()?;
+        if any_stale {
+            sm.apply_batch(stale)?;
         }
         if let Some(meta) = snapshots.get(keyspace::SNAP_META)? {
             let meta: SnapshotMeta = codec::decode(&meta)?;
@@ -526,7 +538,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // workers (an archive append brings thousands of rows).
         tokio::task::spawn_blocking(move || {
             let mut batch = sled::Batch::default();
-            for (k, v) in ops {
+            // Rows of derived tables are not stored: loading rebuilds
+            // them (`keyspace::is_derived`).
+            for (k, v) in ops.into_iter().filter(|(k, _)| !keyspace::is_derived(k)) {
                 match v {
                     Some(v) => batch.insert(k, v),
                     None => batch.remove(k),
@@ -566,7 +580,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.remove(item.map_err(io_err(write_sm_err))?);
         }
         for (k, v) in data.rows().map_err(io_err(write_sm_err))? {
-            batch.insert(k, v);
+            if !keyspace::is_derived(&k) {
+                batch.insert(k, v);
+            }
         }
         batch.insert(
             keyspace::APPLIED,
