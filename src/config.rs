@@ -255,7 +255,12 @@ pub struct ArchiveSection {
     pub default_page: u32,
     /// Longest an archive entry waits for others to share its raft
     /// commit, milliseconds (the sender's ack waits for that commit).
-    /// Default: 2.
+    /// Default: 20. Every commit costs each node a log append, an fsync,
+    /// an apply and its sled write whatever its size: at 2 ms the servers
+    /// spent 19-26% more CPU for the same messages than at 20 and
+    /// saturated at 2,000-3,000 msg/s cross node instead of 5,000-7,500
+    /// (BENCHMARKS.md, "The archive on the live path"); 20 ms more before
+    /// the sender's ack is not something a user sees.
     pub batch_ms: u64,
     /// Most entries in one commit. Default: 512.
     pub batch_entries: usize,
@@ -264,18 +269,18 @@ pub struct ArchiveSection {
 impl Default for ArchiveSection {
     fn default() -> Self {
         ArchiveSection {
-            // Off by default: on, every message costs an archive commit
-            // the sender's ack waits for, and live delivery slowed from
-            // p99 0.5 ms to 22-32 ms cross node at 5,000 msg/s
-            // (BENCHMARKS.md, 2026-12-06). To be made cheap before it is
-            // on by default.
+            // Off by default: every node holds every archive in memory
+            // (up to max_entries per account), and it costs live
+            // throughput: on the bench's two cores, cross-node saturation
+            // fell from 30,000 msg/s to 5,000-7,500 with it on
+            // (BENCHMARKS.md, "The archive on the live path").
             enabled: false,
             default_mode: "always".into(),
             max_entries: 10_000,
             max_age_days: 365,
             max_page: 250,
             default_page: 50,
-            batch_ms: 2,
+            batch_ms: 20,
             batch_entries: 512,
         }
     }
