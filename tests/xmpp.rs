@@ -526,6 +526,122 @@ fn direct_tls_client_state_indication_and_requests_kept_for_offline_contacts() {
     });
 }
 
+/// A client that reconnects with the session ticket of its last
+/// connection resumes the TLS session (no certificate, no signature), on
+/// the direct TLS port and after STARTTLS, and the XMPP stream goes on
+/// over it; a ticket is refused by a node that did not issue it (a full
+/// handshake, not an error).
+#[test]
+fn tls_sessions_resume_with_the_tickets_a_node_issued() {
+    use rustls::HandshakeKind;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream to='localhost' \
+        xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+    /// Direct TLS (`starttls`: false) or STARTTLS to `addr` with `config`;
+    /// the handshake's kind, once the stream's features came over TLS.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        starttls: bool,
+    ) -> HandshakeKind {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if starttls {
+            tcp.write_all(HEADER.as_bytes()).await.unwrap();
+            read_until(&mut tcp, "</stream:features>").await;
+            tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                .await
+                .unwrap();
+            read_until(&mut tcp, "<proceed").await;
+        }
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+        tls.write_all(HEADER.as_bytes()).await.unwrap();
+        let features = read_until(&mut tls, "</stream:features>").await;
+        assert!(features.contains("mechanisms"), "{features}");
+        kind
+    }
+
+    async fn read_until<S: tokio::io::AsyncRead + Unpin>(s: &mut S, end: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(end) {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before {end}: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    rt().block_on(async {
+        let direct = common::free_ports(2);
+        let c = TestCluster::start_with(2, fast_raft(), |cfg| {
+            let port = direct[cfg.node_id as usize - 1];
+            cfg.xmpp.direct_tls_addr = Some(common::addr(port));
+            cfg.xmpp.accepts_per_second_per_address = 10_000;
+            cfg.xmpp.accept_burst_per_address = 10_000;
+        });
+        c.wait_leader(1, Duration::from_secs(20)).await;
+        let (d1, d2) = (common::addr(direct[0]), common::addr(direct[1]));
+
+        let config = common::tls::insecure_tls_config().unwrap();
+        let mut direct_config = (*config).clone();
+        direct_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        let direct_config = Arc::new(direct_config);
+        assert_eq!(
+            connect(d1, direct_config.clone(), false).await,
+            HandshakeKind::Full
+        );
+        assert_eq!(
+            connect(d1, direct_config.clone(), false).await,
+            HandshakeKind::Resumed,
+            "the second connection resumes"
+        );
+        // However many other clients came since: tickets are stateless,
+        // not entries of a bounded session cache (rustls' default keeps
+        // 256 sessions, and a storm of reconnecting phones is thousands).
+        for _ in 0..300 {
+            let mut other = (*common::tls::insecure_tls_config().unwrap()).clone();
+            other.alpn_protocols = vec![b"xmpp-client".to_vec()];
+            connect(d1, Arc::new(other), false).await;
+        }
+        assert_eq!(
+            connect(d1, direct_config.clone(), false).await,
+            HandshakeKind::Resumed,
+            "resumes after 300 other clients' sessions"
+        );
+        // Node 2 did not issue the ticket: a full handshake.
+        assert_eq!(
+            connect(d2, direct_config.clone(), false).await,
+            HandshakeKind::Full
+        );
+
+        let plain = c.client_addr(1);
+        assert_eq!(
+            connect(plain, config.clone(), true).await,
+            HandshakeKind::Full
+        );
+        assert_eq!(
+            connect(plain, config.clone(), true).await,
+            HandshakeKind::Resumed,
+            "STARTTLS resumes too"
+        );
+    });
+}
+
 #[test]
 fn in_band_password_change_and_account_removal() {
     rt().block_on(async {

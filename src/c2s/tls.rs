@@ -24,7 +24,9 @@
 //!
 //! The ring crypto provider is passed explicitly, so no process-wide
 //! provider has to be installed. Protocol versions are rustls' safe
-//! defaults (TLS 1.2 and 1.3).
+//! defaults (TLS 1.2 and 1.3). Sessions resume with stateless tickets
+//! (keys in memory, rotated every 6 hours), shared by the three
+//! configurations.
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -229,10 +231,24 @@ fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // with_single_cert also checks that the key belongs to the leaf
     // certificate (rustls::Error::InconsistentKeys otherwise).
-    ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(certs, key)?;
+    // Session resumption (RFC 8446 §2.2; RFC 5077 tickets on TLS 1.2): a
+    // phone that lost its connection reconnects without the certificate,
+    // its signature and the client's verification of both. rustls'
+    // default resumes only from a cache of 256 sessions per node, so in a
+    // reconnect storm of thousands nearly every handshake was a full one.
+    // Stateless tickets instead: rustls' Ticketer encrypts the session
+    // into the ticket with a key kept only in memory and rotated every 6
+    // hours, so nothing is stored per session and there is no cap; a
+    // ticket from another node (or from before a restart) is not accepted
+    // and the handshake is a full one. Channel binding is unchanged:
+    // `tls-exporter` is fresh per connection, and `tls-server-end-point`
+    // is our certificate's hash either way.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(config)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
