@@ -205,21 +205,35 @@ impl Conn {
         })
     }
 
-    /// The TLS handshake (direct, or after `<proceed/>`), as a phone makes
-    /// it: no session resumption or 0-RTT data.
+    /// The TLS handshake (direct, or after `<proceed/>`) of a phone that
+    /// kept no session: a full handshake, no 0-RTT data.
     async fn tls(&mut self, domain: &str) -> anyhow::Result<()> {
+        self.tls_with(domain, client::insecure_tls_config()?)
+            .await
+            .map(|_| ())
+    }
+
+    /// The TLS handshake with `config`, whose session store may hold a
+    /// ticket of this server (a phone that kept its last session); whether
+    /// the session was resumed.
+    async fn tls_with(
+        &mut self,
+        domain: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<bool> {
         let plain: BoxIo = match (self.counted.take(), self.io.take()) {
             (Some(c), _) => Box::new(c),
             (None, Some(io)) => io,
             (None, None) => bail!("no socket"),
         };
         let name = rustls::pki_types::ServerName::try_from(domain.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(client::insecure_tls_config()?)
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, plain)
             .await?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.io = Some(Box::new(tls));
         self.framer = Framer::new(Limits::default());
-        Ok(())
+        Ok(resumed)
     }
 
     fn plain(&mut self) {
@@ -593,8 +607,20 @@ async fn token_login(
     sm: bool,
     keys: &mut Option<Keys>,
 ) -> anyhow::Result<(Conn, String, Option<String>)> {
+    token_login_with(addr, a, user, sm, keys, client::insecure_tls_config()?).await
+}
+
+/// [`token_login`] over TLS with `tls` (whose store keeps the session).
+async fn token_login_with(
+    addr: SocketAddr,
+    a: &MobileArgs,
+    user: &str,
+    sm: bool,
+    keys: &mut Option<Keys>,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(Conn, String, Option<String>)> {
     let mut c = Conn::tcp(addr).await?;
-    c.tls(&a.domain).await?;
+    c.tls_with(&a.domain, tls).await?;
     c.open(&a.domain).await?;
     let inline = format!("{}{}", request_token(), bind2(sm));
     let s = scram(&mut c, true, user, &a.password, &inline, keys).await?;
@@ -718,9 +744,12 @@ async fn storm(a: &MobileArgs) -> anyhow::Result<()> {
             let user = format!("{}-storm-{i}", a.prefix);
             client::connect(a.starttls_addr, &user, &a.password, &plain_opts(&a, true)).await?;
             let mut keys = None;
-            let (c, token, _) = token_login(a.tls_addr, &a, &user, false, &mut keys).await?;
+            // Each phone keeps its own TLS session store.
+            let tls = client::insecure_tls_config()?;
+            let (c, token, _) =
+                token_login_with(a.tls_addr, &a, &user, false, &mut keys, tls.clone()).await?;
             drop(c);
-            anyhow::Ok((user, token, keys))
+            anyhow::Ok((user, token, keys, tls))
         }));
     }
     let mut accounts = Vec::new();
@@ -732,17 +761,29 @@ async fn storm(a: &MobileArgs) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|");
     for way in [
         "FAST (HT-SHA-256-NONE) + Bind 2",
+        "FAST (HT-SHA-256-NONE) + Bind 2, TLS session resumed",
         "SASL2 SCRAM-SHA-256 + Bind 2, salted password cached",
         "SASL2 SCRAM-SHA-256 + Bind 2, PBKDF2 each login",
     ] {
         let started = Instant::now();
+        let resumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for (user, token, keys) in accounts.iter().cloned() {
+        for (user, token, keys, tls) in accounts.iter().cloned() {
             let a = a.clone();
             let way = way.to_string();
+            let resumed = resumed.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = Conn::tcp(a.tls_addr).await?;
-                c.tls(&a.domain).await?;
+                // The phone's stored session (the ticket of its last
+                // connection), or none.
+                let tls = if way.ends_with("resumed") {
+                    tls
+                } else {
+                    client::insecure_tls_config()?
+                };
+                if c.tls_with(&a.domain, tls).await? {
+                    resumed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 c.open(&a.domain).await?;
                 if way.starts_with("FAST") {
                     let s = fast(&mut c, &user, &token, &bind2(false)).await?;
@@ -775,6 +816,12 @@ async fn storm(a: &MobileArgs) -> anyhow::Result<()> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
+        let resumed = resumed.load(std::sync::atomic::Ordering::Relaxed);
+        let way = if resumed > 0 {
+            format!("{way} ({resumed} resumed)")
+        } else {
+            way.to_string()
+        };
         println!("| {way} | {:.0} | {secs:.2} | {failed} |", ok as f64 / secs);
         if way.starts_with("FAST") {
             for (acc, tok) in accounts.iter_mut().zip(next_tokens) {
