@@ -598,9 +598,7 @@ fn tls_sessions_resume_with_the_tickets_a_node_issued() {
         let (d1, d2) = (common::addr(direct[0]), common::addr(direct[1]));
 
         let config = common::tls::insecure_tls_config().unwrap();
-        let mut direct_config = (*config).clone();
-        direct_config.alpn_protocols = vec![b"xmpp-client".to_vec()];
-        let direct_config = Arc::new(direct_config);
+        let direct_config = common::tls::insecure_direct_tls_config().unwrap();
         assert_eq!(
             connect(d1, direct_config.clone(), false).await,
             HandshakeKind::Full
@@ -614,9 +612,8 @@ fn tls_sessions_resume_with_the_tickets_a_node_issued() {
         // not entries of a bounded session cache (rustls' default keeps
         // 256 sessions, and a storm of reconnecting phones is thousands).
         for _ in 0..300 {
-            let mut other = (*common::tls::insecure_tls_config().unwrap()).clone();
-            other.alpn_protocols = vec![b"xmpp-client".to_vec()];
-            connect(d1, Arc::new(other), false).await;
+            let other = common::tls::insecure_direct_tls_config().unwrap();
+            connect(d1, other, false).await;
         }
         assert_eq!(
             connect(d1, direct_config.clone(), false).await,

@@ -171,8 +171,8 @@ pub(super) async fn run_link(
                 seq += 1;
                 // What the receiver must have applied first: archive
                 // batches excluded (`ClusterHandle::causal_index`).
-                let applied = mesh.0.cluster.causal_index();
-                let mut env = envelope(seq, mesh.0.node, applied, &item);
+                let causal = mesh.0.cluster.causal_index();
+                let mut env = envelope(seq, mesh.0.node, causal, &item);
                 env.acks_seen = acks_seen;
                 if unacked.is_empty() {
                     mesh.set_oldest(node, Some(Instant::now()));

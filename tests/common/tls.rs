@@ -62,3 +62,11 @@ pub fn insecure_tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+/// [`insecure_tls_config`] for direct TLS (XEP-0368): ALPN `xmpp-client`.
+/// Each call has its own session store.
+pub fn insecure_direct_tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut config = (*insecure_tls_config()?).clone();
+    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    Ok(Arc::new(config))
+}

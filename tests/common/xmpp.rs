@@ -244,9 +244,8 @@ impl RawClient {
     pub async fn connect_direct_tls(addr: SocketAddr) -> RawClient {
         let mut c = RawClient::connect(addr).await;
         let io = c.io.take().unwrap();
-        let mut config = (*tls_config()).clone();
-        config.alpn_protocols = vec![b"xmpp-client".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let config = super::tls::insecure_direct_tls_config().unwrap();
+        let connector = tokio_rustls::TlsConnector::from(config);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let tls = connector
             .connect(name, io)
