@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::xmpp::{RawClient, WAIT};
 use common::{fast_raft, rt, TestCluster};
 use nix::sys::signal::Signal;
@@ -122,6 +123,62 @@ fn a_follower_catches_up_after_tens_of_megabytes_and_refuses_stale_logins() {
             );
             assert!(Instant::now() < deadline, "still refused: {r}");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+/// STARTTLS done at `id`, ready for `<auth/>`.
+async fn ready_for_auth(c: &TestCluster, id: u64) -> RawClient {
+    let mut cl = RawClient::connect(c.client_addr(id)).await;
+    cl.open().await;
+    cl.starttls().await;
+    cl.open().await;
+    cl
+}
+
+/// An account created through the leader logs in at once on a follower.
+/// A follower learns that the creation is committed with the leader's next
+/// append; until then its lookup misses. Before the fix it answered that
+/// miss with `not-authorized` (`tests/mam.rs` hit it in CI); now a miss on
+/// a follower asks the leader for a read index and looks again. Streams are
+/// negotiated up to `<auth/>` beforehand so the login follows the creation
+/// by well under a heartbeat; PLAIN with an initial response (looked up
+/// when the exchange starts) and without one (looked up in `<response/>`).
+#[test]
+fn an_account_created_through_the_leader_logs_in_at_once_on_followers() {
+    rt().block_on(async {
+        let c = TestCluster::start_with(3, fast_raft(), |_| {});
+        let leader = c.wait_leader(1, Duration::from_secs(20)).await;
+        let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+        for i in 0..20 {
+            let user = format!("fresh{i}");
+            let mut clients = Vec::new();
+            for f in &followers {
+                clients.push((*f, ready_for_auth(&c, *f).await));
+            }
+            c.create_user(leader, &user).await.unwrap();
+            for (f, cl) in &mut clients {
+                let r = if i % 2 == 0 {
+                    cl.auth_plain(&user, &format!("pw-{user}")).await
+                } else {
+                    cl.send(&format!("<auth xmlns='{}' mechanism='PLAIN'/>", ns::SASL))
+                        .await;
+                    let ch = cl.next().await;
+                    assert!(ch.is("challenge", ns::SASL), "{ch}");
+                    let payload = base64::engine::general_purpose::STANDARD
+                        .encode(format!("\0{user}\0pw-{user}").as_bytes());
+                    cl.send(&format!(
+                        "<response xmlns='{}'>{payload}</response>",
+                        ns::SASL
+                    ))
+                    .await;
+                    cl.next().await
+                };
+                assert!(
+                    r.is("success", ns::SASL),
+                    "{user} created through node {leader}, refused on node {f}: {r}"
+                );
+            }
         }
     });
 }

@@ -164,6 +164,11 @@ impl ClusterHandle {
         &self.0.peers
     }
 
+    /// Whether this node is the raft leader now.
+    pub fn is_leader(&self) -> bool {
+        self.0.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// The index of the last log entry this node has applied (0: none).
     pub fn applied_index(&self) -> u64 {
         self.0

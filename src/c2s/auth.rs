@@ -9,6 +9,7 @@
 //! (`c2s::sasl`, PLAIN's PBKDF2 on a blocking thread), every failure
 //! recorded by the limiter and answered after its delay, and on success the
 //! connection promoted to the session pool.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,15 +77,59 @@ impl Profile {
     }
 }
 
-/// The accounts as this node's replicated state has them.
-pub(super) struct Store<'a>(pub(super) &'a Shared);
+/// The accounts as this node's replicated state has them; remembers whether
+/// a lookup found no account (see [`settle_miss`]).
+pub(super) struct Store<'a> {
+    shared: &'a Shared,
+    missed: AtomicBool,
+}
+
+impl<'a> Store<'a> {
+    pub(super) fn new(shared: &'a Shared) -> Self {
+        Store {
+            shared,
+            missed: AtomicBool::new(false),
+        }
+    }
+
+    fn missed(&self) -> bool {
+        self.missed.load(Ordering::Relaxed)
+    }
+}
 
 impl CredentialStore for Store<'_> {
     fn credentials(&self, username: &str) -> Option<Credentials> {
-        let bare = account_jid(username, &self.0.domain)?;
-        let state = self.0.cluster.state().read();
-        state.data.users.get(&bare).map(|u| u.credentials.clone())
+        let bare = account_jid(username, &self.shared.domain)?;
+        let state = self.shared.cluster.state().read();
+        let found = state.data.users.get(&bare).map(|u| u.credentials.clone());
+        if found.is_none() {
+            self.missed.store(true, Ordering::Relaxed);
+        }
+        found
     }
+}
+
+/// How long a lookup that found no account waits for the leader's read
+/// index before the answer stands.
+const MISS_CONFIRM: Duration = Duration::from_secs(1);
+
+/// Whether a lookup that found no account on this node should be run again:
+/// a follower learns that an entry is committed with the leader's next
+/// append, so an account created through another node a moment ago (its
+/// creator already answered) may be in this node's log but not applied.
+/// Refusing it would make "created, then log in on any node" fail for a
+/// heartbeat (`tests/mam.rs` hit it in CI). So on a node that is not the
+/// leader, a miss asks the leader for its commit index (a read index,
+/// `ClusterHandle::confirm_contact`) and applies up to it: `true` if that
+/// applied anything, and the lookup is worth repeating. Only misses pay
+/// this round trip, and they are failures the limiter slows down anyway.
+/// `before`: the applied index read before the lookup (read after it, an
+/// entry applied in between would be missed by the comparison).
+async fn settle_miss(shared: &Shared, before: u64) -> bool {
+    if shared.cluster.is_leader() {
+        return false;
+    }
+    shared.cluster.confirm_contact(MISS_CONFIRM).await && shared.cluster.applied_index() > before
 }
 
 /// Why an authentication is refused before any password is looked at:
@@ -138,61 +183,111 @@ fn auth_blocked(shared: &Shared, ip: std::net::IpAddr) -> bool {
 /// Starts a SASL exchange; PLAIN (which hashes the password with PBKDF2
 /// when it has an initial response) runs on a blocking thread.
 /// `bindings`: the connection's channel-binding data (SCRAM-*-PLUS).
+/// A step that looked up an account this node does not have is run once
+/// more after [`settle_miss`].
 pub(super) async fn start_sasl(
     shared: &Arc<Shared>,
     mech: Mechanism,
     initial: Option<Vec<u8>>,
     bindings: ChannelBindings,
 ) -> (SaslSession, Step) {
+    let before = shared.cluster.applied_index();
+    let (session, step, missed) = start_once(shared, mech, initial.clone(), bindings.clone()).await;
+    if missed && settle_miss(shared, before).await {
+        let (session, step, _) = start_once(shared, mech, initial, bindings).await;
+        return (session, step);
+    }
+    (session, step)
+}
+
+/// [`start_sasl`] without the second look; also says whether the
+/// lookup missed.
+async fn start_once(
+    shared: &Arc<Shared>,
+    mech: Mechanism,
+    initial: Option<Vec<u8>>,
+    bindings: ChannelBindings,
+) -> (SaslSession, Step, bool) {
     if mech != Mechanism::Plain || initial.is_none() {
-        return SaslSession::start_bound(
-            mech,
-            &shared.domain,
-            initial.as_deref(),
-            &Store(shared),
-            bindings,
-        );
+        let store = Store::new(shared);
+        let (session, step) =
+            SaslSession::start_bound(mech, &shared.domain, initial.as_deref(), &store, bindings);
+        return (session, step, store.missed());
     }
     let shared2 = shared.clone();
     let r = tokio::task::spawn_blocking(move || {
-        SaslSession::start(mech, &shared2.domain, initial.as_deref(), &Store(&shared2))
+        let store = Store::new(&shared2);
+        let (session, step) = SaslSession::start(mech, &shared2.domain, initial.as_deref(), &store);
+        (session, step, store.missed())
     })
     .await;
     match r {
         Ok(x) => x,
-        Err(_) => SaslSession::start(mech, &shared.domain, None, &Store(shared)),
+        Err(_) => {
+            let (session, step) =
+                SaslSession::start(mech, &shared.domain, None, &Store::new(shared));
+            (session, step, false)
+        }
     }
 }
 
 /// Feeds a client response to the exchange in `sasl`; PLAIN derives the
 /// password's key (PBKDF2) on a blocking thread, not an async worker.
+/// Accounts are looked up on the first message of both mechanisms (PLAIN's
+/// only one, SCRAM's client-first), so a response that missed is that
+/// message: after [`settle_miss`] the exchange is started again with it as
+/// the initial response, which is the same exchange.
 pub(super) async fn continue_sasl(
     shared: &Arc<Shared>,
     sasl: &mut Option<SaslSession>,
     bytes: Vec<u8>,
+    bindings: ChannelBindings,
 ) -> Step {
     let Some(mech) = sasl.as_ref().map(|s| s.mechanism()) else {
         return Step::Failure(SaslFailure::MalformedRequest);
     };
+    let before = shared.cluster.applied_index();
+    let (step, missed) = continue_once(shared, sasl, bytes.clone()).await;
+    if missed && settle_miss(shared, before).await {
+        let (session, step, _) = start_once(shared, mech, Some(bytes), bindings).await;
+        *sasl = Some(session);
+        return step;
+    }
+    step
+}
+
+/// [`continue_sasl`] without the second look.
+async fn continue_once(
+    shared: &Arc<Shared>,
+    sasl: &mut Option<SaslSession>,
+    bytes: Vec<u8>,
+) -> (Step, bool) {
+    let Some(mech) = sasl.as_ref().map(|s| s.mechanism()) else {
+        return (Step::Failure(SaslFailure::MalformedRequest), false);
+    };
     if mech != Mechanism::Plain {
-        return match sasl.as_mut() {
-            Some(s) => s.step(&bytes, &Store(shared)),
+        let store = Store::new(shared);
+        let step = match sasl.as_mut() {
+            Some(s) => s.step(&bytes, &store),
             None => Step::Failure(SaslFailure::MalformedRequest),
         };
+        return (step, store.missed());
     }
     let shared2 = shared.clone();
     let mut moved = sasl.take();
     let r = tokio::task::spawn_blocking(move || {
-        let step = moved.as_mut().map(|s| s.step(&bytes, &Store(&shared2)));
-        (moved, step)
+        let store = Store::new(&shared2);
+        let step = moved.as_mut().map(|s| s.step(&bytes, &store));
+        let missed = store.missed();
+        (moved, step, missed)
     })
     .await;
     match r {
-        Ok((back, Some(step))) => {
+        Ok((back, Some(step), missed)) => {
             *sasl = back;
-            step
+            (step, missed)
         }
-        _ => Step::Failure(SaslFailure::TemporaryAuthFailure),
+        _ => (Step::Failure(SaslFailure::TemporaryAuthFailure), false),
     }
 }
 

@@ -486,7 +486,13 @@ async fn steps(
                     }
                     let step = match decode_payload(&el) {
                         Ok(bytes) => {
-                            auth::continue_sasl(shared, &mut sasl, bytes.unwrap_or_default()).await
+                            auth::continue_sasl(
+                                shared,
+                                &mut sasl,
+                                bytes.unwrap_or_default(),
+                                conn.channel_bindings.clone(),
+                            )
+                            .await
                         }
                         Err(f) => Step::Failure(f),
                     };

@@ -99,7 +99,15 @@ pub(in crate::c2s) async fn handle(
             step
         }
         "response" if st.pending.is_some() => match decode_payload(&el.text()) {
-            Ok(bytes) => auth::continue_sasl(shared, st.sasl, bytes.unwrap_or_default()).await,
+            Ok(bytes) => {
+                auth::continue_sasl(
+                    shared,
+                    st.sasl,
+                    bytes.unwrap_or_default(),
+                    conn.channel_bindings.clone(),
+                )
+                .await
+            }
             Err(f) => Step::Failure(f),
         },
         "abort" => {
