@@ -113,7 +113,8 @@ impl CredentialStore for Store<'_> {
 /// index before the answer stands.
 const MISS_CONFIRM: Duration = Duration::from_secs(1);
 
-/// Whether a lookup that found no account on this node should be run again:
+/// Whether a lookup that found no account (or no FAST token) on this node
+/// should be run again:
 /// a follower learns that an entry is committed with the leader's next
 /// append, so an account created through another node a moment ago (its
 /// creator already answered) may be in this node's log but not applied.
@@ -125,7 +126,7 @@ const MISS_CONFIRM: Duration = Duration::from_secs(1);
 /// this round trip, and they are failures the limiter slows down anyway.
 /// `before`: the applied index read before the lookup (read after it, an
 /// entry applied in between would be missed by the comparison).
-async fn settle_miss(shared: &Shared, before: u64) -> bool {
+pub(super) async fn settle_miss(shared: &Shared, before: u64) -> bool {
     if shared.cluster.is_leader() {
         return false;
     }

@@ -292,10 +292,20 @@ async fn fast_check(
     let (authcid, proof) = fast::parse_initial(&initial)?;
     let bare = account_jid(&authcid, &shared.domain).ok_or(SaslFailure::NotAuthorized)?;
     let now = now_ms();
-    let matched = {
+    let lookup = || {
         let state = shared.cluster.state().read();
         let slots = state.data.fast_tokens.get(&(bare.clone(), client.clone()));
-        fast::verify(slots, &proof, HT_SHA_256_NONE, now)?
+        fast::verify(slots, &proof, HT_SHA_256_NONE, now)
+    };
+    let before = shared.cluster.applied_index();
+    let matched = match lookup() {
+        Ok(m) => m,
+        // A token issued through another node a moment ago (the phone's
+        // connection dropped right after its login) may not be applied
+        // here yet: look again after a read index, as for an account
+        // (`auth::settle_miss`).
+        Err(SaslFailure::NotAuthorized) if auth::settle_miss(shared, before).await => lookup()?,
+        Err(f) => return Err(f),
     };
     let invalidate = request.fast.is_some_and(|f| f.invalidate);
     let (cmd, mut token) = if invalidate {
