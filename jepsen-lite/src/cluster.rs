@@ -59,6 +59,8 @@ pub struct NodeOptions {
     pub node_dead_after_ms: u64,
     /// `xmpp.sm_resume_timeout_secs`.
     pub sm_resume_timeout_secs: u64,
+    /// `archive.enabled`.
+    pub archive: bool,
 }
 
 impl Cluster {
@@ -133,8 +135,13 @@ impl Cluster {
                 // refuse (they are tested in tests/hardening.rs).
                 net.addr_of(crate::net::CLIENT_ID),
             );
+            let archive = if opts.archive {
+                "\n[archive]\nenabled = true\n"
+            } else {
+                ""
+            };
             let text = format!(
-                "{text}\n[cluster_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                "{text}{archive}\n[cluster_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 certs.join("ca.pem").display(),
                 certs.join(format!("node{id}.pem")).display(),
                 certs.join(format!("node{id}-key.pem")).display(),

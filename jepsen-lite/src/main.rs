@@ -61,6 +61,13 @@ struct Cli {
     /// `auto` (namespaces when root), `netns`, or `loopback`.
     #[arg(long, default_value = "auto")]
     net: String,
+    /// Run the nodes with the message archive on (`[archive] enabled`,
+    /// XEP-0313): a sender's acknowledgement then also waits for the
+    /// message's archive batch to commit, and archive batches share the raft
+    /// log with everything else; the queue workload's guarantees are checked
+    /// the same.
+    #[arg(long)]
+    archive: bool,
     /// Run the standard matrix (3 and 5 nodes x each nemesis x seeds) and
     /// write summary.md into --out.
     #[arg(long)]
@@ -215,8 +222,14 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         }
     };
     let command = format!(
-        "cargo run -p jepsen-lite --release -- --nodes {} --nemesis {} --seed {} --time {} --pairs {} --rate {}",
-        cli.nodes, cli.nemesis, cli.seed, cli.time, cli.pairs, cli.rate
+        "cargo run -p jepsen-lite --release -- --nodes {} --nemesis {} --seed {} --time {} --pairs {} --rate {}{}",
+        cli.nodes,
+        cli.nemesis,
+        cli.seed,
+        cli.time,
+        cli.pairs,
+        cli.rate,
+        if cli.archive { " --archive" } else { "" }
     );
     let args = run::RunArgs {
         nodes: cli.nodes,
@@ -225,6 +238,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
         time_s: cli.time,
         pairs: cli.pairs,
         rate: cli.rate,
+        archive: cli.archive,
         dir: dir.clone(),
         binary,
         command,
@@ -348,7 +362,7 @@ fn matrix(cli: &Cli, binary: &Path) -> anyhow::Result<bool> {
     for &n in &sizes {
         for k in &nemeses {
             for seed in 1..=cli.matrix_seeds {
-                let name = format!("{n}n-{k}-s{seed}");
+                let name = format!("{n}n-{k}-s{seed}{}", if cli.archive { "-mam" } else { "" });
                 let run_dir = dir.join(&name);
                 eprintln!("== matrix: {name}");
                 let status = std::process::Command::new(&exe)
@@ -361,6 +375,7 @@ fn matrix(cli: &Cli, binary: &Path) -> anyhow::Result<bool> {
                         &cli.rate.to_string(),
                     ])
                     .args(["--net", &cli.net])
+                    .args(cli.archive.then_some("--archive"))
                     .arg("--out")
                     .arg(&run_dir)
                     .arg("--starling")

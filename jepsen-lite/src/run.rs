@@ -22,6 +22,8 @@ pub struct RunArgs {
     pub time_s: u64,
     pub pairs: usize,
     pub rate: f64,
+    /// The nodes run with the message archive on (`--archive`).
+    pub archive: bool,
     pub dir: PathBuf,
     pub binary: PathBuf,
     pub command: String,
@@ -52,6 +54,7 @@ pub async fn run(args: RunArgs, net: Net) -> anyhow::Result<Results> {
     let opts = NodeOptions {
         node_dead_after_ms: 3000,
         sm_resume_timeout_secs: 300,
+        archive: args.archive,
     };
     let mut cluster = Cluster::plan(&args.dir, args.nodes, net, args.binary.clone(), &opts)?;
     for id in cluster.ids() {
