@@ -57,8 +57,10 @@ pub struct SessionHandoff {
     /// RFC 6121 §4.6 directed presence targets.
     pub directed: Vec<String>,
     /// Queued messages the client has and whose removal the old node had
-    /// not committed yet (its leader paused, say): the new node skips them
-    /// and removes them too (removal is idempotent).
+    /// not committed yet (its leader paused, say), and those the client
+    /// acknowledged lately (`RecentlyAcked`: a live copy's other holder may
+    /// have queued it meanwhile): the new node skips them and removes them
+    /// once queued there (removal is idempotent).
     #[serde(default)]
     pub removing: Vec<String>,
 }
@@ -120,7 +122,8 @@ impl Session {
         let (released, sm_state) = self.sm.as_mut()?.hand_off(h).ok()?;
         self.sm = None;
         self.unregister_resumable(sm_state.id.clone());
-        let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
+        let ids: Vec<String> = released.into_iter().filter_map(|o| o.queued_id).collect();
+        self.recently_acked.note(&ids);
         router.delivered(self.bare.as_str(), ids);
         router
             .custody_settle_account(self.bare.as_str(), SETTLE_WAIT)
@@ -141,7 +144,19 @@ impl Session {
                 .map(|(from, el)| (from, el.to_standalone_xml()))
                 .collect(),
             directed: self.directed.drain().collect(),
-            removing: router.remover().pending_of(self.bare.as_str()),
+            removing: {
+                // What the old node is still removing, and what the client
+                // acknowledged lately: a live copy's other holder may have
+                // committed it to the queue while this node could not tell
+                // it (see `RecentlyAcked`).
+                let mut removing = router.remover().pending_of(self.bare.as_str());
+                for id in self.recently_acked.ids() {
+                    if !removing.contains(&id) {
+                        removing.push(id);
+                    }
+                }
+                removing
+            },
         };
         info!(
             unacked = state.sm.unacked.len(),

@@ -1,6 +1,7 @@
 //! The ids of replicated-queue messages a session wrote to its client, so
 //! that each is written once, whether its live copy (custody) or its queued
-//! copy (a pull) comes first.
+//! copy (a pull) comes first; and those its client acknowledged lately
+//! ([`RecentlyAcked`]), which go along when the session moves.
 //!
 //! Bounded in count ([`MAX_SEEN`]) as well as in age ([`SEEN_FOR`]): at 600
 //! messages/s to one session, 120 s of ids was 72,000 entries per session,
@@ -113,9 +114,76 @@ impl Seen {
     }
 }
 
+/// The ids of messages this session's client acknowledged recently
+/// (XEP-0198), newest last: a session that moves to another node takes
+/// them along (`SessionHandoff::removing`), so the new node neither writes
+/// them again nor leaves them queued. The ack removes a live copy by a
+/// notice to its other holder; that holder may have committed its copy to
+/// the queue meanwhile (this node paused past `keeper_hold`: jepsen-lite
+/// 3n-pause-leader-s3 on 08db5bc, 15 copies), and the removal is then
+/// the new node's to make.
+#[derive(Debug, Default)]
+pub struct RecentlyAcked(VecDeque<(Instant, String)>);
+
+/// Most ids [`RecentlyAcked`] keeps...
+pub const MAX_RECENTLY_ACKED: usize = 512;
+/// ...and for how long (ten times the default `keeper_hold`, far less than
+/// the new node's wait for an enqueue to remove, 120 s).
+pub const RECENTLY_ACKED_FOR: Duration = Duration::from_secs(60);
+
+impl RecentlyAcked {
+    /// Remembers `ids`, acknowledged now.
+    pub fn note(&mut self, ids: &[String]) {
+        let now = Instant::now();
+        self.forget_old(now);
+        for id in ids {
+            if self.0.len() == MAX_RECENTLY_ACKED {
+                self.0.pop_front();
+            }
+            self.0.push_back((now, id.clone()));
+        }
+    }
+
+    /// The ids acknowledged within [`RECENTLY_ACKED_FOR`], oldest first.
+    pub fn ids(&mut self) -> Vec<String> {
+        self.forget_old(Instant::now());
+        self.0.iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .0
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RECENTLY_ACKED_FOR)
+        {
+            self.0.pop_front();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recently_acked_keeps_the_newest_in_order_up_to_its_cap() {
+        let mut r = RecentlyAcked::default();
+        r.note(&["a".to_string(), "b".to_string()]);
+        assert_eq!(r.ids(), ["a", "b"]);
+        let many: Vec<String> = (0..MAX_RECENTLY_ACKED).map(|i| format!("m{i}")).collect();
+        r.note(&many);
+        let ids = r.ids();
+        assert_eq!(ids.len(), MAX_RECENTLY_ACKED);
+        assert_eq!(
+            ids.first().map(String::as_str),
+            Some("m0"),
+            "a and b evicted first"
+        );
+        assert_eq!(
+            ids.last().map(String::as_str),
+            Some(format!("m{}", MAX_RECENTLY_ACKED - 1).as_str())
+        );
+    }
 
     #[test]
     fn seen_ids_are_bounded_in_count_oldest_first() {

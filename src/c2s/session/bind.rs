@@ -163,6 +163,7 @@ impl Session {
             guards_running: 0,
             outcomes_owed: HashMap::new(),
             ticket: None,
+            recently_acked: Default::default(),
             more_queued: false,
             awaiting_contact: None,
             pending_hint: None,

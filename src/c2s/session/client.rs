@@ -175,7 +175,8 @@ impl Session {
             return Ok(());
         };
         let released = sm.on_ack(h).map_err(|e| Ended::Error(e.stream_error()))?;
-        let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
+        let ids: Vec<String> = released.into_iter().filter_map(|o| o.queued_id).collect();
+        self.recently_acked.note(&ids);
         self.shared.router.delivered(self.bare.as_str(), ids);
         if self.more_queued && self.available && self.pull_room() > 0 {
             self.pull(true);

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::negotiate::Resumption;
-use super::seen::Seen;
+use super::seen::{RecentlyAcked, Seen};
 use super::sm::{Outbound, StreamMgmt};
 use super::stream::{Conn, ConnError};
 use super::Shared;
@@ -75,6 +75,8 @@ pub struct Session {
     pub(super) takeover_rx: Option<mpsc::Receiver<Takeover>>,
     /// Queued messages written to this session (see [`Seen`]).
     pub(crate) seen: Seen,
+    /// What the client acknowledged lately (see [`RecentlyAcked`]).
+    pub(crate) recently_acked: RecentlyAcked,
     /// Queued messages written without stream management: removed from the
     /// queue once the write is flushed.
     pub(super) written_unflushed: Vec<String>,

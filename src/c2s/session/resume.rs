@@ -95,7 +95,8 @@ impl Session {
             }
         };
         self.conn.queue(&reply);
-        let ids = released.into_iter().filter_map(|o| o.queued_id).collect();
+        let ids: Vec<String> = released.into_iter().filter_map(|o| o.queued_id).collect();
+        self.recently_acked.note(&ids);
         self.shared.router.delivered(self.bare.as_str(), ids);
         // Retransmit what the client did not get (XEP-0198 §5), then ask.
         for el in &again {
