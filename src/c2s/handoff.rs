@@ -57,12 +57,17 @@ pub struct SessionHandoff {
     /// RFC 6121 §4.6 directed presence targets.
     pub directed: Vec<String>,
     /// Queued messages the client has and whose removal the old node had
-    /// not committed yet (its leader paused, say), and those the client
-    /// acknowledged lately (`RecentlyAcked`: a live copy's other holder may
-    /// have queued it meanwhile): the new node skips them and removes them
-    /// once queued there (removal is idempotent).
+    /// not committed yet (its leader paused, say): the new node skips them
+    /// and removes them too (removal is idempotent).
     #[serde(default)]
     pub removing: Vec<String>,
+    /// What the client acknowledged lately (`RecentlyAcked`): a live
+    /// copy's other holder may have queued it while the old node could not
+    /// tell it. The new node skips them, and removes those its queue holds
+    /// now (not the rest: the remover would wait for them, and a clean
+    /// close waits for the remover).
+    #[serde(default)]
+    pub acked_lately: Vec<String>,
 }
 
 impl SessionHandoff {
@@ -144,19 +149,8 @@ impl Session {
                 .map(|(from, el)| (from, el.to_standalone_xml()))
                 .collect(),
             directed: self.directed.drain().collect(),
-            removing: {
-                // What the old node is still removing, and what the client
-                // acknowledged lately: a live copy's other holder may have
-                // committed it to the queue while this node could not tell
-                // it (see `RecentlyAcked`).
-                let mut removing = router.remover().pending_of(self.bare.as_str());
-                for id in self.recently_acked.ids() {
-                    if !removing.contains(&id) {
-                        removing.push(id);
-                    }
-                }
-                removing
-            },
+            removing: router.remover().pending_of(self.bare.as_str()),
+            acked_lately: self.recently_acked.ids(),
         };
         info!(
             unacked = state.sm.unacked.len(),
@@ -246,6 +240,25 @@ impl Session {
         // written again here, and removed from here as well.
         for id in &state.removing {
             seen.insert(id);
+            router.remover().delivered(bare, id.clone());
+        }
+        let queued_now: Vec<&String> = {
+            let st = shared.cluster.state().read();
+            state
+                .acked_lately
+                .iter()
+                .filter(|id| {
+                    st.data
+                        .offline_ids
+                        .get(&(bare.to_string(), (*id).clone()))
+                        .is_some()
+                })
+                .collect()
+        };
+        for id in &state.acked_lately {
+            seen.insert(id);
+        }
+        for id in queued_now {
             router.remover().delivered(bare, id.clone());
         }
         let unacked: Vec<Outbound> = state
@@ -353,6 +366,7 @@ mod tests {
             held_presence: Vec::new(),
             directed: vec!["alice@x/pc".into()],
             removing: vec!["q1".into()],
+            acked_lately: vec!["q2".into()],
         };
         let json = serde_json::to_string(&state).unwrap();
         let back = SessionHandoff::from_json(&json).unwrap();
